@@ -1,0 +1,3 @@
+"""cermin: ransomware-resilient backup, off-site mirroring and verified recovery."""
+
+__version__ = "0.1.0"

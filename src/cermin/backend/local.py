@@ -1,0 +1,150 @@
+"""Local directory backend: the embedded default.
+
+Layout: config, keys/<id>, data/<first 2 hex>/<id>, index/<id>, snapshots/<id>, locks/<id>.
+Writes go to a temporary file that is fsynced, then hard-linked to its final name (link fails if
+the name exists, so an object can never be replaced), then the directory is fsynced.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+
+from cermin.backend.base import CONFIG_NAME, Kind
+from cermin.errors import CerminError, ObjectExists, ObjectNotFound, RepositoryExists
+
+_DIRS = [k for k in Kind if k is not Kind.CONFIG]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _io_error(e: OSError, what: str) -> CerminError:
+    if e.errno == errno.ENOSPC:
+        return CerminError(f"no space left on device while writing {what}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CerminError(f"permission denied writing {what}: {e.strerror}")
+    return CerminError(f"cannot write {what}: {e.strerror or e}")
+
+
+class LocalBackend:
+    def __init__(self, path: str) -> None:
+        self.root = os.path.abspath(path)
+        self.location = self.root
+        self._made_dirs: set[str] = set()
+
+    def _path(self, kind: Kind, name: str) -> str:
+        if kind is Kind.CONFIG:
+            return os.path.join(self.root, CONFIG_NAME)
+        if kind is Kind.DATA:
+            return os.path.join(self.root, kind.value, name[:2], name)
+        return os.path.join(self.root, kind.value, name)
+
+    def create(self) -> None:
+        if os.path.exists(os.path.join(self.root, CONFIG_NAME)):
+            raise RepositoryExists(f"a repository already exists at {self.root}")
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            for k in _DIRS:
+                os.makedirs(os.path.join(self.root, k.value), exist_ok=True)
+            for i in range(256):
+                os.makedirs(os.path.join(self.root, Kind.DATA.value, f"{i:02x}"), exist_ok=True)
+        except OSError as e:
+            raise _io_error(e, f"repository directory {self.root}") from None
+
+    def save(self, kind: Kind, name: str, data: bytes) -> None:
+        final = self._path(kind, name)
+        d = os.path.dirname(final)
+        tmp = os.path.join(d, f".tmp-{name[:16]}-{secrets.token_hex(6)}")
+        what = f"{kind.value}/{name}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            raise CerminError(f"repository directory {d} is missing (damaged repository?)") from None
+        except OSError as e:
+            raise _io_error(e, what) from None
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, 0o400)  # objects are read-only once written
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                raise ObjectExists(f"{what} already exists") from None
+            _fsync_dir(d)
+        except OSError as e:
+            raise _io_error(e, what) from None
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def load(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(kind, name)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if length is None:
+                    f.seek(offset)
+                    return f.read()
+                return os.pread(f.fileno(), length, offset)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist") from None
+        except OSError as e:
+            raise CerminError(f"cannot read {kind.value}/{name}: {e.strerror or e}") from None
+
+    def size(self, kind: Kind, name: str) -> int:
+        try:
+            return os.stat(self._path(kind, name)).st_size
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist") from None
+
+    def list(self, kind: Kind):
+        if kind is Kind.CONFIG:
+            try:
+                yield CONFIG_NAME, self.size(kind, CONFIG_NAME)
+            except ObjectNotFound:
+                pass
+            return
+        base = os.path.join(self.root, kind.value)
+        dirs = [base]
+        if kind is Kind.DATA:
+            try:
+                dirs = [os.path.join(base, d) for d in sorted(os.listdir(base))]
+            except FileNotFoundError:
+                return
+        for d in dirs:
+            try:
+                with os.scandir(d) as it:
+                    for e in it:
+                        if e.name.startswith(".tmp-") or not e.is_file(follow_symlinks=False):
+                            continue
+                        yield e.name, e.stat(follow_symlinks=False).st_size
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+
+    def remove(self, kind: Kind, name: str) -> None:
+        path = self._path(kind, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist") from None
+        _fsync_dir(os.path.dirname(path))
+
+    def exists(self, kind: Kind, name: str) -> bool:
+        return os.path.exists(self._path(kind, name))
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,108 @@
+"""`cermin backup`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from cermin.cli.common import Output, elapsed, locked, open_repo, progress
+from cermin.errors import EXIT_INCOMPLETE, CerminError, UsageError
+
+
+def _read_exclude_files(files) -> list[str]:
+    out = []
+    for f in files:
+        try:
+            with open(f, encoding="utf-8", errors="surrogateescape") as fh:
+                out += [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as e:
+            raise CerminError(f"cannot read exclude file {f}: {e.strerror}") from None
+    return out
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("-e", "--exclude", "excludes", multiple=True, help="Exclude paths matching GLOB (repeatable).")
+@click.option("--exclude-file", "exclude_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Read exclude patterns from a file, one per line.")
+@click.option("--exclude-caches", is_flag=True, help="Skip contents of directories with a CACHEDIR.TAG.")
+@click.option("-x", "--one-file-system", is_flag=True, help="Do not cross filesystem boundaries.")
+@click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option("--host", help="Hostname to record (default: this machine's).")
+@click.option("--parent", help="Snapshot to compare with for change detection (default: latest of same paths).")
+@click.option("-n", "--dry-run", is_flag=True, help="Do everything except write to the repository.")
+@click.option("--stdin", "use_stdin", is_flag=True, help="Back up data read from standard input.")
+@click.option("--stdin-filename", default="stdin", show_default=True, help="File name for --stdin data.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker threads (default: CPUs).")
+@click.pass_obj
+def backup(g, paths, excludes, exclude_files, exclude_caches, one_file_system, tags, host, parent, dry_run,
+           use_stdin, stdin_filename, workers):
+    """Back up PATHS (or stdin) into a new snapshot.
+
+    Exits 3 when some files could not be read: the snapshot is saved and marked incomplete.
+    """
+    from cermin.engine.backup import BackupOptions, BackupProgress, run_backup
+    from cermin.util import fmt_bytes
+
+    out = Output(g)
+    if use_stdin and paths:
+        raise UsageError("--stdin takes no paths")
+    if not use_stdin and not paths:
+        raise UsageError("give at least one path to back up (or --stdin)")
+    opts = BackupOptions(
+        paths=[os.fsencode(p) for p in paths],
+        excludes=list(excludes) + _read_exclude_files(exclude_files),
+        exclude_caches=exclude_caches,
+        one_file_system=one_file_system,
+        tags=[t for tag in tags for t in tag.split(",") if t],
+        hostname=host,
+        parent=parent,
+        dry_run=dry_run,
+        workers=workers or 0,
+        stdin=sys.stdin.buffer if use_stdin else None,
+        stdin_filename=stdin_filename,
+    )
+    repo = open_repo(g)
+    prog = BackupProgress()
+
+    def describe():
+        d = {"files_done": prog.files, "dirs_done": prog.dirs, "bytes_done": prog.bytes}
+        return d, f"[{elapsed(prog.start)}] {prog.files} files, {fmt_bytes(prog.bytes)} read"
+
+    with locked(repo, False, "backup"), progress(out, describe, "backup"):
+        summary = run_backup(repo, opts, prog)
+    for w in summary.warnings:
+        out.warn(w)
+    for e in summary.errors:
+        out.error_line(e)
+    s = summary.snapshot.summary
+    if out.json:
+        out.emit({
+            "message_type": "summary",
+            "snapshot_id": summary.snapshot_id,
+            "parent": summary.parent,
+            "dry_run": summary.dry_run,
+            "incomplete": summary.incomplete,
+            "files_new": s.files_new, "files_changed": s.files_changed, "files_unmodified": s.files_unmodified,
+            "dirs": s.dirs, "other": s.other, "errors": len(summary.errors), "warnings": len(summary.warnings),
+            "changed_during_read": s.changed_during_read,
+            "total_files": s.total_files, "total_bytes": s.total_bytes, "bytes_read": s.bytes_read,
+            "data_blobs": s.data_blobs_added, "tree_blobs": s.tree_blobs_added,
+            "data_added": s.data_added_raw, "data_added_stored": s.data_added_stored,
+            "packs_written": summary.packs_written, "bytes_uploaded": summary.bytes_uploaded,
+            "duration": round(summary.duration, 3),
+        })
+    else:
+        out.text(f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified")
+        out.text(f"Dirs:  {s.dirs}   other: {s.other}   errors: {len(summary.errors)}")
+        out.text(f"Added to the repository: {fmt_bytes(s.data_added_stored)} stored "
+                 f"({fmt_bytes(s.data_added_raw)} new data, {s.data_blobs_added} blobs, {summary.packs_written} packs)")
+        out.text(f"processed {s.total_files} files, {fmt_bytes(s.total_bytes)} in {summary.duration:.2f}s")
+        if summary.dry_run:
+            out.text("dry run: nothing was written")
+        else:
+            state = " (INCOMPLETE: some files could not be read)" if summary.incomplete else ""
+            out.text(f"snapshot {summary.snapshot_id[:8]} saved{state}")
+    return EXIT_INCOMPLETE if summary.incomplete else 0

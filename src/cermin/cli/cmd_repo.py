@@ -1,0 +1,133 @@
+"""Repository-level commands: init, cat, stats, unlock."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cermin.cli.common import Output, backend_of, open_repo, read_password
+from cermin.errors import UsageError
+
+
+@click.command()
+@click.pass_obj
+def init(g):
+    """Create a new repository at -r/--repo."""
+    from cermin.repo.repository import Repository
+
+    out = Output(g)
+    backend = backend_of(g)
+    repo = Repository.init(backend, read_password(g, "new repository password: ", confirm=True))
+    if out.json:
+        out.emit({"message_type": "initialized", "id": repo.config.id, "repository": backend.location})
+    else:
+        out.text(f"created cermin repository {repo.config.id[:10]} at {backend.location}")
+        out.text("Keep the password safe: without it the data cannot be recovered.")
+
+
+@click.command()
+@click.argument("what", type=click.Choice(["config", "snapshot", "tree", "index", "key", "blob"]))
+@click.argument("object_id", required=False)
+@click.pass_obj
+def cat(g, what, object_id):
+    """Print a repository object as JSON: config, snapshot ID, tree ID, index ID, key ID, blob ID."""
+    import msgspec
+
+    from cermin.backend.base import Kind
+    from cermin.format import records
+    from cermin.repo import snapshots
+    from cermin.util import display_path
+
+    out = Output(g)
+    repo = open_repo(g, load_index=what in ("tree", "blob"))
+    if what == "config":
+        c, s = repo.config, repo.secrets
+        obj = {"version": c.version, "id": c.id, "created": c.created,
+               "chunker": {"min": s.chunker_min, "avg": s.chunker_avg, "max": s.chunker_max},
+               "pack_size": s.pack_size, "compression_level": s.compression_level}
+    elif not object_id:
+        raise UsageError(f"cat {what} needs an ID")
+    elif what == "snapshot":
+        obj = snapshots.snapshot_json(snapshots.resolve(repo, object_id))
+    elif what == "tree":
+        from cermin.engine.treewalk import node_json
+
+        tid = _tree_id(repo, object_id)
+        obj = {"id": tid.hex(), "nodes": [node_json(b"/" + n.name, n) for n in repo.load_tree(tid).nodes]}
+    elif what == "index":
+        idx = records.index_decoder.decode(repo.load_object(Kind.INDEX, object_id))
+        from cermin.format import index as fmt_index
+
+        obj = {"packs": [{"id": p.id.hex(), "blobs": [
+            {"id": b.hex(), "type": t, "offset": o, "length": ln, "raw_length": r}
+            for b, t, o, ln, r in fmt_index.iter_entries(p.blobs)]} for p in idx.packs]}
+    elif what == "key":
+        from cermin.repo.keyops import resolve_key
+
+        name = resolve_key(repo, object_id)
+        obj = json.loads(repo.backend.load(Kind.KEY, name))
+    else:
+        data = repo.load_blob(bytes.fromhex(object_id))
+        obj = {"id": object_id, "length": len(data), "text": display_path(data[:4096])}
+    _ = msgspec
+    click.echo(json.dumps(obj, indent=None if g.json else 2))
+
+
+def _tree_id(repo, ref: str) -> bytes:
+    from cermin.repo import snapshots
+
+    if len(ref) == 64:
+        return bytes.fromhex(ref)
+    return snapshots.resolve(repo, ref).snapshot.tree  # a snapshot id gives its root tree
+
+
+@click.command()
+@click.argument("snapshot_ids", nargs=-1)
+@click.option("--mode", type=click.Choice(["restore-size", "raw-data"]), default="restore-size",
+              show_default=True, help="restore-size: what a restore writes; raw-data: unique stored data.")
+@click.option("--host", "hosts", multiple=True)
+@click.option("--tag", "tags", multiple=True)
+@click.pass_obj
+def stats(g, snapshot_ids, mode, hosts, tags):
+    """Show sizes for the given snapshots (default: all)."""
+    import dataclasses
+
+    from cermin.engine.stats import compute_stats
+    from cermin.repo import snapshots
+    from cermin.util import fmt_bytes
+
+    out = Output(g)
+    repo = open_repo(g)
+    if snapshot_ids:
+        refs = [snapshots.resolve(repo, s) for s in snapshot_ids]
+    else:
+        refs = snapshots.list_snapshots(repo, hosts=tuple(hosts), tags=tuple(tags))
+    st = compute_stats(repo, refs, mode)
+    if out.json:
+        out.emit({"message_type": "stats", **dataclasses.asdict(st)})
+        return
+    out.text(f"stats in {mode} mode over {st.snapshots} snapshot(s)")
+    out.text(f"  total files:      {st.total_files}")
+    out.text(f"  total size:       {fmt_bytes(st.total_size)}")
+    if mode == "raw-data":
+        out.text(f"  unique blobs:     {st.blobs}")
+        out.text(f"  stored size:      {fmt_bytes(st.stored_size)}")
+        out.text(f"  compression:      {st.compression_ratio:.2f}x")
+    out.text(f"  repository packs: {st.packs} ({fmt_bytes(st.repo_size)})")
+
+
+@click.command()
+@click.option("--remove-all", is_flag=True, help="Remove every lock, not only stale ones.")
+@click.pass_obj
+def unlock(g, remove_all):
+    """Remove stale locks (or all locks with --remove-all)."""
+    from cermin.repo.lock import remove_stale_locks
+
+    out = Output(g)
+    repo = open_repo(g, load_index=False)
+    removed = remove_stale_locks(repo, remove_all)
+    if out.json:
+        out.emit({"message_type": "unlock", "removed": removed})
+    else:
+        out.text(f"removed {len(removed)} lock(s)")

@@ -1,0 +1,129 @@
+"""Reading and applying filesystem metadata, always relative to an open directory fd.
+
+Working through dir fds keeps paths of any depth usable (no PATH_MAX limit) and avoids races
+with a path being swapped for a symlink between the check and the use.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat
+from functools import lru_cache
+
+from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
+
+IS_ROOT = os.geteuid() == 0
+_XATTR_SKIP_ERRNOS = {errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENODATA, errno.EOPNOTSUPP, errno.EBADF,
+                      errno.ENOENT, errno.ELOOP, errno.EINVAL}
+
+
+def node_type(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISDIR(mode):
+        return DIR
+    if stat.S_ISLNK(mode):
+        return SYMLINK
+    if stat.S_ISFIFO(mode):
+        return FIFO
+    if stat.S_ISCHR(mode):
+        return CHARDEV
+    if stat.S_ISBLK(mode):
+        return BLOCKDEV
+    if stat.S_ISSOCK(mode):
+        return SOCKET
+    return None
+
+
+@lru_cache(maxsize=4096)
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@lru_cache(maxsize=4096)
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def node_from_stat(name: bytes, st: os.stat_result, ntype: str) -> Node:
+    return Node(
+        name=name,
+        type=ntype,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        user=user_name(st.st_uid),
+        group=group_name(st.st_gid),
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        inode=st.st_ino,
+        device=st.st_dev,
+        links=st.st_nlink,
+        size=st.st_size if ntype == FILE else 0,
+        rdev=st.st_rdev if ntype in (CHARDEV, BLOCKDEV) else 0,
+    )
+
+
+def read_xattrs(target) -> list[tuple[bytes, bytes]]:
+    """target: an fd (files, dirs) or a /proc/self/fd path for other types (not followed)."""
+    follow = isinstance(target, int)
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as e:
+        if e.errno in _XATTR_SKIP_ERRNOS:
+            return []
+        raise
+    out = []
+    for n in sorted(names):
+        try:
+            out.append((os.fsencode(n), os.getxattr(target, n, follow_symlinks=follow)))
+        except OSError as e:
+            if e.errno not in _XATTR_SKIP_ERRNOS:
+                raise
+    return out
+
+
+def proc_path(dir_fd: int, name: bytes) -> bytes:
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
+def apply_file_meta(fd: int, node: Node, warn) -> None:
+    """Owner, mode, xattrs and mtime on an open file or directory."""
+    if IS_ROOT:
+        try:
+            os.fchown(fd, node.uid, node.gid)
+        except OSError as e:
+            warn(f"cannot set owner: {e.strerror}")
+    for k, v in node.xattrs:
+        try:
+            os.setxattr(fd, k, v)
+        except OSError as e:
+            warn(f"cannot set xattr {k.decode('utf-8', 'backslashreplace')}: {e.strerror}")
+    os.fchmod(fd, node.mode)  # after chown, which clears setuid bits
+    os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+
+def apply_path_meta(dir_fd: int, name: bytes, node: Node, warn) -> None:
+    """Metadata for entries that cannot be opened (symlinks, fifos, devices), without following."""
+    if IS_ROOT:
+        try:
+            os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as e:
+            warn(f"cannot set owner: {e.strerror}")
+    if node.type != SYMLINK:
+        for k, v in node.xattrs:
+            try:
+                os.setxattr(proc_path(dir_fd, name), k, v, follow_symlinks=False)
+            except OSError as e:
+                warn(f"cannot set xattr: {e.strerror}")
+        os.chmod(name, node.mode, dir_fd=dir_fd)
+    os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)

@@ -1,0 +1,326 @@
+"""Restore a snapshot (or a subtree of it) into a directory, files written by parallel workers.
+
+The walker creates directories and entries through dir fds (any depth works) and hands each
+regular file's fd to a worker, which writes the blobs at their offsets (holes stay holes),
+optionally reads the file back to verify it, and sets its metadata. Directory metadata is set
+after all entries inside were created, so read-only directories restore too.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import stat
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cermin.errors import CerminError
+from cermin.format import pack
+from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, ID_LEN, SOCKET, SYMLINK, Node, Snapshot
+from cermin.engine import fsmeta
+from cermin.engine.treewalk import find_node
+from cermin.repo.repository import Repository
+from cermin.util import display_path
+
+
+@dataclass
+class RestoreOptions:
+    target: str
+    subpath: bytes = b"/"
+    includes: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+    verify: bool = False
+    workers: int = 0
+
+
+@dataclass
+class RestoreProgress:
+    files: int = 0
+    bytes: int = 0
+    total_files: int = 0
+    total_bytes: int = 0
+    start: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RestoreSummary:
+    target: str
+    files: int
+    dirs: int
+    other: int
+    bytes: int
+    verified_files: int
+    warnings: list[str]
+    errors: list[str]
+    duration: float
+
+
+class _Match:
+    def __init__(self, includes: list[str], excludes: list[str]) -> None:
+        self.inc = [os.fsencode(p.rstrip("/")) for p in includes if p]
+        self.exc = [os.fsencode(p.rstrip("/")) for p in excludes if p]
+
+    @staticmethod
+    def _hit(patterns: list[bytes], name: bytes, path: bytes) -> bool:
+        for p in patterns:
+            if b"/" in p:
+                if fnmatch.fnmatchcase(path, p if p.startswith(b"/") else b"*/" + p):
+                    return True
+            elif fnmatch.fnmatchcase(name, p):
+                return True
+        return False
+
+    def excluded(self, name: bytes, path: bytes) -> bool:
+        return bool(self.exc) and self._hit(self.exc, name, path)
+
+    def included(self, name: bytes, path: bytes) -> bool:
+        return not self.inc or self._hit(self.inc, name, path)
+
+
+class Restorer:
+    def __init__(self, repo: Repository, opts: RestoreOptions, progress: RestoreProgress | None = None) -> None:
+        self.repo = repo
+        self.opts = opts
+        self.progress = progress or RestoreProgress()
+        self.workers = opts.workers or max(2, os.cpu_count() or 2)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cermin-restore")
+        self._slots = threading.BoundedSemaphore(self.workers * 4)
+        self._match = _Match(opts.includes, opts.excludes)
+        self._mutex = threading.Lock()
+        self._links: dict[tuple[int, int], bytes] = {}  # (device, inode) -> restored path
+        self._zero_ids: set[bytes] = set()
+        self.warnings: list[str] = []
+        self.errors: list[str] = []
+        self.files = self.dirs = self.other = self.bytes = self.verified = 0
+
+    def _err(self, path: bytes, msg: str) -> None:
+        with self._mutex:
+            self.errors.append(f"{display_path(path)}: {msg}")
+
+    def run(self, snap: Snapshot) -> RestoreSummary:
+        t0 = time.monotonic()
+        target = os.path.abspath(self.opts.target)
+        try:
+            os.makedirs(target, exist_ok=True)
+            tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise CerminError(f"cannot use target directory {target}: {e.strerror}") from None
+        try:
+            if not os.access(target, os.W_OK):
+                raise CerminError(f"cannot write to target directory {target}: permission denied")
+            node = find_node(self.repo, snap.tree, self.opts.subpath)
+            base = os.fsencode(target)
+            futures: list[Future] = []
+            if node.type == DIR:
+                self._restore_tree(tfd, base, self.opts.subpath.rstrip(b"/"), node.subtree, futures)
+            else:
+                self._restore_entry(tfd, base, self.opts.subpath.rsplit(b"/", 1)[0], node, futures)
+            for f in futures:
+                f.result()
+        finally:
+            self.pool.shutdown(wait=True)
+            os.close(tfd)
+        return RestoreSummary(
+            target=target, files=self.files, dirs=self.dirs, other=self.other, bytes=self.bytes,
+            verified_files=self.verified, warnings=self.warnings, errors=self.errors,
+            duration=time.monotonic() - t0,
+        )
+
+    # ---- walking -----------------------------------------------------------------------------
+    def _restore_tree(self, dfd: int, out: bytes, snap_path: bytes, tree_id: bytes, futures) -> bool:
+        """Restore the entries of one tree into dfd; True when anything was restored."""
+        try:
+            nodes = self.repo.load_tree(tree_id).nodes
+        except CerminError as e:
+            self._err(snap_path or b"/", str(e))
+            return False
+        any_restored = False
+        for node in nodes:
+            if self._restore_entry(dfd, out, snap_path, node, futures):
+                any_restored = True
+        return any_restored
+
+    def _restore_entry(self, dfd: int, out: bytes, snap_path: bytes, node: Node, futures) -> bool:
+        path = snap_path + b"/" + node.name
+        if self._match.excluded(node.name, path):
+            return False
+        selected = self._match.included(node.name, path)
+        if node.type == DIR:
+            if not selected and not self._wants_any(node.subtree, path):
+                return False
+            return self._restore_dir(dfd, out, path, node, selected, futures)
+        if not selected:
+            return False
+        try:
+            if node.type == FILE:
+                return self._restore_file(dfd, out, path, node, futures)
+            self._restore_special(dfd, node)
+            fsmeta.apply_path_meta(dfd, node.name, node, lambda m: self._warn(path, m))
+            self.other += 1
+            return True
+        except OSError as e:
+            self._err(path, f"cannot restore: {e.strerror or e}")
+            return False
+
+    def _warn(self, path: bytes, msg: str) -> None:
+        with self._mutex:
+            self.warnings.append(f"{display_path(path)}: {msg}")
+
+    def _wants_any(self, tree_id: bytes, snap_path: bytes) -> bool:
+        """With --include, whether anything below this directory is selected (trees only)."""
+        try:
+            nodes = self.repo.load_tree(tree_id).nodes
+        except CerminError:
+            return True
+        for n in nodes:
+            p = snap_path + b"/" + n.name
+            if self._match.excluded(n.name, p):
+                continue
+            if self._match.included(n.name, p) or (n.type == DIR and self._wants_any(n.subtree, p)):
+                return True
+        return False
+
+    def _restore_dir(self, dfd, out, path, node, selected, futures) -> bool:
+        name = node.name
+        try:
+            try:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+            except FileExistsError:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=dfd)
+                    os.mkdir(name, 0o700, dir_fd=dfd)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+        except OSError as e:
+            self._err(path, f"cannot create directory: {e.strerror}")
+            return False
+        try:
+            sub_match = self._match
+            if selected and self._match.inc:  # everything below a selected directory is selected
+                self._match = _Match([], [p.decode("utf-8", "surrogateescape") for p in self._match.exc])
+            try:
+                self._restore_tree(fd, out + b"/" + name, path, node.subtree, futures)
+            finally:
+                self._match = sub_match
+            try:
+                fsmeta.apply_file_meta(fd, node, lambda m: self._warn(path, m))
+            except OSError as e:
+                self._warn(path, f"cannot set metadata: {e.strerror}")
+            self.dirs += 1
+            return True
+        finally:
+            os.close(fd)
+
+    def _restore_special(self, dfd: int, node: Node) -> None:
+        name = node.name
+        _remove_existing(dfd, name)
+        if node.type == SYMLINK:
+            os.symlink(node.target, name, dir_fd=dfd)
+        elif node.type == FIFO:
+            os.mkfifo(name, 0o600, dir_fd=dfd)
+        elif node.type in (CHARDEV, BLOCKDEV):
+            kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
+            os.mknod(name, 0o600 | kind, node.rdev, dir_fd=dfd)
+        elif node.type == SOCKET:
+            raise OSError(errno.ENOTSUP, "sockets are recorded, not restored")
+
+    def _restore_file(self, dfd, out, path, node: Node, futures) -> bool:
+        name = node.name
+        if node.links > 1:
+            key = (node.device, node.inode)
+            first = self._links.get(key)
+            if first is not None:
+                try:
+                    _remove_existing(dfd, name)
+                    os.link(first, name, dst_dir_fd=dfd, follow_symlinks=False)
+                    self.files += 1
+                    return True
+                except OSError:
+                    pass  # e.g. path too long: fall back to writing the content again
+            else:
+                self._links[key] = out + b"/" + name
+        self._slots.acquire()
+        try:
+            _remove_existing(dfd, name)
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+        except OSError as e:
+            self._slots.release()
+            self._err(path, f"cannot create file: {e.strerror}")
+            return False
+        futures.append(self.pool.submit(self._write_file, fd, path, node))
+        self.files += 1
+        return True
+
+    # ---- workers -----------------------------------------------------------------------------
+    def _write_file(self, fd: int, path: bytes, node: Node) -> None:
+        try:
+            os.ftruncate(fd, node.size)  # sets the size; unwritten ranges stay holes
+            off = 0
+            c = node.content
+            for i in range(0, len(c), ID_LEN):
+                bid = c[i : i + ID_LEN]
+                if bid in self._zero_ids:
+                    off += self.repo.index.raw_length(bid) or 0
+                    continue
+                data = self.repo.load_blob(bid, pack.DATA)
+                if not data.count(0) == len(data):
+                    _pwrite_all(fd, data, off)
+                else:
+                    self._zero_ids.add(bid)
+                off += len(data)
+                self.progress.bytes += len(data)
+            if off != node.size:
+                raise CerminError(f"content is {off} bytes, expected {node.size}")
+            if self.opts.verify:
+                self._verify(fd, node)
+            fsmeta.apply_file_meta(fd, node, lambda m: self._warn(path, m))
+            with self._mutex:
+                self.bytes += off
+            self.progress.files += 1
+        except CerminError as e:
+            self._err(path, str(e))
+        except OSError as e:
+            self._err(path, f"write error: {e.strerror or e}")
+        finally:
+            os.close(fd)
+            self._slots.release()
+
+    def _verify(self, fd: int, node: Node) -> None:
+        """Read the written file back and check every chunk against its blob id."""
+        off = 0
+        c = node.content
+        for i in range(0, len(c), ID_LEN):
+            bid = c[i : i + ID_LEN]
+            n = self.repo.index.raw_length(bid)
+            data = os.pread(fd, n, off) if n else b""
+            if self.repo.blob_id(data) != bid:
+                raise CerminError(f"verification failed at offset {off}: restored bytes differ")
+            off += len(data)
+        with self._mutex:
+            self.verified += 1
+
+
+def _pwrite_all(fd: int, data: bytes, off: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, off)
+        view = view[n:]
+        off += n
+
+
+def _remove_existing(dfd: int, name: bytes) -> None:
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.EISDIR, "a directory is in the way")
+    os.unlink(name, dir_fd=dfd)
+
+
+def run_restore(repo: Repository, snap: Snapshot, opts: RestoreOptions,
+                progress: RestoreProgress | None = None) -> RestoreSummary:
+    return Restorer(repo, opts, progress).run(snap)

@@ -1,0 +1,66 @@
+"""Repository and snapshot statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cermin.backend.base import Kind
+from cermin.format.records import DIR, FILE
+from cermin.repo.repository import Repository
+from cermin.repo.snapshots import SnapshotRef
+
+
+@dataclass
+class Stats:
+    mode: str
+    snapshots: int
+    total_files: int = 0
+    total_size: int = 0  # restore-size: bytes a restore writes; raw-data: unique blob bytes
+    blobs: int = 0
+    stored_size: int = 0  # bytes in the repository for those blobs
+    packs: int = 0
+    repo_size: int = 0
+    compression_ratio: float = 0.0
+
+
+def compute_stats(repo: Repository, snaps: list[SnapshotRef], mode: str = "restore-size") -> Stats:
+    st = Stats(mode=mode, snapshots=len(snaps))
+    seen_trees: set[bytes] = set()
+    seen_blobs: set[bytes] = set()
+    seen_files: set[tuple] = set()
+    for ref in snaps:
+        stack = [ref.snapshot.tree]
+        while stack:
+            tid = stack.pop()
+            if mode == "raw-data":
+                if tid in seen_trees:
+                    continue
+                seen_trees.add(tid)
+                seen_blobs.add(tid)
+            for n in repo.load_tree(tid).nodes:
+                if n.type == DIR:
+                    stack.append(n.subtree)
+                elif n.type == FILE:
+                    if mode == "restore-size":
+                        key = (ref.id, n.device, n.inode) if n.links > 1 else None
+                        if key is not None and key in seen_files:
+                            continue
+                        if key is not None:
+                            seen_files.add(key)
+                        st.total_files += 1
+                        st.total_size += n.size
+                    else:
+                        seen_blobs.update(n.blob_ids())
+                        st.total_files += 1
+    if mode == "raw-data":
+        for bid in seen_blobs:
+            loc = repo.index.lookup(bid)
+            if loc is not None:
+                st.blobs += 1
+                st.total_size += loc.raw_length
+                st.stored_size += loc.length
+        st.compression_ratio = st.total_size / st.stored_size if st.stored_size else 0.0
+    for _, size in repo.backend.list(Kind.DATA):
+        st.packs += 1
+        st.repo_size += size
+    return st

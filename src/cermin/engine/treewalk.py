@@ -1,0 +1,134 @@
+"""Walking snapshot trees: path lookup, recursive listing, diff and find."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator
+
+from cermin.errors import CerminError
+from cermin.format.records import DIR, Node
+from cermin.repo.repository import Repository
+from cermin.util import display_path, ns_to_rfc3339
+
+
+def root_node(tree_id: bytes) -> Node:
+    return Node(name=b"/", type=DIR, subtree=tree_id, mode=0o755)
+
+
+def find_node(repo: Repository, tree_id: bytes, path: bytes) -> Node:
+    """The node at an absolute path inside a snapshot ('/' is the root)."""
+    node = root_node(tree_id)
+    for comp in [c for c in path.split(b"/") if c]:
+        if node.type != DIR:
+            raise CerminError(f"path {display_path(path)} not found in snapshot ({display_path(comp)} is not a directory)")
+        for n in repo.load_tree(node.subtree).nodes:
+            if n.name == comp:
+                node = n
+                break
+        else:
+            raise CerminError(f"path {display_path(path)} not found in snapshot")
+    return node
+
+
+def walk(repo: Repository, tree_id: bytes, prefix: bytes = b"", recursive: bool = True) -> Iterator[tuple[bytes, Node]]:
+    """Yield (absolute path, node) depth-first in name order. Iterative: any depth works."""
+    stack = [(prefix, iter(repo.load_tree(tree_id).nodes))]
+    while stack:
+        base, it = stack[-1]
+        n = next(it, None)
+        if n is None:
+            stack.pop()
+            continue
+        p = base + b"/" + n.name
+        yield p, n
+        if recursive and n.type == DIR and n.subtree:
+            stack.append((p, iter(repo.load_tree(n.subtree).nodes)))
+
+
+def node_json(path: bytes, n: Node) -> dict:
+    d = {
+        "path": display_path(path),
+        "name": display_path(n.name),
+        "type": n.type,
+        "mode": n.mode,
+        "permissions": _perm_string(n),
+        "uid": n.uid,
+        "gid": n.gid,
+        "user": n.user,
+        "group": n.group,
+        "size": n.size,
+        "mtime": ns_to_rfc3339(n.mtime_ns),
+        "mtime_ns": n.mtime_ns,
+        "inode": n.inode,
+        "links": n.links,
+    }
+    if n.type == "symlink":
+        d["target"] = display_path(n.target)
+    if n.content:
+        d["content"] = [b.hex() for b in n.blob_ids()]
+    if n.subtree:
+        d["subtree"] = n.subtree.hex()
+    if n.rdev:
+        d["rdev"] = n.rdev
+    if n.xattrs:
+        d["xattrs"] = {display_path(k): v.hex() for k, v in n.xattrs}
+    if os.fsencode(display_path(path)) != path:
+        d["path_bytes"] = path.hex()  # exact name when it is not UTF-8
+    return d
+
+
+_TYPE_CHAR = {"dir": "d", "symlink": "l", "fifo": "p", "chardev": "c", "blockdev": "b", "socket": "s"}
+
+
+def _perm_string(n: Node) -> str:
+    m = n.mode
+    s = _TYPE_CHAR.get(n.type, "-")
+    for shift in (6, 3, 0):
+        bits = (m >> shift) & 7
+        s += ("r" if bits & 4 else "-") + ("w" if bits & 2 else "-") + ("x" if bits & 1 else "-")
+    return s
+
+
+# ---- diff ----------------------------------------------------------------------------------
+def _meta_key(n: Node):
+    return (n.mode, n.uid, n.gid, n.mtime_ns, n.xattrs, n.target, n.rdev)
+
+
+def diff_trees(repo: Repository, a: bytes, b: bytes, prefix: bytes = b"") -> Iterator[tuple[str, bytes, Node | None, Node | None]]:
+    """Yield (change, path, old, new); change is '+', '-', 'M' (content), 'T' (type) or 'U' (metadata)."""
+    if a == b:
+        return
+    old = {n.name: n for n in repo.load_tree(a).nodes} if a else {}
+    new = {n.name: n for n in repo.load_tree(b).nodes} if b else {}
+    for name in sorted(old.keys() | new.keys()):
+        o, n = old.get(name), new.get(name)
+        p = prefix + b"/" + name
+        if o is None:
+            yield "+", p, None, n
+            if n.type == DIR:
+                yield from diff_trees(repo, b"", n.subtree, p)
+        elif n is None:
+            yield "-", p, o, None
+            if o.type == DIR:
+                yield from diff_trees(repo, o.subtree, b"", p)
+        elif o.type != n.type:
+            yield "T", p, o, n
+            yield from diff_trees(repo, o.subtree if o.type == DIR else b"", n.subtree if n.type == DIR else b"", p)
+        elif o.type == DIR:
+            if _meta_key(o) != _meta_key(n):
+                yield "U", p, o, n
+            yield from diff_trees(repo, o.subtree, n.subtree, p)
+        elif o.content != n.content or o.size != n.size:
+            yield "M", p, o, n
+        elif _meta_key(o) != _meta_key(n):
+            yield "U", p, o, n
+
+
+def find_in_tree(repo: Repository, tree_id: bytes, patterns: list[str]) -> Iterator[tuple[bytes, Node]]:
+    pats = [os.fsencode(p) for p in patterns]
+    for path, n in walk(repo, tree_id):
+        for p in pats:
+            if fnmatch.fnmatchcase(path if b"/" in p else n.name, p):
+                yield path, n
+                break

@@ -1,0 +1,62 @@
+"""Error types shared by every layer; each carries the process exit code the CLI uses.
+
+Exit codes (documented in README.md and `cermin --help`):
+  0 ok, 1 fatal error, 2 usage error, 3 snapshot saved but incomplete,
+  10 repository does not exist, 11 repository locked, 12 wrong password.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+EXIT_NO_REPO = 10
+EXIT_LOCKED = 11
+EXIT_WRONG_PASSWORD = 12
+
+
+class CerminError(Exception):
+    """An expected failure with a one-line message for the user."""
+
+    exit_code = EXIT_FATAL
+
+
+class RepositoryNotFound(CerminError):
+    exit_code = EXIT_NO_REPO
+
+
+class RepositoryExists(CerminError):
+    pass
+
+
+class RepositoryLocked(CerminError):
+    exit_code = EXIT_LOCKED
+
+
+class WrongPassword(CerminError):
+    exit_code = EXIT_WRONG_PASSWORD
+
+
+class UnsupportedVersion(CerminError):
+    pass
+
+
+class CorruptObject(CerminError):
+    """Stored bytes failed authentication, parsing or their content hash."""
+
+
+class ObjectNotFound(CerminError):
+    pass
+
+
+class ObjectExists(CerminError):
+    """A write-once object already exists under that name."""
+
+
+class SnapshotNotFound(CerminError):
+    pass
+
+
+class UsageError(CerminError):
+    exit_code = EXIT_USAGE

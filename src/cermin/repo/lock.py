@@ -1,0 +1,144 @@
+"""Repository locks: shared for backup/restore/check, exclusive for prune/repair.
+
+A lock is a sealed object in locks/. It is refreshed (new lock written, old one removed) every
+REFRESH seconds; a lock older than STALE seconds, or held by a dead process on this host, is stale
+and ignored, so a crashed client never blocks the repository for long.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import msgspec
+
+from cermin.backend.base import Kind
+from cermin.errors import CerminError, ObjectNotFound, RepositoryLocked
+from cermin.format import records
+from cermin.format.records import Lock
+from cermin.repo.keys import _username
+from cermin.repo.repository import Repository
+from cermin.util import now_rfc3339, parse_rfc3339
+
+REFRESH = 300.0
+STALE = 1800.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(lock: Lock, now: float | None = None) -> bool:
+    now = time.time() if now is None else now
+    try:
+        age = now - parse_rfc3339(lock.time).timestamp()
+    except ValueError:
+        return True
+    if age > STALE:
+        return True
+    return lock.hostname == socket.gethostname() and not _pid_alive(lock.pid)
+
+
+def read_locks(repo: Repository) -> list[tuple[str, Lock | None]]:
+    out = []
+    for name, _ in repo.backend.list(Kind.LOCK):
+        try:
+            out.append((name, records.decode(repo.load_object(Kind.LOCK, name), Lock)))
+        except ObjectNotFound:
+            continue  # removed while we listed
+        except (CerminError, msgspec.DecodeError, msgspec.ValidationError):
+            out.append((name, None))
+    return out
+
+
+class RepoLock:
+    def __init__(self, repo: Repository, exclusive: bool, operation: str) -> None:
+        self.repo = repo
+        self.exclusive = exclusive
+        self.operation = operation
+        self.name: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()
+
+    def _write(self) -> str:
+        lock = Lock(
+            time=now_rfc3339(),
+            exclusive=self.exclusive,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            username=_username(),
+            operation=self.operation,
+        )
+        return self.repo.save_object(Kind.LOCK, records.encode(lock))
+
+    def acquire(self) -> RepoLock:
+        # Write ours first, then look: two racing clients both see each other and back off.
+        self.name = self._write()
+        for name, lock in read_locks(self.repo):
+            if name == self.name or lock is None or is_stale(lock):
+                continue
+            if self.exclusive or lock.exclusive:
+                self._remove(self.name)
+                self.name = None
+                kind = "exclusively" if lock.exclusive else "shared"
+                raise RepositoryLocked(
+                    f"repository is locked {kind} by {lock.operation or 'another process'} "
+                    f"(pid {lock.pid} on {lock.hostname} since {lock.time}); "
+                    f"use `cermin unlock` if that process is gone"
+                )
+        self._thread = threading.Thread(target=self._refresh_loop, name="cermin-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(REFRESH):
+            try:
+                new = self._write()
+            except CerminError:
+                continue
+            with self._mutex:
+                old, self.name = self.name, new
+            if old:
+                self._remove(old)
+
+    def _remove(self, name: str) -> None:
+        try:
+            self.repo.backend.remove(Kind.LOCK, name)
+        except (ObjectNotFound, CerminError):
+            pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._mutex:
+            name, self.name = self.name, None
+        if name:
+            self._remove(name)
+
+    def __enter__(self) -> RepoLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def remove_stale_locks(repo: Repository, all_locks: bool = False) -> list[str]:
+    removed = []
+    for name, lock in read_locks(repo):
+        if all_locks or lock is None or is_stale(lock):
+            try:
+                repo.backend.remove(Kind.LOCK, name)
+                removed.append(name)
+            except ObjectNotFound:
+                pass
+    return removed

@@ -1,0 +1,240 @@
+"""Repository: config and key slots, sealed objects, the blob index and snapshots."""
+
+from __future__ import annotations
+
+import os
+import secrets as pysecrets
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+import msgspec
+
+from cermin.backend.base import CONFIG_NAME, Backend, Kind
+from cermin.errors import (
+    CerminError,
+    CorruptObject,
+    ObjectNotFound,
+    RepositoryNotFound,
+    UnsupportedVersion,
+    WrongPassword,
+)
+from cermin.format import chunker, crypto, pack, records
+from cermin.format.crypto import MasterKeys
+from cermin.format.records import FORMAT_VERSION, Config, RepoSecrets, Snapshot, Tree
+from cermin.repo import keys as keyslots
+from cermin.repo.masterindex import MasterIndex
+from cermin.util import now_rfc3339
+
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+
+
+def _aad(kind: Kind) -> bytes:
+    return b"cermin/" + kind.value.encode()
+
+
+def _config_aad(repo_id: str) -> bytes:
+    return b"cermin/config/" + repo_id.encode()
+
+
+class Repository:
+    def __init__(self, backend: Backend, keys: MasterKeys, config: Config, secrets: RepoSecrets, key_name: str):
+        self.backend = backend
+        self.keys = keys
+        self.config = config
+        self.secrets = secrets
+        self.key_name = key_name
+        self.index = MasterIndex()
+        self.index_files: list[str] = []
+        self._blob_id = crypto.keyed_hasher(secrets.id_key)
+        self._tree_cache: OrderedDict[bytes, Tree] = OrderedDict()
+        self._tree_lock = threading.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        password: bytes,
+        kdf: crypto.KdfParams | None = None,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        chunker_params: tuple[int, int, int] | None = None,
+        chunker_seed: int | None = None,
+    ) -> Repository:
+        backend.create()
+        master = MasterKeys.generate()
+        mn, avg, mx = chunker_params or (chunker.DEFAULT_MIN, chunker.DEFAULT_AVG, chunker.DEFAULT_MAX)
+        secrets = RepoSecrets(
+            id_key=os.urandom(32),
+            chunker_seed=chunker_seed or (pysecrets.randbelow((1 << 63) - 1) + 1),
+            chunker_min=mn,
+            chunker_avg=avg,
+            chunker_max=mx,
+            pack_size=pack_size,
+        )
+        repo_id = os.urandom(32).hex()
+        config = Config(
+            version=FORMAT_VERSION,
+            id=repo_id,
+            created=now_rfc3339(),
+            secrets=crypto.seal(master, records.encode(secrets), _config_aad(repo_id)),
+        )
+        # Key slot first, config last: a directory with a config is a usable repository.
+        kf = keyslots.make_keyfile(master.master, password, kdf)
+        key_data = keyslots.encode_keyfile(kf)
+        key_name = crypto.file_id(key_data)
+        backend.save(Kind.KEY, key_name, key_data)
+        backend.save(Kind.CONFIG, CONFIG_NAME, msgspec.json.encode(config))
+        return cls(backend, master, config, secrets, key_name)
+
+    @staticmethod
+    def read_config(backend: Backend) -> Config:
+        try:
+            data = backend.load(Kind.CONFIG, CONFIG_NAME)
+        except ObjectNotFound:
+            raise RepositoryNotFound(f"no repository at {backend.location} (run `cermin init`)") from None
+        try:
+            probe = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            raise CorruptObject(f"repository config at {backend.location} is corrupted (not valid JSON)") from None
+        version = probe.get("version") if isinstance(probe, dict) else None
+        if isinstance(version, int) and version != FORMAT_VERSION:
+            raise UnsupportedVersion(
+                f"repository format version {version} is not supported by this cermin "
+                f"(supports version {FORMAT_VERSION}); use a matching cermin release"
+            )
+        try:
+            return msgspec.json.decode(data, type=Config)
+        except msgspec.ValidationError as e:
+            raise CorruptObject(f"repository config is corrupted ({e})") from None
+
+    @classmethod
+    def open(cls, backend: Backend, password: bytes) -> Repository:
+        config = cls.read_config(backend)
+        key_names = sorted(n for n, _ in backend.list(Kind.KEY))
+        if not key_names:
+            raise CorruptObject(f"repository at {backend.location} has no key files")
+        master = None
+        key_name = ""
+        errors = []
+        for name in key_names:
+            try:
+                kf = keyslots.decode_keyfile(backend.load(Kind.KEY, name), name)
+            except CerminError as e:
+                errors.append(str(e))
+                continue
+            master = keyslots.unwrap(kf, password)
+            if master is not None:
+                key_name = name
+                break
+        if master is None:
+            if errors and len(errors) == len(key_names):
+                raise CorruptObject(errors[0])
+            raise WrongPassword("wrong password or no key slot matches it")
+        keys = MasterKeys(master)
+        try:
+            raw = crypto.unseal(keys, config.secrets, _config_aad(config.id), "repository config")
+            secrets = records.decode(raw, RepoSecrets)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise CorruptObject(f"repository config secrets are corrupted ({e})") from None
+        return cls(backend, keys, config, secrets, key_name)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # ---- ids and chunking ------------------------------------------------------------------
+    def blob_id(self, data) -> bytes:
+        return self._blob_id(data)
+
+    def make_chunker(self):
+        s = self.secrets
+        return chunker.make_chunker(s.chunker_seed, s.chunker_min, s.chunker_avg, s.chunker_max)
+
+    # ---- sealed standalone objects (index, snapshot, lock) ---------------------------------
+    def seal_object(self, kind: Kind, plaintext: bytes) -> bytes:
+        payload = pack.compress(plaintext, self.secrets.compression_level)
+        return crypto.seal(self.keys, payload, _aad(kind))
+
+    def save_object(self, kind: Kind, plaintext: bytes) -> str:
+        data = self.seal_object(kind, plaintext)
+        name = crypto.file_id(data)
+        self.backend.save(kind, name, data)
+        return name
+
+    def load_object(self, kind: Kind, name: str) -> bytes:
+        data = self.backend.load(kind, name)
+        what = f"{kind.value}/{name[:12]}"
+        if crypto.file_id(data) != name:
+            raise CorruptObject(f"{what} is damaged (content does not match its name)")
+        return pack.decompress(crypto.unseal(self.keys, data, _aad(kind), what), what)
+
+    # ---- index -----------------------------------------------------------------------------
+    def load_index(self, workers: int = 4) -> None:
+        names = [n for n, _ in self.backend.list(Kind.INDEX)]
+
+        def load(name: str):
+            raw = self.load_object(Kind.INDEX, name)
+            try:
+                return name, records.index_decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                raise CorruptObject(f"index/{name[:12]} cannot be decoded ({e})") from None
+
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            for name, idx in ex.map(load, names):
+                for p in idx.packs:
+                    self.index.add_pack(p.id, p.blobs)
+                self.index_files.append(name)
+
+    def save_index(self, packs: list[records.IndexPack]) -> str:
+        return self.save_object(Kind.INDEX, records.encode(records.IndexFile(packs=packs)))
+
+    # ---- blobs -----------------------------------------------------------------------------
+    def load_blob(self, blob_id: bytes, want_type: int | None = None) -> bytes:
+        loc = self.index.lookup(blob_id)
+        if loc is None:
+            raise CorruptObject(f"blob {blob_id.hex()[:16]} is not in the index (missing data)")
+        if want_type is not None and loc.type != want_type:
+            raise CorruptObject(f"blob {blob_id.hex()[:16]} has type {loc.type}, expected {want_type}")
+        pack_name = loc.pack_id.hex()
+        what = f"blob {blob_id.hex()[:16]} in pack {pack_name[:12]}"
+        prefix = self.backend.load(Kind.DATA, pack_name, 0, pack.PREFIX_LEN)
+        ct = self.backend.load(Kind.DATA, pack_name, loc.offset, loc.length)
+        if len(ct) != loc.length:
+            raise CorruptObject(f"{what}: pack is truncated")
+        return self.open_blob(pack.pack_cipher(self.keys, prefix, what), loc.offset, loc.type, blob_id, ct)
+
+    def open_blob(self, cipher, offset: int, blob_type: int, blob_id: bytes, ct: bytes) -> bytes:
+        """Decrypt, decompress and verify one blob's ciphertext against its id."""
+        what = f"blob {blob_id.hex()[:16]}"
+        data = pack.decompress(pack.open_blob(cipher, offset, blob_type, blob_id, ct, what), what)
+        if self._blob_id(data) != blob_id:
+            raise CorruptObject(f"{what}: content does not match its id")
+        return data
+
+    def load_tree(self, tree_id: bytes) -> Tree:
+        with self._tree_lock:
+            t = self._tree_cache.get(tree_id)
+            if t is not None:
+                self._tree_cache.move_to_end(tree_id)
+                return t
+        raw = self.load_blob(tree_id, pack.TREE)
+        try:
+            t = records.tree_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise CorruptObject(f"tree {tree_id.hex()[:16]} cannot be decoded ({e})") from None
+        with self._tree_lock:
+            self._tree_cache[tree_id] = t
+            if len(self._tree_cache) > 256:
+                self._tree_cache.popitem(last=False)
+        return t
+
+    # ---- snapshots -------------------------------------------------------------------------
+    def save_snapshot(self, snap: Snapshot) -> str:
+        return self.save_object(Kind.SNAPSHOT, records.encode(snap))
+
+    def load_snapshot(self, name: str) -> Snapshot:
+        raw = self.load_object(Kind.SNAPSHOT, name)
+        try:
+            return records.snapshot_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise CorruptObject(f"snapshot {name[:12]} cannot be decoded ({e})") from None

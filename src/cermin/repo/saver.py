@@ -1,0 +1,146 @@
+"""BlobSaver: deduplicate, compress, encrypt and pack blobs, upload packs, then write index files.
+
+Ordering that makes crashes harmless: a pack is uploaded before any index names it, and
+`flush()` returns only after every pack and index is durable, so a snapshot written afterwards
+never names missing data. Thread-safe: backup workers call `save` concurrently; each takes a
+pack builder out of a pool, so encryption runs in parallel without a global lock.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from cermin.backend.base import Kind
+from cermin.format import crypto, pack
+from cermin.format import index as fmt_index
+from cermin.format.records import IndexPack
+from cermin.repo.repository import Repository
+
+INDEX_EVERY_PACKS = 64
+
+
+class SaveResult:
+    __slots__ = ("new", "raw_len", "stored_len")
+
+    def __init__(self, new: bool, raw_len: int, stored_len: int) -> None:
+        self.new = new
+        self.raw_len = raw_len
+        self.stored_len = stored_len
+
+
+class BlobSaver:
+    def __init__(self, repo: Repository, builders: int = 2, uploads: int = 2, dry_run: bool = False) -> None:
+        self.repo = repo
+        self.dry_run = dry_run  # pack and count everything, write nothing
+        self.level = repo.secrets.compression_level
+        self.target = repo.secrets.pack_size
+        self._lock = threading.Lock()
+        self._pending: set[bytes] = set()
+        self._pools = {pack.DATA: queue.SimpleQueue(), pack.TREE: queue.SimpleQueue()}
+        for _ in range(builders):
+            self._pools[pack.DATA].put(pack.PackBuilder(repo.keys))
+        self._pools[pack.TREE].put(pack.PackBuilder(repo.keys))
+        self._builders = {pack.DATA: builders, pack.TREE: 1}
+        self._uploader = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="cermin-upload")
+        self._inflight = threading.Semaphore(uploads * 2)
+        self._futures: list[Future] = []
+        self._index_packs: list[IndexPack] = []
+        self._error: BaseException | None = None
+        self.index_files: list[str] = []
+        self.packs_written = 0
+        self.bytes_uploaded = 0
+        self.added = {pack.DATA: 0, pack.TREE: 0}
+        self.raw_added = 0  # data blobs only
+        self.stored_added = 0
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        return blob_id in self.repo.index or blob_id in self._pending
+
+    def save(self, blob_type: int, blob_id: bytes, data, payload: bytes | None = None) -> SaveResult:
+        """Store `data` under `blob_id` unless already stored. `payload` may carry pre-compressed bytes."""
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            if blob_id in self.repo.index or blob_id in self._pending:
+                return SaveResult(False, len(data), 0)
+            self._pending.add(blob_id)
+        if payload is None:
+            payload = pack.compress(data, self.level)
+        with self._lock:
+            self.added[blob_type] += 1
+            if blob_type == pack.DATA:
+                self.raw_added += len(data)
+                self.stored_added += len(payload)
+        pool = self._pools[blob_type]
+        b = pool.get()
+        try:
+            b.add(blob_type, blob_id, payload, len(data))
+        finally:
+            if b.size >= self.target:
+                pool.put(pack.PackBuilder(self.repo.keys))
+                self._submit(b)
+            else:
+                pool.put(b)
+        return SaveResult(True, len(data), len(payload))
+
+    def _submit(self, builder: pack.PackBuilder) -> None:
+        self._inflight.acquire()
+        try:
+            fut = self._uploader.submit(self._upload, builder)
+        except BaseException:
+            self._inflight.release()
+            raise
+        with self._lock:
+            self._futures.append(fut)
+
+    def _upload(self, builder: pack.PackBuilder) -> None:
+        try:
+            entries = builder.entries
+            data = builder.finish()
+            name = crypto.file_id(data)
+            if not self.dry_run:
+                self.repo.backend.save(Kind.DATA, name, data)
+            pack_id = bytes.fromhex(name)
+            blobs = fmt_index.pack_entries(entries)
+            self.repo.index.add_pack(pack_id, blobs)
+            with self._lock:
+                self.packs_written += 1
+                self.bytes_uploaded += len(data)
+                for e in entries:
+                    self._pending.discard(e[3])
+                self._index_packs.append(IndexPack(pack_id, blobs))
+                ready = None
+                if len(self._index_packs) >= INDEX_EVERY_PACKS:
+                    ready, self._index_packs = self._index_packs, []
+            if ready and not self.dry_run:
+                self.index_files.append(self.repo.save_index(ready))
+        except BaseException as e:
+            if self._error is None:
+                self._error = e
+            raise
+        finally:
+            self._inflight.release()
+
+    def flush(self) -> None:
+        """Write out partly filled packs, wait for every upload, write the remaining index."""
+        for blob_type, pool in self._pools.items():
+            for _ in range(self._builders[blob_type]):
+                b = pool.get()
+                if len(b):
+                    self._submit(b)
+                pool.put(pack.PackBuilder(self.repo.keys))
+        with self._lock:
+            futures, self._futures = self._futures, []
+        for f in futures:
+            f.result()
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            ready, self._index_packs = self._index_packs, []
+        if ready and not self.dry_run:
+            self.index_files.append(self.repo.save_index(ready))
+
+    def close(self) -> None:
+        self._uploader.shutdown(wait=True)

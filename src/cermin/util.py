@@ -1,0 +1,39 @@
+"""Small helpers with no dependencies on other cermin layers."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+
+def now_rfc3339() -> str:
+    return ns_to_rfc3339(time.time_ns())
+
+
+def ns_to_rfc3339(ns: int) -> str:
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
+def parse_rfc3339(s: str) -> datetime:
+    # Python 3.11 fromisoformat accepts 'Z' but only microseconds: trim nanoseconds.
+    if "." in s:
+        head, frac = s.split(".", 1)
+        digits = "".join(ch for ch in frac if ch.isdigit())
+        tail = frac[len(digits) :]
+        s = f"{head}.{digits[:6]}{tail}"
+    dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def display_path(p: bytes) -> str:
+    """Show a raw path; bytes that are not UTF-8 appear as \\xNN escapes."""
+    return p.decode("utf-8", "backslashreplace")
