@@ -8,6 +8,7 @@ only after every pack and index is durable (BlobSaver.flush).
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import getpass
 import io
@@ -445,7 +446,8 @@ class Backup:
                     node.xattrs = fsmeta.read_xattrs(fd)
                 except OSError:
                     pass
-                ids, chunks, size = self._store_stream(f)
+                sparse = st.st_blocks * 512 < st.st_size
+                ids, chunks, size = self._store_stream(_SparseReader(fd) if sparse else f)
                 after = os.fstat(fd)
         except OSError as e:
             self._error(path.join(node.name), f"read error: {e.strerror or e}")
@@ -502,6 +504,36 @@ class Backup:
         s.files_new = s.total_files = 1
         s.bytes_read = s.total_bytes = size
         return self._store_tree([node])
+
+
+class _SparseReader:
+    """readinto() that fills holes with zeros from memory instead of reading them (SEEK_DATA/SEEK_HOLE)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pos = 0
+        self._zeros = b""
+
+    def readinto(self, b) -> int:
+        n, pos, fd = len(b), self.pos, self.fd
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:  # ENXIO: only a hole (or nothing) after pos
+            if e.errno != errno.ENXIO:
+                raise
+            data = os.fstat(fd).st_size
+            if data <= pos:
+                return 0
+        if data > pos:
+            k = min(n, data - pos)
+            if len(self._zeros) < k:
+                self._zeros = bytes(max(k, 1 << 22))
+            b[:k] = memoryview(self._zeros)[:k]
+        else:
+            hole = os.lseek(fd, pos, os.SEEK_HOLE)
+            k = os.preadv(fd, [b[: min(n, hole - pos)]], pos) if hole > pos else 0
+        self.pos += k
+        return k
 
 
 def _open_for_read(name: bytes, dfd: int) -> int:

@@ -1,0 +1,3 @@
+from cermin.cli.main import main
+
+main()

@@ -1,0 +1,79 @@
+"""Shared fixtures: the installed `cermin` command, repositories, source trees."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from cermin.backend.local import LocalBackend  # noqa: E402
+from cermin.backend.memory import MemoryBackend  # noqa: E402
+from cermin.format.crypto import KdfParams  # noqa: E402
+from cermin.repo.repository import Repository  # noqa: E402
+
+FAST_KDF = KdfParams(memory_kib=1024, iterations=1, lanes=1)
+PASSWORD = "correct horse battery staple"
+
+
+def cermin_exe() -> list[str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "cermin")
+    if os.path.exists(exe):
+        return [exe]
+    found = shutil.which("cermin")
+    assert found, "the cermin command is not installed (pip install .)"
+    return [found]
+
+
+class Cli:
+    def __init__(self, repo: str, env: dict) -> None:
+        self.repo = repo
+        self.env = env
+
+    def __call__(self, *args, input=None, ok=True, env=None, password=PASSWORD, timeout=600, **kw):
+        e = dict(self.env)
+        if password is not None:
+            e["CERMIN_PASSWORD"] = password
+        else:
+            e.pop("CERMIN_PASSWORD", None)
+        e.update(env or {})
+        r = subprocess.run(
+            cermin_exe() + ["-r", self.repo, *args],
+            input=input, capture_output=True, env=e, timeout=timeout, **kw,
+        )
+        if ok and r.returncode != 0:
+            raise AssertionError(f"cermin {' '.join(map(str, args))} exited {r.returncode}: {r.stderr.decode()[-2000:]}")
+        return r
+
+
+@pytest.fixture
+def cli(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
+    return Cli(str(tmp_path / "repo"), env)
+
+
+@pytest.fixture
+def initialized_cli(cli):
+    cli("init")
+    return cli
+
+
+@pytest.fixture
+def mem_repo():
+    return Repository.init(MemoryBackend(), PASSWORD.encode(), kdf=FAST_KDF)
+
+
+@pytest.fixture
+def local_repo(tmp_path):
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode(), kdf=FAST_KDF)
+    return repo
+
+
+def reopen(repo: Repository) -> Repository:
+    r = Repository.open(repo.backend, PASSWORD.encode())
+    r.load_index()
+    return r
