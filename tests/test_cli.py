@@ -1,0 +1,125 @@
+"""End-to-end: the installed `cermin` command, as an operator uses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from treeutil import assert_same_tree, make_rich_tree
+
+
+def repo_bytes(path) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def jlines(r) -> list[dict]:
+    return [json.loads(line) for line in r.stdout.decode().splitlines() if line.strip()]
+
+
+def summary(r) -> dict:
+    return [o for o in jlines(r) if o.get("message_type") == "summary"][-1]
+
+
+def test_full_cycle(initialized_cli, tmp_path):
+    cli = initialized_cli
+    src = tmp_path / "src"
+    make_rich_tree(str(src))
+    for i in range(50):
+        (src / "sub" / f"file{i}.txt").write_bytes(os.urandom(20_000) + b"x" * i)
+    first = summary(cli("--json", "backup", str(src), "--tag", "nightly"))
+    assert first["files_new"] > 50 and first["errors"] == 0
+    size1 = repo_bytes(cli.repo)
+
+    second = summary(cli("--json", "backup", str(src)))
+    assert second["files_unmodified"] == first["files_new"] and second["files_new"] == 0
+    assert repo_bytes(cli.repo) - size1 < 1024 * 1024, "unchanged re-backup adds less than 1 MiB"
+    assert second["parent"] == first["snapshot_id"]
+
+    (src / "sub" / "file7.txt").write_bytes(b"edited")
+    (src / "newfile").write_bytes(b"new")
+    os.unlink(src / "sub" / "file9.txt")
+    third = summary(cli("--json", "backup", str(src)))
+    assert third["files_changed"] == 1 and third["files_new"] == 1
+
+    changes = jlines(cli("--json", "diff", first["snapshot_id"][:8], "latest"))
+    by_name = {c["path"].rsplit("/", 1)[-1]: c["modifier"] for c in changes if c["message_type"] == "change"}
+    assert by_name == {"file7.txt": "M", "newfile": "+", "file9.txt": "-"}
+    assert changes[-1]["modified"] == 1 and changes[-1]["added"] == 1 and changes[-1]["removed"] == 1
+    text = cli("diff", first["snapshot_id"][:8], "latest").stdout.decode()
+    assert f"M    {src}/sub/file7.txt" in text.splitlines()
+
+    snaps = jlines(cli("--json", "snapshots"))[0]["snapshots"]
+    assert len(snaps) == 3 and snaps[0]["tags"] == ["nightly"]
+    assert len(jlines(cli("--json", "snapshots", "--tag", "nightly"))[0]["snapshots"]) == 1
+
+    # restore all, verified
+    out = tmp_path / "all"
+    r = summary(cli("--json", "restore", "latest", "--target", str(out), "--verify"))
+    assert r["errors"] == 0 and r["files_verified"] > 50
+    assert_same_tree(src, out / str(src).lstrip("/"))
+
+    # restore one subtree and one file
+    cli("restore", f"latest:{src}/sub", "--target", str(tmp_path / "subtree"))
+    assert sorted(os.listdir(tmp_path / "subtree")) == sorted(os.listdir(src / "sub"))
+    cli("restore", f"{third['snapshot_id'][:10]}:{src}/plain.txt", "--target", str(tmp_path / "one"))
+    assert (tmp_path / "one" / "plain.txt").read_bytes() == (src / "plain.txt").read_bytes()
+
+    # dump, ls, find, cat, stats
+    assert cli("dump", "latest", f"{src}/random.bin").stdout == (src / "random.bin").read_bytes()
+    listing = cli("ls", "latest", str(src / "sub")).stdout.decode().splitlines()
+    assert f"{src}/sub/file7.txt" in listing
+    assert "caf\\xe9-not-utf8" in cli("ls", "latest").stdout.decode()
+    found = jlines(cli("--json", "find", "file7.txt"))
+    assert {f["snapshot"] for f in found} == {s["id"] for s in snaps}
+    assert json.loads(cli("cat", "config").stdout)["version"] == 1
+    snap = json.loads(cli("cat", "snapshot", "latest").stdout)
+    tree = json.loads(cli("cat", "tree", snap["tree"]).stdout)
+    assert tree["nodes"][0]["type"] == "dir"
+    st = jlines(cli("--json", "stats", "--mode", "raw-data"))[0]
+    assert st["compression_ratio"] > 1 and st["stored_size"] < st["total_size"]
+
+
+def test_stdin_backup_and_dump(initialized_cli):
+    cli = initialized_cli
+    data = os.urandom(1_500_000) + b"-- end of dump --\n"
+    s = summary(cli("--json", "backup", "--stdin", "--stdin-filename", "mydb.sql", input=data))
+    assert s["files_new"] == 1
+    assert cli("dump", s["snapshot_id"][:8], "/mydb.sql").stdout == data
+
+
+def test_key_commands_and_password_sources(initialized_cli, tmp_path):
+    cli = initialized_cli
+    newpw = tmp_path / "new"
+    newpw.write_text("second password\n")
+    cli("key", "add", "--new-password-file", str(newpw))
+    keys = jlines(cli("--json", "key", "list"))
+    assert len(keys) == 2 and sum(k["current"] for k in keys) == 1
+    pwfile = tmp_path / "pwfile"
+    pwfile.write_text("second password\n")
+    cli("--password-file", str(pwfile), "snapshots", password=None)
+    cli("--password-command", f"cat {pwfile}", "snapshots", password=None)
+    other = [k["id"] for k in keys if not k["current"]][0]
+    r = cli("--password-file", str(pwfile), "key", "remove", other[:8], password=None, ok=False)
+    assert r.returncode == 2 and b"in use" in r.stderr
+    cli("key", "remove", other[:8])
+    assert cli("--password-file", str(pwfile), "snapshots", password=None, ok=False).returncode == 12
+
+
+def test_demo_script(tmp_path):
+    """The README's first command (minus the install), on a temporary directory."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = tmp_path / "data"
+    os.makedirs(src / "d")
+    (src / "d" / "f").write_bytes(b"demo")
+    env = dict(os.environ, CERMIN_DEMO_DIR=str(tmp_path / "demo"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env = {k: v for k, v in env.items() if k not in ("CERMIN_REPOSITORY", "CERMIN_PASSWORD")}
+    r = subprocess.run(["bash", os.path.join(root, "scripts", "demo.sh"), str(src)], env=env,
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"verified byte-identical" in r.stdout and str(tmp_path / "demo" / "repo").encode() in r.stdout
+    shutil.rmtree(tmp_path / "demo")
