@@ -77,7 +77,7 @@ class Repository:
             version=FORMAT_VERSION,
             id=repo_id,
             created=now_rfc3339(),
-            secrets=crypto.seal(master, records.encode(secrets), _config_aad(repo_id)),
+            secrets=crypto.seal(master, pack.compress(records.encode(secrets), 3), _config_aad(repo_id)),
         )
         # Key slot first, config last: a directory with a config is a usable repository.
         kf = keyslots.make_keyfile(master.master, password, kdf)
@@ -134,7 +134,7 @@ class Repository:
         keys = MasterKeys(master)
         try:
             raw = crypto.unseal(keys, config.secrets, _config_aad(config.id), "repository config")
-            secrets = records.decode(raw, RepoSecrets)
+            secrets = records.decode(pack.decompress(raw, "repository config"), RepoSecrets)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise CorruptObject(f"repository config secrets are corrupted ({e})") from None
         return cls(backend, keys, config, secrets, key_name)
