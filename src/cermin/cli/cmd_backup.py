@@ -22,6 +22,21 @@ def _read_exclude_files(files) -> list[str]:
     return out
 
 
+def _file_printer(out: Output):
+    """-v: one line per file whose content was read (called from worker threads)."""
+    from cermin.util import display_path
+
+    def show(report) -> None:
+        kind = "new" if report.previous is None else "modified"
+        if out.json:
+            out.emit({"message_type": "verbose_status", "action": kind, "item": display_path(report.path),
+                      "size": report.node.size})
+        else:
+            out.text(f"{kind:<9}{display_path(report.path)}")
+
+    return show
+
+
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("-e", "--exclude", "excludes", multiple=True, help="Exclude paths matching GLOB (repeatable).")
@@ -63,6 +78,7 @@ def backup(g, paths, excludes, exclude_files, exclude_caches, one_file_system, t
         workers=workers or 0,
         stdin=sys.stdin.buffer if use_stdin else None,
         stdin_filename=stdin_filename,
+        on_file=_file_printer(out) if g.verbose and not g.quiet else None,
     )
     repo = open_repo(g)
     prog = BackupProgress()
@@ -71,7 +87,7 @@ def backup(g, paths, excludes, exclude_files, exclude_caches, one_file_system, t
         d = {"files_done": prog.files, "dirs_done": prog.dirs, "bytes_done": prog.bytes}
         return d, f"[{elapsed(prog.start)}] {prog.files} files, {fmt_bytes(prog.bytes)} read"
 
-    with locked(repo, False, "backup"), progress(out, describe, "backup"):
+    with locked(g, repo, False, "backup"), progress(out, describe, "backup"):
         summary = run_backup(repo, opts, prog)
     for w in summary.warnings:
         out.warn(w)

@@ -42,7 +42,7 @@ def restore(g, snapshot, target, includes, excludes, verify, workers):
 
     opts = RestoreOptions(target=target, subpath=sub, includes=list(includes), excludes=list(excludes),
                           verify=verify, workers=workers or 0)
-    with locked(repo, False, "restore"), progress(out, describe, "restore"):
+    with locked(g, repo, False, "restore"), progress(out, describe, "restore"):
         summary = run_restore(repo, ref.snapshot, opts, prog)
     for w in summary.warnings:
         out.warn(w)
@@ -82,7 +82,7 @@ def dump(g, snapshot, path):
     if node.type != FILE:
         raise CerminError(f"{path} is a {node.type}, not a file")
     outf = sys.stdout.buffer
-    with locked(repo, False, "dump"):
+    with locked(g, repo, False, "dump"):
         for bid in node.blob_ids():
             outf.write(repo.load_blob(bid, pack.DATA))
     outf.flush()

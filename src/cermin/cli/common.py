@@ -75,15 +75,21 @@ def open_repo(g, load_index: bool = True):
 
 
 @contextlib.contextmanager
-def locked(repo, exclusive: bool, operation: str):
+def locked(g, repo, exclusive: bool, operation: str):
+    if g.no_lock:
+        yield
+        return
     from cermin.repo.lock import RepoLock
 
     with RepoLock(repo, exclusive, operation):
         yield
 
 
+_write_lock = threading.Lock()
+
+
 class Output:
-    """Text for people, one JSON object per line for machines."""
+    """Text for people, one JSON object per line for machines. Safe to call from worker threads."""
 
     def __init__(self, g) -> None:
         self.json = g.json
@@ -91,12 +97,15 @@ class Output:
         self.verbose = g.verbose
 
     def emit(self, obj: dict) -> None:
-        sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        sys.stdout.flush()
+        line = json.dumps(obj, separators=(",", ":")) + "\n"
+        with _write_lock:
+            sys.stdout.write(line)
+            sys.stdout.flush()
 
     def text(self, line: str = "") -> None:
         if not self.json and not self.quiet:
-            click.echo(line)
+            with _write_lock:
+                click.echo(line)
 
     def warn(self, line: str) -> None:
         if self.json:

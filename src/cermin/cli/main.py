@@ -56,7 +56,8 @@ class LazyGroup(click.Group):
 
 
 class Globals:
-    def __init__(self, repo, password_file, password_command, json_out, quiet, verbose):
+    def __init__(self, repo, password_file, password_command, json_out, quiet, verbose, no_lock=False):
+        self.no_lock = no_lock
         self.repo = repo
         self.password_file = password_file
         self.password_command = password_command
@@ -73,12 +74,13 @@ class Globals:
               help="Run this command and read the password from its output.")
 @click.option("--json", "json_out", is_flag=True, help="Emit JSON lines instead of text.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.option("-v", "--verbose", count=True, help="Print more (repeatable).")
+@click.option("-v", "--verbose", count=True, help="Print more: -v lists every file read by a backup.")
+@click.option("--no-lock", is_flag=True, help="Take no lock (for read-only media; unsafe next to prune).")
 @click.version_option(__version__, prog_name="cermin")
 @click.pass_context
-def cli(ctx, repo, password_file, password_command, json_out, quiet, verbose):
+def cli(ctx, repo, password_file, password_command, json_out, quiet, verbose, no_lock):
     """cermin: deduplicated, encrypted, verifiable backups."""
-    ctx.obj = Globals(repo, password_file, password_command, json_out, quiet, verbose)
+    ctx.obj = Globals(repo, password_file, password_command, json_out, quiet, verbose, no_lock)
 
 
 def main(argv=None) -> None:
