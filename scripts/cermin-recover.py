@@ -46,27 +46,37 @@ def _unpack(b: bytes, i: int):
         return _array(b, i, t & 0x0F)
     if 0xA0 <= t <= 0xBF:
         n = t & 0x1F
-        return b[i:i + n].decode(), i + n
+        return b[i : i + n].decode(), i + n
     fixed = {0xC0: None, 0xC2: False, 0xC3: True}
     if t in fixed:
         return fixed[t], i
     if t in (0xC4, 0xC5, 0xC6, 0xD9, 0xDA, 0xDB):
         size = {0xC4: 1, 0xD9: 1, 0xC5: 2, 0xDA: 2, 0xC6: 4, 0xDB: 4}[t]
-        n = int.from_bytes(b[i:i + size], "big")
+        n = int.from_bytes(b[i : i + size], "big")
         i += size
-        raw = b[i:i + n]
+        raw = b[i : i + n]
         return (raw.decode() if t >= 0xD9 else raw), i + n
-    ints = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q", 0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q",
-            0xCA: ">f", 0xCB: ">d"}
+    ints = {
+        0xCC: ">B",
+        0xCD: ">H",
+        0xCE: ">I",
+        0xCF: ">Q",
+        0xD0: ">b",
+        0xD1: ">h",
+        0xD2: ">i",
+        0xD3: ">q",
+        0xCA: ">f",
+        0xCB: ">d",
+    }
     if t in ints:
         fmt = ints[t]
         return struct.unpack_from(fmt, b, i)[0], i + struct.calcsize(fmt)
     if t in (0xDC, 0xDD):
         size = 2 if t == 0xDC else 4
-        return _array(b, i + size, int.from_bytes(b[i:i + size], "big"))
+        return _array(b, i + size, int.from_bytes(b[i : i + size], "big"))
     if t in (0xDE, 0xDF):
         size = 2 if t == 0xDE else 4
-        return _map(b, i + size, int.from_bytes(b[i:i + size], "big"))
+        return _map(b, i + size, int.from_bytes(b[i : i + size], "big"))
     raise ValueError(f"unsupported msgpack type 0x{t:02x}")
 
 
@@ -111,8 +121,13 @@ def unseal(enc_key: bytes, data: bytes, aad: bytes) -> bytes:
 def open_master_key(repo: str, password: bytes) -> bytes:
     for name in sorted(os.listdir(os.path.join(repo, "keys"))):
         kf = json.load(open(os.path.join(repo, "keys", name)))
-        kek = Argon2id(salt=base64.b64decode(kf["salt"]), length=32, iterations=kf["iterations"],
-                       lanes=kf["lanes"], memory_cost=kf["memory_kib"]).derive(password)
+        kek = Argon2id(
+            salt=base64.b64decode(kf["salt"]),
+            length=32,
+            iterations=kf["iterations"],
+            lanes=kf["lanes"],
+            memory_cost=kf["memory_kib"],
+        ).derive(password)
         wrapped = base64.b64decode(kf["wrapped"])
         try:
             return AESGCM(kek).decrypt(wrapped[:12], wrapped[12:], b"cermin/key")
@@ -128,7 +143,9 @@ class Repo:
         if config["version"] != 1:
             sys.exit(f"recover: format version {config['version']} is not 1")
         self.enc = hkdf(open_master_key(root, password), b"cermin/v1/encryption")
-        secrets = unpack(unseal(self.enc, base64.b64decode(config["secrets"]), b"cermin/config/" + config["id"].encode()))
+        secrets = unpack(
+            unseal(self.enc, base64.b64decode(config["secrets"]), b"cermin/config/" + config["id"].encode())
+        )
         self.id_key = secrets["id_key"]
         self.index = {}  # blob id -> (pack name, type, offset, length)
         for name in os.listdir(os.path.join(root, "index")):
@@ -159,8 +176,11 @@ class Repo:
 
     def snapshot(self, ref: str) -> dict:
         names = os.listdir(os.path.join(self.root, "snapshots"))
-        snaps = {n: unpack(unseal(self.enc, self._read("snapshots", n), b"cermin/snapshots")) for n in names
-                 if ref == "latest" or n.startswith(ref)}
+        snaps = {
+            n: unpack(unseal(self.enc, self._read("snapshots", n), b"cermin/snapshots"))
+            for n in names
+            if ref == "latest" or n.startswith(ref)
+        }
         if not snaps:
             sys.exit(f"recover: no snapshot matches {ref}")
         return max(snaps.values(), key=lambda s: s["time"])
@@ -177,7 +197,7 @@ def restore_tree(repo: Repo, tree_id: bytes, dest: bytes) -> None:
             with open(p, "wb") as f:
                 ids = n.get("content", b"")
                 for i in range(0, len(ids), 32):
-                    data = repo.blob(ids[i:i + 32])
+                    data = repo.blob(ids[i : i + 32])
                     if data.count(0) == len(data):
                         f.seek(len(data), 1)
                     else:

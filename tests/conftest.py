@@ -43,10 +43,16 @@ class Cli:
         e.update(env or {})
         r = subprocess.run(
             cermin_exe() + ["-r", self.repo, *args],
-            input=input, capture_output=True, env=e, timeout=timeout, **kw,
+            input=input,
+            capture_output=True,
+            env=e,
+            timeout=timeout,
+            **kw,
         )
         if ok and r.returncode != 0:
-            raise AssertionError(f"cermin {' '.join(map(str, args))} exited {r.returncode}: {r.stderr.decode()[-2000:]}")
+            raise AssertionError(
+                f"cermin {' '.join(map(str, args))} exited {r.returncode}: {r.stderr.decode()[-2000:]}"
+            )
         return r
 
 

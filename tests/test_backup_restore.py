@@ -6,6 +6,8 @@ import io
 import os
 
 import pytest
+from conftest import reopen
+from treeutil import allocated_bytes, assert_same_tree, make_rich_tree
 
 from cermin.backend.base import Kind
 from cermin.engine import backup as backup_mod
@@ -13,8 +15,6 @@ from cermin.engine.backup import BackupOptions, run_backup
 from cermin.engine.restore import RestoreOptions, run_restore
 from cermin.engine.treewalk import diff_trees, walk
 from cermin.repo.snapshots import list_snapshots, resolve
-from conftest import reopen
-from treeutil import allocated_bytes, assert_same_tree, make_rich_tree
 
 
 def do_backup(repo, *paths, **kw):
@@ -108,7 +108,9 @@ def test_restore_subtree_include_exclude(local_repo, tmp_path):
     do_restore(local_repo, sid, tmp_path / "sub", subpath=os.fsencode(base + "/a"))
     assert sorted(os.listdir(tmp_path / "sub")) == ["b", "y.txt"]
     do_restore(local_repo, sid, tmp_path / "inc", includes=["*.conf"])
-    got = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "inc") for d, _, fs in os.walk(tmp_path / "inc") for f in fs)
+    got = sorted(
+        os.path.relpath(os.path.join(d, f), tmp_path / "inc") for d, _, fs in os.walk(tmp_path / "inc") for f in fs
+    )
     assert [g.rsplit("/", 1)[1] for g in got] == ["x.conf", "z.conf"]
     do_restore(local_repo, sid, tmp_path / "exc", excludes=["b"])
     assert not os.path.exists(tmp_path / "exc" / base.lstrip("/") / "a" / "b")
@@ -121,7 +123,7 @@ def test_stdin_backup(local_repo, tmp_path):
     data = os.urandom(2_000_000)
     s = run_backup(local_repo, BackupOptions(stdin=io.BytesIO(data), stdin_filename="db.sql"))
     assert s.snapshot.paths == [b"db.sql"]
-    (path, node), = walk(local_repo, s.snapshot.tree)
+    ((path, node),) = walk(local_repo, s.snapshot.tree)
     assert path == b"/db.sql" and node.size == len(data)
     assert b"".join(local_repo.load_blob(b) for b in node.blob_ids()) == data
 
@@ -162,7 +164,7 @@ def test_file_growing_during_read_is_reported(local_repo, tmp_path, monkeypatch)
     s = do_backup(local_repo, src)
     assert s.snapshot.summary.changed_during_read == 1
     assert any("changed while it was read" in w for w in s.warnings)
-    (_, node), = [(p, n) for p, n in walk(local_repo, s.snapshot.tree) if p.endswith(b"/log")]
+    ((_, node),) = [(p, n) for p, n in walk(local_repo, s.snapshot.tree) if p.endswith(b"/log")]
     assert node.size == sum(local_repo.index.raw_length(b) for b in node.blob_ids())
     monkeypatch.setattr(backup_mod.Backup, "_store_stream", real)
     again = do_backup(local_repo, src)
@@ -176,9 +178,9 @@ def test_guard_hook_sees_chunk_sizes(local_repo, tmp_path):
     (src / "noise").write_bytes(os.urandom(1_000_000))
     reports = {}
     do_backup(local_repo, src, on_file=lambda r: reports.__setitem__(r.path.rsplit(b"/", 1)[1], r))
-    raw, stored = map(sum, zip(*reports[b"text"].chunks))
+    raw, stored = map(sum, zip(*reports[b"text"].chunks, strict=True))
     assert stored < raw / 10
-    raw, stored = map(sum, zip(*reports[b"noise"].chunks))
+    raw, stored = map(sum, zip(*reports[b"noise"].chunks, strict=True))
     assert stored >= raw
 
 

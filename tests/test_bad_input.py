@@ -8,11 +8,11 @@ import os
 import subprocess
 
 import pytest
+from conftest import PASSWORD
 
 from cermin.backend.local import LocalBackend
 from cermin.repo.lock import RepoLock
 from cermin.repo.repository import Repository
-from conftest import PASSWORD
 
 
 def one_line_error(r, code: int, *needles: str) -> str:

@@ -115,11 +115,18 @@ def test_demo_script(tmp_path):
     src = tmp_path / "data"
     os.makedirs(src / "d")
     (src / "d" / "f").write_bytes(b"demo")
-    env = dict(os.environ, CERMIN_DEMO_DIR=str(tmp_path / "demo"),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env = dict(
+        os.environ,
+        CERMIN_DEMO_DIR=str(tmp_path / "demo"),
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    )
     env = {k: v for k, v in env.items() if k not in ("CERMIN_REPOSITORY", "CERMIN_PASSWORD")}
-    r = subprocess.run(["bash", os.path.join(root, "scripts", "demo.sh"), str(src)], env=env,
-                       capture_output=True, timeout=300)
+    r = subprocess.run(
+        ["bash", os.path.join(root, "scripts", "demo.sh"), str(src)],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr.decode()
     assert b"verified byte-identical" in r.stdout and str(tmp_path / "demo" / "repo").encode() in r.stdout
     shutil.rmtree(tmp_path / "demo")

@@ -53,12 +53,12 @@ def test_pack_build_parse_and_open_blobs():
     entries = pack.parse_header(keys, data, "p")
     assert [(e[0], e[3], e[4]) for e in entries] == [(t, bid, len(d)) for t, bid, d in blobs]
     cipher = pack.pack_cipher(keys, data, "p")
-    for (t, off, ln, bid, _), (_, _, plain) in zip(entries, blobs):
-        assert pack.decompress(pack.open_blob(cipher, off, t, bid, data[off:off + ln], "b"), "b") == plain
+    for (t, off, ln, bid, _), (_, _, plain) in zip(entries, blobs, strict=True):
+        assert pack.decompress(pack.open_blob(cipher, off, t, bid, data[off : off + ln], "b"), "b") == plain
     # A blob presented under another id (or at another offset) fails authentication.
     t, off, ln, bid, _ = entries[0]
     with pytest.raises(CorruptObject):
-        pack.open_blob(cipher, off, t, entries[1][3], data[off:off + ln], "b")
+        pack.open_blob(cipher, off, t, entries[1][3], data[off : off + ln], "b")
     with pytest.raises(CorruptObject):
         pack.parse_header(keys, data[:-10] + b"\0" * 10, "p")
     with pytest.raises(CorruptObject):

@@ -6,16 +6,16 @@ import os
 import shutil
 import tempfile
 
+from conftest import FAST_KDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from treeutil import assert_same_tree
 
 from cermin.backend.memory import MemoryBackend
 from cermin.engine.backup import BackupOptions, run_backup
 from cermin.engine.restore import RestoreOptions, run_restore
 from cermin.engine.treewalk import find_node
 from cermin.repo.repository import Repository
-from conftest import FAST_KDF
-from treeutil import assert_same_tree
 
 IS_ROOT = os.geteuid() == 0
 
@@ -34,14 +34,24 @@ def entries(draw, depth=0):
     kinds = ["file", "file", "symlink", "fifo", "hardlink", "empty"] + (["dir", "dir"] if depth < 3 else [])
     kind = draw(st.sampled_from(kinds))
     if kind == "dir":
-        return ("dir", draw(st.dictionaries(names, entries(depth=depth + 1), max_size=5)), draw(st.sampled_from([0o755, 0o700, 0o555])), draw(mtimes), draw(owners))
+        return (
+            "dir",
+            draw(st.dictionaries(names, entries(depth=depth + 1), max_size=5)),
+            draw(st.sampled_from([0o755, 0o700, 0o555])),
+            draw(mtimes),
+            draw(owners),
+        )
     if kind == "file":
         xattrs = draw(st.dictionaries(st.sampled_from([b"user.a", b"user.b\xff"]), st.binary(max_size=20), max_size=2))
         return ("file", draw(contents), draw(file_modes), draw(mtimes), draw(owners), xattrs)
     if kind == "empty":
         return ("file", b"", 0o644, draw(mtimes), draw(owners), {})
     if kind == "symlink":
-        return ("symlink", draw(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b)), draw(owners))
+        return (
+            "symlink",
+            draw(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b)),
+            draw(owners),
+        )
     if kind == "fifo":
         return ("fifo", draw(st.sampled_from([0o644, 0o600])), draw(mtimes))
     return ("hardlink",)
@@ -97,7 +107,9 @@ def test_any_tree_restores_identically(tree):
         os.mkdir(src)
         build(src, tree, [])
         # Tiny chunks so even small files span several blobs.
-        repo = Repository.init(MemoryBackend(), b"pw", kdf=FAST_KDF, chunker_params=(64, 256, 1024), pack_size=64 * 1024)
+        repo = Repository.init(
+            MemoryBackend(), b"pw", kdf=FAST_KDF, chunker_params=(64, 256, 1024), pack_size=64 * 1024
+        )
         s = run_backup(repo, BackupOptions(paths=[src], workers=2))
         assert not s.errors, s.errors
         out = os.path.join(work, "out")

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from conftest import FAST_KDF, PASSWORD
 
 from cermin.backend.base import Kind
 from cermin.backend.local import LocalBackend
@@ -22,7 +23,6 @@ from cermin.errors import (
 from cermin.repo import keyops
 from cermin.repo.lock import RepoLock, read_locks
 from cermin.repo.repository import Repository
-from conftest import FAST_KDF, PASSWORD
 
 
 def test_open_with_right_and_wrong_password(local_repo):
@@ -69,7 +69,7 @@ def test_corrupted_config_and_secrets(local_repo):
 
 
 def test_corrupted_key_file(local_repo):
-    (name, _), = local_repo.backend.list(Kind.KEY)
+    ((name, _),) = local_repo.backend.list(Kind.KEY)
     path = os.path.join(local_repo.backend.root, "keys", name)
     os.chmod(path, 0o600)
     open(path, "wb").write(b"{not json")

@@ -79,7 +79,9 @@ def snapshot_of(root) -> dict:
 
 def assert_same_tree(src, dst) -> None:
     a, b = snapshot_of(src), snapshot_of(dst)
-    assert sorted(a) == sorted(b), f"entries differ: only in source {sorted(set(a) - set(b))[:5]}, only in restore {sorted(set(b) - set(a))[:5]}"
+    assert sorted(a) == sorted(b), (
+        f"entries differ: only in source {sorted(set(a) - set(b))[:5]}, only in restore {sorted(set(b) - set(a))[:5]}"
+    )
     for k in a:
         if a[k] != b[k]:
             diffs = {f: (a[k].get(f), b[k].get(f)) for f in a[k] if a[k].get(f) != b[k].get(f) and f != "content"}

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+
+
+def username() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
 
 
 def now_rfc3339() -> str:
@@ -23,7 +32,7 @@ def parse_rfc3339(s: str) -> datetime:
         tail = frac[len(digits) :]
         s = f"{head}.{digits[:6]}{tail}"
     dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def fmt_bytes(n: float) -> str:

@@ -7,11 +7,11 @@ and must only return once the object is durable. Only locks are ever removed out
 from __future__ import annotations
 
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     CONFIG = "config"
     KEY = "keys"
     DATA = "data"

@@ -29,8 +29,14 @@ def _file_printer(out: Output):
     def show(report) -> None:
         kind = "new" if report.previous is None else "modified"
         if out.json:
-            out.emit({"message_type": "verbose_status", "action": kind, "item": display_path(report.path),
-                      "size": report.node.size})
+            out.emit(
+                {
+                    "message_type": "verbose_status",
+                    "action": kind,
+                    "item": display_path(report.path),
+                    "size": report.node.size,
+                }
+            )
         else:
             out.text(f"{kind:<9}{display_path(report.path)}")
 
@@ -40,8 +46,13 @@ def _file_printer(out: Output):
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("-e", "--exclude", "excludes", multiple=True, help="Exclude paths matching GLOB (repeatable).")
-@click.option("--exclude-file", "exclude_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Read exclude patterns from a file, one per line.")
+@click.option(
+    "--exclude-file",
+    "exclude_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Read exclude patterns from a file, one per line.",
+)
 @click.option("--exclude-caches", is_flag=True, help="Skip contents of directories with a CACHEDIR.TAG.")
 @click.option("-x", "--one-file-system", is_flag=True, help="Do not cross filesystem boundaries.")
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
@@ -52,8 +63,21 @@ def _file_printer(out: Output):
 @click.option("--stdin-filename", default="stdin", show_default=True, help="File name for --stdin data.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker threads (default: CPUs).")
 @click.pass_obj
-def backup(g, paths, excludes, exclude_files, exclude_caches, one_file_system, tags, host, parent, dry_run,
-           use_stdin, stdin_filename, workers):
+def backup(
+    g,
+    paths,
+    excludes,
+    exclude_files,
+    exclude_caches,
+    one_file_system,
+    tags,
+    host,
+    parent,
+    dry_run,
+    use_stdin,
+    stdin_filename,
+    workers,
+):
     """Back up PATHS (or stdin) into a new snapshot.
 
     Exits 3 when some files could not be read: the snapshot is saved and marked incomplete.
@@ -95,26 +119,40 @@ def backup(g, paths, excludes, exclude_files, exclude_caches, one_file_system, t
         out.error_line(e)
     s = summary.snapshot.summary
     if out.json:
-        out.emit({
-            "message_type": "summary",
-            "snapshot_id": summary.snapshot_id,
-            "parent": summary.parent,
-            "dry_run": summary.dry_run,
-            "incomplete": summary.incomplete,
-            "files_new": s.files_new, "files_changed": s.files_changed, "files_unmodified": s.files_unmodified,
-            "dirs": s.dirs, "other": s.other, "errors": len(summary.errors), "warnings": len(summary.warnings),
-            "changed_during_read": s.changed_during_read,
-            "total_files": s.total_files, "total_bytes": s.total_bytes, "bytes_read": s.bytes_read,
-            "data_blobs": s.data_blobs_added, "tree_blobs": s.tree_blobs_added,
-            "data_added": s.data_added_raw, "data_added_stored": s.data_added_stored,
-            "packs_written": summary.packs_written, "bytes_uploaded": summary.bytes_uploaded,
-            "duration": round(summary.duration, 3),
-        })
+        out.emit(
+            {
+                "message_type": "summary",
+                "snapshot_id": summary.snapshot_id,
+                "parent": summary.parent,
+                "dry_run": summary.dry_run,
+                "incomplete": summary.incomplete,
+                "files_new": s.files_new,
+                "files_changed": s.files_changed,
+                "files_unmodified": s.files_unmodified,
+                "dirs": s.dirs,
+                "other": s.other,
+                "errors": len(summary.errors),
+                "warnings": len(summary.warnings),
+                "changed_during_read": s.changed_during_read,
+                "total_files": s.total_files,
+                "total_bytes": s.total_bytes,
+                "bytes_read": s.bytes_read,
+                "data_blobs": s.data_blobs_added,
+                "tree_blobs": s.tree_blobs_added,
+                "data_added": s.data_added_raw,
+                "data_added_stored": s.data_added_stored,
+                "packs_written": summary.packs_written,
+                "bytes_uploaded": summary.bytes_uploaded,
+                "duration": round(summary.duration, 3),
+            }
+        )
     else:
         out.text(f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified")
         out.text(f"Dirs:  {s.dirs}   other: {s.other}   errors: {len(summary.errors)}")
-        out.text(f"Added to the repository: {fmt_bytes(s.data_added_stored)} stored "
-                 f"({fmt_bytes(s.data_added_raw)} new data, {s.data_blobs_added} blobs, {summary.packs_written} packs)")
+        out.text(
+            f"Added to the repository: {fmt_bytes(s.data_added_stored)} stored "
+            f"({fmt_bytes(s.data_added_raw)} new data, {s.data_blobs_added} blobs, {summary.packs_written} packs)"
+        )
         out.text(f"processed {s.total_files} files, {fmt_bytes(s.total_bytes)} in {summary.duration:.2f}s")
         if summary.dry_run:
             out.text("dry run: nothing was written")

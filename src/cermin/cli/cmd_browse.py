@@ -47,8 +47,10 @@ def snapshots(g, hosts, tags, paths, latest):
         size = fmt_bytes(s.summary.total_bytes) if s.summary else "?"
         flag = " (incomplete)" if s.incomplete else ""
         paths_txt = ", ".join(p.decode("utf-8", "backslashreplace") for p in s.paths)
-        out.text(f"{r.short_id:<10}{s.time[:19].replace('T', ' '):<21}{s.hostname[:15]:<16}"
-                 f"{','.join(s.tags)[:15]:<16}{size:>12}  {paths_txt}{flag}")
+        out.text(
+            f"{r.short_id:<10}{s.time[:19].replace('T', ' '):<21}{s.hostname[:15]:<16}"
+            f"{','.join(s.tags)[:15]:<16}{size:>12}  {paths_txt}{flag}"
+        )
     out.text(f"{len(refs)} snapshot(s)")
 
 
@@ -81,8 +83,10 @@ def ls(g, snapshot, path, flat, long_):
             out.emit({"message_type": "node", "snapshot": ref.id, **node_json(p, n)})
         elif long_:
             d = node_json(p, n)
-            out.text(f"{d['permissions']} {n.user or n.uid:>8} {n.group or n.gid:>8} {n.size:>12} "
-                     f"{d['mtime'][:19].replace('T', ' ')} {display_path(p)}")
+            out.text(
+                f"{d['permissions']} {n.user or n.uid:>8} {n.group or n.gid:>8} {n.size:>12} "
+                f"{d['mtime'][:19].replace('T', ' ')} {display_path(p)}"
+            )
         else:
             out.text(display_path(p))
 
@@ -113,12 +117,23 @@ def diff(g, snapshot1, snapshot2, metadata):
         else:
             out.text(f"{change:<5}{display_path(path)}{suffix}")
     if out.json:
-        out.emit({"message_type": "statistics", "source_snapshot": a.id, "target_snapshot": b.id,
-                  "added": counts["+"], "removed": counts["-"], "modified": counts["M"],
-                  "type_changed": counts["T"], "metadata_changed": counts["U"]})
+        out.emit(
+            {
+                "message_type": "statistics",
+                "source_snapshot": a.id,
+                "target_snapshot": b.id,
+                "added": counts["+"],
+                "removed": counts["-"],
+                "modified": counts["M"],
+                "type_changed": counts["T"],
+                "metadata_changed": counts["U"],
+            }
+        )
     else:
-        out.text(f"\nadded {counts['+']}, removed {counts['-']}, modified {counts['M']}, "
-                 f"type changed {counts['T']}, metadata changed {counts['U']}")
+        out.text(
+            f"\nadded {counts['+']}, removed {counts['-']}, modified {counts['M']}, "
+            f"type changed {counts['T']}, metadata changed {counts['U']}"
+        )
 
 
 @click.command()
@@ -134,7 +149,9 @@ def find(g, patterns, snaps, hosts, tags, paths):
 
     out = Output(g)
     repo = open_repo(g)
-    refs = [resolve(repo, s) for s in snaps] if snaps else list_snapshots(repo, tuple(hosts), tuple(tags), _paths(paths))
+    refs = (
+        [resolve(repo, s) for s in snaps] if snaps else list_snapshots(repo, tuple(hosts), tuple(tags), _paths(paths))
+    )
     total = 0
     for ref in refs:
         for p, n in find_in_tree(repo, ref.snapshot.tree, list(patterns)):

@@ -23,8 +23,11 @@ def _new_password(new_password_file) -> bytes:
     return prompt_password("new password: ", confirm=True)
 
 
-_new_pw_option = click.option("--new-password-file", type=click.Path(dir_okay=False),
-                              help="Read the new password from this file (or set CERMIN_NEW_PASSWORD).")
+_new_pw_option = click.option(
+    "--new-password-file",
+    type=click.Path(dir_okay=False),
+    help="Read the new password from this file (or set CERMIN_NEW_PASSWORD).",
+)
 
 
 @click.group()
@@ -41,8 +44,16 @@ def key_list(g):
     out = Output(g)
     for k in list_keys(open_repo(g, load_index=False)):
         if out.json:
-            out.emit({"message_type": "key", "id": k.id, "current": k.current, "created": k.created,
-                      "hostname": k.hostname, "username": k.username})
+            out.emit(
+                {
+                    "message_type": "key",
+                    "id": k.id,
+                    "current": k.current,
+                    "created": k.created,
+                    "hostname": k.hostname,
+                    "username": k.username,
+                }
+            )
         else:
             out.text(f"{'*' if k.current else ' '} {k.id[:12]}  {k.created[:19]}  {k.username}@{k.hostname}")
 
@@ -82,4 +93,6 @@ def key_passwd(g, new_password_file):
     out = Output(g)
     repo = open_repo(g, load_index=False)
     name = change_password(repo, _new_password(new_password_file))
-    out.emit({"message_type": "key_changed", "id": name}) if out.json else out.text(f"password changed (key {name[:12]})")
+    out.emit({"message_type": "key_changed", "id": name}) if out.json else out.text(
+        f"password changed (key {name[:12]})"
+    )

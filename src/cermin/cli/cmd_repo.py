@@ -32,20 +32,22 @@ def init(g):
 @click.pass_obj
 def cat(g, what, object_id):
     """Print a repository object as JSON: config, snapshot ID, tree ID, index ID, key ID, blob ID."""
-    import msgspec
-
     from cermin.backend.base import Kind
     from cermin.format import records
     from cermin.repo import snapshots
     from cermin.util import display_path
 
-    out = Output(g)
     repo = open_repo(g, load_index=what in ("tree", "blob"))
     if what == "config":
         c, s = repo.config, repo.secrets
-        obj = {"version": c.version, "id": c.id, "created": c.created,
-               "chunker": {"min": s.chunker_min, "avg": s.chunker_avg, "max": s.chunker_max},
-               "pack_size": s.pack_size, "compression_level": s.compression_level}
+        obj = {
+            "version": c.version,
+            "id": c.id,
+            "created": c.created,
+            "chunker": {"min": s.chunker_min, "avg": s.chunker_avg, "max": s.chunker_max},
+            "pack_size": s.pack_size,
+            "compression_level": s.compression_level,
+        }
     elif not object_id:
         raise UsageError(f"cat {what} needs an ID")
     elif what == "snapshot":
@@ -59,9 +61,18 @@ def cat(g, what, object_id):
         idx = records.index_decoder.decode(repo.load_object(Kind.INDEX, object_id))
         from cermin.format import index as fmt_index
 
-        obj = {"packs": [{"id": p.id.hex(), "blobs": [
-            {"id": b.hex(), "type": t, "offset": o, "length": ln, "raw_length": r}
-            for b, t, o, ln, r in fmt_index.iter_entries(p.blobs)]} for p in idx.packs]}
+        obj = {
+            "packs": [
+                {
+                    "id": p.id.hex(),
+                    "blobs": [
+                        {"id": b.hex(), "type": t, "offset": o, "length": ln, "raw_length": r}
+                        for b, t, o, ln, r in fmt_index.iter_entries(p.blobs)
+                    ],
+                }
+                for p in idx.packs
+            ]
+        }
     elif what == "key":
         from cermin.repo.keyops import resolve_key
 
@@ -70,7 +81,6 @@ def cat(g, what, object_id):
     else:
         data = repo.load_blob(bytes.fromhex(object_id))
         obj = {"id": object_id, "length": len(data), "text": display_path(data[:4096])}
-    _ = msgspec
     click.echo(json.dumps(obj, indent=None if g.json else 2))
 
 
@@ -84,8 +94,13 @@ def _tree_id(repo, ref: str) -> bytes:
 
 @click.command()
 @click.argument("snapshot_ids", nargs=-1)
-@click.option("--mode", type=click.Choice(["restore-size", "raw-data"]), default="restore-size",
-              show_default=True, help="restore-size: what a restore writes; raw-data: unique stored data.")
+@click.option(
+    "--mode",
+    type=click.Choice(["restore-size", "raw-data"]),
+    default="restore-size",
+    show_default=True,
+    help="restore-size: what a restore writes; raw-data: unique stored data.",
+)
 @click.option("--host", "hosts", multiple=True)
 @click.option("--tag", "tags", multiple=True)
 @click.pass_obj

@@ -37,11 +37,19 @@ def restore(g, snapshot, target, includes, excludes, verify, workers):
     prog = RestoreProgress()
 
     def describe():
-        return ({"files_done": prog.files, "bytes_done": prog.bytes},
-                f"[{elapsed(prog.start)}] {prog.files} files, {fmt_bytes(prog.bytes)} restored")
+        return (
+            {"files_done": prog.files, "bytes_done": prog.bytes},
+            f"[{elapsed(prog.start)}] {prog.files} files, {fmt_bytes(prog.bytes)} restored",
+        )
 
-    opts = RestoreOptions(target=target, subpath=sub, includes=list(includes), excludes=list(excludes),
-                          verify=verify, workers=workers or 0)
+    opts = RestoreOptions(
+        target=target,
+        subpath=sub,
+        includes=list(includes),
+        excludes=list(excludes),
+        verify=verify,
+        workers=workers or 0,
+    )
     with locked(g, repo, False, "restore"), progress(out, describe, "restore"):
         summary = run_restore(repo, ref.snapshot, opts, prog)
     for w in summary.warnings:
@@ -49,13 +57,25 @@ def restore(g, snapshot, target, includes, excludes, verify, workers):
     for e in summary.errors:
         out.error_line(e)
     if out.json:
-        out.emit({"message_type": "summary", "snapshot_id": ref.id, "target": summary.target,
-                  "files_restored": summary.files, "dirs_restored": summary.dirs, "other_restored": summary.other,
-                  "bytes_restored": summary.bytes, "files_verified": summary.verified_files,
-                  "errors": len(summary.errors), "duration": round(summary.duration, 3)})
+        out.emit(
+            {
+                "message_type": "summary",
+                "snapshot_id": ref.id,
+                "target": summary.target,
+                "files_restored": summary.files,
+                "dirs_restored": summary.dirs,
+                "other_restored": summary.other,
+                "bytes_restored": summary.bytes,
+                "files_verified": summary.verified_files,
+                "errors": len(summary.errors),
+                "duration": round(summary.duration, 3),
+            }
+        )
     else:
-        out.text(f"restored snapshot {ref.short_id} to {summary.target}: {summary.files} files, "
-                 f"{summary.dirs} dirs, {fmt_bytes(summary.bytes)} in {summary.duration:.2f}s")
+        out.text(
+            f"restored snapshot {ref.short_id} to {summary.target}: {summary.files} files, "
+            f"{summary.dirs} dirs, {fmt_bytes(summary.bytes)} in {summary.duration:.2f}s"
+        )
         if verify:
             out.text(f"verified {summary.verified_files} files")
     if summary.errors:

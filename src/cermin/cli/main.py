@@ -68,10 +68,17 @@ class Globals:
 
 @click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-r", "--repo", envvar="CERMIN_REPOSITORY", help="Repository location (a directory).")
-@click.option("--password-file", envvar="CERMIN_PASSWORD_FILE", type=click.Path(dir_okay=False),
-              help="Read the password from this file.")
-@click.option("--password-command", envvar="CERMIN_PASSWORD_COMMAND",
-              help="Run this command and read the password from its output.")
+@click.option(
+    "--password-file",
+    envvar="CERMIN_PASSWORD_FILE",
+    type=click.Path(dir_okay=False),
+    help="Read the password from this file.",
+)
+@click.option(
+    "--password-command",
+    envvar="CERMIN_PASSWORD_COMMAND",
+    help="Run this command and read the password from its output.",
+)
 @click.option("--json", "json_out", is_flag=True, help="Emit JSON lines instead of text.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", count=True, help="Print more: -v lists every file read by a backup.")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import getpass
 import io
 import os
 import socket
@@ -23,14 +22,14 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from cermin import __version__
+from cermin.engine import fsmeta
 from cermin.errors import CerminError, UsageError
 from cermin.format import pack, records
 from cermin.format.records import DIR, FILE, SYMLINK, Node, Snapshot, SnapshotSummary, Tree
-from cermin.engine import fsmeta
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
 from cermin.repo.snapshots import SnapshotRef, list_snapshots, resolve
-from cermin.util import display_path, now_rfc3339
+from cermin.util import display_path, now_rfc3339, username
 
 CACHEDIR_TAG = b"CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
@@ -197,7 +196,7 @@ class Backup:
             tree=tree_id,
             paths=paths,
             hostname=self.opts.hostname or socket.gethostname(),
-            username=_user(),
+            username=username(),
             uid=os.getuid(),
             gid=os.getgid(),
             tags=sorted(set(self.opts.tags)),
@@ -496,9 +495,17 @@ class Backup:
         ids, _, size = self._store_stream(self.opts.stdin)
         now = time.time_ns()
         node = Node(
-            name=name, type=FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(),
-            user=fsmeta.user_name(os.getuid()), group=fsmeta.group_name(os.getgid()),
-            mtime_ns=now, ctime_ns=now, size=size, content=b"".join(ids),
+            name=name,
+            type=FILE,
+            mode=0o600,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            user=fsmeta.user_name(os.getuid()),
+            group=fsmeta.group_name(os.getgid()),
+            mtime_ns=now,
+            ctime_ns=now,
+            size=size,
+            content=b"".join(ids),
         )
         s = self.sum
         s.files_new = s.total_files = 1
@@ -546,13 +553,6 @@ def _open_for_read(name: bytes, dfd: int) -> int:
         os.close(fd)
         raise OSError(0, "replaced by a non-regular file")
     return fd
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return str(os.getuid())
 
 
 def run_backup(repo: Repository, opts: BackupOptions, progress: BackupProgress | None = None) -> BackupSummary:

@@ -16,8 +16,17 @@ from functools import lru_cache
 from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
 IS_ROOT = os.geteuid() == 0
-_XATTR_SKIP_ERRNOS = {errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENODATA, errno.EOPNOTSUPP, errno.EBADF,
-                      errno.ENOENT, errno.ELOOP, errno.EINVAL}
+_XATTR_SKIP_ERRNOS = {
+    errno.ENOTSUP,
+    errno.EPERM,
+    errno.EACCES,
+    errno.ENODATA,
+    errno.EOPNOTSUPP,
+    errno.EBADF,
+    errno.ENOENT,
+    errno.ELOOP,
+    errno.EINVAL,
+}
 
 
 def node_type(mode: int) -> str | None:

@@ -17,11 +17,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cermin.engine import fsmeta
+from cermin.engine.treewalk import find_node
 from cermin.errors import CerminError
 from cermin.format import pack
 from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, ID_LEN, SOCKET, SYMLINK, Node, Snapshot
-from cermin.engine import fsmeta
-from cermin.engine.treewalk import find_node
 from cermin.repo.repository import Repository
 from cermin.util import display_path
 
@@ -124,8 +124,14 @@ class Restorer:
             self.pool.shutdown(wait=True)
             os.close(tfd)
         return RestoreSummary(
-            target=target, files=self.files, dirs=self.dirs, other=self.other, bytes=self.bytes,
-            verified_files=self.verified, warnings=self.warnings, errors=self.errors,
+            target=target,
+            files=self.files,
+            dirs=self.dirs,
+            other=self.other,
+            bytes=self.bytes,
+            verified_files=self.verified,
+            warnings=self.warnings,
+            errors=self.errors,
             duration=time.monotonic() - t0,
         )
 
@@ -321,6 +327,7 @@ def _remove_existing(dfd: int, name: bytes) -> None:
     os.unlink(name, dir_fd=dfd)
 
 
-def run_restore(repo: Repository, snap: Snapshot, opts: RestoreOptions,
-                progress: RestoreProgress | None = None) -> RestoreSummary:
+def run_restore(
+    repo: Repository, snap: Snapshot, opts: RestoreOptions, progress: RestoreProgress | None = None
+) -> RestoreSummary:
     return Restorer(repo, opts, progress).run(snap)

@@ -21,7 +21,9 @@ def find_node(repo: Repository, tree_id: bytes, path: bytes) -> Node:
     node = root_node(tree_id)
     for comp in [c for c in path.split(b"/") if c]:
         if node.type != DIR:
-            raise CerminError(f"path {display_path(path)} not found in snapshot ({display_path(comp)} is not a directory)")
+            raise CerminError(
+                f"path {display_path(path)} not found in snapshot ({display_path(comp)} is not a directory)"
+            )
         for n in repo.load_tree(node.subtree).nodes:
             if n.name == comp:
                 node = n
@@ -95,7 +97,9 @@ def _meta_key(n: Node):
     return (n.mode, n.uid, n.gid, n.mtime_ns, n.xattrs, n.target, n.rdev)
 
 
-def diff_trees(repo: Repository, a: bytes, b: bytes, prefix: bytes = b"") -> Iterator[tuple[str, bytes, Node | None, Node | None]]:
+def diff_trees(
+    repo: Repository, a: bytes, b: bytes, prefix: bytes = b""
+) -> Iterator[tuple[str, bytes, Node | None, Node | None]]:
     """Yield (change, path, old, new); change is '+', '-', 'M' (content), 'T' (type) or 'U' (metadata)."""
     if a == b:
         return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 
@@ -13,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cermin.errors import CorruptObject
 from cermin.format import crypto
 from cermin.format.records import KeyFile
-from cermin.util import now_rfc3339
+from cermin.util import now_rfc3339, username
 
 KEY_AAD = b"cermin/key"
 KEYFILE_VERSION = 1
@@ -35,7 +34,7 @@ def make_keyfile(master: bytes, password: bytes, params: crypto.KdfParams | None
         wrapped=wrapped,
         created=now_rfc3339(),
         hostname=socket.gethostname(),
-        username=_username(),
+        username=username(),
     )
 
 
@@ -62,10 +61,3 @@ def unwrap(kf: KeyFile, password: bytes) -> bytes | None:
         return AESGCM(kek).decrypt(nonce, ct, KEY_AAD)
     except InvalidTag:
         return None
-
-
-def _username() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return str(os.getuid())

@@ -18,9 +18,8 @@ from cermin.backend.base import Kind
 from cermin.errors import CerminError, ObjectNotFound, RepositoryLocked
 from cermin.format import records
 from cermin.format.records import Lock
-from cermin.repo.keys import _username
 from cermin.repo.repository import Repository
-from cermin.util import now_rfc3339, parse_rfc3339
+from cermin.util import now_rfc3339, parse_rfc3339, username
 
 REFRESH = 300.0
 STALE = 1800.0
@@ -75,7 +74,7 @@ class RepoLock:
             exclusive=self.exclusive,
             hostname=socket.gethostname(),
             pid=os.getpid(),
-            username=_username(),
+            username=username(),
             operation=self.operation,
         )
         return self.repo.save_object(Kind.LOCK, records.encode(lock))

@@ -50,9 +50,7 @@ class MasterIndex:
         v = self._blobs.get(blob_id)
         if v is None:
             return None
-        return BlobLocation(
-            self.packs[v >> 97], v & 1, (v >> 65) & _M32, (v >> 33) & _M32, (v >> 1) & _M32
-        )
+        return BlobLocation(self.packs[v >> 97], v & 1, (v >> 65) & _M32, (v >> 33) & _M32, (v >> 1) & _M32)
 
     def raw_length(self, blob_id: bytes) -> int | None:
         v = self._blobs.get(blob_id)

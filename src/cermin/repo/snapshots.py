@@ -32,7 +32,7 @@ def list_snapshots(
     """All snapshots matching the filters, oldest first. Tags: each filter entry may be 'a,b' (all of)."""
     names = [n for n, _ in repo.backend.list(Kind.SNAPSHOT)]
     with ThreadPoolExecutor(max_workers=workers) as ex:
-        refs = [SnapshotRef(n, s) for n, s in zip(names, ex.map(repo.load_snapshot, names))]
+        refs = [SnapshotRef(n, s) for n, s in zip(names, ex.map(repo.load_snapshot, names), strict=True)]
     out = [r for r in refs if _matches(r.snapshot, hosts, tags, paths)]
     out.sort(key=lambda r: (r.snapshot.time, r.id))
     return out
