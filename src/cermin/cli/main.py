@@ -34,6 +34,10 @@ COMMANDS = {
     "dump": ("cermin.cli.cmd_restore", "dump", "Write one file from a snapshot to stdout."),
     "cat": ("cermin.cli.cmd_repo", "cat", "Print repository objects (for debugging)."),
     "stats": ("cermin.cli.cmd_repo", "stats", "Show repository and snapshot statistics."),
+    "check": ("cermin.cli.cmd_maint", "check", "Verify the repository and name any damage."),
+    "repair": ("cermin.cli.cmd_maint", "repair", "Repair index, packs or snapshots."),
+    "forget": ("cermin.cli.cmd_maint", "forget", "Remove snapshots by ID or retention policy."),
+    "prune": ("cermin.cli.cmd_maint", "prune", "Remove unused data (plan, repack, delete)."),
     "key": ("cermin.cli.cmd_key", "key", "Manage key slots (passwords)."),
     "unlock": ("cermin.cli.cmd_repo", "unlock", "Remove stale locks."),
 }

@@ -67,8 +67,10 @@ class RepoLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
+        self._written_at = 0.0  # monotonic time of the last successful lock write
 
     def _write(self) -> str:
+        t = time.monotonic()
         lock = Lock(
             time=now_rfc3339(),
             exclusive=self.exclusive,
@@ -77,7 +79,18 @@ class RepoLock:
             username=username(),
             operation=self.operation,
         )
-        return self.repo.save_object(Kind.LOCK, records.encode(lock))
+        name = self.repo.save_object(Kind.LOCK, records.encode(lock))
+        self._written_at = t
+        return name
+
+    def ensure_fresh(self) -> None:
+        """Before destructive steps: our lock must still exist and be far from going stale."""
+        with self._mutex:
+            name = self.name
+        if name is None or time.monotonic() - self._written_at > STALE - 2 * REFRESH:
+            raise RepositoryLocked("the lock could not be refreshed in time; stopped before deleting anything")
+        if not self.repo.backend.exists(Kind.LOCK, name):
+            raise RepositoryLocked("our lock was removed by someone else; stopped before deleting anything")
 
     def acquire(self) -> RepoLock:
         # Write ours first, then look: two racing clients both see each other and back off.

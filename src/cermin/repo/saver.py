@@ -31,9 +31,22 @@ class SaveResult:
 
 
 class BlobSaver:
-    def __init__(self, repo: Repository, builders: int = 2, uploads: int = 2, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        builders: int = 2,
+        uploads: int = 2,
+        dry_run: bool = False,
+        ignore_index: bool = False,
+        write_index: bool = True,
+    ) -> None:
         self.repo = repo
         self.dry_run = dry_run  # pack and count everything, write nothing
+        # Repack/salvage: store blobs even though the index knows them (in packs about to go).
+        self.ignore_index = ignore_index
+        # Prune/repair write one full index themselves from `new_packs`.
+        self.write_index = write_index
+        self.new_packs: dict[bytes, bytes] = {}  # pack id -> index entries, for every pack written
         self.level = repo.secrets.compression_level
         self.target = repo.secrets.pack_size
         self._lock = threading.Lock()
@@ -56,14 +69,14 @@ class BlobSaver:
         self.stored_added = 0
 
     def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self.repo.index or blob_id in self._pending
+        return (not self.ignore_index and blob_id in self.repo.index) or blob_id in self._pending
 
     def save(self, blob_type: int, blob_id: bytes, data, payload: bytes | None = None) -> SaveResult:
         """Store `data` under `blob_id` unless already stored. `payload` may carry pre-compressed bytes."""
         if self._error is not None:
             raise self._error
         with self._lock:
-            if blob_id in self.repo.index or blob_id in self._pending:
+            if blob_id in self:
                 return SaveResult(False, len(data), 0)
             self._pending.add(blob_id)
         if payload is None:
@@ -104,17 +117,20 @@ class BlobSaver:
                 self.repo.backend.save(Kind.DATA, name, data)
             pack_id = bytes.fromhex(name)
             blobs = fmt_index.pack_entries(entries)
-            self.repo.index.add_pack(pack_id, blobs)
+            if not self.ignore_index:
+                self.repo.index.add_pack(pack_id, blobs)
             with self._lock:
+                self.new_packs[pack_id] = blobs
                 self.packs_written += 1
                 self.bytes_uploaded += len(data)
-                for e in entries:
-                    self._pending.discard(e[3])
+                if not self.ignore_index:  # otherwise pending is this saver's whole dedup set
+                    for e in entries:
+                        self._pending.discard(e[3])
                 self._index_packs.append(IndexPack(pack_id, blobs))
                 ready = None
                 if len(self._index_packs) >= INDEX_EVERY_PACKS:
                     ready, self._index_packs = self._index_packs, []
-            if ready and not self.dry_run:
+            if ready and self.write_index and not self.dry_run:
                 self.index_files.append(self.repo.save_index(ready))
         except BaseException as e:
             if self._error is None:
@@ -139,7 +155,7 @@ class BlobSaver:
             raise self._error
         with self._lock:
             ready, self._index_packs = self._index_packs, []
-        if ready and not self.dry_run:
+        if ready and self.write_index and not self.dry_run:
             self.index_files.append(self.repo.save_index(ready))
 
     def close(self) -> None:

@@ -1,0 +1,313 @@
+"""`check`: prove that every snapshot can be restored, and name precisely what cannot.
+
+Structure pass (always): index files readable; every indexed pack present with the size its index
+entries imply; every snapshot readable; every tree reachable from a snapshot indexed, readable and
+decodable; every data blob a file needs indexed. Data pass (`read_data`): read whole packs, check
+their headers against the index and authenticate every blob. Then every problem is attributed to
+the snapshots and paths that lose data.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cermin.backend.base import Kind
+from cermin.errors import CorruptObject, ObjectNotFound, UsageError
+from cermin.format.records import DIR, FILE, ID_LEN
+from cermin.repo.indexfiles import IndexView, expected_pack_size, read_index_view, read_pack_blobs, read_pack_header
+from cermin.repo.lock import is_stale, read_locks
+from cermin.repo.masterindex import MasterIndex
+from cermin.repo.repository import Repository
+from cermin.repo.snapshots import SnapshotRef
+from cermin.util import display_path
+
+
+@dataclass
+class Problem:
+    kind: str  # see docs/json.md for the list
+    message: str
+    pack: str | None = None
+    object: str | None = None
+    blobs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    errors: list[Problem] = field(default_factory=list)
+    notices: list[Problem] = field(default_factory=list)
+    affected: dict[str, list[str]] = field(default_factory=dict)  # snapshot id -> paths that lose data
+    snapshots: int = 0
+    trees: int = 0
+    packs: int = 0
+    blobs: int = 0
+    packs_read: int = 0
+    bytes_read: int = 0
+    damaged_packs: list[str] = field(default_factory=list)
+    damaged_snapshots: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def parse_subset(spec: str | None) -> Callable[[list[bytes]], list[bytes]] | None:
+    """'N%' (random sample) or 'n/m' (packs whose id falls into group n of m, for rotating checks)."""
+    if spec is None:
+        return None
+    try:
+        if spec.endswith("%"):
+            pct = float(spec[:-1])
+            if not 0 < pct <= 100:
+                raise ValueError
+            return lambda ids: random.sample(ids, max(1, round(len(ids) * pct / 100))) if ids else []
+        n, m = (int(x) for x in spec.split("/"))
+        if not 1 <= n <= m:
+            raise ValueError
+        return lambda ids: [i for i in ids if int.from_bytes(i[:4], "big") % m == n - 1]
+    except ValueError:
+        raise UsageError(f"bad --read-data-subset {spec!r}: use N% or n/m (1 <= n <= m)") from None
+
+
+class Checker:
+    def __init__(self, repo: Repository, read_data: bool = False, subset: str | None = None, workers: int = 4):
+        self.repo = repo
+        self.read_data = read_data or subset is not None
+        self.select = parse_subset(subset)
+        self.workers = workers
+        self.report = CheckReport()
+        self.bad_blobs: dict[bytes, str] = {}  # blob id -> why its data is lost
+        self.bad_trees: dict[bytes, str] = {}
+        self.view = IndexView()
+
+    def _error(self, kind: str, message: str, **kw) -> None:
+        self.report.errors.append(Problem(kind, message, **kw))
+
+    def _notice(self, kind: str, message: str, **kw) -> None:
+        self.report.notices.append(Problem(kind, message, **kw))
+
+    def run(self, progress: Callable[[str], None] | None = None) -> CheckReport:
+        say = progress or (lambda _msg: None)
+        say("loading index")
+        self._check_index()
+        say("checking packs")
+        self._check_packs()
+        say("checking snapshots and trees")
+        snaps = self._load_snapshots()
+        self._check_trees(snaps)
+        if self.read_data:
+            say("reading pack data")
+            self._read_data()
+        say("attributing damage")
+        self._attribute(snaps)
+        self._check_locks()
+        return self.report
+
+    # ---- index and packs -----------------------------------------------------------------------
+    def _check_index(self) -> None:
+        self.view = view = read_index_view(self.repo)
+        for name, why in view.damaged.items():
+            self._error("index_damaged", f"index {name[:12]}: {why}", object=name)
+        idx = MasterIndex()
+        seen: dict[bytes, bytes] = {}
+        dups = 0
+        for pid, entries in view.packs.items():
+            idx.add_pack(pid, entries)
+            for bid, *_ in view.entries(pid):
+                if seen.setdefault(bid, pid) != pid:
+                    dups += 1
+        if dups:
+            self._notice(
+                "duplicate_blobs", f"{dups} blobs are stored in more than one pack (prune removes the extra copies)"
+            )
+        self.repo.index = idx
+        self.report.packs = len(view.packs)
+        self.report.blobs = len(idx)
+
+    def _check_packs(self) -> None:
+        present = dict(self.repo.backend.list(Kind.DATA))
+        for pid, entries in self.view.packs.items():
+            name = pid.hex()
+            size = present.get(name)
+            if size is None:
+                self._pack_lost(pid, "pack_missing", f"pack {name[:12]} is missing")
+                continue
+            want = expected_pack_size(entries)
+            if size != want:
+                self._pack_lost(pid, "pack_size", f"pack {name[:12]} has {size} bytes, its index says {want}")
+        unindexed = sorted(set(present) - {p.hex() for p in self.view.packs})
+        if unindexed:
+            self._notice(
+                "packs_unindexed",
+                f"{len(unindexed)} packs are in no index (left by interrupted "
+                f"backups or prune; prune removes them, `repair index` adopts them)",
+                blobs=unindexed,
+            )
+
+    def _pack_lost(self, pid: bytes, kind: str, message: str) -> None:
+        blobs = [bid for bid, *_ in self.view.entries(pid)]
+        for b in blobs:
+            self.bad_blobs.setdefault(b, message)
+        self.report.damaged_packs.append(pid.hex())
+        self._error(kind, message, pack=pid.hex(), blobs=[b.hex() for b in blobs])
+
+    # ---- snapshots and trees -------------------------------------------------------------------
+    def _load_snapshots(self) -> list[SnapshotRef]:
+        refs = []
+        for name, _ in sorted(self.repo.backend.list(Kind.SNAPSHOT)):
+            try:
+                refs.append(SnapshotRef(name, self.repo.load_snapshot(name)))
+            except ObjectNotFound:
+                continue  # forgotten while we listed
+            except CorruptObject as e:
+                self.report.damaged_snapshots.append(name)
+                self._error("snapshot_damaged", f"snapshot {name[:12]}: {e}", object=name)
+        self.report.snapshots = len(refs)
+        return refs
+
+    def _check_trees(self, snaps: list[SnapshotRef]) -> None:
+        index = self.repo.index
+        seen: set[bytes] = set()
+        missing: set[bytes] = set()
+        stack = [r.snapshot.tree for r in snaps]
+        while stack:
+            tid = stack.pop()
+            if tid in seen:
+                continue
+            seen.add(tid)
+            if tid not in index:
+                self.bad_trees[tid] = "tree is not in the index"
+                continue
+            if tid in self.bad_blobs:
+                self.bad_trees[tid] = self.bad_blobs[tid]
+                continue
+            try:
+                tree = self.repo.load_tree(tid)
+            except (CorruptObject, ObjectNotFound) as e:
+                self.bad_trees[tid] = str(e)
+                self.bad_blobs[tid] = str(e)
+                continue
+            for n in tree.nodes:
+                if n.type == DIR:
+                    stack.append(n.subtree)
+                elif n.type == FILE:
+                    c = n.content
+                    for i in range(0, len(c), ID_LEN):
+                        b = c[i : i + ID_LEN]
+                        if b not in index:
+                            missing.add(b)
+        self.report.trees = len(seen)
+        for b in missing:
+            self.bad_blobs.setdefault(b, "data blob is not in the index")
+        if missing:
+            self._error(
+                "blobs_missing",
+                f"{len(missing)} data blobs referenced by snapshots are in no index",
+                blobs=sorted(b.hex() for b in missing),
+            )
+        for tid, why in sorted(self.bad_trees.items()):
+            self._error("tree_damaged", f"tree {tid.hex()[:16]}: {why}", object=tid.hex())
+
+    # ---- data ----------------------------------------------------------------------------------
+    def _read_data(self) -> None:
+        lost = set(self.report.damaged_packs)
+        ids = sorted(p for p in self.view.packs if p.hex() not in lost)
+        if self.select is not None:
+            ids = self.select(ids)
+
+        def read_one(pid: bytes):
+            name = pid.hex()
+            indexed = list(self.view.entries(pid))
+            problems = []
+            try:
+                header = read_pack_header(self.repo, name)
+                in_header = {(bid, t, off, ln) for t, off, ln, bid, _ in header}
+                in_index = {(bid, t, off, ln) for bid, t, off, ln, _ in indexed}
+                if in_header != in_index:
+                    problems.append(f"pack {name[:12]}: header and index disagree")
+            except CorruptObject as e:
+                problems.append(str(e))
+            good, bad = read_pack_blobs(self.repo, name, indexed)
+            return pid, problems, bad, sum(ln for _, _, _, ln, _ in indexed)
+
+        with ThreadPoolExecutor(max_workers=self.workers) as ex:
+            for pid, problems, bad, nbytes in ex.map(read_one, ids):
+                self.report.packs_read += 1
+                self.report.bytes_read += nbytes
+                name = pid.hex()
+                if bad:
+                    for b, why in bad.items():
+                        self.bad_blobs.setdefault(b, why)
+                    self.report.damaged_packs.append(name)
+                    self._error(
+                        "pack_damaged",
+                        f"pack {name[:12]}: {len(bad)} blobs fail authentication",
+                        pack=name,
+                        blobs=sorted(b.hex() for b in bad),
+                    )
+                elif problems:
+                    self.report.damaged_packs.append(name)
+                    self._error("pack_damaged", "; ".join(problems), pack=name)
+
+    # ---- attribution ---------------------------------------------------------------------------
+    def _attribute(self, snaps: list[SnapshotRef]) -> None:
+        bad = self.bad_blobs
+        if not bad and not self.bad_trees:
+            return
+        has_bad: dict[bytes, bool] = {}
+
+        def file_is_bad(n) -> bool:
+            c = n.content
+            return any(c[i : i + ID_LEN] in bad for i in range(0, len(c), ID_LEN))
+
+        def tree_has_bad(root: bytes) -> bool:
+            """Whether anything below a tree lost data; iterative post-order, memoised per tree."""
+            stack = [(root, False)]
+            while stack:
+                tid, expanded = stack.pop()
+                if tid in has_bad:
+                    continue
+                if tid in self.bad_trees:
+                    has_bad[tid] = True
+                    continue
+                nodes = self.repo.load_tree(tid).nodes
+                if not expanded:
+                    stack.append((tid, True))
+                    stack.extend((n.subtree, False) for n in nodes if n.type == DIR and n.subtree not in has_bad)
+                else:
+                    has_bad[tid] = any(
+                        (n.type == DIR and has_bad[n.subtree]) or (n.type == FILE and file_is_bad(n)) for n in nodes
+                    )
+            return has_bad[root]
+
+        for ref in snaps:
+            paths: list[str] = []
+            stack = [(b"", ref.snapshot.tree)]
+            while stack:
+                prefix, tid = stack.pop()
+                if not tree_has_bad(tid):
+                    continue
+                if tid in self.bad_trees:
+                    paths.append(display_path(prefix or b"/") + ("/" if prefix else "") + " (whole directory)")
+                    continue
+                for n in self.repo.load_tree(tid).nodes:
+                    p = prefix + b"/" + n.name
+                    if n.type == DIR:
+                        stack.append((p, n.subtree))
+                    elif n.type == FILE and file_is_bad(n):
+                        paths.append(display_path(p))
+            if paths:
+                self.report.affected[ref.id] = sorted(paths)
+
+    def _check_locks(self) -> None:
+        for name, lock in read_locks(self.repo):
+            if lock is None or is_stale(lock):
+                self._notice("stale_lock", f"stale lock {name[:12]} (`cermin unlock` removes it)", object=name)
+
+
+def run_check(
+    repo: Repository, read_data: bool = False, subset: str | None = None, progress: Callable[[str], None] | None = None
+) -> CheckReport:
+    return Checker(repo, read_data, subset).run(progress)

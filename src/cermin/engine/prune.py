@@ -1,0 +1,196 @@
+"""`prune`: compute a plan (what is kept, repacked, deleted, bytes freed), then execute it.
+
+Execution order, each step durable before the next, so a crash anywhere leaves a repository that
+checks clean and restores every kept snapshot:
+  1. repack: live blobs of partly used packs are copied into new packs (old packs untouched);
+  2. phase one: one new full index naming only the packs that stay (old index files superseded,
+     then removed) — packs to delete are now merely unindexed, which check reports as a notice;
+  3. phase two: delete the repacked, unused and unindexed packs.
+Prune holds the exclusive lock, so no backup can be deduplicating against a pack it deletes; it
+re-checks the lock is still fresh before deleting anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cermin.backend.base import Kind
+from cermin.errors import CerminError, ObjectNotFound
+from cermin.format.records import DIR, FILE, ID_LEN
+from cermin.repo.indexfiles import IndexView, read_index_view, read_pack_blobs, replace_index
+from cermin.repo.masterindex import MasterIndex
+from cermin.repo.repository import Repository
+from cermin.repo.saver import BlobSaver
+from cermin.repo.snapshots import list_snapshots
+
+
+class PruneAborted(CerminError):
+    pass
+
+
+@dataclass
+class PrunePlan:
+    snapshots: int = 0
+    used_blobs: int = 0
+    used_bytes: int = 0
+    unused_blobs: int = 0
+    unused_bytes: int = 0
+    total_packs: int = 0
+    total_bytes: int = 0
+    keep_packs: list[str] = field(default_factory=list)
+    repack_packs: list[str] = field(default_factory=list)
+    delete_packs: list[str] = field(default_factory=list)  # indexed, nothing in them is used
+    unindexed_packs: list[str] = field(default_factory=list)  # leftovers of interrupted runs
+    repack_blobs: int = 0
+    repack_bytes: int = 0
+    bytes_freed: int = 0  # estimate: size of deleted packs minus what repacking rewrites
+    index_files: list[str] = field(default_factory=list)
+    # Internal state for execute(), not part of the JSON plan.
+    _view: IndexView | None = None
+    _used: set[bytes] | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+@dataclass
+class PruneResult:
+    plan: PrunePlan
+    packs_written: int = 0
+    bytes_written: int = 0
+    packs_deleted: int = 0
+    bytes_deleted: int = 0
+    index_files_written: int = 0
+
+
+def used_blobs(repo: Repository) -> set[bytes]:
+    """Every tree and data blob reachable from any snapshot."""
+    used: set[bytes] = set()
+    stack = [r.snapshot.tree for r in list_snapshots(repo)]
+    while stack:
+        tid = stack.pop()
+        if tid in used:
+            continue
+        used.add(tid)
+        for n in repo.load_tree(tid).nodes:
+            if n.type == DIR:
+                stack.append(n.subtree)
+            elif n.type == FILE:
+                c = n.content
+                used.update(c[i : i + ID_LEN] for i in range(0, len(c), ID_LEN))
+    return used
+
+
+def plan_prune(repo: Repository, max_unused: float = 0.05) -> PrunePlan:
+    """max_unused: fraction of the used data size that may stay unused in kept packs."""
+    view = read_index_view(repo)
+    if view.damaged:
+        raise PruneAborted(f"{len(view.damaged)} index files are damaged: run `cermin repair index` first")
+    idx = MasterIndex()
+    for pid, entries in view.packs.items():
+        idx.add_pack(pid, entries)
+    repo.index = idx
+    used = used_blobs(repo)
+    missing = [b for b in used if b not in idx]
+    if missing:
+        raise PruneAborted(
+            f"{len(missing)} blobs used by snapshots are missing: run `cermin check` and "
+            f"`cermin repair` first; prune removes nothing from a damaged repository"
+        )
+    present = dict(repo.backend.list(Kind.DATA))
+    plan = PrunePlan(snapshots=len(list(repo.backend.list(Kind.SNAPSHOT))), index_files=list(view.files))
+    counted: set[bytes] = set()
+    partly: list[tuple[float, bytes, int, int]] = []
+    for pid, _entries in view.packs.items():
+        name = pid.hex()
+        if name not in present:
+            continue  # a missing pack can be neither kept nor deleted: check reports it
+        live = dead = 0
+        for bid, _t, _off, ln, _raw in view.entries(pid):
+            if bid in used and bid not in counted and idx.lookup(bid).pack_id == pid:
+                counted.add(bid)
+                live += ln
+                plan.used_blobs += 1
+            else:
+                dead += ln
+                plan.unused_blobs += 1
+        plan.used_bytes += live
+        plan.unused_bytes += dead
+        plan.total_packs += 1
+        plan.total_bytes += present[name]
+        if live == 0:
+            plan.delete_packs.append(name)
+            plan.bytes_freed += present[name]
+        elif dead == 0:
+            plan.keep_packs.append(name)
+        else:
+            partly.append((dead / (live + dead), pid, live, dead))
+    plan.unindexed_packs = sorted(set(present) - {p.hex() for p in view.packs})
+    plan.bytes_freed += sum(present[n] for n in plan.unindexed_packs)
+    # Repack the emptiest packs until what stays unused is within the limit.
+    unused_left = sum(d for _, _, _, d in partly)
+    limit = max_unused * plan.used_bytes
+    for _ratio, pid, live, dead in sorted(partly, reverse=True):
+        if unused_left > limit:
+            plan.repack_packs.append(pid.hex())
+            plan.repack_bytes += live
+            plan.repack_blobs += sum(
+                1 for bid, *_ in view.entries(pid) if bid in used and idx.lookup(bid).pack_id == pid
+            )
+            plan.bytes_freed += present[pid.hex()] - live
+            unused_left -= dead
+        else:
+            plan.keep_packs.append(pid.hex())
+    plan._view, plan._used = view, used
+    return plan
+
+
+def execute_prune(
+    repo: Repository, plan: PrunePlan, lock=None, progress: Callable[[str], None] | None = None
+) -> PruneResult:
+    say = progress or (lambda _m: None)
+    view, used = plan._view, plan._used
+    assert view is not None and used is not None, "execute a plan made by plan_prune"
+    res = PruneResult(plan)
+    saver = BlobSaver(repo, builders=1, ignore_index=True, write_index=False)
+    try:
+        for i, name in enumerate(plan.repack_packs):
+            say(f"repacking {i + 1}/{len(plan.repack_packs)}")
+            pid = bytes.fromhex(name)
+            live = [e for e in view.entries(pid) if e[0] in used and repo.index.lookup(e[0]).pack_id == pid]
+            good, bad = read_pack_blobs(repo, name, live)
+            if bad:
+                raise PruneAborted(
+                    f"pack {name[:12]} has {len(bad)} damaged blobs that snapshots use: "
+                    f"nothing was deleted; run `cermin repair packs`"
+                )
+            for bid, t, *_ in live:
+                saver.save(t, bid, good[bid])
+        saver.flush()
+    finally:
+        saver.close()
+    res.packs_written, res.bytes_written = saver.packs_written, saver.bytes_uploaded
+    drop = set(plan.repack_packs) | set(plan.delete_packs)
+    stays = {pid: e for pid, e in view.packs.items() if pid.hex() not in drop}
+    stays.update(saver.new_packs)
+    if lock is not None:
+        lock.ensure_fresh()
+    say("writing the new index")
+    new_files = replace_index(repo, stays, view.files)  # phase one
+    res.index_files_written = len(new_files)
+    if lock is not None:
+        lock.ensure_fresh()
+    present = dict(repo.backend.list(Kind.DATA))
+    for name in sorted(drop) + plan.unindexed_packs:  # phase two
+        try:
+            repo.backend.remove(Kind.DATA, name)
+            res.packs_deleted += 1
+            res.bytes_deleted += present.get(name, 0)
+        except ObjectNotFound:
+            pass
+    idx = MasterIndex()
+    for pid, entries in stays.items():
+        idx.add_pack(pid, entries)
+    repo.index = idx
+    return res

@@ -1,0 +1,250 @@
+"""Repairs: rebuild the index from packs, salvage readable blobs from damaged packs, and rewrite
+snapshots without the files whose data is gone. Every repair writes new objects before it removes
+old ones, so a crash part-way leaves a repository at least as good as before.
+
+Typical order after `check` reports damage: `repair packs` -> `repair index` -> `repair snapshots`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cermin.backend.base import Kind
+from cermin.errors import CorruptObject, ObjectNotFound
+from cermin.format import index as fmt_index
+from cermin.format import pack, records
+from cermin.format.records import DIR, FILE, ID_LEN, Node, Snapshot, Tree
+from cermin.repo.indexfiles import expected_pack_size, read_index_view, read_pack_blobs, read_pack_header, replace_index
+from cermin.repo.masterindex import MasterIndex
+from cermin.repo.repository import Repository
+from cermin.repo.saver import BlobSaver
+from cermin.util import display_path, now_rfc3339
+
+
+def _rebuild_memory_index(repo: Repository, packs: dict[bytes, bytes]) -> None:
+    idx = MasterIndex()
+    for pid, entries in packs.items():
+        idx.add_pack(pid, entries)
+    repo.index = idx
+
+
+# ---- repair index ---------------------------------------------------------------------------
+@dataclass
+class RepairIndexResult:
+    packs_indexed: int = 0
+    packs_adopted: list[str] = field(default_factory=list)  # were in no index
+    packs_dropped: list[str] = field(default_factory=list)  # unreadable, left out of the index
+    index_files_written: list[str] = field(default_factory=list)
+    index_files_removed: int = 0
+
+
+def repair_index(repo: Repository, workers: int = 4) -> RepairIndexResult:
+    """Index every pack whose own header is readable; replace all index files."""
+    view = read_index_view(repo)
+    present = dict(repo.backend.list(Kind.DATA))
+    res = RepairIndexResult()
+
+    def header(name: str):
+        try:
+            return name, read_pack_header(repo, name, present[name]), None
+        except CorruptObject as e:  # only proven damage; an I/O error aborts the repair
+            return name, None, str(e)
+
+    packs: dict[bytes, bytes] = {}
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        for name, entries, _err in ex.map(header, sorted(present)):
+            pid = bytes.fromhex(name)
+            if entries is not None:
+                packs[pid] = fmt_index.pack_entries(entries)
+                if pid not in view.packs:
+                    res.packs_adopted.append(name)
+            elif pid in view.packs and expected_pack_size(view.packs[pid]) == present[name]:
+                packs[pid] = view.packs[pid]  # header damaged, but the old index still describes it
+            else:
+                res.packs_dropped.append(name)
+    old = view.files + list(view.damaged)
+    res.index_files_written = replace_index(repo, packs, old)
+    res.index_files_removed = len([o for o in old if o not in res.index_files_written])
+    res.packs_indexed = len(packs)
+    _rebuild_memory_index(repo, packs)
+    return res
+
+
+# ---- repair packs ---------------------------------------------------------------------------
+@dataclass
+class RepairPacksResult:
+    packs_checked: int = 0
+    packs_salvaged: list[str] = field(default_factory=list)  # damaged packs replaced
+    blobs_salvaged: int = 0
+    blobs_lost: list[str] = field(default_factory=list)
+    packs_written: int = 0
+
+
+def repair_packs(
+    repo: Repository, pack_ids: list[str] | None = None, workers: int = 2, progress: Callable[[str], None] | None = None
+) -> RepairPacksResult:
+    """Read packs (all, or the given ones); copy every readable blob of a damaged pack into new packs,
+    index them, then delete the damaged pack. Missing packs are dropped from the index."""
+    view = read_index_view(repo)
+    present = dict(repo.backend.list(Kind.DATA))
+    targets = [bytes.fromhex(p) for p in pack_ids] if pack_ids else sorted(view.packs)
+    res = RepairPacksResult()
+    damaged: list[bytes] = []
+    saver = BlobSaver(repo, builders=1, ignore_index=True, write_index=False)
+    try:
+        for pid in targets:
+            name = pid.hex()
+            res.packs_checked += 1
+            entries = list(view.entries(pid))
+            if name not in present:
+                damaged.append(pid)
+                res.blobs_lost += [bid.hex() for bid, *_ in entries]
+                continue
+            good, bad = read_pack_blobs(repo, name, entries)
+            header_ok = True
+            try:
+                read_pack_header(repo, name, present[name])
+            except CorruptObject:
+                header_ok = False
+            if not bad and header_ok and present[name] == expected_pack_size(view.packs.get(pid, b"")):
+                continue
+            if progress:
+                progress(f"salvaging pack {name[:12]}: {len(good)} readable, {len(bad)} damaged blobs")
+            damaged.append(pid)
+            res.packs_salvaged.append(name)
+            for bid, t, _off, _ln, _raw in entries:
+                if bid in good:
+                    saver.save(t, bid, good[bid])
+                    res.blobs_salvaged += 1
+                else:
+                    res.blobs_lost.append(bid.hex())
+        saver.flush()
+    finally:
+        saver.close()
+    res.packs_written = saver.packs_written
+    if not damaged:
+        return res
+    packs = {pid: e for pid, e in view.packs.items() if pid not in damaged}
+    packs.update(saver.new_packs)
+    replace_index(repo, packs, view.files + list(view.damaged))  # new data indexed before old goes
+    for pid in damaged:
+        try:
+            repo.backend.remove(Kind.DATA, pid.hex())
+        except ObjectNotFound:
+            pass
+    _rebuild_memory_index(repo, packs)
+    return res
+
+
+# ---- repair snapshots -----------------------------------------------------------------------
+@dataclass
+class RepairedSnapshot:
+    original: str
+    new: str | None  # None: nothing was recoverable, the snapshot was removed
+    removed_paths: list[str]
+
+
+@dataclass
+class RepairSnapshotsResult:
+    repaired: list[RepairedSnapshot] = field(default_factory=list)
+    unreadable_removed: list[str] = field(default_factory=list)
+    originals_removed: list[str] = field(default_factory=list)
+
+
+class _TreeFixer:
+    """Rewrites trees without files whose blobs are missing; damaged subtrees become empty dirs."""
+
+    def __init__(self, repo: Repository, saver: BlobSaver) -> None:
+        self.repo = repo
+        self.saver = saver
+        self.memo: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
+
+    def _store(self, nodes: list[Node]) -> bytes:
+        data = records.encode(Tree(nodes=nodes))
+        tid = self.repo.blob_id(data)
+        self.saver.save(pack.TREE, tid, data)
+        return tid
+
+    def fix(self, tid: bytes) -> tuple[bytes | None, list[bytes]]:
+        """(new tree id or None when unreadable, relative paths removed). Iterative post-order."""
+        stack = [(tid, False)]
+        while stack:
+            t, expanded = stack.pop()
+            if t in self.memo:
+                continue
+            try:
+                nodes = self.repo.load_tree(t).nodes if t in self.repo.index else None
+            except CorruptObject:
+                nodes = None
+            if nodes is None:
+                self.memo[t] = (None, [b"(whole directory)"])
+                continue
+            if not expanded:
+                stack.append((t, True))
+                stack.extend((n.subtree, False) for n in nodes if n.type == DIR and n.subtree not in self.memo)
+                continue
+            out, removed, changed = [], [], False
+            index = self.repo.index
+            for n in nodes:
+                if n.type == FILE and any(
+                    n.content[i : i + ID_LEN] not in index for i in range(0, len(n.content), ID_LEN)
+                ):
+                    removed.append(n.name)
+                    changed = True
+                    continue
+                if n.type == DIR:
+                    sub, sub_removed = self.memo[n.subtree]
+                    removed += [n.name + b"/" + r for r in sub_removed]
+                    if sub is None:
+                        sub = self._store([])
+                    if sub != n.subtree:
+                        n = records.decode(records.encode(n), Node)  # copy: trees are shared
+                        n.subtree = sub
+                        changed = True
+                out.append(n)
+            self.memo[t] = (self._store(out) if changed else t, removed)
+        return self.memo[tid]
+
+
+def repair_snapshots(repo: Repository, forget_originals: bool = False) -> RepairSnapshotsResult:
+    """Write a repaired copy of every snapshot that lost data (marked in `extra`); remove unreadable
+    snapshot files and snapshots with nothing left; remove the originals only when asked."""
+    res = RepairSnapshotsResult()
+    saver = BlobSaver(repo, builders=1)
+    fixer = _TreeFixer(repo, saver)
+    todo: list[tuple[str, Snapshot, bytes, list[bytes]]] = []
+    try:
+        for name, _ in sorted(repo.backend.list(Kind.SNAPSHOT)):
+            try:
+                snap = repo.load_snapshot(name)
+            except CorruptObject:  # damaged for good; a transient error aborts instead
+                res.unreadable_removed.append(name)
+                continue
+            new_tree, removed = fixer.fix(snap.tree)
+            if new_tree == snap.tree:
+                continue
+            todo.append((name, snap, new_tree, removed))
+        saver.flush()
+    finally:
+        saver.close()
+    for name, snap, new_tree, removed in todo:  # trees are durable: now the snapshots
+        paths = [display_path(r) for r in removed]
+        new_id = None
+        if new_tree is not None:
+            extra = dict(snap.extra)
+            extra.update(repaired=True, repaired_from=name, repaired_at=now_rfc3339(), removed_paths=paths[:1000])
+            fixed = records.decode(records.encode(snap), Snapshot)
+            fixed.tree, fixed.extra = new_tree, extra
+            new_id = repo.save_snapshot(fixed)
+        res.repaired.append(RepairedSnapshot(name, new_id, paths))
+        if forget_originals or new_id is None:
+            repo.backend.remove(Kind.SNAPSHOT, name)
+            res.originals_removed.append(name)
+    for name in res.unreadable_removed:
+        try:
+            repo.backend.remove(Kind.SNAPSHOT, name)
+        except ObjectNotFound:
+            pass
+    return res

@@ -1,0 +1,139 @@
+"""Index files as a whole: per-pack views for check/prune/repair, and full index rewrites.
+
+A full rewrite is crash-safe by ordering: the new index files (naming the packs that stay, and
+`supersedes` the old files) are written first, the old files are deleted after. A crash in between
+leaves both, which only duplicates entries.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import msgspec
+
+from cermin.backend.base import Kind
+from cermin.errors import CorruptObject, ObjectNotFound
+from cermin.format import crypto, pack, records
+from cermin.format import index as fmt_index
+from cermin.format.records import IndexPack
+from cermin.repo.repository import Repository
+
+PACKS_PER_INDEX_FILE = 2000
+
+
+@dataclass
+class IndexView:
+    """Every pack named by any readable index file, with its entries, plus damage found on the way."""
+
+    packs: dict[bytes, bytes] = field(default_factory=dict)  # pack id -> concatenated entries
+    files: list[str] = field(default_factory=list)  # readable index files
+    damaged: dict[str, str] = field(default_factory=dict)  # index file -> error
+    pack_files: dict[bytes, list[str]] = field(default_factory=dict)  # pack id -> index files naming it
+
+    def entries(self, pack_id: bytes):
+        """(blob id, type, offset, length, raw length) of one pack."""
+        return fmt_index.iter_entries(self.packs.get(pack_id, b""))
+
+
+def read_index_view(repo: Repository) -> IndexView:
+    view = IndexView()
+    for name, _ in sorted(repo.backend.list(Kind.INDEX)):
+        try:
+            idx = records.index_decoder.decode(repo.load_object(Kind.INDEX, name))
+        except ObjectNotFound:
+            continue
+        except (CorruptObject, msgspec.DecodeError, msgspec.ValidationError) as e:
+            view.damaged[name] = str(e)  # proven damage only: an I/O error propagates
+            continue
+        view.files.append(name)
+        for p in idx.packs:
+            view.packs.setdefault(p.id, p.blobs)
+            view.pack_files.setdefault(p.id, []).append(name)
+    return view
+
+
+def expected_pack_size(entries: bytes) -> int:
+    """Size a pack must have, from its index entries (every blob of a pack is indexed together)."""
+    n = len(entries) // fmt_index.ENTRY.size
+    end = max((off + ln for _, _, off, ln, _ in fmt_index.iter_entries(entries)), default=pack.PREFIX_LEN)
+    return end + n * pack.HEADER_ENTRY.size + crypto.TAG_LEN + 4
+
+
+def write_index(repo: Repository, packs: dict[bytes, bytes], supersedes: list[str]) -> list[str]:
+    """Write index files naming exactly `packs`; each supersedes the listed old files."""
+    names = []
+    items = sorted(packs.items())
+    for i in range(0, max(len(items), 1), PACKS_PER_INDEX_FILE):
+        chunk = [IndexPack(pid, blobs) for pid, blobs in items[i : i + PACKS_PER_INDEX_FILE]]
+        if not chunk and names:
+            break
+        idx = records.IndexFile(packs=chunk, supersedes=[bytes.fromhex(s) for s in supersedes])
+        names.append(repo.save_object(Kind.INDEX, records.encode(idx)))
+    return names
+
+
+def replace_index(repo: Repository, packs: dict[bytes, bytes], old_files: list[str]) -> list[str]:
+    """New index files first, then remove the old ones (crash-safe order)."""
+    new = write_index(repo, packs, old_files)
+    for name in old_files:
+        if name in new:
+            continue
+        try:
+            repo.backend.remove(Kind.INDEX, name)
+        except ObjectNotFound:
+            pass
+    return new
+
+
+def read_pack_header(repo: Repository, pack_name: str, size: int | None = None) -> list[tuple]:
+    """Entries (type, offset, length, id, raw_len) from a pack's own header, reading only its ends."""
+    what = f"pack {pack_name[:12]}"
+    if size is None:
+        size = repo.backend.size(Kind.DATA, pack_name)
+    if size < pack.PREFIX_LEN + 4:
+        raise CorruptObject(f"{what} is truncated ({size} bytes)")
+    prefix = repo.backend.load(Kind.DATA, pack_name, 0, pack.PREFIX_LEN)
+    (hlen,) = struct.unpack("<I", repo.backend.load(Kind.DATA, pack_name, size - 4, 4))
+    start = size - 4 - hlen
+    if hlen < crypto.TAG_LEN or start < pack.PREFIX_LEN:
+        raise CorruptObject(f"{what}: bad header length {hlen} (truncated or damaged)")
+    header_ct = repo.backend.load(Kind.DATA, pack_name, start, hlen)
+    cipher = pack.pack_cipher(repo.keys, prefix, what)
+    header = crypto.decrypt(cipher, crypto.HEADER_NONCE, header_ct, pack.HEADER_AAD, f"{what} header")
+    if len(header) % pack.HEADER_ENTRY.size:
+        raise CorruptObject(f"{what}: header has a partial entry")
+    entries = []
+    off = pack.PREFIX_LEN
+    for t, ln, raw, bid in pack.HEADER_ENTRY.iter_unpack(header):
+        entries.append((t, off, ln, bid, raw))
+        off += ln
+    if off != start:
+        raise CorruptObject(f"{what}: header does not match the pack's size")
+    return entries
+
+
+def read_pack_blobs(repo: Repository, pack_name: str, entries) -> tuple[dict[bytes, bytes], dict[bytes, str]]:
+    """Decrypt and verify the given blobs of one pack, reading the whole pack once.
+
+    entries: iterable of (blob id, type, offset, length, raw length). Returns (good: id -> plaintext,
+    bad: id -> reason).
+    """
+    data = repo.backend.load(Kind.DATA, pack_name)
+    what = f"pack {pack_name[:12]}"
+    good: dict[bytes, bytes] = {}
+    bad: dict[bytes, str] = {}
+    try:
+        cipher = pack.pack_cipher(repo.keys, data, what)
+    except CorruptObject as e:
+        return good, {bid: str(e) for bid, *_ in entries}
+    for bid, t, off, ln, _raw in entries:
+        ct = data[off : off + ln]
+        if len(ct) != ln:
+            bad[bid] = f"{what} is truncated"
+            continue
+        try:
+            good[bid] = repo.open_blob(cipher, off, t, bid, ct)
+        except CorruptObject as e:
+            bad[bid] = str(e)
+    return good, bad
