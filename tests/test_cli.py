@@ -76,7 +76,7 @@ def test_full_cycle(initialized_cli, tmp_path):
     snap = json.loads(cli("cat", "snapshot", "latest").stdout)
     tree = json.loads(cli("cat", "tree", snap["tree"]).stdout)
     assert tree["nodes"][0]["type"] == "dir"
-    st = jlines(cli("--json", "stats", "--mode", "raw-data"))[0]
+    st = jlines(cli("--json", "stats", "--mode", "raw"))[0]
     assert st["compression_ratio"] > 1 and st["stored_size"] < st["total_size"]
 
 
@@ -160,3 +160,51 @@ def test_objects_never_rewritten(initialized_cli, tmp_path):
     assert all(after.get(p) == v for p, v in before.items()), "an existing object changed"
     assert len(after) > len(before)
     assert not [p for p in after if "/locks/" in p], "locks are released"
+
+
+def test_maintenance_cycle(initialized_cli, tmp_path):
+    """check, forget with a policy, prune plan then prune, stats modes, repair — through the command."""
+    cli = initialized_cli
+    src = tmp_path / "src"
+    os.makedirs(src)
+    (src / "common").write_bytes(os.urandom(300_000))  # in every snapshot: deduplicated
+    for i in range(4):
+        if i:
+            os.unlink(src / f"gen{i - 1}")  # each generation replaces the previous one
+        (src / f"gen{i}").write_bytes(os.urandom(400_000))
+        cli("backup", str(src), "--tag", f"g{i}")
+    r = jlines(cli("--json", "check", "--read-data"))
+    assert r[-1]["ok"] is True and r[-1]["snapshots"] == 4 and r[-1]["packs_read"] > 0
+
+    dry = jlines(cli("--json", "forget", "--keep-last", "2", "--keep-tag", "g0", "--dry-run"))
+    group = [o for o in dry if o["message_type"] == "forget_group"][0]
+    assert len(group["keep"]) == 3 and len(group["remove"]) == 1
+    assert len(jlines(cli("--json", "snapshots"))[0]["snapshots"]) == 4, "dry run removes nothing"
+    cli("forget", "--keep-last", "2")
+    assert len(jlines(cli("--json", "snapshots"))[0]["snapshots"]) == 2
+
+    plan = jlines(cli("--json", "prune", "--dry-run"))[0]
+    assert plan["message_type"] == "prune_plan" and plan["unused_bytes"] > 0
+    before = repo_bytes(cli.repo)
+    out = jlines(cli("--json", "prune", "--max-unused", "0%"))
+    assert out[-1]["packs_deleted"] >= 1
+    assert repo_bytes(cli.repo) < before - 700_000, "the data only the forgotten snapshots used is gone"
+    assert jlines(cli("--json", "check", "--read-data"))[-1]["ok"] is True
+    restored = tmp_path / "out"
+    cli("restore", "latest", "--target", str(restored), "--verify")
+    assert (restored / str(src).lstrip("/") / "gen3").read_bytes() == (src / "gen3").read_bytes()
+
+    st = jlines(cli("--json", "stats", "--mode", "dedup"))[0]
+    assert st["dedup_ratio"] > 1.0 and st["restore_size"] > st["total_size"]
+    assert jlines(cli("--json", "stats", "--mode", "raw"))[0]["blobs"] > 0
+
+    # damage one pack: check exits 1 naming it; repair sequence brings a clean check back
+    pack = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(cli.repo, "data")) for f in fs)[0]
+    os.unlink(pack)
+    r = cli("check", ok=False)
+    assert r.returncode == 1 and os.path.basename(pack)[:12].encode() in r.stdout
+    assert b"check found" in r.stderr and b"Traceback" not in r.stderr
+    cli("repair", "packs")
+    cli("repair", "index")
+    cli("repair", "snapshots", "--forget")
+    assert cli("check", "--read-data").returncode == 0

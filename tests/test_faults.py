@@ -174,8 +174,8 @@ def test_repair_sweep(base, tmp_path, fault):
     mem, s1, snap_src, src = base
     damaged = clone(mem)
     repo = reopen(damaged)
-    s2 = backup(repo, src)
-    # damage: one pack of s2's new data disappears
+    backup(repo, src)
+    # damage: one pack of the second snapshot's new data disappears
     new_packs = sorted(n for (k, n) in damaged.objects if k is Kind.DATA and (k, n) not in mem.objects)
     del damaged.objects[(Kind.DATA, new_packs[0])]
 

@@ -96,10 +96,10 @@ def _tree_id(repo, ref: str) -> bytes:
 @click.argument("snapshot_ids", nargs=-1)
 @click.option(
     "--mode",
-    type=click.Choice(["restore-size", "raw-data"]),
+    type=click.Choice(["restore-size", "raw", "raw-data", "dedup"]),
     default="restore-size",
     show_default=True,
-    help="restore-size: what a restore writes; raw-data: unique stored data.",
+    help="restore-size: what a restore writes; raw: unique data and its stored size; dedup: both and their ratio.",
 )
 @click.option("--host", "hosts", multiple=True)
 @click.option("--tag", "tags", multiple=True)
@@ -122,13 +122,16 @@ def stats(g, snapshot_ids, mode, hosts, tags):
     if out.json:
         out.emit({"message_type": "stats", **dataclasses.asdict(st)})
         return
-    out.text(f"stats in {mode} mode over {st.snapshots} snapshot(s)")
+    out.text(f"stats in {st.mode} mode over {st.snapshots} snapshot(s)")
     out.text(f"  total files:      {st.total_files}")
     out.text(f"  total size:       {fmt_bytes(st.total_size)}")
-    if mode == "raw-data":
+    if st.mode in ("raw", "dedup"):
         out.text(f"  unique blobs:     {st.blobs}")
         out.text(f"  stored size:      {fmt_bytes(st.stored_size)}")
         out.text(f"  compression:      {st.compression_ratio:.2f}x")
+    if st.mode == "dedup":
+        out.text(f"  restore size:     {fmt_bytes(st.restore_size)}")
+        out.text(f"  dedup ratio:      {st.dedup_ratio:.2f}x (restore size / unique data)")
     out.text(f"  repository packs: {st.packs} ({fmt_bytes(st.repo_size)})")
 
 

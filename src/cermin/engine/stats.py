@@ -15,15 +15,27 @@ class Stats:
     mode: str
     snapshots: int
     total_files: int = 0
-    total_size: int = 0  # restore-size: bytes a restore writes; raw-data: unique blob bytes
+    total_size: int = 0  # restore-size: bytes a restore writes; raw: unique blob bytes (uncompressed)
     blobs: int = 0
     stored_size: int = 0  # bytes in the repository for those blobs
     packs: int = 0
     repo_size: int = 0
     compression_ratio: float = 0.0
+    restore_size: int = 0  # dedup mode: what restoring every snapshot would write
+    dedup_ratio: float = 0.0  # dedup mode: restore size / unique raw data
 
 
 def compute_stats(repo: Repository, snaps: list[SnapshotRef], mode: str = "restore-size") -> Stats:
+    """restore-size: files and bytes a restore writes; raw: unique blobs and the bytes they take;
+    dedup: both, and their ratio (how much deduplication and compression save)."""
+    if mode == "raw-data":
+        mode = "raw"
+    if mode == "dedup":
+        restore = compute_stats(repo, snaps, "restore-size")
+        st = compute_stats(repo, snaps, "raw")
+        st.mode, st.restore_size = "dedup", restore.total_size
+        st.dedup_ratio = restore.total_size / st.total_size if st.total_size else 0.0
+        return st
     st = Stats(mode=mode, snapshots=len(snaps))
     seen_trees: set[bytes] = set()
     seen_blobs: set[bytes] = set()
@@ -32,7 +44,7 @@ def compute_stats(repo: Repository, snaps: list[SnapshotRef], mode: str = "resto
         stack = [ref.snapshot.tree]
         while stack:
             tid = stack.pop()
-            if mode == "raw-data":
+            if mode == "raw":
                 if tid in seen_trees:
                     continue
                 seen_trees.add(tid)
@@ -52,7 +64,7 @@ def compute_stats(repo: Repository, snaps: list[SnapshotRef], mode: str = "resto
                     else:
                         seen_blobs.update(n.blob_ids())
                         st.total_files += 1
-    if mode == "raw-data":
+    if mode == "raw":
         for bid in seen_blobs:
             loc = repo.index.lookup(bid)
             if loc is not None:

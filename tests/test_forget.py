@@ -1,0 +1,98 @@
+"""Retention policies: which snapshots each --keep-* option keeps, and why."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cermin.engine.forget import KeepPolicy, apply_policy, plan_forget, subtract_duration
+from cermin.errors import UsageError
+from cermin.format.records import Snapshot
+from cermin.repo.snapshots import SnapshotRef
+from cermin.util import ns_to_rfc3339
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def ref(i: int, t: datetime, host="h", paths=(b"/data",), tags=(), extra=None) -> SnapshotRef:
+    ns = int(t.timestamp() * 1e9)
+    return SnapshotRef(
+        f"{i:064x}",
+        Snapshot(
+            time=ns_to_rfc3339(ns),
+            tree=b"\0" * 32,
+            paths=list(paths),
+            hostname=host,
+            tags=list(tags),
+            extra=extra or {},
+        ),
+    )
+
+
+def daily_refs(days: int, per_day: int = 1) -> list[SnapshotRef]:
+    out = []
+    for d in range(days):
+        for k in range(per_day):
+            out.append(ref(d * 10 + k, NOW - timedelta(days=d, hours=k)))
+    return out
+
+
+def kept(decisions) -> list[str]:
+    return sorted(d.ref.id for d in decisions if d.keep)
+
+
+def test_keep_last_and_daily():
+    refs = daily_refs(10, per_day=3)
+    assert len(kept(apply_policy(refs, KeepPolicy(last=4), NOW))) == 4
+    d = apply_policy(refs, KeepPolicy(daily=7), NOW)
+    keep = [x for x in d if x.keep]
+    assert len(keep) == 7
+    assert len({x.ref.snapshot.time[:10] for x in keep}) == 7, "one per day, the newest of each day"
+    newest_per_day = {}
+    for r in refs:
+        newest_per_day.setdefault(
+            r.snapshot.time[:10],
+            max((x for x in refs if x.snapshot.time[:10] == r.snapshot.time[:10]), key=lambda x: x.snapshot.time),
+        )
+    assert all(x.ref is newest_per_day[x.ref.snapshot.time[:10]] for x in keep)
+
+
+def test_weekly_monthly_yearly_buckets():
+    refs = [ref(i, NOW - timedelta(days=7 * i)) for i in range(120)]  # ~2.3 years of weeklies
+    assert len(kept(apply_policy(refs, KeepPolicy(weekly=4), NOW))) == 4
+    monthly = [x for x in apply_policy(refs, KeepPolicy(monthly=6), NOW) if x.keep]
+    assert len(monthly) == 6 and len({x.ref.snapshot.time[:7] for x in monthly}) == 6
+    yearly = [x for x in apply_policy(refs, KeepPolicy(yearly=5), NOW) if x.keep]
+    assert len(yearly) == 3  # only three distinct years exist
+    combined = apply_policy(refs, KeepPolicy(last=2, monthly=3), NOW)
+    assert combined[0].reasons == ["within last 2", "monthly snapshot"]
+
+
+def test_keep_within_tags_and_protection():
+    refs = daily_refs(60)
+    assert len(kept(apply_policy(refs, KeepPolicy(within="30d"), NOW))) == 31
+    assert len(kept(apply_policy(refs, KeepPolicy(within="1m"), NOW))) == 32  # Oct 25 .. Nov 25
+    refs.append(ref(999, NOW - timedelta(days=400), tags=("keep", "yearly")))
+    refs.append(ref(998, NOW - timedelta(days=500), extra={"protected_until": "2099-01-01T00:00:00Z"}))
+    refs.append(ref(997, NOW - timedelta(days=600), extra={"protected_until": "2020-01-01T00:00:00Z"}))
+    d = {x.ref.id: x for x in apply_policy(refs, KeepPolicy(last=1, tags=["keep,yearly"]), NOW)}
+    assert d[f"{999:064x}"].keep and d[f"{999:064x}"].reasons == ["has a kept tag"]
+    assert d[f"{998:064x}"].keep and "protected until" in d[f"{998:064x}"].reasons[0]
+    assert not d[f"{997:064x}"].keep, "an expired protection protects nothing"
+
+
+def test_groups_and_empty_policy():
+    refs = [ref(1, NOW, host="a"), ref(2, NOW - timedelta(days=1), host="a"), ref(3, NOW, host="b")]
+    groups = plan_forget(refs, KeepPolicy(last=1))
+    assert [(g.key["host"], len(g.keep), len(g.remove)) for g in groups] == [("a", 1, 1), ("b", 1, 0)]
+    with pytest.raises(UsageError):
+        plan_forget(refs, KeepPolicy())
+
+
+def test_durations():
+    t = datetime(2026, 3, 31, tzinfo=UTC)
+    assert subtract_duration(t, "1m") == datetime(2026, 2, 28, tzinfo=UTC)
+    assert subtract_duration(t, "1y2m3d4h") == datetime(2025, 1, 27, 20, tzinfo=UTC)
+    with pytest.raises(UsageError):
+        subtract_duration(t, "3 weeks")
