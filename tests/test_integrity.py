@@ -141,7 +141,14 @@ def test_gallery_missing_pack(tmp_path):
 
 def test_gallery_truncated_pack(tmp_path):
     repo, *_ = _gallery_repo(tmp_path)
-    name = next(n for n, es in pack_entries(repo).items() if es[0][1] == pack.DATA and len(es) > 1)
+    packs = pack_entries(repo)
+
+    def first_blob_in_first_half(n):
+        size = os.path.getsize(object_path(repo, Kind.DATA, n))
+        _bid, _t, off, ln, _raw = packs[n][0]
+        return off + ln < size // 2
+
+    name = next(n for n, es in packs.items() if es[0][1] == pack.DATA and first_blob_in_first_half(n))
     damage(object_path(repo, Kind.DATA, name), "truncate")
     r = run_check(repo)
     assert "pack_size" in _kinds(r)
