@@ -11,6 +11,7 @@ from treeutil import allocated_bytes, assert_same_tree, make_rich_tree
 
 from cermin.backend.base import Kind
 from cermin.engine import backup as backup_mod
+from cermin.engine import fsread
 from cermin.engine.backup import BackupOptions, run_backup
 from cermin.engine.restore import RestoreOptions, run_restore
 from cermin.engine.treewalk import diff_trees, walk
@@ -82,7 +83,7 @@ def test_excludes_caches_and_dry_run(local_repo, tmp_path):
     src = tmp_path / "src"
     os.makedirs(src / "cache")
     os.makedirs(src / "keep" / "logs")
-    (src / "cache" / "CACHEDIR.TAG").write_bytes(backup_mod.CACHEDIR_SIGNATURE + b"\n")
+    (src / "cache" / "CACHEDIR.TAG").write_bytes(fsread.CACHEDIR_SIGNATURE + b"\n")
     (src / "cache" / "big").write_bytes(b"x" * 1000)
     (src / "keep" / "a.tmp").write_bytes(b"t")
     (src / "keep" / "a.txt").write_bytes(b"t")
@@ -153,20 +154,20 @@ def test_file_growing_during_read_is_reported(local_repo, tmp_path, monkeypatch)
     os.makedirs(src)
     target = src / "log"
     target.write_bytes(os.urandom(3 * 1024 * 1024))
-    real = backup_mod.Backup._store_stream
+    real = backup_mod.Backup._store_whole
 
-    def grow_while_reading(self, f):  # fault injection: a writer appends while we read
+    def grow_while_reading(self, fd):  # fault injection: a writer appends while we read
         with open(target, "ab") as w:
             w.write(b"appended line\n" * 1000)
-        return real(self, f)
+        return real(self, fd)
 
-    monkeypatch.setattr(backup_mod.Backup, "_store_stream", grow_while_reading)
+    monkeypatch.setattr(backup_mod.Backup, "_store_whole", grow_while_reading)
     s = do_backup(local_repo, src)
     assert s.snapshot.summary.changed_during_read == 1
     assert any("changed while it was read" in w for w in s.warnings)
     ((_, node),) = [(p, n) for p, n in walk(local_repo, s.snapshot.tree) if p.endswith(b"/log")]
     assert node.size == sum(local_repo.index.raw_length(b) for b in node.blob_ids())
-    monkeypatch.setattr(backup_mod.Backup, "_store_stream", real)
+    monkeypatch.setattr(backup_mod.Backup, "_store_whole", real)
     again = do_backup(local_repo, src)
     assert again.snapshot.summary.files_changed == 1, "a file that changed while read is read again"
 

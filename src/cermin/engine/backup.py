@@ -8,21 +8,21 @@ only after every pack and index is durable (BlobSaver.flush).
 
 from __future__ import annotations
 
-import errno
-import fnmatch
 import io
 import os
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from cermin import __version__
 from cermin.engine import fsmeta
+from cermin.engine.fsread import CACHEDIR_TAG, Excluder, SparseReader, WalkPath
+from cermin.engine.fsread import is_cache_dir as _is_cache_dir
+from cermin.engine.fsread import open_for_read as _open_for_read
 from cermin.errors import CerminError, UsageError
 from cermin.format import pack, records
 from cermin.format.records import DIR, FILE, SYMLINK, Node, Snapshot, SnapshotSummary, Tree
@@ -31,9 +31,9 @@ from cermin.repo.saver import BlobSaver
 from cermin.repo.snapshots import SnapshotRef, list_snapshots, resolve
 from cermin.util import display_path, now_rfc3339, username
 
-CACHEDIR_TAG = b"CACHEDIR.TAG"
-CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
+WHOLE_READ_LIMIT = 8 * 1024 * 1024  # files up to this size are read in one go and cut in memory
+BATCH_FILES = 64  # changed files handed to a worker at once ...
+BATCH_BYTES = 4 * 1024 * 1024  # ... or fewer when they add up to this much
 
 
 @dataclass
@@ -91,46 +91,19 @@ class BackupSummary:
         return bool(self.errors)
 
 
-class _Path:
-    """Path of the directory being walked, built only when a message needs it."""
+class _DirJob:
+    """A directory being backed up: its nodes, and how many of them are still being worked on."""
 
-    __slots__ = ("parent", "name")
+    __slots__ = ("nodes", "pending", "listed", "parent", "slot", "tree_id", "done")
 
-    def __init__(self, parent: _Path | None, name: bytes) -> None:
+    def __init__(self, parent: _DirJob | None, slot: int, root: bool = False) -> None:
+        self.nodes: list[Node | None] = []
+        self.pending = 0  # files being read and subdirectories not yet stored
+        self.listed = False  # the walker has added every entry
         self.parent = parent
-        self.name = name
-
-    def join(self, name: bytes) -> bytes:
-        parts = [name]
-        p: _Path | None = self
-        while p is not None:
-            parts.append(p.name)
-            p = p.parent
-        return b"/".join(reversed(parts)).replace(b"//", b"/")
-
-
-class _Excluder:
-    def __init__(self, patterns: list[str]) -> None:
-        self.base: list[bytes] = []
-        self.full: list[bytes] = []
-        for p in patterns:
-            b = os.fsencode(p.rstrip("/"))
-            if not b:
-                continue
-            if b.startswith(b"/"):
-                self.full.append(b)
-            elif b"/" in b:
-                self.full.append(b"*/" + b)
-            else:
-                self.base.append(b)
-
-    def __bool__(self) -> bool:
-        return bool(self.base or self.full)
-
-    def excluded(self, name: bytes, path: bytes) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in self.base) or any(
-            fnmatch.fnmatchcase(path, p) for p in self.full
-        )
+        self.slot = slot  # index of this directory's node in the parent's nodes
+        self.tree_id = b""
+        self.done = threading.Event() if root else None
 
 
 def _unchanged(prev: Node | None, st: os.stat_result) -> bool:
@@ -152,14 +125,17 @@ class Backup:
         self.workers = opts.workers or max(2, os.cpu_count() or 2)
         self.saver = BlobSaver(repo, builders=self.workers, dry_run=opts.dry_run)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cermin-file")
-        self._slots = threading.BoundedSemaphore(self.workers * 4)
-        self._excl = _Excluder(opts.excludes)
+        self._slots = threading.BoundedSemaphore(self.workers * 2)  # batches in flight
+        self._batch: list[tuple] = []
+        self._batch_bytes = 0
+        self._excl = Excluder(opts.excludes)
         self._tls = threading.local()
         self._mutex = threading.Lock()
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self.sum = SnapshotSummary()
         self._root_dev = 0
+        self._fatal: BaseException | None = None
 
     # ---- messages ----------------------------------------------------------------------------
     def _warn(self, msg: str) -> None:
@@ -279,15 +255,17 @@ class Backup:
         return tid
 
     def _save_virtual(self, tree: dict, prefix: bytes, parent_tree: bytes) -> bytes:
+        """Trees for the path components above the targets, then the targets themselves."""
+        job = _DirJob(None, 0, root=True)
         if None in tree:  # "/" itself
             fd = os.open(b"/", os.O_RDONLY | os.O_DIRECTORY)
             try:
                 self._root_dev = os.fstat(fd).st_dev
-                return self._save_dir(fd, _Path(None, b""), parent_tree)
+                self._walk_dir(fd, WalkPath(None, b""), parent_tree, job)
             finally:
                 os.close(fd)
+            return self._wait(job)
         prev = self._child_nodes(parent_tree)
-        nodes = []
         for name in sorted(tree):
             full = prefix + b"/" + name
             sub = tree[name]
@@ -296,32 +274,68 @@ class Backup:
                 try:
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                     self._root_dev = st.st_dev
-                    node = self._save_entry(dfd, name, st, _Path(None, prefix), prev.get(name))
+                    self._save_entry(dfd, name, st, WalkPath(None, prefix), prev.get(name), job)
                 finally:
                     os.close(dfd)
-                if isinstance(node, Future):
-                    node = node.result()
-                if node is not None:
-                    nodes.append(node)
                 continue
-            st = os.lstat(full)
-            node = fsmeta.node_from_stat(name, st, DIR)
+            node = fsmeta.node_from_stat(name, os.lstat(full), DIR)
             p = prev.get(name)
             node.subtree = self._save_virtual(sub, full, p.subtree if p and p.type == DIR else b"")
-            nodes.append(node)
-        return self._store_tree(nodes)
+            job.nodes.append(node)
+        self._listed(job)
+        return self._wait(job)
 
-    def _save_dir(self, dfd: int, path: _Path, parent_tree: bytes) -> bytes:
+    def _wait(self, job: _DirJob) -> bytes:
+        self._submit_batch()  # nothing more will be added before this tree is needed
+        while not job.done.wait(0.2):
+            if self._fatal is not None:
+                break
+        if self._fatal is not None:
+            raise self._fatal
+        return job.tree_id
+
+    # ---- directory completion: a tree is stored when its last entry is done, by whichever
+    # thread finishes it, so the walker never waits at a directory boundary.
+    def _listed(self, job: _DirJob) -> None:
+        with self._mutex:
+            job.listed = True
+            ready = job.pending == 0
+        if ready:
+            self._finish(job)
+
+    def _entry_done(self, job: _DirJob) -> None:
+        with self._mutex:
+            job.pending -= 1
+            ready = job.listed and job.pending == 0
+        if ready:
+            self._finish(job)
+
+    def _finish(self, job: _DirJob | None) -> None:
+        while job is not None:
+            job.tree_id = self._store_tree([n for n in job.nodes if n is not None])
+            job.nodes = []
+            parent = job.parent
+            if parent is None:
+                job.done.set()
+                return
+            parent.nodes[job.slot].subtree = job.tree_id
+            with self._mutex:
+                parent.pending -= 1
+                ready = parent.listed and parent.pending == 0
+            job = parent if ready else None
+
+    def _walk_dir(self, dfd: int, path: WalkPath, parent_tree: bytes, job: _DirJob) -> None:
         prev = self._child_nodes(parent_tree)
         try:
             names = sorted(os.fsencode(n) for n in os.listdir(dfd))
         except OSError as e:
             self._error(path.join(b""), f"cannot list directory: {e.strerror}")
             names = []
-        if self.opts.exclude_caches and CACHEDIR_TAG in names and self._is_cache_dir(dfd):
+        if self.opts.exclude_caches and CACHEDIR_TAG in names and _is_cache_dir(dfd):
             names = [CACHEDIR_TAG]
-        slots: list[Node | Future | None] = []
         for name in names:
+            if self._fatal is not None:
+                raise self._fatal
             full = path.join(name) if self._excl else b""
             if self._excl and self._excl.excluded(name, full):
                 continue
@@ -333,37 +347,24 @@ class Backup:
             except OSError as e:
                 self._error(path.join(name), f"cannot stat: {e.strerror}")
                 continue
-            slots.append(self._save_entry(dfd, name, st, path, prev.get(name)))
-        nodes = []
-        for s in slots:
-            if isinstance(s, Future):
-                s = s.result()
-            if s is not None:
-                nodes.append(s)
+            self._save_entry(dfd, name, st, path, prev.get(name), job)
         self.progress.dirs += 1
-        return self._store_tree(nodes)
-
-    def _is_cache_dir(self, dfd: int) -> bool:
-        try:
-            fd = os.open(CACHEDIR_TAG, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
-        except OSError:
-            return False
-        try:
-            return os.read(fd, len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
-        finally:
-            os.close(fd)
+        self._listed(job)
 
     # ---- entries -----------------------------------------------------------------------------
-    def _save_entry(self, dfd: int, name: bytes, st: os.stat_result, path: _Path, prev: Node | None):
-        """Return a Node, a Future of a Node (file being read), or None when the entry is skipped."""
+    def _save_entry(
+        self, dfd: int, name: bytes, st: os.stat_result, path: WalkPath, prev: Node | None, job: _DirJob
+    ) -> None:
+        """Add the entry's node to `job`: complete now, or completed later by a worker or subtree."""
         ntype = fsmeta.node_type(st.st_mode)
         if ntype is None:
             self._warn(f"{display_path(path.join(name))}: unknown file type, skipped")
-            return None
+            return
         node = fsmeta.node_from_stat(name, st, ntype)
         s = self.sum
         if ntype == DIR:
-            return self._save_subdir(dfd, name, st, path, prev, node)
+            self._save_subdir(dfd, name, st, path, prev, node, job)
+            return
         if ntype == FILE:
             s.total_files += 1
             s.total_bytes += st.st_size
@@ -372,32 +373,34 @@ class Backup:
                 node.xattrs = prev.xattrs  # an xattr change moves ctime, so these are current
                 s.files_unmodified += 1
                 self.progress.files += 1
-                return node
-            return self._submit_file(dfd, name, st, path, prev, node)
+                job.nodes.append(node)
+                return
+            self._submit_file(dfd, name, st, path, prev, node, job)
+            return
         s.other += 1
         if ntype == SYMLINK:
             try:
                 node.target = os.readlink(name, dir_fd=dfd)
             except OSError as e:
                 self._error(path.join(name), f"cannot read symlink: {e.strerror}")
-                return None
+                return
         else:
             try:
                 node.xattrs = fsmeta.read_xattrs(fsmeta.proc_path(dfd, name))
             except OSError:
                 pass
-        return node
+        job.nodes.append(node)
 
-    def _save_subdir(self, dfd, name, st, path, prev, node) -> Node | None:
+    def _save_subdir(self, dfd, name, st, path, prev, node, job: _DirJob) -> None:
         self.sum.dirs += 1
         try:
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
         except FileNotFoundError:
             self._error(path.join(name), "vanished before it could be read")
-            return None
+            return
         except OSError as e:
             self._error(path.join(name), f"cannot open directory: {e.strerror}")
-            return None
+            return
         try:
             try:
                 node.xattrs = fsmeta.read_xattrs(fd)
@@ -405,31 +408,65 @@ class Backup:
                 self._warn(f"{display_path(path.join(name))}: cannot read xattrs: {e.strerror}")
             if self.opts.one_file_system and st.st_dev != self._root_dev:
                 node.subtree = self._store_tree([])  # mount point kept, its contents are not
-                return node
+                job.nodes.append(node)
+                return
+            child = _DirJob(job, len(job.nodes))
+            job.nodes.append(node)
+            with self._mutex:
+                job.pending += 1
             prev_tree = prev.subtree if prev is not None and prev.type == DIR else b""
-            node.subtree = self._save_dir(fd, _Path(path, name), prev_tree)
-            return node
+            self._walk_dir(fd, WalkPath(path, name), prev_tree, child)
         finally:
             os.close(fd)
 
-    def _submit_file(self, dfd, name, st, path, prev, node) -> Future | None:
-        self._slots.acquire()
+    def _submit_file(self, dfd, name, st, path, prev, node, job: _DirJob) -> None:
+        """Open the file here (relative to the dir fd) and queue it; small files travel in batches
+        so one hand-off to a worker thread serves many files."""
         try:
             fd = _open_for_read(name, dfd)
         except FileNotFoundError:
-            self._slots.release()
             self._error(path.join(name), "vanished before it could be read")
-            return None
+            return
         except OSError as e:
-            self._slots.release()
             self._error(path.join(name), f"cannot open: {e.strerror}")
-            return None
+            return
+        slot = len(job.nodes)
+        job.nodes.append(node)
+        with self._mutex:
+            job.pending += 1
+        self._batch.append((fd, st, node, path, prev, job, slot))
+        self._batch_bytes += st.st_size
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._submit_batch()
+
+    def _submit_batch(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if not batch:
+            return
+        self._slots.acquire()  # bounds batches in flight, and so open files and memory
         try:
-            return self.pool.submit(self._read_file, fd, st, node, path, prev)
+            self.pool.submit(self._file_batch, batch)
         except BaseException:
-            os.close(fd)
             self._slots.release()
+            for item in batch:
+                os.close(item[0])
             raise
+
+    def _file_batch(self, batch) -> None:
+        try:
+            for i, (fd, st, node, path, prev, job, slot) in enumerate(batch):
+                if self._fatal is not None:
+                    for rest in batch[i:]:
+                        os.close(rest[0])
+                    return
+                if self._read_file(fd, st, node, path, prev) is None:
+                    job.nodes[slot] = None
+                self._entry_done(job)
+        except BaseException as e:  # storage failure: the whole backup stops, nothing is committed
+            if self._fatal is None:
+                self._fatal = e
+        finally:
+            self._slots.release()
 
     def _chunker(self):
         c = getattr(self._tls, "chunker", None)
@@ -437,22 +474,27 @@ class Backup:
             c = self._tls.chunker = self.repo.make_chunker()
         return c
 
-    def _read_file(self, fd: int, st: os.stat_result, node: Node, path: _Path, prev: Node | None) -> Node | None:
+    def _read_file(self, fd: int, st: os.stat_result, node: Node, path: WalkPath, prev: Node | None) -> Node | None:
         """Worker: chunk and store one file; returns its node or None when it could not be read."""
         try:
-            with io.FileIO(fd, "rb", closefd=True) as f:
+            try:
                 try:
                     node.xattrs = fsmeta.read_xattrs(fd)
                 except OSError:
                     pass
                 sparse = st.st_blocks * 512 < st.st_size
-                ids, chunks, size = self._store_stream(_SparseReader(fd) if sparse else f)
+                if sparse:
+                    ids, chunks, size = self._store_stream(SparseReader(fd))
+                elif st.st_size <= WHOLE_READ_LIMIT:
+                    ids, chunks, size = self._store_whole(fd)
+                else:
+                    ids, chunks, size = self._store_stream(io.FileIO(fd, "rb", closefd=False))
                 after = os.fstat(fd)
+            finally:
+                os.close(fd)
         except OSError as e:
             self._error(path.join(node.name), f"read error: {e.strerror or e}")
             return None
-        finally:
-            self._slots.release()
         node.content = b"".join(ids)
         node.size = size
         s = self.sum
@@ -474,18 +516,43 @@ class Backup:
         return node
 
     def _store_stream(self, f) -> tuple[list[bytes], list[tuple[int, int]], int]:
+        # chunk.data is valid until the next chunk: each is hashed and stored before moving on.
+        return self._store_chunks(ch.data for ch in self._chunker().cut_stream(f))
+
+    def _store_whole(self, fd: int) -> tuple[list[bytes], list[tuple[int, int]], int]:
+        """Files up to WHOLE_READ_LIMIT: one read into a per-thread buffer, then cut in memory.
+
+        cut_stream allocates an 8 MiB buffer per call, which dominated small-file backups."""
+        buf = getattr(self._tls, "buf", None)
+        if buf is None:
+            buf = self._tls.buf = memoryview(bytearray(WHOLE_READ_LIMIT + 1))
+        n = 0
+        while n < len(buf):
+            k = os.readv(fd, [buf[n:]])  # straight into the buffer: no FileIO, no extra fstat
+            if not k:
+                break
+            n += k
+        if n == len(buf):  # grew past the limit while we read: start over, streaming
+            os.lseek(fd, 0, os.SEEK_SET)
+            return self._store_stream(io.FileIO(fd, "rb", closefd=False))
+        data = buf[:n]
+        if n < self.repo.secrets.chunker_min:  # FastCDC never cuts below its minimum
+            return self._store_chunks([data] if n else [])
+        return self._store_chunks(ch.data for ch in self._chunker().cut_buf(data))
+
+    def _store_chunks(self, datas) -> tuple[list[bytes], list[tuple[int, int]], int]:
         blob_id, save, prog = self.repo.blob_id, self.saver.save, self.progress
         ids: list[bytes] = []
         chunks: list[tuple[int, int]] = []
         size = 0
-        for ch in self._chunker().cut_stream(f):
-            data = ch.data  # valid until the next chunk: hashed and stored before moving on
+        for data in datas:
+            n = len(data)
             bid = blob_id(data)
             r = save(pack.DATA, bid, data)
             ids.append(bid)
-            chunks.append((ch.length, r.stored_len))
-            size += ch.length
-            prog.bytes += ch.length
+            chunks.append((n, r.stored_len))
+            size += n
+            prog.bytes += n
         return ids, chunks, size
 
     def _stdin_tree(self) -> bytes:
@@ -511,48 +578,6 @@ class Backup:
         s.files_new = s.total_files = 1
         s.bytes_read = s.total_bytes = size
         return self._store_tree([node])
-
-
-class _SparseReader:
-    """readinto() that fills holes with zeros from memory instead of reading them (SEEK_DATA/SEEK_HOLE)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.pos = 0
-        self._zeros = b""
-
-    def readinto(self, b) -> int:
-        n, pos, fd = len(b), self.pos, self.fd
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:  # ENXIO: only a hole (or nothing) after pos
-            if e.errno != errno.ENXIO:
-                raise
-            data = os.fstat(fd).st_size
-            if data <= pos:
-                return 0
-        if data > pos:
-            k = min(n, data - pos)
-            if len(self._zeros) < k:
-                self._zeros = bytes(max(k, 1 << 22))
-            b[:k] = memoryview(self._zeros)[:k]
-        else:
-            hole = os.lseek(fd, pos, os.SEEK_HOLE)
-            k = os.preadv(fd, [b[: min(n, hole - pos)]], pos) if hole > pos else 0
-        self.pos += k
-        return k
-
-
-def _open_for_read(name: bytes, dfd: int) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-    try:
-        fd = os.open(name, flags | _O_NOATIME, dir_fd=dfd)
-    except PermissionError:
-        fd = os.open(name, flags, dir_fd=dfd)  # O_NOATIME needs ownership
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(0, "replaced by a non-regular file")
-    return fd
 
 
 def run_backup(repo: Repository, opts: BackupOptions, progress: BackupProgress | None = None) -> BackupSummary:
