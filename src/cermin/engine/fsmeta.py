@@ -105,9 +105,15 @@ def proc_path(dir_fd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/%s" % (dir_fd, name)
 
 
-def apply_file_meta(fd: int, node: Node, warn) -> None:
-    """Owner, mode, xattrs and mtime on an open file or directory."""
-    if IS_ROOT:
+EUID, EGID = os.geteuid(), os.getegid()
+
+
+def apply_file_meta(fd: int, node: Node, warn, owned: bool = False) -> None:
+    """Owner, mode, xattrs and mtime on an open file or directory.
+
+    owned: the file was just created by us in a directory we created, so it already belongs to
+    (EUID, EGID) and a chown to the same ids can be skipped."""
+    if IS_ROOT and not (owned and node.uid == EUID and node.gid == EGID):
         try:
             os.fchown(fd, node.uid, node.gid)
         except OSError as e:

@@ -22,8 +22,12 @@ from cermin.engine.treewalk import find_node
 from cermin.errors import CerminError
 from cermin.format import pack
 from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, ID_LEN, SOCKET, SYMLINK, Node, Snapshot
+from cermin.repo.packcache import PackCache
 from cermin.repo.repository import Repository
 from cermin.util import display_path
+
+BATCH_FILES = 64
+BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -87,11 +91,14 @@ class Restorer:
         self.progress = progress or RestoreProgress()
         self.workers = opts.workers or max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cermin-restore")
-        self._slots = threading.BoundedSemaphore(self.workers * 4)
+        self._slots = threading.BoundedSemaphore(self.workers * 2)  # batches in flight
+        self._batch: list[tuple] = []
+        self._batch_bytes = 0
         self._match = _Match(opts.includes, opts.excludes)
         self._mutex = threading.Lock()
         self._links: dict[tuple[int, int], bytes] = {}  # (device, inode) -> restored path
         self._zero_ids: set[bytes] = set()
+        self._packs = PackCache(repo)
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self.files = self.dirs = self.other = self.bytes = self.verified = 0
@@ -115,9 +122,10 @@ class Restorer:
             base = os.fsencode(target)
             futures: list[Future] = []
             if node.type == DIR:
-                self._restore_tree(tfd, base, self.opts.subpath.rstrip(b"/"), node.subtree, futures)
+                self._restore_tree(tfd, base, self.opts.subpath.rstrip(b"/"), node.subtree, futures, False)
             else:
-                self._restore_entry(tfd, base, self.opts.subpath.rsplit(b"/", 1)[0], node, futures)
+                self._restore_entry(tfd, base, self.opts.subpath.rsplit(b"/", 1)[0], node, futures, False)
+            self._submit_batch(futures)
             for f in futures:
                 f.result()
         finally:
@@ -136,8 +144,10 @@ class Restorer:
         )
 
     # ---- walking -----------------------------------------------------------------------------
-    def _restore_tree(self, dfd: int, out: bytes, snap_path: bytes, tree_id: bytes, futures) -> bool:
-        """Restore the entries of one tree into dfd; True when anything was restored."""
+    def _restore_tree(self, dfd: int, out: bytes, snap_path: bytes, tree_id: bytes, futures, fresh: bool) -> bool:
+        """Restore the entries of one tree into dfd; True when anything was restored.
+
+        fresh: dfd is a directory this restore created, so nothing is in the way of new entries."""
         try:
             nodes = self.repo.load_tree(tree_id).nodes
         except CerminError as e:
@@ -145,11 +155,11 @@ class Restorer:
             return False
         any_restored = False
         for node in nodes:
-            if self._restore_entry(dfd, out, snap_path, node, futures):
+            if self._restore_entry(dfd, out, snap_path, node, futures, fresh):
                 any_restored = True
         return any_restored
 
-    def _restore_entry(self, dfd: int, out: bytes, snap_path: bytes, node: Node, futures) -> bool:
+    def _restore_entry(self, dfd: int, out: bytes, snap_path: bytes, node: Node, futures, fresh: bool) -> bool:
         path = snap_path + b"/" + node.name
         if self._match.excluded(node.name, path):
             return False
@@ -162,8 +172,8 @@ class Restorer:
             return False
         try:
             if node.type == FILE:
-                return self._restore_file(dfd, out, path, node, futures)
-            self._restore_special(dfd, node)
+                return self._restore_file(dfd, out, path, node, futures, fresh)
+            self._restore_special(dfd, node, fresh)
             fsmeta.apply_path_meta(dfd, node.name, node, lambda m: self._warn(path, m))
             self.other += 1
             return True
@@ -191,10 +201,12 @@ class Restorer:
 
     def _restore_dir(self, dfd, out, path, node, selected, futures) -> bool:
         name = node.name
+        created = True
         try:
             try:
                 os.mkdir(name, 0o700, dir_fd=dfd)
             except FileExistsError:
+                created = False
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
                     os.unlink(name, dir_fd=dfd)
@@ -208,7 +220,7 @@ class Restorer:
             if selected and self._match.inc:  # everything below a selected directory is selected
                 self._match = _Match([], [p.decode("utf-8", "surrogateescape") for p in self._match.exc])
             try:
-                self._restore_tree(fd, out + b"/" + name, path, node.subtree, futures)
+                self._restore_tree(fd, out + b"/" + name, path, node.subtree, futures, created)
             finally:
                 self._match = sub_match
             try:
@@ -220,9 +232,10 @@ class Restorer:
         finally:
             os.close(fd)
 
-    def _restore_special(self, dfd: int, node: Node) -> None:
+    def _restore_special(self, dfd: int, node: Node, fresh: bool) -> None:
         name = node.name
-        _remove_existing(dfd, name)
+        if not fresh:
+            _remove_existing(dfd, name)
         if node.type == SYMLINK:
             os.symlink(node.target, name, dir_fd=dfd)
         elif node.type == FIFO:
@@ -233,7 +246,7 @@ class Restorer:
         elif node.type == SOCKET:
             raise OSError(errno.ENOTSUP, "sockets are recorded, not restored")
 
-    def _restore_file(self, dfd, out, path, node: Node, futures) -> bool:
+    def _restore_file(self, dfd, out, path, node: Node, futures, fresh: bool) -> bool:
         name = node.name
         if node.links > 1:
             key = (node.device, node.inode)
@@ -248,41 +261,60 @@ class Restorer:
                     pass  # e.g. path too long: fall back to writing the content again
             else:
                 self._links[key] = out + b"/" + name
-        self._slots.acquire()
         try:
-            _remove_existing(dfd, name)
+            if not fresh:
+                _remove_existing(dfd, name)
             fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
         except OSError as e:
-            self._slots.release()
             self._err(path, f"cannot create file: {e.strerror}")
             return False
-        futures.append(self.pool.submit(self._write_file, fd, path, node))
+        self._batch.append((fd, path, node, fresh))
+        self._batch_bytes += node.size
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._submit_batch(futures)
         self.files += 1
         return True
 
-    # ---- workers -----------------------------------------------------------------------------
-    def _write_file(self, fd: int, path: bytes, node: Node) -> None:
+    def _submit_batch(self, futures) -> None:
+        """Files go to workers in batches: one hand-off serves many small files."""
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if not batch:
+            return
+        self._slots.acquire()
+        futures.append(self.pool.submit(self._write_batch, batch))
+
+    def _write_batch(self, batch) -> None:
         try:
-            os.ftruncate(fd, node.size)  # sets the size; unwritten ranges stay holes
-            off = 0
+            for fd, path, node, fresh in batch:
+                self._write_file(fd, path, node, fresh)
+        finally:
+            self._slots.release()
+
+    # ---- workers -----------------------------------------------------------------------------
+    def _write_file(self, fd: int, path: bytes, node: Node, fresh: bool) -> None:
+        try:
+            off = end = 0
             c = node.content
             for i in range(0, len(c), ID_LEN):
                 bid = c[i : i + ID_LEN]
                 if bid in self._zero_ids:
                     off += self.repo.index.raw_length(bid) or 0
                     continue
-                data = self.repo.load_blob(bid, pack.DATA)
-                if not data.count(0) == len(data):
+                data = self._packs.load_blob(bid, pack.DATA)
+                if data.count(0) != len(data):
                     _pwrite_all(fd, data, off)
+                    end = off + len(data)
                 else:
-                    self._zero_ids.add(bid)
+                    self._zero_ids.add(bid)  # written as a hole
                 off += len(data)
                 self.progress.bytes += len(data)
             if off != node.size:
                 raise CerminError(f"content is {off} bytes, expected {node.size}")
+            if end < off:
+                os.ftruncate(fd, off)  # trailing zero chunks: the size without writing them
             if self.opts.verify:
                 self._verify(fd, node)
-            fsmeta.apply_file_meta(fd, node, lambda m: self._warn(path, m))
+            fsmeta.apply_file_meta(fd, node, lambda m: self._warn(path, m), owned=fresh)
             with self._mutex:
                 self.bytes += off
             self.progress.files += 1
@@ -292,7 +324,6 @@ class Restorer:
             self._err(path, f"write error: {e.strerror or e}")
         finally:
             os.close(fd)
-            self._slots.release()
 
     def _verify(self, fd: int, node: Node) -> None:
         """Read the written file back and check every chunk against its blob id."""
