@@ -25,6 +25,7 @@ from cermin.engine.prune import execute_prune, plan_prune
 from cermin.engine.repair import repair_index, repair_packs, repair_snapshots
 from cermin.format import pack, records
 from cermin.format.records import Lock, Snapshot
+from cermin.repo.indexfiles import read_index_view
 from cermin.repo.lock import remove_stale_locks
 from cermin.repo.saver import BlobSaver
 
@@ -211,7 +212,8 @@ def test_gallery_orphan_snapshot(tmp_path):
 def test_gallery_duplicate_blobs_and_prune(tmp_path):
     repo, src, s1, s2 = _gallery_repo(tmp_path)
     saver = BlobSaver(repo, builders=1, ignore_index=True)  # a second copy of every data blob of s1
-    some = [bid for bid, loc in repo.index.items() if loc.type == pack.DATA][:5]
+    view = read_index_view(repo)
+    some = [e[0] for pid in view.packs for e in view.entries(pid) if e[1] == pack.DATA][:5]
     for bid in some:
         saver.save(pack.DATA, bid, repo.load_blob(bid))
     saver.flush()

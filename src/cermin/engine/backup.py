@@ -123,7 +123,7 @@ class Backup:
         self.opts = opts
         self.progress = progress or BackupProgress()
         self.workers = opts.workers or max(2, os.cpu_count() or 2)
-        self.saver = BlobSaver(repo, builders=self.workers, dry_run=opts.dry_run)
+        self.saver = BlobSaver(repo, builders=1, dry_run=opts.dry_run)  # AES-GCM is fast: one open pack is enough
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cermin-file")
         self._slots = threading.BoundedSemaphore(self.workers * 2)  # batches in flight
         self._batch: list[tuple] = []

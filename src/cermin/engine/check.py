@@ -110,11 +110,10 @@ class Checker:
         self.view = view = read_index_view(self.repo)
         for name, why in view.damaged.items():
             self._error("index_damaged", f"index {name[:12]}: {why}", object=name)
-        idx = MasterIndex()
+        idx = MasterIndex.from_packs(view.packs)
         seen: dict[bytes, bytes] = {}
         dups = 0
-        for pid, entries in view.packs.items():
-            idx.add_pack(pid, entries)
+        for pid in view.packs:
             for bid, *_ in view.entries(pid):
                 if seen.setdefault(bid, pid) != pid:
                     dups += 1

@@ -87,10 +87,7 @@ def plan_prune(repo: Repository, max_unused: float = 0.05) -> PrunePlan:
     view = read_index_view(repo)
     if view.damaged:
         raise PruneAborted(f"{len(view.damaged)} index files are damaged: run `cermin repair index` first")
-    idx = MasterIndex()
-    for pid, entries in view.packs.items():
-        idx.add_pack(pid, entries)
-    repo.index = idx
+    idx = repo.index = MasterIndex.from_packs(view.packs)
     used = used_blobs(repo)
     missing = [b for b in used if b not in idx]
     if missing:
@@ -189,8 +186,5 @@ def execute_prune(
             res.bytes_deleted += present.get(name, 0)
         except ObjectNotFound:
             pass
-    idx = MasterIndex()
-    for pid, entries in stays.items():
-        idx.add_pack(pid, entries)
-    repo.index = idx
+    repo.index = MasterIndex.from_packs(stays)
     return res

@@ -24,10 +24,7 @@ from cermin.util import display_path, now_rfc3339
 
 
 def _rebuild_memory_index(repo: Repository, packs: dict[bytes, bytes]) -> None:
-    idx = MasterIndex()
-    for pid, entries in packs.items():
-        idx.add_pack(pid, entries)
-    repo.index = idx
+    repo.index = MasterIndex.from_packs(packs)
 
 
 # ---- repair index ---------------------------------------------------------------------------

@@ -1,7 +1,16 @@
-"""In-memory blob index: blob id -> location, one Python int per blob instead of a tuple of objects."""
+"""In-memory blob index: blob id -> (pack, type, offset, length, raw length).
+
+Two parts, so it scales to tens of millions of blobs:
+- a frozen part built in bulk from the index files with numpy: sorted 128-bit id prefixes and
+  parallel location arrays, ~30 bytes per blob, looked up by binary search;
+- a small dict for packs added one by one (those written by the running backup), one int per blob.
+A 128-bit prefix of a keyed BLAKE3 id cannot collide in practice, and every blob read is verified
+against its full id anyway.
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from cermin.format import index as fmt_index
@@ -26,42 +35,138 @@ class MasterIndex:
         self._pack_no: dict[bytes, int] = {}
         # value: pack_no << 97 | offset << 65 | length << 33 | raw_length << 1 | type
         self._blobs: dict[bytes, int] = {}
+        self._bulk: list[tuple[int, bytes]] = []  # (pack_no, entries) waiting for build()
+        self._frozen = None  # numpy arrays: hi, lo, pack, off, len, raw, type
+        self._frozen_n = 0
+        self._u64 = int
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_packs(cls, packs: dict[bytes, bytes]) -> MasterIndex:
+        idx = cls()
+        for pid, entries in packs.items():
+            idx.add_pack_bulk(pid, entries)
+        idx.build()
+        return idx
+
     def __len__(self) -> int:
-        return len(self._blobs)
+        return self._frozen_n + len(self._blobs)
 
-    def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self._blobs
+    def _pack_number(self, pack_id: bytes) -> int:
+        no = self._pack_no.get(pack_id)
+        if no is None:
+            no = self._pack_no[pack_id] = len(self.packs)
+            self.packs.append(pack_id)
+        return no
 
+    # ---- adding ----------------------------------------------------------------------------
     def add_pack(self, pack_id: bytes, blobs: bytes) -> None:
-        """blobs: concatenated index entries (format.index.ENTRY). First location of a blob wins."""
+        """One pack's entries (format.index.ENTRY records). First location of a blob wins."""
         with self._lock:
-            no = self._pack_no.get(pack_id)
-            if no is None:
-                no = self._pack_no[pack_id] = len(self.packs)
-                self.packs.append(pack_id)
-            base = no << 97
+            base = self._pack_number(pack_id) << 97
             setdefault = self._blobs.setdefault
             for bid, t, off, ln, raw in fmt_index.iter_entries(blobs):
-                setdefault(bid, base | off << 65 | ln << 33 | raw << 1 | t)
+                if self._frozen is None or self._frozen_find(bid) < 0:
+                    setdefault(bid, base | off << 65 | ln << 33 | raw << 1 | t)
+
+    def add_pack_bulk(self, pack_id: bytes, blobs: bytes) -> None:
+        """Queue a pack for build(): the fast path for loading every index file at once."""
+        with self._lock:
+            self._bulk.append((self._pack_number(pack_id), blobs))
+
+    def build(self) -> None:
+        """Freeze everything queued by add_pack_bulk (and the dict) into sorted numpy arrays."""
+        import numpy as np
+
+        with self._lock:
+            parts, counts = [], []
+            for no, blobs in self._bulk:
+                parts.append(blobs)
+                counts.append((no, len(blobs) // fmt_index.ENTRY.size))
+            self._bulk = []
+            extra = [(bid, v) for bid, v in self._blobs.items()]
+            n_bulk = sum(c for _, c in counts)
+            dt = _entry_dtype()
+            raw = np.frombuffer(b"".join(parts), dtype=dt) if n_bulk else np.zeros(0, dt)
+            pack = (
+                np.repeat(
+                    np.array([no for no, _ in counts], dtype=np.uint32),
+                    np.array([c for _, c in counts], dtype=np.int64),
+                )
+                if counts
+                else np.zeros(0, np.uint32)
+            )
+            hi, lo = raw["hi"].astype(np.uint64), raw["lo"].astype(np.uint64)
+            off, ln, rl, ty = raw["off"], raw["len"], raw["raw"], raw["type"]
+            cols = [hi, lo, pack, off.astype(np.uint32), ln.astype(np.uint32), rl.astype(np.uint32), ty]
+            if extra:  # entries added one by one so far join the frozen part
+                ids = np.frombuffer(b"".join(b for b, _ in extra), dtype=[("hi", ">u8"), ("lo", ">u8"), ("r", "V16")])
+                vals = [v for _, v in extra]
+                add = [
+                    ids["hi"].astype(np.uint64),
+                    ids["lo"].astype(np.uint64),
+                    np.array([v >> 97 for v in vals], np.uint32),
+                    np.array([(v >> 65) & _M32 for v in vals], np.uint32),
+                    np.array([(v >> 33) & _M32 for v in vals], np.uint32),
+                    np.array([(v >> 1) & _M32 for v in vals], np.uint32),
+                    np.array([v & 1 for v in vals], np.uint8),
+                ]
+                cols = [np.concatenate([a, b]) for a, b in zip(cols, add, strict=True)]
+                self._blobs = {}
+            if self._frozen is not None:  # keep what was frozen before: it came first
+                cols = [np.concatenate([a, b]) for a, b in zip(self._frozen, cols, strict=True)]
+            order = np.lexsort((cols[1], cols[0]))  # stable: first location of a duplicate first
+            cols = [c[order] for c in cols]
+            if len(order) > 1:  # drop later duplicates
+                keep = np.ones(len(order), bool)
+                keep[1:] = (cols[0][1:] != cols[0][:-1]) | (cols[1][1:] != cols[1][:-1])
+                cols = [c[keep] for c in cols]
+            self._frozen = cols
+            self._frozen_n = len(cols[0])
+            self._u64 = np.uint64
+
+    # ---- lookups ---------------------------------------------------------------------------
+    def _frozen_find(self, blob_id: bytes) -> int:
+        f = self._frozen
+        if f is None or not self._frozen_n:
+            return -1
+        hi = int.from_bytes(blob_id[:8], "big")
+        lo = int.from_bytes(blob_id[8:16], "big")
+        keys_hi, keys_lo = f[0], f[1]
+        i = int(keys_hi.searchsorted(self._u64(hi)))  # a plain int above 2**63 would make numpy cast the array
+        n = self._frozen_n
+        while i < n and int(keys_hi[i]) == hi:
+            if int(keys_lo[i]) == lo:
+                return i
+            i += 1
+        return -1
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        return blob_id in self._blobs or (self._frozen is not None and self._frozen_find(blob_id) >= 0)
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         v = self._blobs.get(blob_id)
-        if v is None:
+        if v is not None:
+            return BlobLocation(self.packs[v >> 97], v & 1, (v >> 65) & _M32, (v >> 33) & _M32, (v >> 1) & _M32)
+        i = self._frozen_find(blob_id)
+        if i < 0:
             return None
-        return BlobLocation(self.packs[v >> 97], v & 1, (v >> 65) & _M32, (v >> 33) & _M32, (v >> 1) & _M32)
+        f = self._frozen
+        return BlobLocation(self.packs[int(f[2][i])], int(f[6][i]), int(f[3][i]), int(f[4][i]), int(f[5][i]))
 
     def raw_length(self, blob_id: bytes) -> int | None:
-        v = self._blobs.get(blob_id)
-        return None if v is None else (v >> 1) & _M32
+        loc = self.lookup(blob_id)
+        return None if loc is None else loc.raw_length
 
     def has_pack(self, pack_id: bytes) -> bool:
         return pack_id in self._pack_no
 
-    def items(self):
-        """Yield (blob_id, BlobLocation) for every blob."""
-        for bid in list(self._blobs):
-            loc = self.lookup(bid)
-            if loc is not None:
-                yield bid, loc
+
+@functools.cache
+def _entry_dtype():
+    """Index file entries (format.index.ENTRY) seen by numpy, the id split into two big-endian halves."""
+    import numpy as np
+
+    return np.dtype(
+        [("hi", ">u8"), ("lo", ">u8"), ("rest", "V16"), ("type", "u1"), ("off", "<u4"), ("len", "<u4"), ("raw", "<u4")]
+    )

@@ -182,8 +182,9 @@ class Repository:
         with ThreadPoolExecutor(max_workers=workers) as ex:
             for name, idx in ex.map(load, names):
                 for p in idx.packs:
-                    self.index.add_pack(p.id, p.blobs)
+                    self.index.add_pack_bulk(p.id, p.blobs)
                 self.index_files.append(name)
+        self.index.build()
 
     def save_index(self, packs: list[records.IndexPack]) -> str:
         return self.save_object(Kind.INDEX, records.encode(records.IndexFile(packs=packs)))

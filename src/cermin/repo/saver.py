@@ -57,7 +57,7 @@ class BlobSaver:
         self._pools[pack.TREE].put(pack.PackBuilder(repo.keys))
         self._builders = {pack.DATA: builders, pack.TREE: 1}
         self._uploader = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="cermin-upload")
-        self._inflight = threading.Semaphore(uploads * 2)
+        self._inflight = threading.Semaphore(uploads)  # finished packs waiting: bounds memory
         self._futures: list[Future] = []
         self._index_packs: list[IndexPack] = []
         self._error: BaseException | None = None
