@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -125,6 +126,8 @@ class Backup:
         self.workers = opts.workers or max(2, os.cpu_count() or 2)
         self.saver = BlobSaver(repo, builders=1, dry_run=opts.dry_run)  # AES-GCM is fast: one open pack is enough
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cermin-file")
+        # Chunks of large files; a separate pool so a file job never waits on its own pool.
+        self.chunk_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cermin-chunk")
         self._slots = threading.BoundedSemaphore(self.workers * 2)  # batches in flight
         self._batch: list[tuple] = []
         self._batch_bytes = 0
@@ -160,6 +163,7 @@ class Backup:
             self.saver.flush()
         finally:
             self.pool.shutdown(wait=True)
+            self.chunk_pool.shutdown(wait=True)
             self.saver.close()
         s = self.sum
         s.backup_end = now_rfc3339()
@@ -516,8 +520,35 @@ class Backup:
         return node
 
     def _store_stream(self, f) -> tuple[list[bytes], list[tuple[int, int]], int]:
-        # chunk.data is valid until the next chunk: each is hashed and stored before moving on.
-        return self._store_chunks(ch.data for ch in self._chunker().cut_stream(f))
+        """Large files: this thread reads and cuts; hashing, compression and encryption of the
+        chunks run on the chunk pool, a bounded window ahead, so one big file uses every core."""
+        blob_id, save, prog = self.repo.blob_id, self.saver.save, self.progress
+
+        def store(data: bytes) -> tuple[bytes, int, int]:
+            bid = blob_id(data)
+            return bid, len(data), save(pack.DATA, bid, data).stored_len
+
+        ids: list[bytes] = []
+        chunks: list[tuple[int, int]] = []
+        window: deque = deque()
+        size = 0
+
+        def collect_one() -> None:
+            nonlocal size
+            bid, n, stored = window.popleft().result()
+            ids.append(bid)
+            chunks.append((n, stored))
+            size += n
+            prog.bytes += n
+
+        for ch in self._chunker().cut_stream(f):
+            # chunk.data is only valid until the next chunk: the job gets its own copy.
+            window.append(self.chunk_pool.submit(store, bytes(ch.data)))
+            if len(window) >= 2 * self.workers:
+                collect_one()
+        while window:
+            collect_one()
+        return ids, chunks, size
 
     def _store_whole(self, fd: int) -> tuple[list[bytes], list[tuple[int, int]], int]:
         """Files up to WHOLE_READ_LIMIT: one read into a per-thread buffer, then cut in memory.
