@@ -11,8 +11,10 @@ from cermin.repo.masterindex import MasterIndex
 
 def entries(n, seed):
     rnd = random.Random(seed)
-    return [(rnd.randint(0, 1), rnd.randint(40, 2**31), rnd.randint(1, 2**22), rnd.randbytes(32), rnd.randint(1, 2**22))
-            for _ in range(n)]
+    return [
+        (rnd.randint(0, 1), rnd.randint(40, 2**31), rnd.randint(1, 2**22), rnd.randbytes(32), rnd.randint(1, 2**22))
+        for _ in range(n)
+    ]
 
 
 def test_bulk_incremental_and_duplicates():

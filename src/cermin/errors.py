@@ -54,6 +54,10 @@ class ObjectExists(CerminError):
     """A write-once object already exists under that name."""
 
 
+class ObjectLocked(CerminError):
+    """The storage refused to delete an object still under Object Lock retention."""
+
+
 class SnapshotNotFound(CerminError):
     pass
 

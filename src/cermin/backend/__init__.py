@@ -11,10 +11,14 @@ def open_backend(location: str) -> Backend:
         from cermin.backend.memory import MemoryBackend
 
         return MemoryBackend(location)
+    if location.startswith("s3:"):
+        from cermin.backend.s3 import S3Backend
+
+        return S3Backend(location)
     if location.startswith("local:"):
         location = location[len("local:") :]
-    elif "://" in location or location.split(":", 1)[0] in ("s3", "http", "https", "sftp", "rest"):
-        raise UsageError(f"unsupported repository location {location!r} (this build supports local paths)")
+    elif "://" in location or location.split(":", 1)[0] in ("http", "https", "sftp", "rest"):
+        raise UsageError(f"unsupported repository location {location!r} (use a directory or s3:...)")
     from cermin.backend.local import LocalBackend
 
     return LocalBackend(location)

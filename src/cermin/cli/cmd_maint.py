@@ -356,8 +356,10 @@ def forget(
                         what = "keep  " if d.keep else "remove"
                         out.text(f"  {what} {d.ref.short_id} {d.ref.snapshot.time[:19]}  {', '.join(d.reasons)}")
         if not dry_run:
-            removed = remove_snapshots(repo, ids)
+            removed, still_locked = remove_snapshots(repo, ids)
             out.text(f"removed {len(removed)} snapshot(s)")
+            if still_locked:
+                out.warn(f"{len(still_locked)} snapshot(s) are under Object Lock retention and stay until it lapses")
             if then_prune:
                 _prune(g, out, repo, lock, _parse_pct(max_unused), False)
     finally:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cermin.backend.base import Kind
-from cermin.errors import ObjectNotFound, UsageError
+from cermin.errors import ObjectLocked, ObjectNotFound, UsageError
 from cermin.repo.repository import Repository
 from cermin.repo.snapshots import SnapshotRef
 from cermin.util import parse_rfc3339
@@ -147,12 +147,15 @@ def plan_forget(
     return [ForgetGroup(dict(k), apply_policy(v, policy, now)) for k, v in sorted(groups.items())]
 
 
-def remove_snapshots(repo: Repository, ids: list[str]) -> list[str]:
-    removed = []
+def remove_snapshots(repo: Repository, ids: list[str]) -> tuple[list[str], list[str]]:
+    """(removed, locked): snapshots under Object Lock retention stay until it lapses."""
+    removed, locked = [], []
     for sid in ids:
         try:
             repo.backend.remove(Kind.SNAPSHOT, sid)
             removed.append(sid)
         except ObjectNotFound:
             pass
-    return removed
+        except ObjectLocked:
+            locked.append(sid)
+    return removed, locked

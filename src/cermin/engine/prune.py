@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
-from cermin.errors import CerminError, ObjectNotFound
+from cermin.errors import CerminError, ObjectLocked, ObjectNotFound
 from cermin.format.records import DIR, FILE, ID_LEN
 from cermin.repo.indexfiles import IndexView, read_index_view, read_pack_blobs, replace_index
 from cermin.repo.masterindex import MasterIndex
@@ -61,6 +61,7 @@ class PruneResult:
     bytes_written: int = 0
     packs_deleted: int = 0
     bytes_deleted: int = 0
+    packs_locked: int = 0  # unused but still under Object Lock retention
     index_files_written: int = 0
 
 
@@ -174,7 +175,7 @@ def execute_prune(
     if lock is not None:
         lock.ensure_fresh()
     say("writing the new index")
-    new_files = replace_index(repo, stays, view.files)  # phase one
+    new_files = replace_index(repo, stays, view.files + view.superseded)  # phase one
     res.index_files_written = len(new_files)
     if lock is not None:
         lock.ensure_fresh()
@@ -186,5 +187,7 @@ def execute_prune(
             res.bytes_deleted += present.get(name, 0)
         except ObjectNotFound:
             pass
+        except ObjectLocked:
+            res.packs_locked += 1  # unindexed now; a later prune deletes it once its lock lapses
     repo.index = MasterIndex.from_packs(stays)
     return res

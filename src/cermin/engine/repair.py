@@ -61,7 +61,7 @@ def repair_index(repo: Repository, workers: int = 4) -> RepairIndexResult:
                 packs[pid] = view.packs[pid]  # header damaged, but the old index still describes it
             else:
                 res.packs_dropped.append(name)
-    old = view.files + list(view.damaged)
+    old = view.files + view.superseded + list(view.damaged)
     res.index_files_written = replace_index(repo, packs, old)
     res.index_files_removed = len([o for o in old if o not in res.index_files_written])
     res.packs_indexed = len(packs)
@@ -125,7 +125,7 @@ def repair_packs(
         return res
     packs = {pid: e for pid, e in view.packs.items() if pid not in damaged}
     packs.update(saver.new_packs)
-    replace_index(repo, packs, view.files + list(view.damaged))  # new data indexed before old goes
+    replace_index(repo, packs, view.files + view.superseded + list(view.damaged))  # new data indexed first
     for pid in damaged:
         try:
             repo.backend.remove(Kind.DATA, pid.hex())

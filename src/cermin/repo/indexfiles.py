@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from cermin.backend.base import Kind
-from cermin.errors import CorruptObject, ObjectNotFound
+from cermin.errors import CorruptObject, ObjectLocked, ObjectNotFound
 from cermin.format import crypto, pack, records
 from cermin.format import index as fmt_index
 from cermin.format.records import IndexPack
@@ -27,7 +27,8 @@ class IndexView:
     """Every pack named by any readable index file, with its entries, plus damage found on the way."""
 
     packs: dict[bytes, bytes] = field(default_factory=dict)  # pack id -> concatenated entries
-    files: list[str] = field(default_factory=list)  # readable index files
+    files: list[str] = field(default_factory=list)  # readable index files in force
+    superseded: list[str] = field(default_factory=list)  # present, but replaced by a file in force
     damaged: dict[str, str] = field(default_factory=dict)  # index file -> error
     pack_files: dict[bytes, list[str]] = field(default_factory=dict)  # pack id -> index files naming it
 
@@ -38,13 +39,18 @@ class IndexView:
 
 def read_index_view(repo: Repository) -> IndexView:
     view = IndexView()
+    loaded = []
     for name, _ in sorted(repo.backend.list(Kind.INDEX)):
         try:
-            idx = records.index_decoder.decode(repo.load_object(Kind.INDEX, name))
+            loaded.append((name, records.index_decoder.decode(repo.load_object(Kind.INDEX, name))))
         except ObjectNotFound:
             continue
         except (CorruptObject, msgspec.DecodeError, msgspec.ValidationError) as e:
             view.damaged[name] = str(e)  # proven damage only: an I/O error propagates
+    superseded = {s.hex() for _, idx in loaded for s in idx.supersedes}
+    for name, idx in loaded:
+        if name in superseded:
+            view.superseded.append(name)
             continue
         view.files.append(name)
         for p in idx.packs:
@@ -74,14 +80,15 @@ def write_index(repo: Repository, packs: dict[bytes, bytes], supersedes: list[st
 
 
 def replace_index(repo: Repository, packs: dict[bytes, bytes], old_files: list[str]) -> list[str]:
-    """New index files first, then remove the old ones (crash-safe order)."""
+    """New index files first, then remove the old ones (crash-safe order). An old file the storage
+    refuses to delete (Object Lock) stays; it is superseded, so readers ignore it."""
     new = write_index(repo, packs, old_files)
     for name in old_files:
         if name in new:
             continue
         try:
             repo.backend.remove(Kind.INDEX, name)
-        except ObjectNotFound:
+        except (ObjectNotFound, ObjectLocked):
             pass
     return new
 

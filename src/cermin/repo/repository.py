@@ -33,6 +33,13 @@ def _aad(kind: Kind) -> bytes:
     return b"cermin/" + kind.value.encode()
 
 
+def _configure(backend: Backend, extra: dict) -> None:
+    """Backends that need repository settings (the S3 Object Lock policy) get them from the config."""
+    configure = getattr(backend, "configure", None)
+    if configure is not None:
+        configure(extra)
+
+
 def _config_aad(repo_id: str) -> bytes:
     return b"cermin/config/" + repo_id.encode()
 
@@ -60,7 +67,9 @@ class Repository:
         pack_size: int = DEFAULT_PACK_SIZE,
         chunker_params: tuple[int, int, int] | None = None,
         chunker_seed: int | None = None,
+        extra: dict | None = None,
     ) -> Repository:
+        _configure(backend, extra or {})
         backend.create()
         master = MasterKeys.generate()
         mn, avg, mx = chunker_params or (chunker.DEFAULT_MIN, chunker.DEFAULT_AVG, chunker.DEFAULT_MAX)
@@ -78,6 +87,7 @@ class Repository:
             id=repo_id,
             created=now_rfc3339(),
             secrets=crypto.seal(master, pack.compress(records.encode(secrets), 3), _config_aad(repo_id)),
+            extra=dict(extra or {}),
         )
         # Key slot first, config last: a directory with a config is a usable repository.
         kf = keyslots.make_keyfile(master.master, password, kdf)
@@ -104,9 +114,11 @@ class Repository:
                 f"(supports version {FORMAT_VERSION}); use a matching cermin release"
             )
         try:
-            return msgspec.json.decode(data, type=Config)
+            config = msgspec.json.decode(data, type=Config)
         except msgspec.ValidationError as e:
             raise CorruptObject(f"repository config is corrupted ({e})") from None
+        _configure(backend, config.extra)
+        return config
 
     @classmethod
     def open(cls, backend: Backend, password: bytes) -> Repository:
@@ -165,7 +177,11 @@ class Repository:
         data = self.backend.load(kind, name)
         what = f"{kind.value}/{name[:12]}"
         if crypto.file_id(data) != name:
-            raise CorruptObject(f"{what} is damaged (content does not match its name)")
+            original = getattr(self.backend, "load_original", None)
+            if original is not None:  # a versioned store: someone may have planted a newer version
+                data = original(kind, name)
+            if crypto.file_id(data) != name:
+                raise CorruptObject(f"{what} is damaged (content does not match its name)")
         return pack.decompress(crypto.unseal(self.keys, data, _aad(kind), what), what)
 
     # ---- index -----------------------------------------------------------------------------
@@ -180,10 +196,16 @@ class Repository:
                 raise CorruptObject(f"index/{name[:12]} cannot be decoded ({e})") from None
 
         with ThreadPoolExecutor(max_workers=workers) as ex:
-            for name, idx in ex.map(load, names):
-                for p in idx.packs:
-                    self.index.add_pack_bulk(p.id, p.blobs)
-                self.index_files.append(name)
+            loaded = list(ex.map(load, names))
+        # A file superseded by another present file is ignored: prune could not delete it (e.g.
+        # under Object Lock), and the packs it names may be gone.
+        superseded = {s.hex() for _, idx in loaded for s in idx.supersedes}
+        for name, idx in loaded:
+            if name in superseded:
+                continue
+            for p in idx.packs:
+                self.index.add_pack_bulk(p.id, p.blobs)
+            self.index_files.append(name)
         self.index.build()
 
     def save_index(self, packs: list[records.IndexPack]) -> str:
@@ -198,8 +220,17 @@ class Repository:
             raise CorruptObject(f"blob {blob_id.hex()[:16]} has type {loc.type}, expected {want_type}")
         pack_name = loc.pack_id.hex()
         what = f"blob {blob_id.hex()[:16]} in pack {pack_name[:12]}"
-        prefix = self.backend.load(Kind.DATA, pack_name, 0, pack.PREFIX_LEN)
-        ct = self.backend.load(Kind.DATA, pack_name, loc.offset, loc.length)
+        try:
+            return self._read_blob(self.backend.load, pack_name, loc, blob_id, what)
+        except CorruptObject:
+            original = getattr(self.backend, "load_original", None)
+            if original is None:
+                raise
+            return self._read_blob(original, pack_name, loc, blob_id, what)  # the version cermin wrote
+
+    def _read_blob(self, load, pack_name: str, loc, blob_id: bytes, what: str) -> bytes:
+        prefix = load(Kind.DATA, pack_name, 0, pack.PREFIX_LEN)
+        ct = load(Kind.DATA, pack_name, loc.offset, loc.length)
         if len(ct) != loc.length:
             raise CorruptObject(f"{what}: pack is truncated")
         return self.open_blob(pack.pack_cipher(self.keys, prefix, what), loc.offset, loc.type, blob_id, ct)

@@ -1,0 +1,380 @@
+"""S3 backend: obstore for object data, boto3 only for what obstore lacks (Object Lock, versions).
+
+Location: `s3:http://127.0.0.1:8333/bucket/prefix` (any endpoint, path-style) or `s3:bucket/prefix`
+(AWS; region from AWS_REGION / AWS_DEFAULT_REGION). Credentials: AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN. Objects are written with If-None-Match (write-once).
+
+With an Object Lock policy every object except locks is uploaded with its own retention
+(mode + retain-until, rounded up to the next UTC midnight so one signed store serves a whole day).
+A locked object cannot be deleted or shortened by anyone holding these credentials; a plain DELETE
+only adds a delete marker, so reads fall back to the newest real version, `list` shows hidden
+objects too, and `unhide` removes such markers. Because cermin never rewrites an object, the oldest
+version of a key is the authoritative one: `load_original` reads it when a newer version planted
+by someone else fails authentication.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlparse
+
+from cermin.backend.base import CONFIG_NAME, Kind
+from cermin.errors import CerminError, ObjectExists, ObjectLocked, ObjectNotFound, RepositoryExists, UsageError
+
+LOCK_MODES = ("compliance", "governance")
+
+
+@dataclass
+class LockPolicy:
+    days: int
+    mode: str = "compliance"
+
+    def retain_until(self, now: datetime | None = None) -> datetime:
+        now = now or datetime.now(UTC)
+        day = (now + timedelta(days=self.days)).date() + timedelta(days=1)
+        return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+MIN_MARGIN_DAYS = 7
+
+
+def validate_lock_policy(days: int, mode: str, maintenance_days: int) -> None:
+    """The lock must outlast the time between two `lock extend` runs plus a margin for a missed run
+    (and an attacker's dwell time before anyone notices)."""
+    if mode not in LOCK_MODES:
+        raise UsageError(f"lock mode must be one of {', '.join(LOCK_MODES)}")
+    margin = max(MIN_MARGIN_DAYS, maintenance_days // 2)
+    if days < maintenance_days + margin:
+        raise UsageError(
+            f"an Object Lock of {days} days is too short for maintenance every {maintenance_days} days: "
+            f"objects could lapse before the next `cermin lock extend`; use at least {maintenance_days + margin} "
+            f"days (maintenance interval + {margin} days margin)"
+        )
+
+
+def parse_location(location: str) -> tuple[str | None, str, str]:
+    """(endpoint or None for AWS, bucket, prefix) from 's3:...'."""
+    rest = location[3:] if location.startswith("s3:") else location
+    if rest.startswith("//"):
+        rest = rest[2:]
+    endpoint = None
+    if rest.startswith(("http://", "https://")):
+        u = urlparse(rest)
+        endpoint = f"{u.scheme}://{u.netloc}"
+        rest = u.path
+    parts = [p for p in rest.strip("/").split("/") if p]
+    if not parts:
+        raise UsageError(f"S3 location {location!r} names no bucket (s3:http://host:port/bucket/prefix)")
+    return endpoint, parts[0], "/".join(parts[1:])
+
+
+class S3Backend:
+    def __init__(self, location: str, lock: LockPolicy | None = None) -> None:
+        self.location = location
+        self.endpoint, self.bucket, self.prefix = parse_location(location)
+        self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self.lock = lock
+        self._stores: dict[object, object] = {}
+        self._boto_client = None
+        self._mutex = threading.Lock()
+
+    def configure(self, extra: dict) -> None:
+        """Apply repository settings stored in the plaintext config (the Object Lock policy)."""
+        pol = extra.get("object_lock")
+        if pol:
+            self.lock = LockPolicy(int(pol["days"]), str(pol.get("mode", "compliance")))
+
+    # ---- clients -----------------------------------------------------------------------------
+    def _store(self, retain_until: datetime | None = None):
+        """obstore S3Store; one per retain-until date carrying the Object Lock headers."""
+        with self._mutex:
+            st = self._stores.get(retain_until)
+            if st is not None:
+                return st
+            from obstore.store import S3Store
+
+            kw = dict(
+                region=self.region,
+                virtual_hosted_style_request=False,
+                retry_config={
+                    "max_retries": 8,
+                    "backoff": {
+                        "init_backoff": timedelta(milliseconds=100),
+                        "max_backoff": timedelta(seconds=5),
+                        "base": 2,
+                    },
+                    "retry_timeout": timedelta(minutes=3),
+                },
+            )
+            if self.endpoint:
+                kw["endpoint"] = self.endpoint
+            for env, key in (
+                ("AWS_ACCESS_KEY_ID", "access_key_id"),
+                ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
+                ("AWS_SESSION_TOKEN", "session_token"),
+            ):
+                if os.environ.get(env):
+                    kw[key] = os.environ[env]
+            opts: dict = {"allow_http": True} if self.endpoint and self.endpoint.startswith("http://") else {}
+            if retain_until is not None:
+                opts["default_headers"] = {
+                    "x-amz-object-lock-mode": self.lock.mode.upper(),
+                    "x-amz-object-lock-retain-until-date": retain_until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            if opts:
+                kw["client_options"] = opts
+            st = S3Store(self.bucket, prefix=self.prefix or None, **kw)
+            self._stores[retain_until] = st
+            return st
+
+    def _boto(self):
+        with self._mutex:
+            if self._boto_client is None:
+                import boto3
+                from botocore.config import Config
+
+                self._boto_client = boto3.client(
+                    "s3",
+                    endpoint_url=self.endpoint,
+                    region_name=self.region,
+                    config=Config(
+                        request_checksum_calculation="when_required",
+                        response_checksum_validation="when_required",
+                        s3={"addressing_style": "path"},
+                        retries={"max_attempts": 8, "mode": "standard"},
+                    ),
+                )
+            return self._boto_client
+
+    def _key(self, kind: Kind, name: str) -> str:
+        if kind is Kind.CONFIG:
+            return CONFIG_NAME
+        if kind is Kind.DATA:
+            return f"data/{name[:2]}/{name}"
+        return f"{kind.value}/{name}"
+
+    def _full_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @staticmethod
+    def _wrap(e: Exception, what: str) -> CerminError:
+        if isinstance(e, FileNotFoundError):
+            return ObjectNotFound(f"{what} does not exist")
+        name = type(e).__name__
+        if name == "AlreadyExistsError":
+            return ObjectExists(f"{what} already exists")
+        if name in ("PermissionDeniedError", "UnauthenticatedError"):
+            return CerminError(f"S3 refused access to {what}: check the credentials ({e})".splitlines()[0])
+        return CerminError(f"S3 error on {what}: {e}".splitlines()[0])
+
+    # ---- protocol ----------------------------------------------------------------------------
+    def create(self) -> None:
+        if self.exists(Kind.CONFIG, CONFIG_NAME):
+            raise RepositoryExists(f"a repository already exists at {self.location}")
+        if self.lock is not None:
+            self.check_lock_support()
+
+    def check_lock_support(self) -> None:
+        try:
+            conf = self._boto().get_object_lock_configuration(Bucket=self.bucket)
+            enabled = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        except Exception as e:  # botocore raises for buckets without Object Lock
+            enabled = False
+            if "ObjectLockConfigurationNotFound" not in str(e) and "NoSuchBucket" in str(e):
+                raise CerminError(f"bucket {self.bucket} does not exist (create it with Object Lock enabled)") from None
+        if not enabled:
+            raise CerminError(
+                f"bucket {self.bucket} does not have Object Lock enabled; "
+                "create the bucket with Object Lock (it cannot be enabled on a bucket without versioning)"
+            )
+
+    def save(self, kind: Kind, name: str, data) -> None:
+        import obstore
+
+        retain = self.lock.retain_until() if (self.lock is not None and kind is not Kind.LOCK) else None
+        key = self._key(kind, name)
+        try:
+            obstore.put(self._store(retain), key, data, mode="create")
+        except Exception as e:
+            raise self._wrap(e, f"{kind.value}/{name}") from None
+
+    def load(
+        self, kind: Kind, name: str, offset: int = 0, length: int | None = None, version: str | None = None
+    ) -> bytes:
+        import obstore
+
+        key = self._key(kind, name)
+        opts = {"version": version} if version else {}
+        try:
+            if offset or length is not None:
+                end = None if length is None else offset + length
+                if end is None:
+                    end = self.size(kind, name)
+                if end <= offset:
+                    return b""
+                opts["range"] = (offset, end)
+            r = obstore.get(self._store(), key, options=opts or None)
+            return bytes(r.bytes())
+        except FileNotFoundError:
+            if version is None:
+                hidden = self._newest_real_version(key)
+                if hidden is not None:  # a delete marker hides it: read the real data anyway
+                    return self.load(kind, name, offset, length, version=hidden)
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist") from None
+        except Exception as e:
+            if "range" in str(e).lower() and offset:
+                return b""
+            raise self._wrap(e, f"{kind.value}/{name}") from None
+
+    def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The first version ever written under this name (cermin never writes a second one)."""
+        versions = self._versions(self._key(kind, name))
+        real = [v for v in versions if not v["marker"]]
+        if not real:
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist")
+        return self.load(kind, name, offset, length, version=real[-1]["id"])
+
+    def size(self, kind: Kind, name: str) -> int:
+        import obstore
+
+        try:
+            return int(obstore.head(self._store(), self._key(kind, name))["size"])
+        except FileNotFoundError:
+            key = self._key(kind, name)
+            for v in self._versions(key):
+                if not v["marker"]:
+                    return v["size"]
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist") from None
+        except Exception as e:
+            raise self._wrap(e, f"{kind.value}/{name}") from None
+
+    def list(self, kind: Kind):
+        import obstore
+
+        if kind is Kind.CONFIG:
+            if self.exists(kind, CONFIG_NAME):
+                yield CONFIG_NAME, self.size(kind, CONFIG_NAME)
+            return
+        if self.lock is not None and kind is not Kind.LOCK:  # hidden (delete-marked) objects count too
+            for key, size in self.list_versions_latest(kind):
+                yield key.rsplit("/", 1)[-1], size
+            return
+        try:
+            for page in obstore.list(self._store(), prefix=f"{kind.value}/"):
+                for meta in page:
+                    yield meta["path"].rsplit("/", 1)[-1], int(meta["size"])
+        except Exception as e:
+            raise self._wrap(e, f"listing {kind.value}") from None
+
+    def remove(self, kind: Kind, name: str) -> None:
+        import obstore
+
+        key = self._key(kind, name)
+        if self.lock is None or kind is Kind.LOCK:
+            try:
+                obstore.delete(self._store(), key)
+            except Exception as e:
+                raise self._wrap(e, f"{kind.value}/{name}") from None
+            return
+        # Under Object Lock: delete every version for real (no delete marker), which the storage
+        # refuses while the retention lasts.
+        versions = self._versions(key)
+        if not versions:
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist")
+        for v in versions:
+            try:
+                self._boto().delete_object(Bucket=self.bucket, Key=self._full_key(key), VersionId=v["id"])
+            except Exception as e:
+                if "AccessDenied" in str(e) or "ObjectLocked" in str(e) or "InvalidRequest" in str(e):
+                    raise ObjectLocked(f"{kind.value}/{name} is under Object Lock retention") from None
+                raise self._wrap(e, f"{kind.value}/{name}") from None
+
+    def exists(self, kind: Kind, name: str) -> bool:
+        try:
+            self.size(kind, name)
+            return True
+        except ObjectNotFound:
+            return False
+
+    def close(self) -> None:
+        pass
+
+    # ---- versions and retention (boto3) --------------------------------------------------------
+    def _versions(self, key: str) -> list[dict]:
+        """Versions and delete markers of one key, newest first."""
+        full = self._full_key(key)
+        out = []
+        paginator = self._boto().get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for v in page.get("Versions", []):
+                if v["Key"] == full:
+                    out.append({"id": v["VersionId"], "marker": False, "size": v["Size"], "time": v["LastModified"]})
+            for m in page.get("DeleteMarkers", []):
+                if m["Key"] == full:
+                    out.append({"id": m["VersionId"], "marker": True, "size": 0, "time": m["LastModified"]})
+        out.sort(key=lambda v: v["time"], reverse=True)
+        return out
+
+    def _newest_real_version(self, key: str) -> str | None:
+        if self.lock is None:
+            return None
+        for v in self._versions(key):
+            if not v["marker"]:
+                return v["id"]
+        return None
+
+    def list_versions_latest(self, kind: Kind):
+        """(key, size) of every key under a kind that still has a real version (hidden or not)."""
+        prefix = self._full_key(f"{kind.value}/")
+        seen: dict[str, int] = {}
+        paginator = self._boto().get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for v in page.get("Versions", []):
+                k = v["Key"]
+                if k not in seen:
+                    seen[k] = v["Size"]
+        return sorted(seen.items())
+
+    def hidden(self) -> list[str]:
+        """Keys whose newest entry is a delete marker over a real version."""
+        out = []
+        paginator = self._boto().get_paginator("list_object_versions")
+        kw = {"Prefix": self._full_key("")} if self.prefix else {}
+        for page in paginator.paginate(Bucket=self.bucket, **kw):
+            markers = {m["Key"] for m in page.get("DeleteMarkers", []) if m.get("IsLatest")}
+            real = {v["Key"] for v in page.get("Versions", [])}
+            out += sorted(markers & real)
+        return out
+
+    def unhide(self) -> list[str]:
+        """Remove delete markers that hide real versions; returns the keys made visible again."""
+        keys = self.hidden()
+        client = self._boto()
+        for full in keys:
+            for page in client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=full):
+                for m in page.get("DeleteMarkers", []):
+                    if m["Key"] == full:
+                        client.delete_object(Bucket=self.bucket, Key=full, VersionId=m["VersionId"])
+        return keys
+
+    def retention(self, kind: Kind, name: str) -> datetime | None:
+        key = self._full_key(self._key(kind, name))
+        try:
+            r = self._boto().get_object_retention(Bucket=self.bucket, Key=key)
+        except Exception:
+            return None
+        return r.get("Retention", {}).get("RetainUntilDate")
+
+    def extend_retention(self, kind: Kind, name: str, until: datetime) -> None:
+        key = self._full_key(self._key(kind, name))
+        try:
+            self._boto().put_object_retention(
+                Bucket=self.bucket,
+                Key=key,
+                Retention={"Mode": self.lock.mode.upper(), "RetainUntilDate": until},
+            )
+        except Exception as e:
+            raise CerminError(f"cannot extend the lock of {kind.value}/{name}: {e}".splitlines()[0]) from None
