@@ -83,3 +83,29 @@ def reopen(repo: Repository) -> Repository:
     r = Repository.open(repo.backend, PASSWORD.encode())
     r.load_index()
     return r
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """One real SeaweedFS for the session (loopback only), with a plain and an Object Lock bucket."""
+    from seaweed import ACCESS_KEY, SECRET_KEY, Weed
+
+    w = Weed(str(tmp_path_factory.mktemp("seaweed"))).start()
+    c = w.boto()
+    c.create_bucket(Bucket="plain")
+    c.create_bucket(Bucket="locked", ObjectLockEnabledForBucket=True)
+    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = ACCESS_KEY, SECRET_KEY
+    yield w
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    w.stop()
+
+
+def s3_location(seaweed, bucket: str, name: str) -> str:
+    import uuid
+
+    return f"s3:{seaweed.endpoint}/{bucket}/{name}-{uuid.uuid4().hex[:8]}"

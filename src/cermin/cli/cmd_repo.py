@@ -11,14 +11,40 @@ from cermin.errors import UsageError
 
 
 @click.command()
+@click.option(
+    "--object-lock",
+    "lock_days",
+    type=click.IntRange(1, 36500),
+    default=None,
+    metavar="DAYS",
+    help="S3 only: upload every object with Object Lock retention of DAYS (the bucket must have Object Lock).",
+)
+@click.option("--lock-mode", type=click.Choice(["compliance", "governance"]), default="compliance", show_default=True)
+@click.option(
+    "--maintenance-interval",
+    "maintenance_days",
+    type=click.IntRange(1, 3650),
+    default=7,
+    show_default=True,
+    metavar="DAYS",
+    help="How often `cermin lock extend` will run; the lock must outlast it plus a margin.",
+)
 @click.pass_obj
-def init(g):
+def init(g, lock_days, lock_mode, maintenance_days):
     """Create a new repository at -r/--repo."""
     from cermin.repo.repository import Repository
 
     out = Output(g)
     backend = backend_of(g)
-    repo = Repository.init(backend, read_password(g, "new repository password: ", confirm=True))
+    extra = {}
+    if lock_days is not None:
+        from cermin.backend.s3 import S3Backend, validate_lock_policy
+
+        if not isinstance(backend, S3Backend):
+            raise UsageError("--object-lock needs an S3 repository (s3:...)")
+        validate_lock_policy(lock_days, lock_mode, maintenance_days)
+        extra["object_lock"] = {"days": lock_days, "mode": lock_mode, "maintenance_days": maintenance_days}
+    repo = Repository.init(backend, read_password(g, "new repository password: ", confirm=True), extra=extra)
     if out.json:
         out.emit({"message_type": "initialized", "id": repo.config.id, "repository": backend.location})
     else:

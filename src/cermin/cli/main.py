@@ -20,7 +20,8 @@ Exit codes:
   10  repository does not exist
   11  repository is locked
   12  wrong password
-Environment: CERMIN_REPOSITORY, CERMIN_PASSWORD, CERMIN_PASSWORD_FILE, CERMIN_PASSWORD_COMMAND."""
+Environment: CERMIN_REPOSITORY, CERMIN_PASSWORD, CERMIN_PASSWORD_FILE, CERMIN_PASSWORD_COMMAND;
+for s3: repositories AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION."""
 
 # name -> (module, function, short help). Modules import lazily so `--help` stays fast.
 COMMANDS = {
@@ -38,6 +39,7 @@ COMMANDS = {
     "repair": ("cermin.cli.cmd_maint", "repair", "Repair index, packs or snapshots."),
     "forget": ("cermin.cli.cmd_maint", "forget", "Remove snapshots by ID or retention policy."),
     "prune": ("cermin.cli.cmd_maint", "prune", "Remove unused data (plan, repack, delete)."),
+    "lock": ("cermin.cli.cmd_lock", "lock", "Object Lock retention: status, extend, unhide."),
     "key": ("cermin.cli.cmd_key", "key", "Manage key slots (passwords)."),
     "unlock": ("cermin.cli.cmd_repo", "unlock", "Remove stale locks."),
 }
@@ -71,7 +73,9 @@ class Globals:
 
 
 @click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-r", "--repo", envvar="CERMIN_REPOSITORY", help="Repository location (a directory).")
+@click.option(
+    "-r", "--repo", envvar="CERMIN_REPOSITORY", help="Repository: a directory, or s3:http://host:port/bucket/prefix."
+)
 @click.option(
     "--password-file",
     envvar="CERMIN_PASSWORD_FILE",
