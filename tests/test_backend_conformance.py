@@ -7,6 +7,8 @@ import os
 import threading
 
 import pytest
+from conftest import s3_location
+from repoutil import backup, make_source, mutate_source, reopen, restores_identically, small_repo
 
 from cermin.backend.base import CONFIG_NAME, Kind
 from cermin.backend.local import LocalBackend
@@ -16,8 +18,6 @@ from cermin.engine.check import run_check
 from cermin.engine.forget import remove_snapshots
 from cermin.engine.prune import execute_prune, plan_prune
 from cermin.errors import ObjectExists, ObjectNotFound
-from conftest import s3_location
-from repoutil import backup, make_source, mutate_source, reopen, restores_identically, small_repo
 
 KINDS = ["memory", "local", "s3", "s3-locked"]
 

@@ -39,6 +39,27 @@ class LockPolicy:
 
 
 MIN_MARGIN_DAYS = 7
+RETRIES = 12  # ~0.25 s doubling to 20 s: a restarting server gets about three minutes
+
+
+def _transient(e: Exception) -> bool:
+    """Connection failures and server errors are retried; answers about the object are not."""
+    return not isinstance(e, FileNotFoundError) and type(e).__name__ not in (
+        "AlreadyExistsError",
+        "PermissionDeniedError",
+        "UnauthenticatedError",
+        "NotSupportedError",
+        "PreconditionError",
+        "NotModifiedError",
+        "InvalidPathError",
+    )
+
+
+def _backoff(attempt: int) -> None:
+    import random
+    import time
+
+    time.sleep(min(20.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
 
 
 def validate_lock_policy(days: int, mode: str, maintenance_days: int) -> None:
@@ -69,6 +90,11 @@ def parse_location(location: str) -> tuple[str | None, str, str]:
     if not parts:
         raise UsageError(f"S3 location {location!r} names no bucket (s3:http://host:port/bucket/prefix)")
     return endpoint, parts[0], "/".join(parts[1:])
+
+
+class _Transient(Exception):
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class S3Backend:
@@ -196,10 +222,21 @@ class S3Backend:
 
         retain = self.lock.retain_until() if (self.lock is not None and kind is not Kind.LOCK) else None
         key = self._key(kind, name)
-        try:
-            obstore.put(self._store(retain), key, data, mode="create")
-        except Exception as e:
-            raise self._wrap(e, f"{kind.value}/{name}") from None
+        what = f"{kind.value}/{name}"
+        for attempt in range(RETRIES + 1):
+            try:
+                obstore.put(self._store(retain), key, data, mode="create")
+                return
+            except Exception as e:
+                err = self._wrap(e, what)
+                if isinstance(err, ObjectExists) and attempt and kind is not Kind.LOCK:
+                    # An earlier attempt reached the server but its answer was lost. Names are
+                    # content hashes, so a complete object under this name is ours.
+                    if self.size(kind, name) == len(data):
+                        return
+                if not _transient(e) or attempt == RETRIES:
+                    raise err from None
+                _backoff(attempt)
 
     def load(
         self, kind: Kind, name: str, offset: int = 0, length: int | None = None, version: str | None = None
@@ -227,6 +264,8 @@ class S3Backend:
         except Exception as e:
             if "range" in str(e).lower() and offset:
                 return b""
+            if _transient(e):
+                raise _Transient(e) from None
             raise self._wrap(e, f"{kind.value}/{name}") from None
 
     def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -240,6 +279,11 @@ class S3Backend:
     def size(self, kind: Kind, name: str) -> int:
         import obstore
 
+        if self.lock is not None and kind is not Kind.LOCK:  # the oldest version is cermin's
+            real = [v for v in self._versions(self._key(kind, name)) if not v["marker"]]
+            if not real:
+                raise ObjectNotFound(f"{kind.value}/{name} does not exist")
+            return real[-1]["size"]
         try:
             return int(obstore.head(self._store(), self._key(kind, name))["size"])
         except FileNotFoundError:
@@ -327,32 +371,32 @@ class S3Backend:
         return None
 
     def list_versions_latest(self, kind: Kind):
-        """(key, size) of every key under a kind that still has a real version (hidden or not)."""
+        """(key, size) of every key under a kind that has a real version (hidden or not), with the
+        size of its oldest version: the one cermin wrote."""
         prefix = self._full_key(f"{kind.value}/")
-        seen: dict[str, int] = {}
+        oldest: dict[str, int] = {}
         paginator = self._boto().get_paginator("list_object_versions")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for v in page.get("Versions", []):
-                k = v["Key"]
-                if k not in seen:
-                    seen[k] = v["Size"]
-        return sorted(seen.items())
+            for v in page.get("Versions", []):  # newest first per key (timestamps may tie)
+                oldest[v["Key"]] = v["Size"]
+        return sorted(oldest.items())
 
     def hidden(self) -> list[str]:
         """Keys whose newest entry is a delete marker over a real version."""
-        out = []
+        markers: set[str] = set()
+        real: set[str] = set()
         paginator = self._boto().get_paginator("list_object_versions")
         kw = {"Prefix": self._full_key("")} if self.prefix else {}
         for page in paginator.paginate(Bucket=self.bucket, **kw):
-            markers = {m["Key"] for m in page.get("DeleteMarkers", []) if m.get("IsLatest")}
-            real = {v["Key"] for v in page.get("Versions", [])}
-            out += sorted(markers & real)
-        return out
+            markers.update(m["Key"] for m in page.get("DeleteMarkers", []) if m.get("IsLatest"))
+            real.update(v["Key"] for v in page.get("Versions", []))
+        locks = self._full_key(f"{Kind.LOCK.value}/")
+        return sorted(k for k in markers & real if not k.startswith(locks))  # released locks are not hidden data
 
     def unhide(self) -> list[str]:
         """Remove delete markers that hide real versions; returns the keys made visible again."""
         keys = self.hidden()
-        client = self._boto()
+        client = self._boto()  # deleting a delete marker is allowed: it is not a locked version
         for full in keys:
             for page in client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=full):
                 for m in page.get("DeleteMarkers", []):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from cermin.backend.base import Kind
 from cermin.errors import CorruptObject
 from cermin.format import pack
 from cermin.repo.repository import Repository
@@ -39,7 +38,7 @@ class PackCache:
             ev.wait()  # another thread is loading it; then look again
         try:
             name = pack_id.hex()
-            data = self.repo.backend.load(Kind.DATA, name)
+            data = self.repo.load_pack(name)
             entry = (data, pack.pack_cipher(self.repo.keys, data, f"pack {name[:12]}"))
             with self._lock:
                 self.loads += 1
