@@ -96,3 +96,29 @@ def test_durations():
     assert subtract_duration(t, "1y2m3d4h") == datetime(2025, 1, 27, 20, tzinfo=UTC)
     with pytest.raises(UsageError):
         subtract_duration(t, "3 weeks")
+
+
+def test_protect_command_blocks_forget_and_cannot_be_shortened(initialized_cli, tmp_path):
+    import json
+    import os
+
+    cli = initialized_cli
+    src = tmp_path / "src"
+    os.makedirs(src)
+    (src / "f").write_bytes(b"1")
+    cli("backup", str(src))
+    (src / "f").write_bytes(b"2")
+    cli("backup", str(src))
+    snaps = json.loads(cli("--json", "snapshots").stdout)["snapshots"]
+    old = snaps[0]["id"]
+    cli("protect", old[:8], "--until", "2099-01-01")
+    r = cli("forget", old[:8], ok=False)
+    assert r.returncode == 2 and b"protected until 2099-01-01" in r.stderr
+    cli("forget", "--keep-last", "1")
+    left = [s["id"] for s in json.loads(cli("--json", "snapshots").stdout)["snapshots"]]
+    assert old in left, "a protected snapshot survives a policy that would remove it"
+    cli("protect", old[:8], "--until", "2098-01-01")  # an earlier date adds nothing
+    r = cli("forget", old[:8], ok=False)
+    assert b"protected until 2099-01-01" in r.stderr
+    assert cli("protect", old[:8], "--until", "2001-01-01", ok=False).returncode == 2
+    assert json.loads(cli("--json", "check").stdout.splitlines()[-1])["ok"] is True

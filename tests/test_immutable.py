@@ -123,6 +123,20 @@ def test_lock_extend_touches_only_what_needs_it(locked_repo, seaweed, tmp_path):
     assert backend.retention(Kind.SNAPSHOT, snap) > later + timedelta(days=29)
 
 
+def test_protect_extends_object_lock_to_the_date(locked_repo):
+    cli, src = locked_repo
+    snap = jl(cli("--json", "snapshots"))[0]["snapshots"][0]["id"]
+    out = jl(cli("--json", "protect", snap[:8], "--until", "2027-06-01"))[0]
+    assert out["objects_locked"] >= 2
+    backend = S3Backend(cli.repo)
+    from cermin.backend.base import Kind
+    from cermin.repo.repository import Repository
+
+    Repository.read_config(backend)  # applies the lock policy to the backend
+    assert backend.retention(Kind.SNAPSHOT, snap) >= datetime(2027, 6, 1, tzinfo=UTC)
+    assert b"protected" in cli("forget", snap[:8], ok=False).stderr
+
+
 def test_server_dying_mid_upload_breaks_no_acknowledged_snapshot(tmp_path):
     """A private SeaweedFS is killed while a backup uploads, and comes back 3 s later on the same
     data: the client retries with backoff and finishes; nothing acknowledged is lost."""

@@ -18,6 +18,7 @@ class Kind(StrEnum):
     INDEX = "index"
     SNAPSHOT = "snapshots"
     LOCK = "locks"
+    AUX = "aux"  # auxiliary immutable records: protections, later drill reports and evidence
 
 
 CONFIG_NAME = "config"

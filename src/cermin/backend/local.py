@@ -61,6 +61,8 @@ class LocalBackend:
     def save(self, kind: Kind, name: str, data: bytes) -> None:
         final = self._path(kind, name)
         d = os.path.dirname(final)
+        if kind is Kind.AUX and not os.path.isdir(d):  # repositories created before this kind existed
+            os.makedirs(d, exist_ok=True)
         tmp = os.path.join(d, f".tmp-{name[:16]}-{secrets.token_hex(6)}")
         what = f"{kind.value}/{name}"
         try:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import click
 
 from cermin.cli.common import Output, locked, open_repo
-from cermin.errors import EXIT_FATAL
+from cermin.errors import EXIT_FATAL, UsageError
+from cermin.util import parse_rfc3339
 
 
 def _say(out: Output):
@@ -314,6 +317,7 @@ def forget(
     """Remove snapshots: the given IDs, or those a --keep-* policy does not keep (per group)."""
     from cermin.cli.cmd_browse import _paths
     from cermin.engine.forget import KeepPolicy, plan_forget, remove_snapshots
+    from cermin.engine.protect import apply_protections, protections
     from cermin.repo.lock import RepoLock
     from cermin.repo.snapshots import list_snapshots, resolve
 
@@ -325,6 +329,13 @@ def forget(
     try:
         if snapshot_ids:
             ids = [resolve(repo, s).id for s in snapshot_ids]
+            guarded = protections(repo)
+            now = datetime.now(UTC)
+            held = [i for i in ids if i in guarded and parse_rfc3339(guarded[i]) > now]
+            if held:
+                raise UsageError(
+                    f"snapshot {held[0][:8]} is protected until {guarded[held[0]]}; it cannot be forgotten"
+                )
             for sid in ids:
                 out.emit({"message_type": "forget", "id": sid, "dry_run": dry_run}) if out.json else out.text(
                     f"{'would remove' if dry_run else 'remove'} {sid[:8]}"
@@ -334,6 +345,7 @@ def forget(
                 keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, list(keep_tags)
             )
             refs = list_snapshots(repo, tuple(hosts), tuple(tags), _paths(paths))
+            apply_protections(repo, refs)
             groups = plan_forget(refs, policy, tuple(x.strip() for x in group_by.split(",") if x.strip()))
             ids = []
             for grp in groups:
@@ -365,3 +377,36 @@ def forget(
     finally:
         if lock:
             lock.release()
+
+
+@click.command()
+@click.argument("snapshot")
+@click.option("--until", "until", required=True, help="Date (YYYY-MM-DD or RFC 3339, UTC) until which it is kept.")
+@click.pass_obj
+def protect(g, snapshot, until):
+    """Keep SNAPSHOT from forget and prune until a date; on Object Lock storage also lock it that long.
+    Protections can be extended but never shortened or lifted."""
+    from cermin.engine.protect import protect as do_protect
+    from cermin.repo.snapshots import resolve
+
+    out = Output(g)
+    try:
+        when = parse_rfc3339(until if "T" in until else until + "T00:00:00Z")
+    except ValueError:
+        raise UsageError(f"bad --until {until!r}: use YYYY-MM-DD or an RFC 3339 time") from None
+    repo = open_repo(g)
+    with locked(g, repo, False, "protect"):
+        res = do_protect(repo, resolve(repo, snapshot), when)
+    if out.json:
+        out.emit(
+            {
+                "message_type": "protected",
+                "snapshot": res.snapshot,
+                "until": res.until,
+                "record": res.record,
+                "objects_locked": res.objects_locked,
+            }
+        )
+    else:
+        extra = f"; Object Lock extended on {res.objects_locked} objects" if res.objects_locked else ""
+        out.text(f"snapshot {res.snapshot[:8]} protected until {res.until}{extra}")

@@ -39,6 +39,7 @@ COMMANDS = {
     "repair": ("cermin.cli.cmd_maint", "repair", "Repair index, packs or snapshots."),
     "forget": ("cermin.cli.cmd_maint", "forget", "Remove snapshots by ID or retention policy."),
     "prune": ("cermin.cli.cmd_maint", "prune", "Remove unused data (plan, repack, delete)."),
+    "protect": ("cermin.cli.cmd_maint", "protect", "Keep a snapshot from forget/prune until a date."),
     "lock": ("cermin.cli.cmd_lock", "lock", "Object Lock retention: status, extend, unhide."),
     "key": ("cermin.cli.cmd_key", "key", "Manage key slots (passwords)."),
     "unlock": ("cermin.cli.cmd_repo", "unlock", "Remove stale locks."),

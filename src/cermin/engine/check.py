@@ -102,6 +102,7 @@ class Checker:
             self._read_data()
         say("attributing damage")
         self._attribute(snaps)
+        self._check_aux()
         self._check_locks()
         return self.report
 
@@ -299,6 +300,15 @@ class Checker:
                         paths.append(display_path(p))
             if paths:
                 self.report.affected[ref.id] = sorted(paths)
+
+    def _check_aux(self) -> None:
+        for name, _ in sorted(self.repo.backend.list(Kind.AUX)):
+            try:
+                self.repo.load_object(Kind.AUX, name)
+            except ObjectNotFound:
+                continue
+            except CorruptObject as e:
+                self._error("aux_damaged", f"record {name[:12]}: {e}", object=name)
 
     def _check_locks(self) -> None:
         for name, lock in read_locks(self.repo):

@@ -39,6 +39,7 @@ def needed_objects(repo: Repository) -> list[tuple[Kind, str]]:
     objs: list[tuple[Kind, str]] = [(Kind.CONFIG, CONFIG_NAME)]
     objs += [(Kind.KEY, n) for n, _ in repo.backend.list(Kind.KEY)]
     objs += [(Kind.SNAPSHOT, n) for n, _ in repo.backend.list(Kind.SNAPSHOT)]
+    objs += [(Kind.AUX, n) for n, _ in repo.backend.list(Kind.AUX)]
     objs += [(Kind.INDEX, n) for n in view.files]
     objs += [(Kind.DATA, p.hex()) for p in view.packs]
     return objs

@@ -97,6 +97,18 @@ class Snapshot(msgspec.Struct, omit_defaults=True, gc=False):
     extra: dict[str, Any] = {}
 
 
+class AuxRecord(msgspec.Struct, omit_defaults=True):
+    """An auxiliary immutable record (`aux/`). `type` says what it is:
+    - "protection": `target` is a snapshot id kept by forget/prune until `data["until"]` (RFC 3339).
+      Protections are only ever added: a later record can extend, nothing can shorten one.
+    Later types (drill reports, guard evidence) add their own `data` keys."""
+
+    type: str
+    time: str
+    target: str = ""
+    data: dict[str, Any] = {}
+
+
 class RepoSecrets(msgspec.Struct, omit_defaults=True):
     """Encrypted part of the config: per-repository secrets shared by every key slot."""
 
