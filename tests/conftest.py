@@ -109,3 +109,60 @@ def s3_location(seaweed, bucket: str, name: str) -> str:
     import uuid
 
     return f"s3:{seaweed.endpoint}/{bucket}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+class ServeProcess:
+    """A real `cermin serve` process on a free loopback port."""
+
+    def __init__(self, root: str, window: int = 3600) -> None:
+        import socket
+        import time
+
+        self.root = root
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
+        self.proc = subprocess.Popen(
+            cermin_exe()
+            + ["serve", "--root", root, "--listen", f"127.0.0.1:{self.port}", "--approval-window", str(window)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self.proc.stderr.read().decode()) from None
+                time.sleep(0.1)
+        raise RuntimeError("cermin serve did not start")
+
+    def url(self, tenant: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{tenant}"
+
+    def token(self, tenant: str, role: str) -> str:
+        r = subprocess.run(
+            cermin_exe() + ["serve", "--root", self.root, "token", "add", "--tenant", tenant, "--role", role],
+            capture_output=True,
+            check=True,
+        )
+        return r.stdout.decode().strip()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    srv = ServeProcess(str(tmp_path_factory.mktemp("serve")))
+    yield srv
+    srv.stop()

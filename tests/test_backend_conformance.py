@@ -11,15 +11,17 @@ from conftest import s3_location
 from repoutil import backup, make_source, mutate_source, reopen, restores_identically, small_repo
 
 from cermin.backend.base import CONFIG_NAME, Kind
+from cermin.backend.http import HttpBackend
 from cermin.backend.local import LocalBackend
 from cermin.backend.memory import MemoryBackend
 from cermin.backend.s3 import LockPolicy, S3Backend
 from cermin.engine.check import run_check
 from cermin.engine.forget import remove_snapshots
 from cermin.engine.prune import execute_prune, plan_prune
-from cermin.errors import ObjectExists, ObjectNotFound
+from cermin.errors import CerminError, ObjectExists, ObjectNotFound
+from cermin.format.crypto import file_id
 
-KINDS = ["memory", "local", "s3", "s3-locked"]
+KINDS = ["memory", "local", "s3", "s3-locked", "http"]
 
 
 @pytest.fixture(params=KINDS)
@@ -29,6 +31,14 @@ def backend(request, tmp_path):
         return MemoryBackend()
     if kind == "local":
         return LocalBackend(str(tmp_path / "repo"))
+    if kind == "http":
+        import uuid
+
+        from cermin.backend.http import HttpBackend
+
+        served = request.getfixturevalue("served")
+        tenant = f"conf-{uuid.uuid4().hex[:8]}"
+        return HttpBackend(served.url(tenant), token=served.token(tenant, "admin"))
     seaweed = request.getfixturevalue("seaweed")
     if kind == "s3":
         return S3Backend(s3_location(seaweed, "plain", "conf"))
@@ -36,21 +46,28 @@ def backend(request, tmp_path):
 
 
 def name(i: int) -> str:
-    return f"{i:02x}" * 32
+    return file_id(blob(i))
+
+
+def blob(i: int) -> bytes:
+    return bytes([i]) * (i + 1)
 
 
 def test_roundtrip_and_write_once(backend):
     backend.create()
     data = os.urandom(100_000)
-    backend.save(Kind.DATA, name(1), data)
-    assert backend.load(Kind.DATA, name(1)) == data
-    assert backend.load(Kind.DATA, name(1), 10, 20) == data[10:30]
-    assert backend.load(Kind.DATA, name(1), 99_990, 10) == data[-10:]
-    assert backend.size(Kind.DATA, name(1)) == len(data)
-    assert backend.exists(Kind.DATA, name(1)) and not backend.exists(Kind.DATA, name(2))
+    n = file_id(data)
+    backend.save(Kind.DATA, n, data)
+    assert backend.load(Kind.DATA, n) == data
+    assert backend.load(Kind.DATA, n, 10, 20) == data[10:30]
+    assert backend.load(Kind.DATA, n, 99_990, 10) == data[-10:]
+    assert backend.size(Kind.DATA, n) == len(data)
+    assert backend.exists(Kind.DATA, n) and not backend.exists(Kind.DATA, name(2))
     with pytest.raises(ObjectExists):
-        backend.save(Kind.DATA, name(1), b"replacement")
-    assert backend.load(Kind.DATA, name(1)) == data, "a refused overwrite leaves the object intact"
+        backend.save(Kind.DATA, n, data)
+    with pytest.raises((ObjectExists, CerminError)):  # the server also refuses content not matching its name
+        backend.save(Kind.DATA, n, b"replacement")
+    assert backend.load(Kind.DATA, n) == data, "a refused overwrite leaves the object intact"
     with pytest.raises(ObjectNotFound):
         backend.load(Kind.DATA, name(2))
     with pytest.raises(ObjectNotFound):
@@ -61,11 +78,11 @@ def test_list_per_kind_and_config(backend):
     backend.create()
     backend.save(Kind.CONFIG, CONFIG_NAME, b"{}")
     for i in range(5):
-        backend.save(Kind.DATA, name(i), bytes([i]) * (i + 1))
-    backend.save(Kind.SNAPSHOT, name(9), b"snap")
-    backend.save(Kind.LOCK, name(7), b"lock")
-    assert sorted(backend.list(Kind.DATA)) == [(name(i), i + 1) for i in range(5)]
-    assert list(backend.list(Kind.SNAPSHOT)) == [(name(9), 4)]
+        backend.save(Kind.DATA, name(i), blob(i))
+    backend.save(Kind.SNAPSHOT, name(9), blob(9))
+    backend.save(Kind.LOCK, name(7), blob(7))
+    assert sorted(backend.list(Kind.DATA)) == sorted((name(i), i + 1) for i in range(5))
+    assert list(backend.list(Kind.SNAPSHOT)) == [(name(9), 10)]
     assert list(backend.list(Kind.INDEX)) == []
     assert [n for n, _ in backend.list(Kind.CONFIG)] == [CONFIG_NAME]
     backend.remove(Kind.LOCK, name(7))  # locks are removable on every backend, locked or not
@@ -79,19 +96,19 @@ def test_concurrent_and_large_writes(backend):
 
     def put(i):
         try:
-            backend.save(Kind.DATA, name(i), bytes([i]) * 10_000)
+            backend.save(Kind.DATA, name(i), blob(i))
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
     threads = [threading.Thread(target=put, args=(i,)) for i in range(16)]
     for t in threads:
         t.start()
-    backend.save(Kind.DATA, name(200), big)
+    backend.save(Kind.DATA, file_id(big), big)
     for t in threads:
         t.join()
     assert not errors
     assert len(list(backend.list(Kind.DATA))) == 17
-    assert backend.load(Kind.DATA, name(200)) == big
+    assert backend.load(Kind.DATA, file_id(big)) == big
 
 
 def test_engine_cycle(backend, tmp_path):
@@ -105,7 +122,8 @@ def test_engine_cycle(backend, tmp_path):
     assert run_check(repo, read_data=True).ok
     restores_identically(repo, s2, src, tmp_path / "out")
     removed, locked = remove_snapshots(repo, [s1])
-    if isinstance(backend, S3Backend) and backend.lock is not None:
+    immutable = (isinstance(backend, S3Backend) and backend.lock is not None) or isinstance(backend, HttpBackend)
+    if immutable:  # Object Lock, or the server's two-person rule
         assert locked == [s1] and removed == [], "a locked snapshot cannot be forgotten"
     else:
         assert removed == [s1]
@@ -114,5 +132,5 @@ def test_engine_cycle(backend, tmp_path):
     report = run_check(repo, read_data=True)
     assert report.ok, [p.message for p in report.errors]
     restores_identically(repo, s2, src, tmp_path / "out2")
-    if isinstance(backend, S3Backend) and backend.lock is not None:
+    if immutable:
         assert res.packs_deleted == 0

@@ -15,10 +15,14 @@ def open_backend(location: str) -> Backend:
         from cermin.backend.s3 import S3Backend
 
         return S3Backend(location)
+    if location.startswith(("http://", "https://")):
+        from cermin.backend.http import HttpBackend
+
+        return HttpBackend(location)
     if location.startswith("local:"):
         location = location[len("local:") :]
-    elif "://" in location or location.split(":", 1)[0] in ("http", "https", "sftp", "rest"):
-        raise UsageError(f"unsupported repository location {location!r} (use a directory or s3:...)")
+    elif "://" in location or location.split(":", 1)[0] in ("sftp", "rest"):
+        raise UsageError(f"unsupported repository location {location!r} (a directory, s3:... or http(s)://...)")
     from cermin.backend.local import LocalBackend
 
     return LocalBackend(location)

@@ -20,7 +20,8 @@ Exit codes:
   10  repository does not exist
   11  repository is locked
   12  wrong password
-Environment: CERMIN_REPOSITORY, CERMIN_PASSWORD, CERMIN_PASSWORD_FILE, CERMIN_PASSWORD_COMMAND;
+Environment: CERMIN_REPOSITORY, CERMIN_PASSWORD, CERMIN_PASSWORD_FILE, CERMIN_PASSWORD_COMMAND,
+CERMIN_TOKEN / CERMIN_TOKEN_FILE for http(s) repositories;
 for s3: repositories AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION."""
 
 # name -> (module, function, short help). Modules import lazily so `--help` stays fast.
@@ -43,6 +44,8 @@ COMMANDS = {
     "lock": ("cermin.cli.cmd_lock", "lock", "Object Lock retention: status, extend, unhide."),
     "key": ("cermin.cli.cmd_key", "key", "Manage key slots (passwords)."),
     "unlock": ("cermin.cli.cmd_repo", "unlock", "Remove stale locks."),
+    "serve": ("cermin.cli.cmd_serve", "serve", "Serve repositories over HTTP with split credentials."),
+    "approvals": ("cermin.cli.cmd_serve", "approvals", "Two-person rule: approve or reject deletions."),
 }
 
 

@@ -1,0 +1,160 @@
+"""HTTP backend: a client of `cermin serve`. Location `http(s)://host:port/tenant`; the token comes
+from CERMIN_TOKEN or the file named by CERMIN_TOKEN_FILE (never from a command-line argument)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from cermin.backend.base import CONFIG_NAME, Kind
+from cermin.errors import (
+    CerminError,
+    ObjectExists,
+    ObjectLocked,
+    ObjectNotFound,
+    RepositoryExists,
+    UsageError,
+)
+
+
+class ApprovalRequired(ObjectLocked):
+    """The server queued a destructive operation for a second admin's approval."""
+
+
+RETRIES = 8
+
+
+class HttpBackend:
+    def __init__(self, location: str, token: str | None = None) -> None:
+        import urllib3
+
+        self.location = location.rstrip("/")
+        self.token = token or _token_from_env()
+        self.http = urllib3.PoolManager(
+            num_pools=4, maxsize=16, retries=False, timeout=urllib3.Timeout(connect=10, read=300)
+        )
+
+    def _url(self, kind: Kind, name: str = "") -> str:
+        return f"{self.location}/{kind.value}/{name}"
+
+    def _request(
+        self, method: str, url: str, body: bytes | None = None, headers: dict | None = None, tries: list | None = None
+    ):
+        import urllib3
+
+        h = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+        for attempt in range(RETRIES + 1):
+            if tries is not None:
+                tries.append(attempt)
+            try:
+                r = self.http.request(method, url, body=body, headers=h, preload_content=True)
+            except urllib3.exceptions.HTTPError as e:
+                if attempt == RETRIES:
+                    raise CerminError(f"cannot reach the repository server at {self.location}: {e}") from None
+                time.sleep(min(10.0, 0.2 * 2**attempt))
+                continue
+            if r.status >= 500 and attempt < RETRIES:
+                time.sleep(min(10.0, 0.2 * 2**attempt))
+                continue
+            if r.status == 401:
+                raise CerminError("the repository server refused the token (set CERMIN_TOKEN or CERMIN_TOKEN_FILE)")
+            if r.status == 403:
+                raise CerminError(f"the repository server refused {method} {url.split('/', 3)[-1]}: {_msg(r)}")
+            return r
+        raise AssertionError("unreachable")
+
+    def create(self) -> None:
+        if self.exists(Kind.CONFIG, CONFIG_NAME):
+            raise RepositoryExists(f"a repository already exists at {self.location}")
+
+    def save(self, kind: Kind, name: str, data) -> None:
+        body = bytes(data) if not isinstance(data, bytes) else data
+        tries: list[int] = []
+        r = self._request("POST", self._url(kind, name), body=body, tries=tries)
+        if r.status == 409:
+            if len(tries) > 1 and kind is not Kind.LOCK and self.size(kind, name) == len(body):
+                return  # an earlier attempt reached the server; names are content hashes: it is ours
+            raise ObjectExists(f"{kind.value}/{name} already exists")
+        if r.status != 201:
+            raise CerminError(f"saving {kind.value}/{name} failed: {r.status} {_msg(r)}")
+
+    def load(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        headers = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            if length == 0:
+                return b""
+            headers["Range"] = f"bytes={offset}-{end}"
+        r = self._request("GET", self._url(kind, name), headers=headers)
+        if r.status == 404:
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist")
+        if r.status not in (200, 206):
+            raise CerminError(f"reading {kind.value}/{name} failed: {r.status} {_msg(r)}")
+        return r.data
+
+    def size(self, kind: Kind, name: str) -> int:
+        r = self._request("HEAD", self._url(kind, name))
+        if r.status == 404:
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist")
+        return int(r.headers.get("content-length", 0))
+
+    def list(self, kind: Kind):
+        r = self._request("GET", self._url(kind))
+        if r.status != 200:
+            raise CerminError(f"listing {kind.value} failed: {r.status} {_msg(r)}")
+        return iter([(n, s) for n, s in json.loads(r.data)])
+
+    def remove(self, kind: Kind, name: str) -> None:
+        r = self._request("DELETE", self._url(kind, name))
+        if r.status == 404:
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist")
+        if r.status == 202:
+            rid = json.loads(r.data).get("approval_required", "?")
+            raise ApprovalRequired(
+                f"deleting {kind.value}/{name[:12]} needs a second admin: `cermin approvals approve {rid}`"
+            )
+        if r.status not in (200, 204):
+            raise CerminError(f"deleting {kind.value}/{name} failed: {r.status} {_msg(r)}")
+
+    def exists(self, kind: Kind, name: str) -> bool:
+        try:
+            self.size(kind, name)
+            return True
+        except ObjectNotFound:
+            return False
+
+    def close(self) -> None:
+        self.http.clear()
+
+    # ---- approvals (admin tokens) ----------------------------------------------------------------
+    def approvals(self) -> list[dict]:
+        r = self._request("GET", f"{self.location}/_approvals")
+        return json.loads(r.data)
+
+    def decide(self, rid: str, approve: bool) -> dict:
+        r = self._request("POST", f"{self.location}/_approvals/{rid}/{'approve' if approve else 'reject'}")
+        if r.status != 200:
+            raise CerminError(f"the server refused: {_msg(r)}")
+        return json.loads(r.data)
+
+
+def _msg(r) -> str:
+    try:
+        return json.loads(r.data).get("error", "")
+    except Exception:
+        return r.data[:200].decode("utf-8", "replace")
+
+
+def _token_from_env() -> str:
+    path = os.environ.get("CERMIN_TOKEN_FILE")
+    if path:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read CERMIN_TOKEN_FILE {path}: {e.strerror}") from None
+    token = os.environ.get("CERMIN_TOKEN")
+    if not token:
+        raise UsageError("an http repository needs a token: set CERMIN_TOKEN or CERMIN_TOKEN_FILE")
+    return token

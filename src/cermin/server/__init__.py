@@ -1,0 +1,1 @@
+"""`cermin serve`: an append-only repository server with split credentials (Starlette + uvicorn)."""

@@ -1,0 +1,110 @@
+"""Tokens with a role per tenant, stored hashed, checked in constant time.
+
+A token reads `cmn_<id>_<secret>`: the id selects the entry, the secret's SHA-256 is compared with
+hmac.compare_digest. The server never stores a token, only its hash; `token add` prints it once.
+Roles: `backup` (read, list, create new objects, remove its own locks), `read` (read and list:
+restore and mirror), `admin` (may request destructive operations, and approve other admins' ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+from dataclasses import asdict, dataclass
+
+from cermin.errors import UsageError
+from cermin.util import now_rfc3339
+
+ROLES = ("backup", "read", "admin")
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass
+class TokenEntry:
+    id: str
+    tenant: str
+    role: str
+    hash: str
+    created: str
+    label: str = ""
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_tenant(tenant: str) -> str:
+    if not TENANT_RE.match(tenant):
+        raise UsageError(f"bad tenant name {tenant!r}: lowercase letters, digits, - and _ (max 63)")
+    return tenant
+
+
+class TokenStore:
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, "tokens.json")
+        self._lock = threading.Lock()
+        self._entries: dict[str, TokenEntry] = {}
+        self._mtime = 0.0
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+
+    def _load(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._entries = {}
+            return
+        if st.st_mtime != self._mtime:  # tokens added or revoked by the CLI take effect at once
+            with open(self.path) as f:
+                self._entries = {e["id"]: TokenEntry(**e) for e in json.load(f)}
+            self._mtime = st.st_mtime
+
+    def _save(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump([asdict(e) for e in self._entries.values()], f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+    def add(self, tenant: str, role: str, label: str = "") -> tuple[TokenEntry, str]:
+        check_tenant(tenant)
+        if role not in ROLES:
+            raise UsageError(f"role must be one of {', '.join(ROLES)}")
+        with self._lock:
+            self._load()
+            tid = secrets.token_hex(6)
+            secret = secrets.token_urlsafe(32)
+            entry = TokenEntry(tid, tenant, role, _hash(secret), now_rfc3339(), label)
+            self._entries[tid] = entry
+            self._save()
+        return entry, f"cmn_{tid}_{secret}"
+
+    def revoke(self, tid: str) -> None:
+        with self._lock:
+            self._load()
+            if self._entries.pop(tid, None) is None:
+                raise UsageError(f"no token {tid}")
+            self._save()
+
+    def list(self) -> list[TokenEntry]:
+        with self._lock:
+            self._load()
+            return list(self._entries.values())
+
+    def verify(self, token: str) -> TokenEntry | None:
+        """The entry for a presented token, or None. Constant time in the secret."""
+        parts = token.split("_", 2)
+        if len(parts) != 3 or parts[0] != "cmn":
+            return None
+        with self._lock:
+            self._load()
+            entry = self._entries.get(parts[1])
+        expected = entry.hash if entry else _hash("no such token")
+        ok = hmac.compare_digest(_hash(parts[2]), expected)
+        return entry if (ok and entry is not None) else None
