@@ -35,7 +35,16 @@ def snapshots(g, hosts, tags, paths, latest):
     from cermin.util import fmt_bytes
 
     out = Output(g)
-    refs = list_snapshots(open_repo(g, load_index=False), tuple(hosts), tuple(tags), _paths(paths))
+
+    def unreadable(names):
+        out.warn(
+            f"{len(names)} snapshot file(s) cannot be read and are left out ({', '.join(n[:8] for n in names)}); "
+            "run `cermin check`"
+        )
+
+    refs = list_snapshots(
+        open_repo(g, load_index=False), tuple(hosts), tuple(tags), _paths(paths), on_unreadable=unreadable
+    )
     if latest:
         refs = refs[-latest:]
     if out.json:

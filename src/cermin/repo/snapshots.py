@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from cermin.backend.base import Kind
-from cermin.errors import CerminError, SnapshotNotFound
+from cermin.errors import CerminError, CorruptObject, ObjectNotFound, SnapshotNotFound
 from cermin.format.records import Snapshot
 from cermin.repo.repository import Repository
 
@@ -28,11 +28,24 @@ def list_snapshots(
     tags: tuple[str, ...] = (),
     paths: tuple[bytes, ...] = (),
     workers: int = 8,
+    on_unreadable=None,
 ) -> list[SnapshotRef]:
     """All snapshots matching the filters, oldest first. Tags: each filter entry may be 'a,b' (all of)."""
     names = [n for n, _ in repo.backend.list(Kind.SNAPSHOT)]
+
+    def load(name: str) -> Snapshot | None:
+        try:
+            return repo.load_snapshot(name)
+        except (CorruptObject, ObjectNotFound):
+            # A damaged or planted snapshot file must not hide the good ones; check names it.
+            unreadable.append(name)
+            return None
+
+    unreadable: list[str] = []
     with ThreadPoolExecutor(max_workers=workers) as ex:
-        refs = [SnapshotRef(n, s) for n, s in zip(names, ex.map(repo.load_snapshot, names), strict=True)]
+        refs = [SnapshotRef(n, s) for n, s in zip(names, ex.map(load, names), strict=True) if s is not None]
+    if unreadable and on_unreadable is not None:
+        on_unreadable(sorted(unreadable))
     out = [r for r in refs if _matches(r.snapshot, hosts, tags, paths)]
     out.sort(key=lambda r: (r.snapshot.time, r.id))
     return out
