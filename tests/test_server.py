@@ -174,3 +174,100 @@ def test_eight_clients_back_up_at_once(served, tmp_path):
         out = tmp_path / f"out-{s['hostname']}"
         cli("restore", s["id"], "--target", str(out), "--verify")
         assert_same_tree(src, out / str(src).lstrip("/"))
+
+
+def test_tenant_deletion_needs_two_admins(served, tmp_path):
+    name = f"del-{uuid.uuid4().hex[:8]}"
+    a1 = http_cli(served, name, served.token(name, "admin"))
+    a2 = http_cli(served, name, served.token(name, "admin"))
+    a1("init")
+    rid = jl(a1("--json", "approvals", "delete-tenant"))[0]["id"]
+    assert len(jl(a1("--json", "snapshots"))[-1]["snapshots"]) == 0  # still there
+    assert a1("approvals", "approve", rid, ok=False).returncode == 1
+    a2("approvals", "approve", rid)
+    assert not os.path.exists(os.path.join(served.root, name))
+    assert a2("snapshots", ok=False).returncode == 10
+
+
+def test_tls(tmp_path):
+    """--tls-cert/--tls-key serve HTTPS; the client trusts the server's certificate via CERMIN_CACERT."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
+    tok = (
+        subprocess.run(
+            [*cermin_exe(), "serve", "--root", str(root), "token", "add", "--tenant", "tls", "--role", "backup"],
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    proc = subprocess.Popen(
+        [
+            *cermin_exe(),
+            "serve",
+            "--root",
+            str(root),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--tls-cert",
+            str(tmp_path / "cert.pem"),
+            "--tls-key",
+            str(tmp_path / "key.pem"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        cli = Cli(f"https://127.0.0.1:{port}/tls", dict(env, CERMIN_TOKEN=tok))
+        r = cli("init", ok=False)
+        assert r.returncode == 1 and b"Traceback" not in r.stderr, "an unknown certificate is refused"
+        cli.env["CERMIN_CACERT"] = str(tmp_path / "cert.pem")
+        cli("init")
+        (tmp_path / "s").mkdir()
+        (tmp_path / "s" / "f").write_bytes(b"over tls")
+        cli("backup", str(tmp_path / "s"))
+        assert cli("dump", "latest", str(tmp_path / "s" / "f")).stdout == b"over tls"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -31,8 +31,14 @@ class HttpBackend:
 
         self.location = location.rstrip("/")
         self.token = token or _token_from_env()
+        # CERMIN_CACERT: the CA (or self-signed certificate) of a server with its own TLS certificate.
+        ca = os.environ.get("CERMIN_CACERT")
         self.http = urllib3.PoolManager(
-            num_pools=4, maxsize=16, retries=False, timeout=urllib3.Timeout(connect=10, read=300)
+            num_pools=4,
+            maxsize=16,
+            retries=False,
+            timeout=urllib3.Timeout(connect=10, read=300),
+            **({"ca_certs": ca} if ca else {}),
         )
 
     def _url(self, kind: Kind, name: str = "") -> str:
@@ -50,6 +56,10 @@ class HttpBackend:
             try:
                 r = self.http.request(method, url, body=body, headers=h, preload_content=True)
             except urllib3.exceptions.HTTPError as e:
+                if isinstance(e, urllib3.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+                    raise CerminError(
+                        f"TLS with {self.location} failed (set CERMIN_CACERT for a private CA): {e}".splitlines()[0]
+                    ) from None
                 if attempt == RETRIES:
                     raise CerminError(f"cannot reach the repository server at {self.location}: {e}") from None
                 time.sleep(min(10.0, 0.2 * 2**attempt))
@@ -131,6 +141,12 @@ class HttpBackend:
     def approvals(self) -> list[dict]:
         r = self._request("GET", f"{self.location}/_approvals")
         return json.loads(r.data)
+
+    def request_tenant_deletion(self) -> str:
+        r = self._request("DELETE", f"{self.location}/")
+        if r.status != 202:
+            raise CerminError(f"the server refused: {_msg(r)}")
+        return json.loads(r.data)["approval_required"]
 
     def decide(self, rid: str, approve: bool) -> dict:
         r = self._request("POST", f"{self.location}/_approvals/{rid}/{'approve' if approve else 'reject'}")

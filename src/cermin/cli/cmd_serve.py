@@ -145,6 +145,17 @@ def _decide(g, ids, approve: bool) -> None:
         out.emit({"message_type": "approval", **r}) if out.json else out.text(f"{rid}: {r['status']}")
 
 
+@approvals.command("delete-tenant")
+@click.pass_obj
+def approvals_delete_tenant(g):
+    """Request deletion of this tenant's whole repository (a second admin must approve)."""
+    rid = _http(g).request_tenant_deletion()
+    out = Output(g)
+    out.emit({"message_type": "approval_requested", "id": rid}) if out.json else out.text(
+        f"requested: a second admin must run `cermin approvals approve {rid}`"
+    )
+
+
 @approvals.command("approve")
 @click.argument("ids", nargs=-1, required=True)
 @click.pass_obj

@@ -21,7 +21,7 @@ Exit codes:
   11  repository is locked
   12  wrong password
 Environment: CERMIN_REPOSITORY, CERMIN_PASSWORD, CERMIN_PASSWORD_FILE, CERMIN_PASSWORD_COMMAND,
-CERMIN_TOKEN / CERMIN_TOKEN_FILE for http(s) repositories;
+CERMIN_TOKEN / CERMIN_TOKEN_FILE (and CERMIN_CACERT) for http(s) repositories;
 for s3: repositories AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION."""
 
 # name -> (module, function, short help). Modules import lazily so `--help` stays fast.

@@ -7,6 +7,7 @@ HTTP API (every request carries `Authorization: Bearer <token>`):
   POST   /{tenant}/{kind}/{name}      create; 409 if it exists; the name must be the BLAKE3 of the body
   DELETE /{tenant}/{kind}/{name}      locks: backup/admin at once; anything else: admin, and only
                                       after a second admin approves (202 + request id)
+  DELETE /{tenant}/                   delete the tenant's repository (admin + a second admin)
   GET    /{tenant}/_approvals         pending and decided requests (admin)
   POST   /{tenant}/_approvals/{id}/approve|reject   (admin, not the requester)
 Refused requests are written to the audit log (JSON lines) with the token id, never the token.
@@ -177,6 +178,16 @@ class Server:
             )
         return Response(backend.load(kind, name), media_type="application/octet-stream")
 
+    async def tenant(self, request: Request) -> Response:
+        """DELETE /{tenant}/: delete a whole tenant repository, after a second admin approves."""
+        tenant = request.path_params["tenant"]
+        entry, refused = self.authorize(request, tenant, DESTROY)
+        if refused:
+            return refused
+        req = self.approvals.request(tenant, "tenant", tenant, entry.id)
+        self.audit(request, 202, f"tenant deletion needs a second admin: request {req.id}", entry.id)
+        return JSONResponse({"approval_required": req.id}, 202)
+
     async def approvals_list(self, request: Request) -> Response:
         tenant = request.path_params["tenant"]
         entry, refused = self.authorize(request, tenant, ADMIN)
@@ -193,6 +204,12 @@ class Server:
         backend = self.backend(tenant)
 
         def execute(r) -> None:
+            if r.kind == "tenant":  # the whole repository goes
+                import shutil
+
+                shutil.rmtree(backend.root, ignore_errors=True)
+                self._backends.pop(tenant, None)
+                return
             try:
                 backend.remove(KINDS[r.kind], r.name)
             except ObjectNotFound:
@@ -217,6 +234,7 @@ class Server:
             routes=[
                 Route("/{tenant}/_approvals", self.approvals_list, methods=["GET"]),
                 Route("/{tenant}/_approvals/{rid}/{verb:str}", self.approvals_decide, methods=["POST"]),
+                Route("/{tenant}/", self.tenant, methods=["DELETE"]),
                 Route("/{tenant}/{kind}/", self.list, methods=["GET"]),
                 Route("/{tenant}/{kind}/{name}", self.object, methods=["GET", "HEAD", "POST", "PUT", "DELETE"]),
             ]
