@@ -98,8 +98,8 @@ def test_attacks_with_the_clients_own_credentials(locked_repo, seaweed, tmp_path
     # 5. forget and prune through cermin cannot remove what is locked either
     r = cli("forget", snap)
     assert b"Object Lock" in r.stderr
-    out = jl(cli("--json", "prune", "--max-unused", "0%"))
-    assert out[-1]["packs_deleted"] == 0
+    out = jl(cli("--json", "prune", "--max-unused", "0%", "--extend-locks"))
+    assert out[-2]["packs_deleted"] == 0 and out[-1]["message_type"] == "lock"
     restore_ok(cli, src, tmp_path, "after-prune")
 
 

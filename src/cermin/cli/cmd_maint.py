@@ -10,6 +10,20 @@ from cermin.cli.common import Output, locked, open_repo
 from cermin.errors import EXIT_FATAL, UsageError
 from cermin.util import parse_rfc3339
 
+_extend_locks = click.option(
+    "--extend-locks", is_flag=True, help="Object Lock repositories: also run `cermin lock extend` afterwards."
+)
+
+
+def _extend(out: Output, repo) -> None:
+    from cermin.engine.objectlock import extend_locks
+
+    rep = extend_locks(repo)
+    if out.json:
+        out.emit({"message_type": "lock", "checked": rep.checked, "extended": rep.extended, "until": rep.until})
+    else:
+        out.text(f"Object Lock: extended {rep.extended} of {rep.checked} objects to {rep.until[:10]}")
+
 
 def _say(out: Output):
     def say(msg: str) -> None:
@@ -29,8 +43,9 @@ def _say(out: Output):
     metavar="N%|n/m",
     help="Read a random N% of packs, or group n of m (rotate n daily to cover all in m days).",
 )
+@_extend_locks
 @click.pass_obj
-def check(g, read_data, subset):
+def check(g, read_data, subset, extend_locks):
     """Verify the repository; name every damaged pack, blob, snapshot and file path. Exit 1 on damage."""
     from cermin.engine.check import run_check
 
@@ -38,6 +53,8 @@ def check(g, read_data, subset):
     repo = open_repo(g, load_index=False)
     with locked(g, repo, False, "check"):
         report = run_check(repo, read_data, subset, _say(out))
+        if extend_locks:
+            _extend(out, repo)
     if out.json:
         for p in report.errors:
             out.emit(
@@ -258,8 +275,9 @@ def _parse_pct(s: str) -> float:
 @click.command()
 @_max_unused
 @click.option("-n", "--dry-run", is_flag=True, help="Print the plan, change nothing.")
+@_extend_locks
 @click.pass_obj
-def prune(g, max_unused, dry_run):
+def prune(g, max_unused, dry_run, extend_locks):
     """Remove data no snapshot uses: plan, then repack, re-index and delete in two phases."""
     from cermin.repo.lock import RepoLock
 
@@ -270,6 +288,8 @@ def prune(g, max_unused, dry_run):
         lock.acquire()
     try:
         _prune(g, out, repo, lock, _parse_pct(max_unused), dry_run)
+        if extend_locks and not dry_run:
+            _extend(out, repo)
     finally:
         if lock:
             lock.release()
