@@ -279,20 +279,12 @@ def _parse_pct(s: str) -> float:
 @click.pass_obj
 def prune(g, max_unused, dry_run, extend_locks):
     """Remove data no snapshot uses: plan, then repack, re-index and delete in two phases."""
-    from cermin.repo.lock import RepoLock
-
     out = Output(g)
     repo = open_repo(g, load_index=False)
-    lock = None if g.no_lock else RepoLock(repo, True, "prune")
-    if lock:
-        lock.acquire()
-    try:
+    with locked(g, repo, True, "prune") as lock:
         _prune(g, out, repo, lock, _parse_pct(max_unused), dry_run)
         if extend_locks and not dry_run:
             _extend(out, repo)
-    finally:
-        if lock:
-            lock.release()
 
 
 @click.command()
@@ -338,15 +330,11 @@ def forget(
     from cermin.cli.cmd_browse import _paths
     from cermin.engine.forget import KeepPolicy, plan_forget, remove_snapshots
     from cermin.engine.protect import apply_protections, protections
-    from cermin.repo.lock import RepoLock
     from cermin.repo.snapshots import list_snapshots, resolve
 
     out = Output(g)
     repo = open_repo(g, load_index=False)
-    lock = None if g.no_lock else RepoLock(repo, True, "forget")
-    if lock:
-        lock.acquire()
-    try:
+    with locked(g, repo, True, "forget") as lock:
         if snapshot_ids:
             ids = [resolve(repo, s).id for s in snapshot_ids]
             guarded = protections(repo)
@@ -394,9 +382,6 @@ def forget(
                 out.warn(f"{len(still_locked)} snapshot(s) are under Object Lock retention and stay until it lapses")
             if then_prune:
                 _prune(g, out, repo, lock, _parse_pct(max_unused), False)
-    finally:
-        if lock:
-            lock.release()
 
 
 @click.command()

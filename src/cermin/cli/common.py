@@ -76,13 +76,14 @@ def open_repo(g, load_index: bool = True):
 
 @contextlib.contextmanager
 def locked(g, repo, exclusive: bool, operation: str):
+    """Hold a repository lock (none with --no-lock); yields the lock or None."""
     if g.no_lock:
-        yield
+        yield None
         return
     from cermin.repo.lock import RepoLock
 
-    with RepoLock(repo, exclusive, operation):
-        yield
+    with RepoLock(repo, exclusive, operation) as lock:
+        yield lock
 
 
 _write_lock = threading.Lock()
