@@ -39,7 +39,7 @@ class LockPolicy:
 
 
 MIN_MARGIN_DAYS = 7
-RETRIES = 12  # ~0.25 s doubling to 20 s: a restarting server gets about three minutes
+RETRIES = 10  # ~0.25 s doubling to 20 s, jittered: a restarting server gets about a minute
 
 
 def _transient(e: Exception) -> bool:
