@@ -47,3 +47,14 @@ class Backend(Protocol):
     def exists(self, kind: Kind, name: str) -> bool: ...
 
     def close(self) -> None: ...
+
+
+def exists_by_size(backend: Backend, kind: Kind, name: str) -> bool:
+    """`exists` for backends whose cheapest probe is a size lookup."""
+    from cermin.errors import ObjectNotFound
+
+    try:
+        backend.size(kind, name)
+        return True
+    except ObjectNotFound:
+        return False

@@ -7,7 +7,7 @@ import json
 import os
 import time
 
-from cermin.backend.base import CONFIG_NAME, Kind
+from cermin.backend.base import CONFIG_NAME, Kind, exists_by_size
 from cermin.errors import (
     CerminError,
     ObjectExists,
@@ -128,11 +128,7 @@ class HttpBackend:
             raise CerminError(f"deleting {kind.value}/{name} failed: {r.status} {_msg(r)}")
 
     def exists(self, kind: Kind, name: str) -> bool:
-        try:
-            self.size(kind, name)
-            return True
-        except ObjectNotFound:
-            return False
+        return exists_by_size(self, kind, name)
 
     def close(self) -> None:
         self.http.clear()

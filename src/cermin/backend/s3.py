@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlparse
 
-from cermin.backend.base import CONFIG_NAME, Kind
+from cermin.backend.base import CONFIG_NAME, Kind, exists_by_size
 from cermin.errors import CerminError, ObjectExists, ObjectLocked, ObjectNotFound, RepositoryExists, UsageError
 
 LOCK_MODES = ("compliance", "governance")
@@ -337,11 +337,7 @@ class S3Backend:
                 raise self._wrap(e, f"{kind.value}/{name}") from None
 
     def exists(self, kind: Kind, name: str) -> bool:
-        try:
-            self.size(kind, name)
-            return True
-        except ObjectNotFound:
-            return False
+        return exists_by_size(self, kind, name)
 
     def close(self) -> None:
         pass
