@@ -197,3 +197,26 @@ def test_repair_sweep(base, tmp_path, fault):
         repair(repo)
         report = run_check(reopen(inner), read_data=True)
         assert report.ok, (at, [p.message for p in report.errors])
+
+
+def test_prune_sweep_with_many_index_files(prunable, tmp_path, monkeypatch):
+    """One pack per index file: a crash between the new files must never hide the old ones."""
+    from cermin.repo import indexfiles
+
+    monkeypatch.setattr(indexfiles, "PACKS_PER_INDEX_FILE", 1)
+    inner0, s2, src = prunable
+
+    def prune(repo):
+        execute_prune(repo, plan_prune(repo, max_unused=0.0))
+
+    n = count_calls(inner0, prune, only="save")
+    assert n >= 3
+    for at in range(1, n + 1):
+        inner = clone(inner0)
+        repo, faulty = through(inner, mode="crash", at=at, only="save")
+        with pytest.raises(CerminError):
+            prune(repo)
+        repo = reopen(inner)
+        report = run_check(repo, read_data=True)
+        assert report.ok, (at, [p.message for p in report.errors])
+        _restore_ok(repo, s2, src, tmp_path, f"m{at}")

@@ -244,3 +244,21 @@ def test_check_subsets_cover_all_packs(tmp_path):
     seen = sum(run_check(repo, subset=f"{n}/3").packs_read for n in (1, 2, 3))
     assert seen == total
     assert 0 < run_check(repo, subset="50%").packs_read <= total
+
+
+def test_prune_and_repair_snapshots_refuse_an_incomplete_index(tmp_path):
+    from cermin.engine.prune import PruneAborted
+    from cermin.errors import UsageError
+
+    repo, *_ = _gallery_repo(tmp_path)
+    name = next(n for n, es in pack_entries(repo).items() if es[0][1] == pack.DATA)
+    damage(object_path(repo, Kind.DATA, name), "delete")
+    with pytest.raises(PruneAborted, match="missing"):
+        plan_prune(repo)
+    repo2, *_ = _gallery_repo(tmp_path / "second")
+    idx = sorted(n for n, _ in repo2.backend.list(Kind.INDEX))[0]
+    damage(object_path(repo2, Kind.INDEX, idx), "delete")  # its packs are now in no index
+    with pytest.raises(UsageError, match="repair index"):
+        repair_snapshots(reopen(repo2.backend))
+    repair_index(repo2)
+    assert run_check(reopen(repo2.backend)).ok

@@ -271,3 +271,19 @@ def test_tls(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_range_requests(served, tenant):
+    name, cli, src, tok = tenant
+    http = urllib3.PoolManager()
+    auth = {"Authorization": f"Bearer {tok}"}
+    base = served.url(name)
+    pack, size = json.loads(http.request("GET", f"{base}/data/", headers=auth).data)[0]
+    whole = http.request("GET", f"{base}/data/{pack}", headers=auth).data
+    assert len(whole) == size
+    r = http.request("GET", f"{base}/data/{pack}", headers={**auth, "Range": "bytes=-10"})
+    assert r.status == 206 and r.data == whole[-10:]
+    r = http.request("GET", f"{base}/data/{pack}", headers={**auth, "Range": "bytes=5-9"})
+    assert r.data == whole[5:10]
+    for bad in ("bytes=x-", "bytes=-", f"bytes={size + 5}-", "items=1-2"):
+        assert http.request("GET", f"{base}/data/{pack}", headers={**auth, "Range": bad}).status == 416

@@ -129,13 +129,19 @@ class LocalBackend:
                 return
         for d in dirs:
             try:
-                with os.scandir(d) as it:
-                    for e in it:
-                        if e.name.startswith(".tmp-") or not e.is_file(follow_symlinks=False):
-                            continue
-                        yield e.name, e.stat(follow_symlinks=False).st_size
+                entries = list(os.scandir(d))
             except (FileNotFoundError, NotADirectoryError):
                 continue
+            for e in entries:
+                if e.name.startswith(".tmp-"):
+                    continue
+                try:
+                    if not e.is_file(follow_symlinks=False):
+                        continue
+                    size = e.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue  # removed while we listed (a refreshed lock): the rest still counts
+                yield e.name, size
 
     def remove(self, kind: Kind, name: str) -> None:
         path = self._path(kind, name)

@@ -241,6 +241,16 @@ class S3Backend:
     def load(
         self, kind: Kind, name: str, offset: int = 0, length: int | None = None, version: str | None = None
     ) -> bytes:
+        for attempt in range(RETRIES + 1):
+            try:
+                return self._load(kind, name, offset, length, version)
+            except _Transient as t:
+                if attempt == RETRIES:
+                    raise self._wrap(t.error, f"{kind.value}/{name}") from None
+                _backoff(attempt)
+        raise AssertionError("unreachable")
+
+    def _load(self, kind: Kind, name: str, offset: int, length: int | None, version: str | None) -> bytes:
         import obstore
 
         key = self._key(kind, name)

@@ -104,7 +104,7 @@ def backup(
         stdin_filename=stdin_filename,
         on_file=_file_printer(out) if g.verbose and not g.quiet else None,
     )
-    repo = open_repo(g)
+    repo = open_repo(g, load_index=False)
     prog = BackupProgress()
 
     def describe():
@@ -112,6 +112,7 @@ def backup(
         return d, f"[{elapsed(prog.start)}] {prog.files} files, {fmt_bytes(prog.bytes)} read"
 
     with locked(g, repo, False, "backup"), progress(out, describe, "backup"):
+        repo.load_index()  # under the lock: no prune can remove what this index promises
         summary = run_backup(repo, opts, prog)
     for w in summary.warnings:
         out.warn(w)

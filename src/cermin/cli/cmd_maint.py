@@ -185,8 +185,9 @@ def repair_snapshots_cmd(g, forget):
     from cermin.engine.repair import repair_snapshots
 
     out = Output(g)
-    repo = open_repo(g)
+    repo = open_repo(g, load_index=False)
     with locked(g, repo, True, "repair snapshots"):
+        repo.load_index()
         r = repair_snapshots(repo, forget)
     if out.json:
         for s in r.repaired:
@@ -399,8 +400,9 @@ def protect(g, snapshot, until):
         when = parse_rfc3339(until if "T" in until else until + "T00:00:00Z")
     except ValueError:
         raise UsageError(f"bad --until {until!r}: use YYYY-MM-DD or an RFC 3339 time") from None
-    repo = open_repo(g)
+    repo = open_repo(g, load_index=False)
     with locked(g, repo, False, "protect"):
+        repo.load_index()
         res = do_protect(repo, resolve(repo, snapshot), when)
     if out.json:
         out.emit(

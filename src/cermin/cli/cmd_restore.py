@@ -32,7 +32,7 @@ def restore(g, snapshot, target, includes, excludes, verify, workers):
 
     out = Output(g)
     ref_s, sub = _split_ref(snapshot)
-    repo = open_repo(g)
+    repo = open_repo(g, load_index=False)
     ref = resolve(repo, ref_s)
     prog = RestoreProgress()
 
@@ -51,6 +51,7 @@ def restore(g, snapshot, target, includes, excludes, verify, workers):
         workers=workers or 0,
     )
     with locked(g, repo, False, "restore"), progress(out, describe, "restore"):
+        repo.load_index()
         summary = run_restore(repo, ref.snapshot, opts, prog)
     for w in summary.warnings:
         out.warn(w)
@@ -96,13 +97,14 @@ def dump(g, snapshot, path):
     from cermin.format.records import FILE
     from cermin.repo.snapshots import resolve
 
-    repo = open_repo(g)
+    repo = open_repo(g, load_index=False)
     ref = resolve(repo, snapshot)
-    node = find_node(repo, ref.snapshot.tree, os.fsencode(path))
-    if node.type != FILE:
-        raise CerminError(f"{path} is a {node.type}, not a file")
     outf = sys.stdout.buffer
     with locked(g, repo, False, "dump"):
+        repo.load_index()
+        node = find_node(repo, ref.snapshot.tree, os.fsencode(path))
+        if node.type != FILE:
+            raise CerminError(f"{path} is a {node.type}, not a file")
         for bid in node.blob_ids():
             outf.write(repo.load_blob(bid, pack.DATA))
     outf.flush()

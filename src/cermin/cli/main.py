@@ -102,8 +102,22 @@ def cli(ctx, repo, password_file, password_command, json_out, quiet, verbose, no
     ctx.obj = Globals(repo, password_file, password_command, json_out, quiet, verbose, no_lock)
 
 
+def _raise_fd_limit() -> None:
+    """Deep trees hold one fd per level and workers hold batches of open files: use the hard limit."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main(argv=None) -> None:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 200_000))  # trees as deep as the filesystem
+    _raise_fd_limit()
     try:
         rv = cli.main(args=argv, prog_name="cermin", standalone_mode=False)
     except click.exceptions.Abort:

@@ -128,7 +128,8 @@ class Backup:
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cermin-file")
         # Chunks of large files; a separate pool so a file job never waits on its own pool.
         self.chunk_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cermin-chunk")
-        self._slots = threading.BoundedSemaphore(self.workers * 2)  # batches in flight
+        # Batches in flight: bounds open files to (workers + 2) * BATCH_FILES.
+        self._slots = threading.BoundedSemaphore(self.workers + 1)
         self._batch: list[tuple] = []
         self._batch_bytes = 0
         self._excl = Excluder(opts.excludes)

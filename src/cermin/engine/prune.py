@@ -67,8 +67,15 @@ class PruneResult:
 
 def used_blobs(repo: Repository) -> set[bytes]:
     """Every tree and data blob reachable from any snapshot."""
+
+    def refuse(names: list[str]) -> None:
+        raise PruneAborted(
+            f"{len(names)} snapshot files cannot be read ({names[0][:12]}...): prune would delete "
+            "their data; run `cermin check` and `cermin repair snapshots` first"
+        )
+
     used: set[bytes] = set()
-    stack = [r.snapshot.tree for r in list_snapshots(repo)]
+    stack = [r.snapshot.tree for r in list_snapshots(repo, on_unreadable=refuse)]
     while stack:
         tid = stack.pop()
         if tid in used:
@@ -97,6 +104,12 @@ def plan_prune(repo: Repository, max_unused: float = 0.05) -> PrunePlan:
             f"`cermin repair` first; prune removes nothing from a damaged repository"
         )
     present = dict(repo.backend.list(Kind.DATA))
+    gone = [p.hex() for p in view.packs if p.hex() not in present]
+    if gone:  # a blob's first location might be in it, and its only good copy elsewhere counted dead
+        raise PruneAborted(
+            f"{len(gone)} indexed packs are missing ({gone[0][:12]}...): run `cermin check` and "
+            "`cermin repair index` first; prune removes nothing from a damaged repository"
+        )
     plan = PrunePlan(snapshots=len(list(repo.backend.list(Kind.SNAPSHOT))), index_files=list(view.files))
     counted: set[bytes] = set()
     partly: list[tuple[float, bytes, int, int]] = []

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
-from cermin.errors import CorruptObject, ObjectNotFound
+from cermin.errors import CorruptObject, ObjectNotFound, UsageError
 from cermin.format import index as fmt_index
 from cermin.format import pack, records
 from cermin.format.records import DIR, FILE, ID_LEN, Node, Snapshot, Tree
@@ -86,7 +86,16 @@ def repair_packs(
     index them, then delete the damaged pack. Missing packs are dropped from the index."""
     view = read_index_view(repo)
     present = dict(repo.backend.list(Kind.DATA))
-    targets = [bytes.fromhex(p) for p in pack_ids] if pack_ids else sorted(view.packs)
+    targets = []
+    for p in pack_ids or []:
+        try:
+            pid = bytes.fromhex(p)
+        except ValueError:
+            raise UsageError(f"bad pack id {p!r}") from None
+        if len(pid) != 32 or pid not in view.packs:
+            raise UsageError(f"pack {p[:12]} is in no index: run `cermin repair index` first (it adopts such packs)")
+        targets.append(pid)
+    targets = targets or sorted(view.packs)
     res = RepairPacksResult()
     damaged: list[bytes] = []
     saver = BlobSaver(repo, builders=1, ignore_index=True, write_index=False)
@@ -208,6 +217,13 @@ class _TreeFixer:
 def repair_snapshots(repo: Repository, forget_originals: bool = False) -> RepairSnapshotsResult:
     """Write a repaired copy of every snapshot that lost data (marked in `extra`); remove unreadable
     snapshot files and snapshots with nothing left; remove the originals only when asked."""
+    view = read_index_view(repo)
+    unindexed = set(dict(repo.backend.list(Kind.DATA))) - {p.hex() for p in view.packs}
+    if view.damaged or unindexed:
+        # Deciding what is lost needs a complete index: an unindexed pack may hold the "missing" data.
+        raise UsageError(
+            "the index is incomplete (damaged index files or packs in no index): run `cermin repair index` first"
+        )
     res = RepairSnapshotsResult()
     saver = BlobSaver(repo, builders=1)
     fixer = _TreeFixer(repo, saver)

@@ -67,14 +67,15 @@ def expected_pack_size(entries: bytes) -> int:
 
 
 def write_index(repo: Repository, packs: dict[bytes, bytes], supersedes: list[str]) -> list[str]:
-    """Write index files naming exactly `packs`; each supersedes the listed old files."""
+    """Write index files naming exactly `packs`. Only the last one lists `supersedes`: until it is
+    written, the old files stay in force, so a crash part-way leaves duplicates, never gaps."""
     names = []
     items = sorted(packs.items())
-    for i in range(0, max(len(items), 1), PACKS_PER_INDEX_FILE):
+    starts = list(range(0, max(len(items), 1), PACKS_PER_INDEX_FILE))
+    for n, i in enumerate(starts):
         chunk = [IndexPack(pid, blobs) for pid, blobs in items[i : i + PACKS_PER_INDEX_FILE]]
-        if not chunk and names:
-            break
-        idx = records.IndexFile(packs=chunk, supersedes=[bytes.fromhex(s) for s in supersedes])
+        last = n == len(starts) - 1
+        idx = records.IndexFile(packs=chunk, supersedes=[bytes.fromhex(s) for s in supersedes] if last else [])
         names.append(repo.save_object(Kind.INDEX, records.encode(idx)))
     return names
 

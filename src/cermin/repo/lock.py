@@ -15,7 +15,7 @@ import time
 import msgspec
 
 from cermin.backend.base import Kind
-from cermin.errors import CerminError, ObjectNotFound, RepositoryLocked
+from cermin.errors import CerminError, CorruptObject, ObjectNotFound, RepositoryLocked
 from cermin.format import records
 from cermin.format.records import Lock
 from cermin.repo.repository import Repository
@@ -53,8 +53,8 @@ def read_locks(repo: Repository) -> list[tuple[str, Lock | None]]:
             out.append((name, records.decode(repo.load_object(Kind.LOCK, name), Lock)))
         except ObjectNotFound:
             continue  # removed while we listed
-        except (CerminError, msgspec.DecodeError, msgspec.ValidationError):
-            out.append((name, None))
+        except (CorruptObject, msgspec.DecodeError, msgspec.ValidationError):
+            out.append((name, None))  # damaged: `unlock` removes it; an I/O error propagates instead
     return out
 
 

@@ -16,6 +16,7 @@ import threading
 from cermin.format import index as fmt_index
 
 _M32 = (1 << 32) - 1
+FOLD_AT = 200_000
 
 
 class BlobLocation:
@@ -68,6 +69,11 @@ class MasterIndex:
             for bid, t, off, ln, raw in fmt_index.iter_entries(blobs):
                 if self._frozen is None or self._frozen_find(bid) < 0:
                     setdefault(bid, base | off << 65 | ln << 33 | raw << 1 | t)
+            # The dict costs ~140 B per blob, the frozen arrays 33 B: fold it in now and then
+            # (amortised: only when it has grown to a quarter of the frozen part).
+            fold = len(self._blobs) > max(FOLD_AT, self._frozen_n // 4)
+        if fold:
+            self.build()
 
     def add_pack_bulk(self, pack_id: bytes, blobs: bytes) -> None:
         """Queue a pack for build(): the fast path for loading every index file at once."""
@@ -112,7 +118,6 @@ class MasterIndex:
                     np.array([v & 1 for v in vals], np.uint8),
                 ]
                 cols = [np.concatenate([a, b]) for a, b in zip(cols, add, strict=True)]
-                self._blobs = {}
             if self._frozen is not None:  # keep what was frozen before: it came first
                 cols = [np.concatenate([a, b]) for a, b in zip(self._frozen, cols, strict=True)]
             order = np.lexsort((cols[1], cols[0]))  # stable: first location of a duplicate first
@@ -121,20 +126,23 @@ class MasterIndex:
                 keep = np.ones(len(order), bool)
                 keep[1:] = (cols[0][1:] != cols[0][:-1]) | (cols[1][1:] != cols[1][:-1])
                 cols = [c[keep] for c in cols]
-            self._frozen = cols
-            self._frozen_n = len(cols[0])
             self._u64 = np.uint64
+            self._frozen = cols  # one assignment: a lookup in another thread sees old or new, whole
+            self._frozen_n = len(cols[0])
+            if extra:  # only now: until the swap, these entries were found in the dict
+                self._blobs = {}
 
     # ---- lookups ---------------------------------------------------------------------------
-    def _frozen_find(self, blob_id: bytes) -> int:
-        f = self._frozen
-        if f is None or not self._frozen_n:
+    def _frozen_find(self, blob_id: bytes, f=None) -> int:
+        """Position of a blob in frozen arrays `f` (default: the current ones), or -1."""
+        f = self._frozen if f is None else f
+        if f is None or not len(f[0]):
             return -1
         hi = int.from_bytes(blob_id[:8], "big")
         lo = int.from_bytes(blob_id[8:16], "big")
         keys_hi, keys_lo = f[0], f[1]
         i = int(keys_hi.searchsorted(self._u64(hi)))  # a plain int above 2**63 would make numpy cast the array
-        n = self._frozen_n
+        n = len(keys_hi)
         while i < n and int(keys_hi[i]) == hi:
             if int(keys_lo[i]) == lo:
                 return i
@@ -148,10 +156,10 @@ class MasterIndex:
         v = self._blobs.get(blob_id)
         if v is not None:
             return BlobLocation(self.packs[v >> 97], v & 1, (v >> 65) & _M32, (v >> 33) & _M32, (v >> 1) & _M32)
-        i = self._frozen_find(blob_id)
+        f = self._frozen  # one snapshot of the arrays for both the search and the read
+        i = self._frozen_find(blob_id, f)
         if i < 0:
             return None
-        f = self._frozen
         return BlobLocation(self.packs[int(f[2][i])], int(f[6][i]), int(f[3][i]), int(f[4][i]), int(f[5][i]))
 
     def raw_length(self, blob_id: bytes) -> int | None:

@@ -46,7 +46,7 @@ class BlobSaver:
         self.ignore_index = ignore_index
         # Prune/repair write one full index themselves from `new_packs`.
         self.write_index = write_index
-        self.new_packs: dict[bytes, bytes] = {}  # pack id -> index entries, for every pack written
+        self.new_packs: dict[bytes, bytes] = {}  # pack id -> index entries (when write_index is False)
         self.level = repo.secrets.compression_level
         self.target = repo.secrets.pack_size
         self._lock = threading.Lock()
@@ -120,7 +120,8 @@ class BlobSaver:
             if not self.ignore_index:
                 self.repo.index.add_pack(pack_id, blobs)
             with self._lock:
-                self.new_packs[pack_id] = blobs
+                if not self.write_index:  # only prune/repair need them, to write their own index
+                    self.new_packs[pack_id] = blobs
                 self.packs_written += 1
                 self.bytes_uploaded += len(data)
                 if not self.ignore_index:  # otherwise pending is this saver's whole dedup set

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -168,11 +169,18 @@ class Server:
         if method == "HEAD":
             return Response(headers={"content-length": str(size)})
         rng = request.headers.get("range", "")
-        if rng.startswith("bytes="):
-            a, _, b = rng[6:].partition("-")
-            start = int(a or 0)
-            end = min(int(b), size - 1) if b else size - 1
-            data = backend.load(kind, name, start, max(0, end - start + 1))
+        if rng:
+            m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+            if m is None or (not m[1] and not m[2]):
+                return Response(status_code=416, headers={"content-range": f"bytes */{size}"})
+            if m[1]:
+                start = int(m[1])
+                end = min(int(m[2]), size - 1) if m[2] else size - 1
+            else:  # suffix: the last N bytes
+                start, end = max(0, size - int(m[2])), size - 1
+            if start >= size or end < start:
+                return Response(status_code=416, headers={"content-range": f"bytes */{size}"})
+            data = backend.load(kind, name, start, end - start + 1)
             return Response(
                 data, status_code=206, headers={"content-range": f"bytes {start}-{start + len(data) - 1}/{size}"}
             )
@@ -226,6 +234,9 @@ class Server:
         except ValueError as e:
             self.audit(request, 409, str(e), entry.id)
             return JSONResponse({"error": str(e)}, 409)
+        except (OSError, CerminError) as e:  # the request stays pending and can be approved again
+            self.audit(request, 500, f"approved operation failed: {e}", entry.id)
+            return JSONResponse({"error": f"the operation failed: {e}"}, 500)
         self.audit(request, 200, f"request {r.id} {r.status}: {r.kind}/{r.name}", entry.id)
         return JSONResponse(r.__dict__)
 

@@ -49,7 +49,7 @@ class TokenStore:
         self.path = os.path.join(state_dir, "tokens.json")
         self._lock = threading.Lock()
         self._entries: dict[str, TokenEntry] = {}
-        self._mtime = 0.0
+        self._mtime: tuple = ()
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
 
     def _load(self) -> None:
@@ -58,10 +58,11 @@ class TokenStore:
         except FileNotFoundError:
             self._entries = {}
             return
-        if st.st_mtime != self._mtime:  # tokens added or revoked by the CLI take effect at once
+        stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
+        if stamp != self._mtime:  # tokens added or revoked by the CLI take effect at once
             with open(self.path) as f:
                 self._entries = {e["id"]: TokenEntry(**e) for e in json.load(f)}
-            self._mtime = st.st_mtime
+            self._mtime = stamp
 
     def _save(self) -> None:
         tmp = self.path + ".tmp"
