@@ -16,7 +16,7 @@ import threading
 from cermin.format import index as fmt_index
 
 _M32 = (1 << 32) - 1
-FOLD_AT = 200_000
+FOLD_AT = 50_000
 
 
 class BlobLocation:
@@ -90,7 +90,7 @@ class MasterIndex:
                 parts.append(blobs)
                 counts.append((no, len(blobs) // fmt_index.ENTRY.size))
             self._bulk = []
-            extra = [(bid, v) for bid, v in self._blobs.items()]
+            extra = self._blobs  # folded in below, then replaced by a fresh dict
             n_bulk = sum(c for _, c in counts)
             dt = _entry_dtype()
             raw = np.frombuffer(b"".join(parts), dtype=dt) if n_bulk else np.zeros(0, dt)
@@ -105,17 +105,21 @@ class MasterIndex:
             hi, lo = raw["hi"].astype(np.uint64), raw["lo"].astype(np.uint64)
             off, ln, rl, ty = raw["off"], raw["len"], raw["raw"], raw["type"]
             cols = [hi, lo, pack, off.astype(np.uint32), ln.astype(np.uint32), rl.astype(np.uint32), ty]
-            if extra:  # entries added one by one so far join the frozen part
-                ids = np.frombuffer(b"".join(b for b, _ in extra), dtype=[("hi", ">u8"), ("lo", ">u8"), ("r", "V16")])
-                vals = [v for _, v in extra]
+            if extra:  # entries added one by one so far join the frozen part (no per-entry lists)
+                n = len(extra)
+                ids = np.frombuffer(b"".join(extra.keys()), dtype=[("hi", ">u8"), ("lo", ">u8"), ("r", "V16")])
+
+                def field(shift: int, mask: int, dtype):
+                    return np.fromiter(((v >> shift) & mask for v in extra.values()), dtype, count=n)
+
                 add = [
                     ids["hi"].astype(np.uint64),
                     ids["lo"].astype(np.uint64),
-                    np.array([v >> 97 for v in vals], np.uint32),
-                    np.array([(v >> 65) & _M32 for v in vals], np.uint32),
-                    np.array([(v >> 33) & _M32 for v in vals], np.uint32),
-                    np.array([(v >> 1) & _M32 for v in vals], np.uint32),
-                    np.array([v & 1 for v in vals], np.uint8),
+                    field(97, _M32, np.uint32),
+                    field(65, _M32, np.uint32),
+                    field(33, _M32, np.uint32),
+                    field(1, _M32, np.uint32),
+                    field(0, 1, np.uint8),
                 ]
                 cols = [np.concatenate([a, b]) for a, b in zip(cols, add, strict=True)]
             if self._frozen is not None:  # keep what was frozen before: it came first

@@ -19,6 +19,7 @@ from cermin.format.records import IndexPack
 from cermin.repo.repository import Repository
 
 INDEX_EVERY_PACKS = 64
+INDEX_EVERY_BLOBS = 100_000  # many small blobs: write index files sooner, keep memory flat
 
 
 class SaveResult:
@@ -60,6 +61,7 @@ class BlobSaver:
         self._inflight = threading.Semaphore(uploads)  # finished packs waiting: bounds memory
         self._futures: list[Future] = []
         self._index_packs: list[IndexPack] = []
+        self._index_blobs = 0
         self._error: BaseException | None = None
         self.index_files: list[str] = []
         self.packs_written = 0
@@ -128,8 +130,10 @@ class BlobSaver:
                     for e in entries:
                         self._pending.discard(e[3])
                 self._index_packs.append(IndexPack(pack_id, blobs))
+                self._index_blobs += len(entries)
                 ready = None
-                if len(self._index_packs) >= INDEX_EVERY_PACKS:
+                if len(self._index_packs) >= INDEX_EVERY_PACKS or self._index_blobs >= INDEX_EVERY_BLOBS:
+                    self._index_blobs = 0
                     ready, self._index_packs = self._index_packs, []
             if ready and self.write_index and not self.dry_run:
                 self.index_files.append(self.repo.save_index(ready))
