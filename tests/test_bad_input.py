@@ -206,3 +206,55 @@ def test_full_disk(tiny_fs, tmp_path):
     cli("restore", "latest", "--target", str(out), "--verify")
     assert (out / str(src).lstrip("/") / "small").read_bytes() == b"fits"
     assert not [f for d, _, fs in os.walk(cli.repo) for f in fs if f.startswith(".tmp-")]
+
+
+def test_odd_arguments_give_clean_errors(initialized_cli, tmp_path):
+    cli = initialized_cli
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "f").write_bytes(b"x")
+    cli("backup", str(tmp_path / "s"))
+    for args, code in [
+        (("--keep-last", "-1"), 2),
+        (("--keep-tag", ""), 2),
+    ]:
+        r = cli("forget", *args, ok=False)
+        assert r.returncode == code and b"Traceback" not in r.stderr, (args, r.stderr)
+    assert len(json.loads(cli("--json", "snapshots").stdout)["snapshots"]) == 1, "nothing was forgotten"
+    for args in [("cat", "blob", "zz"), ("cat", "tree", "g" * 64), ("cat", "index", "../config")]:
+        r = cli(*args, ok=False)
+        assert r.returncode == 2 and b"Traceback" not in r.stderr and b"internal" not in r.stderr, args
+    for cmd in ['"x', "  "]:
+        r = cli("--password-command", cmd, "snapshots", password=None, ok=False)
+        assert r.returncode == 2 and b"internal" not in r.stderr, cmd
+    r = cli("restore", "latest", "--target", "", ok=False)
+    assert r.returncode == 2
+    r = cli("backup", "--stdin", "--stdin-filename", "..", input=b"x", ok=False)
+    assert r.returncode == 2
+    r = cli("ls", "latest", str(tmp_path / "s" / "f" / "deeper"), ok=False)
+    assert r.returncode == 1 and b"f is a file" in r.stderr
+
+
+def test_restore_subpath_forms_and_sockets(initialized_cli, tmp_path):
+    import socket
+
+    cli = initialized_cli
+    src = tmp_path / "src"
+    (src / "d" / "sub").mkdir(parents=True)
+    (src / "d" / "a.txt").write_bytes(b"a")
+    (src / "d" / "sub" / "b.txt").write_bytes(b"b")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(src / "d" / "sock"))
+    cli("backup", str(src))
+    s.close()
+    rel = str(src).lstrip("/")
+    for i, spec in enumerate([f"latest:{rel}/d", f"latest:/{rel}//d/", f"latest:{src}/d"]):
+        out = tmp_path / f"o{i}"
+        r = cli("restore", spec, "--target", str(out), "--include", f"{src}/d/sub/*")
+        assert r.returncode == 0 and b"socket not restored" not in r.stderr
+        assert sorted(os.listdir(out)) == ["sub"], spec
+    out = tmp_path / "all"
+    r = cli("restore", f"latest:{src}/d", "--target", str(out))
+    assert r.returncode == 0 and b"socket not restored" in r.stderr, "a socket is a warning, not a failure"
+    out = tmp_path / "excl"
+    cli("restore", f"latest:{rel}/d/a.txt", "--target", str(out), "--exclude", f"{src}/d/a.txt")
+    assert not os.path.exists(out / "a.txt")

@@ -208,3 +208,19 @@ def test_maintenance_cycle(initialized_cli, tmp_path):
     cli("repair", "index")
     cli("repair", "snapshots", "--forget")
     assert cli("check", "--read-data").returncode == 0
+
+
+def test_diff_reports_retargeted_symlink(initialized_cli, tmp_path):
+    cli = initialized_cli
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink("aaa", src / "l")
+    cli("backup", str(src))
+    os.unlink(src / "l")
+    os.symlink("bbb", src / "l")
+    cli("backup", str(src))
+    snaps = jlines(cli("--json", "snapshots"))[0]["snapshots"]
+    changes = [
+        c for c in jlines(cli("--json", "diff", snaps[0]["id"], snaps[1]["id"])) if c["message_type"] == "change"
+    ]
+    assert [(c["path"].rsplit("/", 1)[1], c["modifier"]) for c in changes] == [("l", "M")]

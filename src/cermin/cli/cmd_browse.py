@@ -27,7 +27,7 @@ def _paths(paths) -> tuple[bytes, ...]:
 
 @click.command()
 @snapshot_filters
-@click.option("--latest", type=int, default=0, help="Only the newest N snapshots.")
+@click.option("--latest", type=click.IntRange(min=0), default=0, help="Only the newest N snapshots.")
 @click.pass_obj
 def snapshots(g, hosts, tags, paths, latest):
     """List snapshots, oldest first."""

@@ -290,12 +290,12 @@ def prune(g, max_unused, dry_run, extend_locks):
 
 @click.command()
 @click.argument("snapshot_ids", nargs=-1)
-@click.option("--keep-last", type=int, default=0, help="Keep the N newest snapshots.")
-@click.option("--keep-hourly", type=int, default=0)
-@click.option("--keep-daily", type=int, default=0)
-@click.option("--keep-weekly", type=int, default=0)
-@click.option("--keep-monthly", type=int, default=0)
-@click.option("--keep-yearly", type=int, default=0)
+@click.option("--keep-last", type=click.IntRange(min=0), default=0, help="Keep the N newest snapshots.")
+@click.option("--keep-hourly", type=click.IntRange(min=0), default=0)
+@click.option("--keep-daily", type=click.IntRange(min=0), default=0)
+@click.option("--keep-weekly", type=click.IntRange(min=0), default=0)
+@click.option("--keep-monthly", type=click.IntRange(min=0), default=0)
+@click.option("--keep-yearly", type=click.IntRange(min=0), default=0)
 @click.option("--keep-within", help="Keep snapshots newer than DURATION before the newest (e.g. 1y6m, 30d).")
 @click.option("--keep-tag", "keep_tags", multiple=True, help="Keep snapshots with this tag ('a,b': both).")
 @click.option(

@@ -76,6 +76,8 @@ def cat(g, what, object_id):
         }
     elif not object_id:
         raise UsageError(f"cat {what} needs an ID")
+    elif what in ("index", "blob") and not _is_hex_id(object_id):
+        raise UsageError(f"{object_id!r} is not a 64-character hex id")
     elif what == "snapshot":
         obj = snapshots.snapshot_json(snapshots.resolve(repo, object_id))
     elif what == "tree":
@@ -110,10 +112,16 @@ def cat(g, what, object_id):
     click.echo(json.dumps(obj, indent=None if g.json else 2))
 
 
+def _is_hex_id(s: str) -> bool:
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s.lower())
+
+
 def _tree_id(repo, ref: str) -> bytes:
     from cermin.repo import snapshots
 
     if len(ref) == 64:
+        if not _is_hex_id(ref):
+            raise UsageError(f"{ref!r} is not a 64-character hex id")
         return bytes.fromhex(ref)
     return snapshots.resolve(repo, ref).snapshot.tree  # a snapshot id gives its root tree
 

@@ -30,7 +30,13 @@ def read_password(g, prompt: str = "repository password: ", confirm: bool = Fals
             raise CerminError(f"cannot read password file {g.password_file}: {e.strerror}") from None
     if g.password_command:
         try:
-            out = subprocess.run(shlex.split(g.password_command), stdout=subprocess.PIPE, check=True).stdout
+            argv = shlex.split(g.password_command)
+        except ValueError as e:
+            raise UsageError(f"cannot parse --password-command: {e}") from None
+        if not argv:
+            raise UsageError("--password-command is empty")
+        try:
+            out = subprocess.run(argv, stdout=subprocess.PIPE, check=True).stdout
         except (OSError, subprocess.CalledProcessError) as e:
             raise CerminError(f"password command failed: {e}") from None
         return _checked(_strip_newline(out), "password command")

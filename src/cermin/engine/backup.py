@@ -589,7 +589,7 @@ class Backup:
 
     def _stdin_tree(self) -> bytes:
         name = os.fsencode(self.opts.stdin_filename)
-        if not name or b"/" in name:
+        if not name or b"/" in name or name in (b".", b".."):
             raise UsageError("--stdin-filename must be a plain file name")
         ids, _, size = self._store_stream(self.opts.stdin)
         now = time.time_ns()

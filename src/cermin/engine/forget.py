@@ -30,16 +30,10 @@ class KeepPolicy:
     tags: list[str] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (
-            self.last
-            or self.hourly
-            or self.daily
-            or self.weekly
-            or self.monthly
-            or self.yearly
-            or self.within
-            or self.tags
-        )
+        counts = (self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly)
+        if any(c < 0 for c in counts):
+            raise UsageError("--keep-* counts cannot be negative")
+        return not (any(counts) or self.within or any(t.strip(",") for t in self.tags))
 
 
 _DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)d)?(?:(\d+)h)?$")
@@ -124,7 +118,7 @@ def apply_policy(refs: list[SnapshotRef], policy: KeepPolicy, now: datetime | No
                 reasons.append(f"{name} snapshot")
         if within_cut is not None and t >= within_cut:
             reasons.append(f"within {policy.within} of the newest")
-        if policy.tags and any(set(tg.split(",")) <= set(ref.snapshot.tags) for tg in policy.tags):
+        if any(tg.strip(",") and set(tg.split(",")) - {""} <= set(ref.snapshot.tags) for tg in policy.tags):
             reasons.append("has a kept tag")
         protected = ref.snapshot.extra.get("protected_until")
         if isinstance(protected, str) and parse_rfc3339(protected) > now:

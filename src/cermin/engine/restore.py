@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from cermin.engine import fsmeta
 from cermin.engine.treewalk import find_node
-from cermin.errors import CerminError
+from cermin.errors import CerminError, UsageError
 from cermin.format import pack
 from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, ID_LEN, SOCKET, SYMLINK, Node, Snapshot
 from cermin.repo.packcache import PackCache
@@ -109,6 +109,13 @@ class Restorer:
 
     def run(self, snap: Snapshot) -> RestoreSummary:
         t0 = time.monotonic()
+        if not self.opts.target:
+            raise UsageError("the restore target must not be empty")
+        parts = [c for c in self.opts.subpath.split(b"/") if c]
+        if any(c in (b".", b"..") for c in parts):
+            raise UsageError("the path inside the snapshot must not contain . or ..")
+        subpath = b"/" + b"/".join(parts)  # canonical: include/exclude patterns see absolute paths
+        parent = b"/" + b"/".join(parts[:-1]) if len(parts) > 1 else b""
         target = os.path.abspath(self.opts.target)
         try:
             os.makedirs(target, exist_ok=True)
@@ -118,17 +125,20 @@ class Restorer:
         try:
             if not os.access(target, os.W_OK):
                 raise CerminError(f"cannot write to target directory {target}: permission denied")
-            node = find_node(self.repo, snap.tree, self.opts.subpath)
+            node = find_node(self.repo, snap.tree, subpath)
             base = os.fsencode(target)
             futures: list[Future] = []
             if node.type == DIR:
-                self._restore_tree(tfd, base, self.opts.subpath.rstrip(b"/"), node.subtree, futures, False)
+                self._restore_tree(tfd, base, subpath.rstrip(b"/"), node.subtree, futures, False)
             else:
-                self._restore_entry(tfd, base, self.opts.subpath.rsplit(b"/", 1)[0], node, futures, False)
+                self._restore_entry(tfd, base, parent, node, futures, False)
             self._submit_batch(futures)
             for f in futures:
                 f.result()
         finally:
+            for item in self._batch:  # never handed to a worker (an error stopped the walk)
+                os.close(item[0])
+            self._batch = []
             self.pool.shutdown(wait=True)
             os.close(tfd)
         return RestoreSummary(
@@ -169,6 +179,9 @@ class Restorer:
                 return False
             return self._restore_dir(dfd, out, path, node, selected, futures)
         if not selected:
+            return False
+        if node.type == SOCKET:  # a socket belongs to a running program: recorded, not recreated
+            self._warn(path, "socket not restored")
             return False
         try:
             if node.type == FILE:
@@ -212,6 +225,8 @@ class Restorer:
                     os.unlink(name, dir_fd=dfd)
                     os.mkdir(name, 0o700, dir_fd=dfd)
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+            if not created:  # an existing (maybe read-only) directory: writable while we fill it
+                os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | 0o700)
         except OSError as e:
             self._err(path, f"cannot create directory: {e.strerror}")
             return False
@@ -285,8 +300,13 @@ class Restorer:
 
     def _write_batch(self, batch) -> None:
         try:
-            for fd, path, node, fresh in batch:
-                self._write_file(fd, path, node, fresh)
+            for i, (fd, path, node, fresh) in enumerate(batch):
+                try:
+                    self._write_file(fd, path, node, fresh)
+                except BaseException:
+                    for rest in batch[i + 1 :]:
+                        os.close(rest[0])
+                    raise
         finally:
             self._slots.release()
 

@@ -22,7 +22,7 @@ def find_node(repo: Repository, tree_id: bytes, path: bytes) -> Node:
     for comp in [c for c in path.split(b"/") if c]:
         if node.type != DIR:
             raise CerminError(
-                f"path {display_path(path)} not found in snapshot ({display_path(comp)} is not a directory)"
+                f"path {display_path(path)} not found in snapshot ({display_path(node.name)} is a {node.type})"
             )
         for n in repo.load_tree(node.subtree).nodes:
             if n.name == comp:
@@ -100,7 +100,21 @@ def _meta_key(n: Node):
 def diff_trees(
     repo: Repository, a: bytes, b: bytes, prefix: bytes = b""
 ) -> Iterator[tuple[str, bytes, Node | None, Node | None]]:
-    """Yield (change, path, old, new); change is '+', '-', 'M' (content), 'T' (type) or 'U' (metadata)."""
+    """Yield (change, path, old, new); change is '+', '-', 'M' (content), 'T' (type) or 'U' (metadata).
+    Depth-first in name order, with an explicit stack: any depth works."""
+    stack = [_diff_level(repo, a, b, prefix)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif item[0] == "descend":
+            stack.append(_diff_level(repo, item[1], item[2], item[3]))
+        else:
+            yield item
+
+
+def _diff_level(repo: Repository, a: bytes, b: bytes, prefix: bytes):
+    """One directory level of a diff; ("descend", a, b, path) asks the caller to go one level down."""
     if a == b:
         return
     old = {n.name: n for n in repo.load_tree(a).nodes} if a else {}
@@ -111,19 +125,19 @@ def diff_trees(
         if o is None:
             yield "+", p, None, n
             if n.type == DIR:
-                yield from diff_trees(repo, b"", n.subtree, p)
+                yield "descend", b"", n.subtree, p
         elif n is None:
             yield "-", p, o, None
             if o.type == DIR:
-                yield from diff_trees(repo, o.subtree, b"", p)
+                yield "descend", o.subtree, b"", p
         elif o.type != n.type:
             yield "T", p, o, n
-            yield from diff_trees(repo, o.subtree if o.type == DIR else b"", n.subtree if n.type == DIR else b"", p)
+            yield "descend", o.subtree if o.type == DIR else b"", n.subtree if n.type == DIR else b"", p
         elif o.type == DIR:
             if _meta_key(o) != _meta_key(n):
                 yield "U", p, o, n
-            yield from diff_trees(repo, o.subtree, n.subtree, p)
-        elif o.content != n.content or o.size != n.size:
+            yield "descend", o.subtree, n.subtree, p
+        elif o.content != n.content or o.size != n.size or o.target != n.target or o.rdev != n.rdev:
             yield "M", p, o, n
         elif _meta_key(o) != _meta_key(n):
             yield "U", p, o, n
