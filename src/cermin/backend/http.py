@@ -27,6 +27,7 @@ RETRIES = 8
 
 class HttpBackend:
     default_pack_size = 16 * 1024 * 1024
+
     def __init__(self, location: str, token: str | None = None) -> None:
         import urllib3
 

@@ -99,6 +99,7 @@ class _Transient(Exception):
 
 class S3Backend:
     default_pack_size = 16 * 1024 * 1024  # fewer, larger objects on an object store
+
     def __init__(self, location: str, lock: LockPolicy | None = None) -> None:
         self.location = location
         self.endpoint, self.bucket, self.prefix = parse_location(location)

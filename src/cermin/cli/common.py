@@ -73,8 +73,8 @@ def open_repo(g, load_index: bool = True):
     from cermin.repo.repository import Repository
 
     backend = backend_of(g)
-    Repository.read_config(backend)  # missing / unknown version errors before asking for a password
-    repo = Repository.open(backend, read_password(g))
+    config = Repository.read_config(backend)  # missing / unknown version: an error before the password
+    repo = Repository.open(backend, read_password(g), config)
     if load_index:
         repo.load_index()
     return repo

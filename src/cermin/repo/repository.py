@@ -123,8 +123,9 @@ class Repository:
         return config
 
     @classmethod
-    def open(cls, backend: Backend, password: bytes) -> Repository:
-        config = cls.read_config(backend)
+    def open(cls, backend: Backend, password: bytes, config: Config | None = None) -> Repository:
+        """Open with a password; `config` may be one already read (saves a round trip on S3/HTTP)."""
+        config = config or cls.read_config(backend)
         key_names = sorted(n for n, _ in backend.list(Kind.KEY))
         if not key_names:
             raise CorruptObject(f"repository at {backend.location} has no key files")
