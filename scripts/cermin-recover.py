@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recover a snapshot from a cermin repository (format version 1) without cermin itself.
+"""Recover a snapshot from a cermin repository (format version 2) without cermin itself.
 
 Needs only the Python standard library plus `cryptography`, `blake3` and `zstandard`, and follows
 FORMAT.md step by step, so the data stays recoverable even if cermin's code is lost. It restores
@@ -140,12 +140,12 @@ class Repo:
     def __init__(self, root: str, password: bytes) -> None:
         self.root = root
         config = json.load(open(os.path.join(root, "config")))
-        if config["version"] != 1:
-            sys.exit(f"recover: format version {config['version']} is not 1")
+        if config["version"] != 2:
+            sys.exit(f"recover: format version {config['version']} is not 2")
         self.enc = hkdf(open_master_key(root, password), b"cermin/v1/encryption")
-        secrets = unpack(
-            unseal(self.enc, base64.b64decode(config["secrets"]), b"cermin/config/" + config["id"].encode())
-        )
+        fields = {k: config.get(k, {} if k == "extra" else None) for k in ("version", "id", "created", "extra")}
+        aad = b"cermin/config/" + json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        secrets = unpack(unseal(self.enc, base64.b64decode(config["secrets"]), aad))
         self.id_key = secrets["id_key"]
         self.index = {}  # blob id -> (pack name, type, offset, length)
         for name in os.listdir(os.path.join(root, "index")):

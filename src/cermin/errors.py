@@ -46,6 +46,12 @@ class CorruptObject(CerminError):
     """Stored bytes failed authentication, parsing or their content hash."""
 
 
+class ForeignObject(CorruptObject):
+    """An object whose bytes match its name but that fails authentication or decoding: it was not
+    written by a cermin client holding this repository's key (planted with a storage credential or a
+    backup token), so it is never damage of something cermin wrote. Readers skip and report it."""
+
+
 class ObjectNotFound(CerminError):
     pass
 

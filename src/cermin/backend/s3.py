@@ -22,24 +22,35 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlparse
 
 from cermin.backend.base import CONFIG_NAME, Kind, exists_by_size
-from cermin.errors import CerminError, ObjectExists, ObjectLocked, ObjectNotFound, RepositoryExists, UsageError
+from cermin.errors import (
+    CerminError,
+    CorruptObject,
+    ObjectExists,
+    ObjectLocked,
+    ObjectNotFound,
+    RepositoryExists,
+    UsageError,
+)
 
 LOCK_MODES = ("compliance", "governance")
+MIN_MARGIN_DAYS = 7
+MAX_LOCK_DAYS = 36500  # a century: beyond it a date is a typo or an attack on the storage bill
+RETRIES = 10  # ~0.25 s doubling to 20 s, jittered: a restarting server gets about a minute
 
 
 @dataclass
 class LockPolicy:
     days: int
     mode: str = "compliance"
+    maintenance_days: int = 7
 
     def retain_until(self, now: datetime | None = None) -> datetime:
         now = now or datetime.now(UTC)
         day = (now + timedelta(days=self.days)).date() + timedelta(days=1)
         return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
-
-MIN_MARGIN_DAYS = 7
-RETRIES = 10  # ~0.25 s doubling to 20 s, jittered: a restarting server gets about a minute
+    def as_config(self) -> dict:
+        return {"days": self.days, "mode": self.mode, "maintenance_days": self.maintenance_days}
 
 
 def _transient(e: Exception) -> bool:
@@ -62,18 +73,49 @@ def _backoff(attempt: int) -> None:
     time.sleep(min(20.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
 
 
-def validate_lock_policy(days: int, mode: str, maintenance_days: int) -> None:
+def _margin(maintenance_days: int) -> int:
+    return max(MIN_MARGIN_DAYS, maintenance_days // 2)
+
+
+def validate_lock_policy(days: int, mode: str, maintenance_days: int, allow_governance: bool = False) -> None:
     """The lock must outlast the time between two `lock extend` runs plus a margin for a missed run
-    (and an attacker's dwell time before anyone notices)."""
+    (and an attacker's dwell time before anyone notices). Governance mode is refused for new
+    repositories: any identity allowed s3:BypassGovernanceRetention (on SeaweedFS every Admin
+    identity, which the backup client must be) can delete governance-locked versions."""
     if mode not in LOCK_MODES:
         raise UsageError(f"lock mode must be one of {', '.join(LOCK_MODES)}")
-    margin = max(MIN_MARGIN_DAYS, maintenance_days // 2)
+    if mode == "governance" and not allow_governance:
+        raise UsageError(
+            "governance-mode Object Lock can be bypassed by any identity allowed s3:BypassGovernanceRetention "
+            "(on SeaweedFS every Admin identity, which a backup client needs), so it is no protection against "
+            "a stolen backup credential; use compliance mode"
+        )
+    if not 1 <= maintenance_days <= MAX_LOCK_DAYS:
+        raise UsageError(f"the maintenance interval must be 1..{MAX_LOCK_DAYS} days")
+    if days > MAX_LOCK_DAYS:
+        raise UsageError(f"an Object Lock of {days} days is longer than the {MAX_LOCK_DAYS}-day maximum")
+    margin = _margin(maintenance_days)
     if days < maintenance_days + margin:
         raise UsageError(
             f"an Object Lock of {days} days is too short for maintenance every {maintenance_days} days: "
             f"objects could lapse before the next `cermin lock extend`; use at least {maintenance_days + margin} "
             f"days (maintenance interval + {margin} days margin)"
         )
+
+
+def policy_from_config(pol: object) -> LockPolicy:
+    """The policy as stored in a config, which is hostile input: anything malformed, too short or
+    out of range is refused (an attacker who could plant a config must not get unlocked writes)."""
+    if not isinstance(pol, dict):
+        raise CorruptObject("the Object Lock policy in the repository config is malformed; refusing to write")
+    days, mode, maint = pol.get("days"), pol.get("mode", "compliance"), pol.get("maintenance_days", 7)
+    if not (type(days) is int and type(maint) is int and isinstance(mode, str)):
+        raise CorruptObject("the Object Lock policy in the repository config is malformed; refusing to write")
+    try:
+        validate_lock_policy(days, mode, maint, allow_governance=True)
+    except UsageError as e:
+        raise CorruptObject(f"the Object Lock policy in the repository config is invalid ({e}); refusing to write") from None
+    return LockPolicy(days, mode, maint)
 
 
 def parse_location(location: str) -> tuple[str | None, str, str]:
@@ -108,12 +150,13 @@ class S3Backend:
         self._stores: dict[object, object] = {}
         self._boto_client = None
         self._mutex = threading.Lock()
+        self.planted_config = 0  # newer versions of `config` seen (written by someone else)
 
     def configure(self, extra: dict) -> None:
         """Apply repository settings stored in the plaintext config (the Object Lock policy)."""
         pol = extra.get("object_lock")
-        if pol:
-            self.lock = LockPolicy(int(pol["days"]), str(pol.get("mode", "compliance")))
+        if pol is not None:
+            self.lock = policy_from_config(pol)
 
     # ---- clients -----------------------------------------------------------------------------
     def _store(self, retain_until: datetime | None = None):
@@ -243,6 +286,10 @@ class S3Backend:
     def load(
         self, kind: Kind, name: str, offset: int = 0, length: int | None = None, version: str | None = None
     ) -> bytes:
+        if kind is Kind.CONFIG and version is None:
+            # The config is the one object not named by its content, so nothing could tell a planted
+            # newer version (one without the lock policy, say) from ours: always read the first.
+            version = self._config_version()
         for attempt in range(RETRIES + 1):
             try:
                 return self._load(kind, name, offset, length, version)
@@ -282,11 +329,19 @@ class S3Backend:
 
     def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """The first version ever written under this name (cermin never writes a second one)."""
-        versions = self._versions(self._key(kind, name))
-        real = [v for v in versions if not v["marker"]]
-        if not real:
-            raise ObjectNotFound(f"{kind.value}/{name} does not exist")
-        return self.load(kind, name, offset, length, version=real[-1]["id"])
+        return self.load(kind, name, offset, length, version=self.original_version(kind, name))
+
+    def _config_version(self) -> str | None:
+        """Version id of the first `config` (None on a store that keeps no versions, or when the
+        credentials may not list them); counts newer versions someone planted in `planted_config`."""
+        try:
+            real = [v for v in self._versions(CONFIG_NAME) if not v["marker"]]
+        except Exception as e:
+            if "AccessDenied" in str(e) or "NotImplemented" in str(e):
+                return None
+            raise self._wrap(e, "config versions") from None
+        self.planted_config = max(0, len(real) - 1)
+        return real[-1]["id"] if real else None
 
     def size(self, kind: Kind, name: str) -> int:
         import obstore
@@ -378,6 +433,26 @@ class S3Backend:
                 return v["id"]
         return None
 
+    def original_version(self, kind: Kind, name: str) -> str:
+        real = [v for v in self._versions(self._key(kind, name)) if not v["marker"]]
+        if not real:
+            raise ObjectNotFound(f"{kind.value}/{name} does not exist")
+        return real[-1]["id"]
+
+    def original_versions(self, kind: Kind) -> dict[str, tuple[str, int]]:
+        """name -> (id of its first version, number of real versions) for every object of a kind, in
+        one listing. More than one real version means someone planted the others."""
+        prefix = self._full_key(f"{kind.value}/" if kind is not Kind.CONFIG else CONFIG_NAME)
+        out: dict[str, tuple[str, int]] = {}
+        paginator = self._boto().get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for v in page.get("Versions", []):  # newest first per key: the last one seen is the first
+                if kind is Kind.CONFIG and v["Key"] != prefix:
+                    continue
+                name = v["Key"].rsplit("/", 1)[-1]
+                out[name] = (v["VersionId"], out.get(name, ("", 0))[1] + 1)
+        return out
+
     def list_versions_latest(self, kind: Kind):
         """(key, size) of every key under a kind that has a real version (hidden or not), with the
         size of its oldest version: the one cermin wrote."""
@@ -412,20 +487,26 @@ class S3Backend:
                         client.delete_object(Bucket=self.bucket, Key=full, VersionId=m["VersionId"])
         return keys
 
-    def retention(self, kind: Kind, name: str) -> datetime | None:
+    def retention(self, kind: Kind, name: str, version: str | None = None) -> datetime | None:
+        """Retain-until date of the version cermin wrote (never of a newer, planted one)."""
         key = self._full_key(self._key(kind, name))
+        version = version or self.original_version(kind, name)
         try:
-            r = self._boto().get_object_retention(Bucket=self.bucket, Key=key)
-        except Exception:
-            return None
+            r = self._boto().get_object_retention(Bucket=self.bucket, Key=key, VersionId=version)
+        except Exception as e:
+            if "ObjectLockConfigurationNotFound" in str(e) or "NoSuchObjectLockConfiguration" in str(e):
+                return None  # SeaweedFS's answer for a version without retention
+            raise self._wrap(e, f"retention of {kind.value}/{name}") from None
         return r.get("Retention", {}).get("RetainUntilDate")
 
-    def extend_retention(self, kind: Kind, name: str, until: datetime) -> None:
+    def extend_retention(self, kind: Kind, name: str, until: datetime, version: str | None = None) -> None:
         key = self._full_key(self._key(kind, name))
+        version = version or self.original_version(kind, name)
         try:
             self._boto().put_object_retention(
                 Bucket=self.bucket,
                 Key=key,
+                VersionId=version,
                 Retention={"Mode": self.lock.mode.upper(), "RetainUntilDate": until},
             )
         except Exception as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cermin.cli.common import Output, locked, open_repo
+from cermin.cli.common import Output, backend_of, locked, open_repo
 
 
 @click.group()
@@ -23,25 +23,37 @@ def _show(out: Output, rep, dry_run: bool) -> None:
                 "lapsing": len(rep.lapsing),
                 "until": rep.until,
                 "hidden": rep.hidden,
+                "planted": rep.planted,
+                "missing": rep.missing,
+                "warnings": rep.warnings,
                 "dry_run": dry_run,
             }
         )
         return
     p = rep.policy
-    out.text(f"policy: {p['mode']} lock of {p['days']} days, maintenance every {p.get('maintenance_days', 7)} days")
+    out.text(f"policy: {p['mode']} lock of {p['days']} days, maintenance every {p['maintenance_days']} days")
     verb = "would extend" if dry_run else "extended"
     out.text(f"checked {rep.checked} objects; {verb} {len(rep.lapsing)} to {rep.until[:10]}")
+    for w in rep.warnings:
+        out.warn(w)
     if rep.hidden:
         out.warn(
             f"{len(rep.hidden)} objects are hidden behind delete markers (still readable): "
             "`cermin lock unhide` makes them visible again; someone deleted them with these credentials"
         )
+    if rep.planted:
+        out.warn(
+            f"{len(rep.planted)} objects have newer versions cermin did not write (ignored; the originals are "
+            "the ones kept locked): someone overwrote them with these credentials"
+        )
+    if rep.missing:
+        out.warn(f"{len(rep.missing)} objects the repository needs have no version at all: run `cermin check`")
 
 
 @lock.command("status")
 @click.pass_obj
 def lock_status(g):
-    """Show the policy, what would need extending now, and hidden objects."""
+    """Show the policy, what would need extending now, and hidden or planted objects."""
     from cermin.engine.objectlock import extend_locks
 
     out = Output(g)
@@ -64,13 +76,11 @@ def lock_extend(g):
 @lock.command("unhide")
 @click.pass_obj
 def lock_unhide(g):
-    """Remove delete markers that hide locked objects."""
-    from cermin.engine.objectlock import lock_policy
+    """Remove delete markers that hide locked objects (needs no password)."""
+    from cermin.engine.objectlock import unhide
 
     out = Output(g)
-    repo = open_repo(g, load_index=False)
-    lock_policy(repo)
-    keys = repo.backend.unhide()
+    keys = unhide(backend_of(g))
     out.emit({"message_type": "unhide", "keys": keys}) if out.json else out.text(
         f"made {len(keys)} object(s) visible again"
     )

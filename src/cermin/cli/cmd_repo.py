@@ -38,18 +38,19 @@ def init(g, lock_days, lock_mode, maintenance_days):
     backend = backend_of(g)
     extra = {}
     if lock_days is not None:
-        from cermin.backend.s3 import S3Backend, validate_lock_policy
+        from cermin.engine.objectlock import new_lock_policy
 
-        if not isinstance(backend, S3Backend):
-            raise UsageError("--object-lock needs an S3 repository (s3:...)")
-        validate_lock_policy(lock_days, lock_mode, maintenance_days)
-        extra["object_lock"] = {"days": lock_days, "mode": lock_mode, "maintenance_days": maintenance_days}
+        extra["object_lock"] = new_lock_policy(backend, lock_days, lock_mode, maintenance_days)
     repo = Repository.init(backend, read_password(g, "new repository password: ", confirm=True), extra=extra)
     if out.json:
         out.emit({"message_type": "initialized", "id": repo.config.id, "repository": backend.location})
     else:
         out.text(f"created cermin repository {repo.config.id[:10]} at {backend.location}")
         out.text("Keep the password safe: without it the data cannot be recovered.")
+    if lock_days is not None:
+        from cermin.engine.objectlock import DEPLOYMENT_WARNING
+
+        out.warn(DEPLOYMENT_WARNING)
 
 
 @click.command()

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every plaintext config field is bound into the sealed secrets
 
 # Node types
 FILE = "file"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets as pysecrets
 import threading
@@ -17,6 +18,7 @@ from cermin.errors import (
     ObjectNotFound,
     RepositoryNotFound,
     UnsupportedVersion,
+    UsageError,
     WrongPassword,
 )
 from cermin.format import chunker, crypto, pack, records
@@ -42,8 +44,11 @@ def _configure(backend: Backend, extra: dict) -> None:
         configure(extra)
 
 
-def _config_aad(repo_id: str) -> bytes:
-    return b"cermin/config/" + repo_id.encode()
+def config_aad(config: Config) -> bytes:
+    """Binds every plaintext config field (the Object Lock policy among them) to the sealed secrets:
+    a config edited by someone without the master key no longer opens."""
+    fields = {"version": config.version, "id": config.id, "created": config.created, "extra": config.extra}
+    return b"cermin/config/" + json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 class Repository:
@@ -71,6 +76,8 @@ class Repository:
         chunker_seed: int | None = None,
         extra: dict | None = None,
     ) -> Repository:
+        if (extra or {}).get("object_lock") is not None and not hasattr(backend, "configure"):
+            raise UsageError("an Object Lock policy needs an S3 repository (s3:...)")
         _configure(backend, extra or {})
         backend.create()
         master = MasterKeys.generate()
@@ -83,14 +90,15 @@ class Repository:
             chunker_max=mx,
             pack_size=pack_size or getattr(backend, "default_pack_size", DEFAULT_PACK_SIZE),
         )
-        repo_id = os.urandom(32).hex()
+        # Round-trip `extra` through JSON so the AAD is computed over exactly what readers will see.
         config = Config(
             version=FORMAT_VERSION,
-            id=repo_id,
+            id=os.urandom(32).hex(),
             created=now_rfc3339(),
-            secrets=crypto.seal(master, pack.compress(records.encode(secrets), 3), _config_aad(repo_id)),
-            extra=dict(extra or {}),
+            secrets=b"",
+            extra=json.loads(json.dumps(extra or {})),
         )
+        config.secrets = crypto.seal(master, pack.compress(records.encode(secrets), 3), config_aad(config))
         # Key slot first, config last: a directory with a config is a usable repository.
         kf = keyslots.make_keyfile(master.master, password, kdf)
         key_data = keyslots.encode_keyfile(kf)
@@ -148,8 +156,13 @@ class Repository:
             raise WrongPassword("wrong password or no key slot matches it")
         keys = MasterKeys(master)
         try:
-            raw = crypto.unseal(keys, config.secrets, _config_aad(config.id), "repository config")
+            raw = crypto.unseal(keys, config.secrets, config_aad(config), "repository config")
             secrets = records.decode(pack.decompress(raw, "repository config"), RepoSecrets)
+        except CorruptObject:
+            raise CorruptObject(
+                "the repository config failed authentication: its fields (the Object Lock policy among them) "
+                "were changed by someone without the repository key; refusing to use it"
+            ) from None
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise CorruptObject(f"repository config secrets are corrupted ({e})") from None
         return cls(backend, keys, config, secrets, key_name)
