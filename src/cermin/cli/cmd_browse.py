@@ -21,6 +21,29 @@ def snapshot_filters(f):
     return f
 
 
+def _bad_entries(out: Output):
+    """(list of messages, on_bad callback for the tree walkers): invalid entries are errors, shown as found."""
+    from cermin.engine.treewalk import bad_entry_message
+
+    bad: list[str] = []
+
+    def on_bad(dir_path, node, why):
+        bad.append(bad_entry_message(dir_path, node, why))
+        out.error_line(bad[-1])
+
+    return bad, on_bad
+
+
+def _bad_exit(out: Output, bad: list[str]) -> int:
+    if not bad:
+        return 0
+    from cermin.errors import EXIT_FATAL
+
+    if not out.json:
+        click.echo(f"cermin: error: {len(bad)} invalid entries skipped; run `cermin check`", err=True)
+    return EXIT_FATAL
+
+
 def _paths(paths) -> tuple[bytes, ...]:
     return tuple(os.path.normpath(os.path.abspath(os.fsencode(p))) for p in paths)
 
@@ -77,6 +100,7 @@ def ls(g, snapshot, path, flat, long_):
     from cermin.util import display_path
 
     out = Output(g)
+    bad, on_bad = _bad_entries(out)
     repo = open_repo(g)
     ref = resolve(repo, snapshot)
     bpath = os.fsencode(path)
@@ -84,7 +108,7 @@ def ls(g, snapshot, path, flat, long_):
     base = b"/" + b"/".join(c for c in bpath.split(b"/") if c)
     base = b"" if base == b"/" else base
     if node.type == DIR:
-        entries = walk(repo, node.subtree, base, recursive=not flat)
+        entries = walk(repo, node.subtree, base, recursive=not flat, on_bad=on_bad)
     else:
         entries = iter([(base, node)])
     for p, n in entries:
@@ -98,6 +122,7 @@ def ls(g, snapshot, path, flat, long_):
             )
         else:
             out.text(display_path(p))
+    return _bad_exit(out, bad)
 
 
 @click.command()
@@ -112,10 +137,11 @@ def diff(g, snapshot1, snapshot2, metadata):
     from cermin.util import display_path
 
     out = Output(g)
+    bad, on_bad = _bad_entries(out)
     repo = open_repo(g)
     a, b = resolve(repo, snapshot1), resolve(repo, snapshot2)
     counts = {"+": 0, "-": 0, "M": 0, "T": 0, "U": 0}
-    for change, path, old, new in diff_trees(repo, a.snapshot.tree, b.snapshot.tree):
+    for change, path, old, new in diff_trees(repo, a.snapshot.tree, b.snapshot.tree, on_bad=on_bad):
         counts[change] += 1
         if change == "U" and not metadata:
             continue
@@ -143,6 +169,7 @@ def diff(g, snapshot1, snapshot2, metadata):
             f"\nadded {counts['+']}, removed {counts['-']}, modified {counts['M']}, "
             f"type changed {counts['T']}, metadata changed {counts['U']}"
         )
+    return _bad_exit(out, bad)
 
 
 @click.command()
@@ -157,13 +184,14 @@ def find(g, patterns, snaps, hosts, tags, paths):
     from cermin.util import display_path
 
     out = Output(g)
+    bad, on_bad = _bad_entries(out)
     repo = open_repo(g)
     refs = (
         [resolve(repo, s) for s in snaps] if snaps else list_snapshots(repo, tuple(hosts), tuple(tags), _paths(paths))
     )
     total = 0
     for ref in refs:
-        for p, n in find_in_tree(repo, ref.snapshot.tree, list(patterns)):
+        for p, n in find_in_tree(repo, ref.snapshot.tree, list(patterns), on_bad):
             total += 1
             if out.json:
                 out.emit({"message_type": "match", "snapshot": ref.id, **node_json(p, n)})
@@ -171,3 +199,4 @@ def find(g, patterns, snaps, hosts, tags, paths):
                 out.text(f"{ref.short_id}  {n.size:>12}  {display_path(p)}")
     if not out.json:
         out.text(f"{total} match(es) in {len(refs)} snapshot(s)")
+    return _bad_exit(out, bad)

@@ -23,9 +23,16 @@ def _split_ref(ref: str) -> tuple[str, bytes]:
 @click.option("-e", "--exclude", "excludes", multiple=True, help="Skip paths matching GLOB (repeatable).")
 @click.option("--verify", is_flag=True, help="Read every restored file back and check it against the snapshot.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None)
+@click.option("--no-owner", is_flag=True, help="Do not restore owners (files belong to you) nor setuid/setgid bits.")
+@click.option("--no-xattrs", is_flag=True, help="Do not restore extended attributes.")
+@click.option("--no-special", is_flag=True, help="Drop setuid/setgid bits and do not create device nodes.")
+@click.option("--untrusted", is_flag=True, help="For snapshots you do not trust: --no-owner --no-xattrs --no-special.")
 @click.pass_obj
-def restore(g, snapshot, target, includes, excludes, verify, workers):
-    """Restore SNAPSHOT[:PATH] into --target. 'latest' and unique ID prefixes work."""
+def restore(g, snapshot, target, includes, excludes, verify, workers, no_owner, no_xattrs, no_special, untrusted):
+    """Restore SNAPSHOT[:PATH] into --target. 'latest' and unique ID prefixes work.
+
+    Entries with invalid names (empty, '.', '..', containing '/' or NUL) are skipped as errors, and
+    no symlink is ever followed: nothing is written outside --target."""
     from cermin.engine.restore import RestoreOptions, RestoreProgress, run_restore
     from cermin.repo.snapshots import resolve
     from cermin.util import fmt_bytes
@@ -49,6 +56,9 @@ def restore(g, snapshot, target, includes, excludes, verify, workers):
         excludes=list(excludes),
         verify=verify,
         workers=workers or 0,
+        no_owner=no_owner or untrusted,
+        no_xattrs=no_xattrs or untrusted,
+        no_special=no_special or untrusted,
     )
     with locked(g, repo, False, "restore"), progress(out, describe, "restore"):
         repo.load_index()
@@ -68,6 +78,7 @@ def restore(g, snapshot, target, includes, excludes, verify, workers):
                 "other_restored": summary.other,
                 "bytes_restored": summary.bytes,
                 "files_verified": summary.verified_files,
+                "invalid_entries": summary.invalid_entries,
                 "errors": len(summary.errors),
                 "duration": round(summary.duration, 3),
             }

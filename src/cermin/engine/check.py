@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from cermin.backend.base import Kind
 from cermin.errors import CorruptObject, ObjectNotFound, UsageError
 from cermin.format import index as fmt_index
+from cermin.format.names import escape_name, tree_problems, valid_nodes
 from cermin.format.records import DIR, FILE, ID_LEN
 from cermin.repo.indexfiles import IndexView, expected_pack_size, read_index_view, read_pack_blobs, read_pack_header
 from cermin.repo.lock import is_stale, read_locks
@@ -81,6 +82,7 @@ class Checker:
         self.report = CheckReport()
         self.bad_blobs: dict[bytes, str] = {}  # blob id -> why its data is lost
         self.bad_trees: dict[bytes, str] = {}
+        self.bad_names: dict[bytes, list[tuple[bytes, str]]] = {}  # tree id -> invalid entries (name, why)
         self.view = IndexView()
 
     def _error(self, kind: str, message: str, **kw) -> None:
@@ -103,6 +105,7 @@ class Checker:
             self._read_data()
         say("attributing damage")
         self._attribute(snaps)
+        self._report_bad_names(snaps)
         self._check_aux()
         self._check_locks()
         return self.report
@@ -186,6 +189,9 @@ class Checker:
                 self.bad_trees[tid] = str(e)
                 self.bad_blobs[tid] = str(e)
                 continue
+            bad_names = tree_problems(tree.nodes)
+            if bad_names:
+                self.bad_names[tid] = bad_names
             for n in tree.nodes:
                 if n.type == DIR:
                     stack.append(n.subtree)
@@ -297,6 +303,59 @@ class Checker:
                         paths.append(display_path(p))
             if paths:
                 self.report.affected[ref.id] = sorted(paths)
+
+    def _report_bad_names(self, snaps: list[SnapshotRef]) -> None:
+        """Trees with entries restore must skip (invalid name or type, repeated name): one error per
+        entry, naming the snapshots and paths that reach the tree. Only walks towards such trees."""
+        if not self.bad_names:
+            return
+        below: dict[bytes, bool] = {}  # tree id -> a tree with bad names is at or below it
+
+        def subdirs(tid: bytes):
+            return [n for n in valid_nodes(self.repo.load_tree(tid).nodes) if n.type == DIR and n.subtree]
+
+        def reaches(root: bytes) -> bool:
+            stack = [(root, False)]
+            while stack:
+                tid, expanded = stack.pop()
+                if tid in below:
+                    continue
+                if tid in self.bad_trees:
+                    below[tid] = False
+                elif not expanded:
+                    stack.append((tid, True))
+                    stack.extend((n.subtree, False) for n in subdirs(tid) if n.subtree not in below)
+                else:
+                    below[tid] = tid in self.bad_names or any(below[n.subtree] for n in subdirs(tid))
+            return below[root]
+
+        where: dict[bytes, list[tuple[str, bytes]]] = {}  # tree id -> (snapshot id, directory path)
+        for ref in snaps:
+            stack = [(b"", ref.snapshot.tree)]
+            while stack:
+                prefix, tid = stack.pop()
+                if not reaches(tid):
+                    continue
+                if tid in self.bad_names:
+                    where.setdefault(tid, []).append((ref.id, prefix or b"/"))
+                stack.extend((prefix + b"/" + n.name, n.subtree) for n in subdirs(tid))
+        for tid, entries in sorted(self.bad_names.items()):
+            places = where.get(tid, [])
+            shown = ", ".join(f"snapshot {sid[:12]} at {display_path(p)}" for sid, p in places[:5])
+            if len(places) > 5:
+                shown += f" and {len(places) - 5} more"
+            for name, why in entries:
+                self._error(
+                    "tree_damaged",
+                    f"tree {tid.hex()[:16]} ({shown or 'reached by no valid path'}): "
+                    f"invalid entry {escape_name(name)}: {why}; restore skips it",
+                    object=tid.hex(),
+                )
+            for sid, p in places:
+                lost = self.report.affected.setdefault(sid, [])
+                base = display_path(p).rstrip("/")
+                lost.extend(f"{base}/{escape_name(name)} (invalid entry, not restored)" for name, _ in entries)
+                lost.sort()
 
     def _check_aux(self) -> None:
         for name, _ in sorted(self.repo.backend.list(Kind.AUX)):

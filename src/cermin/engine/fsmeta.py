@@ -106,39 +106,78 @@ def proc_path(dir_fd: int, name: bytes) -> bytes:
 
 
 EUID, EGID = os.geteuid(), os.getegid()
+SUID_SGID = stat.S_ISUID | stat.S_ISGID
 
 
-def apply_file_meta(fd: int, node: Node, warn, owned: bool = False) -> None:
-    """Owner, mode, xattrs and mtime on an open file or directory.
+def restored_mode(node: Node, owner: bool = True, special: bool = True) -> int:
+    """The permission bits to set. Without `special` setuid/setgid are dropped; without `owner` too,
+    because they would then grant the restoring user's ids (as root: root's) instead of the owner's."""
+    mode = node.mode & 0o7777
+    if not (owner and special):
+        mode &= ~SUID_SGID
+    return mode
+
+
+def apply_file_meta(
+    fd: int, node: Node, warn, owned: bool = False, owner: bool = True, xattrs: bool = True, special: bool = True
+) -> None:
+    """Owner, mode, xattrs and mtime on an open file or directory (nothing is looked up by name).
 
     owned: the file was just created by us in a directory we created, so it already belongs to
-    (EUID, EGID) and a chown to the same ids can be skipped."""
-    if IS_ROOT and not (owned and node.uid == EUID and node.gid == EGID):
+    (EUID, EGID) and a chown to the same ids can be skipped. owner/xattrs: set those at all;
+    special: keep setuid/setgid bits (see restored_mode)."""
+    if owner and IS_ROOT and not (owned and node.uid == EUID and node.gid == EGID):
         try:
             os.fchown(fd, node.uid, node.gid)
-        except OSError as e:
-            warn(f"cannot set owner: {e.strerror}")
-    for k, v in node.xattrs:
-        try:
-            os.setxattr(fd, k, v)
-        except OSError as e:
-            warn(f"cannot set xattr {k.decode('utf-8', 'backslashreplace')}: {e.strerror}")
-    os.fchmod(fd, node.mode)  # after chown, which clears setuid bits
+        except (OSError, OverflowError) as e:
+            warn(f"cannot set owner: {_why(e)}")
+    if xattrs:
+        for k, v in node.xattrs:
+            try:
+                os.setxattr(fd, k, v)
+            except (OSError, ValueError) as e:
+                warn(f"cannot set xattr {k.decode('utf-8', 'backslashreplace')}: {_why(e)}")
+    os.fchmod(fd, restored_mode(node, owner, special))  # after chown, which clears setuid bits
     os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
 
-def apply_path_meta(dir_fd: int, name: bytes, node: Node, warn) -> None:
-    """Metadata for entries that cannot be opened (symlinks, fifos, devices), without following."""
-    if IS_ROOT:
-        try:
-            os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError as e:
-            warn(f"cannot set owner: {e.strerror}")
-    if node.type != SYMLINK:
-        for k, v in node.xattrs:
+def apply_path_meta(
+    dir_fd: int, name: bytes, node: Node, warn, owner: bool = True, xattrs: bool = True, special: bool = True
+) -> None:
+    """Metadata for entries that cannot be opened for reading (symlinks, fifos, devices).
+
+    Never follows a symlink: a symlink gets lchown/lutimes only; any other type is pinned with an
+    O_PATH|O_NOFOLLOW fd, checked to still be that type, and changed through /proc/self/fd/N, so
+    swapping the entry for a symlink cannot redirect chown, chmod, setxattr or utime."""
+    if node.type == SYMLINK:
+        if owner and IS_ROOT:
             try:
-                os.setxattr(proc_path(dir_fd, name), k, v, follow_symlinks=False)
-            except OSError as e:
-                warn(f"cannot set xattr: {e.strerror}")
-        os.chmod(name, node.mode, dir_fd=dir_fd)
-    os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+                os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+            except (OSError, OverflowError) as e:
+                warn(f"cannot set owner: {_why(e)}")
+        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        return
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if node_type(os.fstat(fd).st_mode) != node.type:
+            raise OSError(errno.ESTALE, "entry was replaced while it was restored")
+        pinned = b"/proc/self/fd/%d" % fd
+        if owner and IS_ROOT:
+            try:
+                os.chown(pinned, node.uid, node.gid)
+            except (OSError, OverflowError) as e:
+                warn(f"cannot set owner: {_why(e)}")
+        if xattrs:
+            for k, v in node.xattrs:
+                try:
+                    os.setxattr(pinned, k, v)
+                except (OSError, ValueError) as e:
+                    warn(f"cannot set xattr {k.decode('utf-8', 'backslashreplace')}: {_why(e)}")
+        os.chmod(pinned, restored_mode(node, owner, special))
+        os.utime(pinned, ns=(node.mtime_ns, node.mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def _why(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e)

@@ -4,6 +4,14 @@ The walker creates directories and entries through dir fds (any depth works) and
 regular file's fd to a worker, which writes the blobs at their offsets (holes stay holes),
 optionally reads the file back to verify it, and sets its metadata. Directory metadata is set
 after all entries inside were created, so read-only directories restore too.
+
+A snapshot is hostile input. Every tree's entries pass `format.names.valid_nodes` before any
+filesystem call: an invalid name (empty, `.`, `..`, `/`, NUL), an unknown type or a repeated name
+is skipped and counted as an error. Nothing restore creates or changes is reached through a
+symlink: directories are opened with O_NOFOLLOW relative to their parent's fd, entries are
+created with O_EXCL / mkdirat / symlinkat / mknodat, metadata goes through the entry's own fd
+(or lchown/lutimes for symlinks), and a hard link's source is re-found from the target's fd
+component by component and must still be the very file this run created.
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cermin.engine import fsmeta
-from cermin.engine.treewalk import find_node
+from cermin.engine.treewalk import bad_entry_message, find_node
 from cermin.errors import CerminError, UsageError
 from cermin.format import pack
+from cermin.format.names import is_valid_name, valid_nodes
 from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, ID_LEN, SOCKET, SYMLINK, Node, Snapshot
 from cermin.repo.packcache import PackCache
 from cermin.repo.repository import Repository
@@ -38,6 +47,10 @@ class RestoreOptions:
     excludes: list[str] = field(default_factory=list)
     verify: bool = False
     workers: int = 0
+    # For snapshots that are not trusted (see docs/restore.md):
+    no_owner: bool = False  # keep the restoring user's ids (and drop setuid/setgid bits)
+    no_xattrs: bool = False  # set no extended attributes
+    no_special: bool = False  # drop setuid/setgid bits, do not create device nodes
 
 
 @dataclass
@@ -60,6 +73,7 @@ class RestoreSummary:
     warnings: list[str]
     errors: list[str]
     duration: float
+    invalid_entries: int = 0  # tree entries skipped for an invalid name or type, or a repeated name (in errors)
 
 
 class _Match:
@@ -96,42 +110,49 @@ class Restorer:
         self._batch_bytes = 0
         self._match = _Match(opts.includes, opts.excludes)
         self._mutex = threading.Lock()
-        self._links: dict[tuple[int, int], bytes] = {}  # (device, inode) -> restored path
+        # snapshot (device, inode) -> (path relative to the target, st_dev, st_ino) of the file this run created
+        self._links: dict[tuple[int, int], tuple[bytes, int, int]] = {}
+        self._tfd = -1
+        self._meta = dict(owner=not opts.no_owner, xattrs=not opts.no_xattrs, special=not opts.no_special)
         self._zero_ids: set[bytes] = set()
         self._packs = PackCache(repo)
         self.warnings: list[str] = []
         self.errors: list[str] = []
-        self.files = self.dirs = self.other = self.bytes = self.verified = 0
+        self.files = self.dirs = self.other = self.bytes = self.verified = self.invalid = 0
 
     def _err(self, path: bytes, msg: str) -> None:
         with self._mutex:
             self.errors.append(f"{display_path(path)}: {msg}")
+
+    def _bad(self, dir_path: bytes, node: Node, why: str) -> None:
+        with self._mutex:
+            self.invalid += 1
+            self.errors.append(bad_entry_message(dir_path, node, why))
 
     def run(self, snap: Snapshot) -> RestoreSummary:
         t0 = time.monotonic()
         if not self.opts.target:
             raise UsageError("the restore target must not be empty")
         parts = [c for c in self.opts.subpath.split(b"/") if c]
-        if any(c in (b".", b"..") for c in parts):
-            raise UsageError("the path inside the snapshot must not contain . or ..")
+        if not all(is_valid_name(c) for c in parts):
+            raise UsageError("the path inside the snapshot must not contain . or .. or NUL")
         subpath = b"/" + b"/".join(parts)  # canonical: include/exclude patterns see absolute paths
         parent = b"/" + b"/".join(parts[:-1]) if len(parts) > 1 else b""
         target = os.path.abspath(self.opts.target)
         try:
             os.makedirs(target, exist_ok=True)
-            tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+            tfd = self._tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise CerminError(f"cannot use target directory {target}: {e.strerror}") from None
         try:
             if not os.access(target, os.W_OK):
                 raise CerminError(f"cannot write to target directory {target}: permission denied")
             node = find_node(self.repo, snap.tree, subpath)
-            base = os.fsencode(target)
             futures: list[Future] = []
             if node.type == DIR:
-                self._restore_tree(tfd, base, subpath.rstrip(b"/"), node.subtree, futures, False)
+                self._restore_tree(tfd, b"", subpath.rstrip(b"/"), node.subtree, futures, False)
             else:
-                self._restore_entry(tfd, base, parent, node, futures, False)
+                self._restore_entry(tfd, b"", parent, node, futures, False)
             self._submit_batch(futures)
             for f in futures:
                 f.result()
@@ -151,15 +172,17 @@ class Restorer:
             warnings=self.warnings,
             errors=self.errors,
             duration=time.monotonic() - t0,
+            invalid_entries=self.invalid,
         )
 
     # ---- walking -----------------------------------------------------------------------------
     def _restore_tree(self, dfd: int, out: bytes, snap_path: bytes, tree_id: bytes, futures, fresh: bool) -> bool:
         """Restore the entries of one tree into dfd; True when anything was restored.
 
-        fresh: dfd is a directory this restore created, so nothing is in the way of new entries."""
+        out: dfd's path relative to the target. fresh: dfd is a directory this restore created, so
+        nothing is in the way of new entries."""
         try:
-            nodes = self.repo.load_tree(tree_id).nodes
+            nodes = valid_nodes(self.repo.load_tree(tree_id).nodes, lambda n, why: self._bad(snap_path, n, why))
         except CerminError as e:
             self._err(snap_path or b"/", str(e))
             return False
@@ -183,15 +206,18 @@ class Restorer:
         if node.type == SOCKET:  # a socket belongs to a running program: recorded, not recreated
             self._warn(path, "socket not restored")
             return False
+        if node.type in (CHARDEV, BLOCKDEV) and self.opts.no_special:
+            self._warn(path, "device node not restored (--no-special)")
+            return False
         try:
             if node.type == FILE:
                 return self._restore_file(dfd, out, path, node, futures, fresh)
             self._restore_special(dfd, node, fresh)
-            fsmeta.apply_path_meta(dfd, node.name, node, lambda m: self._warn(path, m))
+            fsmeta.apply_path_meta(dfd, node.name, node, lambda m: self._warn(path, m), **self._meta)
             self.other += 1
             return True
-        except OSError as e:
-            self._err(path, f"cannot restore: {e.strerror or e}")
+        except (OSError, ValueError, OverflowError) as e:  # values from a hostile tree: out of range
+            self._err(path, f"cannot restore: {_why(e)}")
             return False
 
     def _warn(self, path: bytes, msg: str) -> None:
@@ -201,7 +227,7 @@ class Restorer:
     def _wants_any(self, tree_id: bytes, snap_path: bytes) -> bool:
         """With --include, whether anything below this directory is selected (trees only)."""
         try:
-            nodes = self.repo.load_tree(tree_id).nodes
+            nodes = valid_nodes(self.repo.load_tree(tree_id).nodes)
         except CerminError:
             return True
         for n in nodes:
@@ -224,7 +250,7 @@ class Restorer:
                 if not stat.S_ISDIR(st.st_mode):
                     os.unlink(name, dir_fd=dfd)
                     os.mkdir(name, 0o700, dir_fd=dfd)
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
             if not created:  # an existing (maybe read-only) directory: writable while we fill it
                 os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | 0o700)
         except OSError as e:
@@ -239,13 +265,35 @@ class Restorer:
             finally:
                 self._match = sub_match
             try:
-                fsmeta.apply_file_meta(fd, node, lambda m: self._warn(path, m))
-            except OSError as e:
-                self._warn(path, f"cannot set metadata: {e.strerror}")
+                fsmeta.apply_file_meta(fd, node, lambda m: self._warn(path, m), **self._meta)
+            except (OSError, ValueError, OverflowError) as e:
+                self._warn(path, f"cannot set metadata: {_why(e)}")
             self.dirs += 1
             return True
         finally:
             os.close(fd)
+
+    def _link(self, first: tuple[bytes, int, int], dfd: int, name: bytes) -> None:
+        """Hard-link `name` in dfd to the file this run created first for the same snapshot inode.
+
+        The source is found again from the target's fd, each directory opened with O_NOFOLLOW, and
+        must still be that very file (st_dev, st_ino): a link never reaches outside the target."""
+        rel, dev, ino = first
+        *dirs, src = rel.split(b"/")[1:]
+        opened: list[int] = []
+        cur = self._tfd
+        try:
+            for d in dirs:
+                cur = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
+                opened.append(cur)
+            st = os.stat(src, dir_fd=cur, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (dev, ino):
+                raise OSError(errno.ESTALE, "the first copy of this hard link was replaced")
+            _remove_existing(dfd, name)
+            os.link(src, name, src_dir_fd=cur, dst_dir_fd=dfd, follow_symlinks=False)
+        finally:
+            for fd in opened:
+                os.close(fd)
 
     def _restore_special(self, dfd: int, node: Node, fresh: bool) -> None:
         name = node.name
@@ -263,26 +311,25 @@ class Restorer:
 
     def _restore_file(self, dfd, out, path, node: Node, futures, fresh: bool) -> bool:
         name = node.name
-        if node.links > 1:
-            key = (node.device, node.inode)
-            first = self._links.get(key)
-            if first is not None:
-                try:
-                    _remove_existing(dfd, name)
-                    os.link(first, name, dst_dir_fd=dfd, follow_symlinks=False)
-                    self.files += 1
-                    return True
-                except OSError:
-                    pass  # e.g. path too long: fall back to writing the content again
-            else:
-                self._links[key] = out + b"/" + name
+        key = (node.device, node.inode)
+        first = self._links.get(key) if node.links > 1 else None
+        if first is not None:
+            try:
+                self._link(first, dfd, name)
+                self.files += 1
+                return True
+            except OSError:
+                pass  # e.g. the first copy was replaced meanwhile: write the content again
         try:
             if not fresh:
                 _remove_existing(dfd, name)
-            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         except OSError as e:
             self._err(path, f"cannot create file: {e.strerror}")
             return False
+        if node.links > 1 and first is None:
+            st = os.fstat(fd)
+            self._links[key] = (out + b"/" + name, st.st_dev, st.st_ino)
         self._batch.append((fd, path, node, fresh))
         self._batch_bytes += node.size
         if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
@@ -334,14 +381,14 @@ class Restorer:
                 os.ftruncate(fd, off)  # trailing zero chunks: the size without writing them
             if self.opts.verify:
                 self._verify(fd, node)
-            fsmeta.apply_file_meta(fd, node, lambda m: self._warn(path, m), owned=fresh)
+            fsmeta.apply_file_meta(fd, node, lambda m: self._warn(path, m), owned=fresh, **self._meta)
             with self._mutex:
                 self.bytes += off
             self.progress.files += 1
         except CerminError as e:
             self._err(path, str(e))
-        except OSError as e:
-            self._err(path, f"write error: {e.strerror or e}")
+        except (OSError, ValueError, OverflowError) as e:
+            self._err(path, f"write error: {_why(e)}")
         finally:
             os.close(fd)
 
@@ -358,6 +405,10 @@ class Restorer:
             off += len(data)
         with self._mutex:
             self.verified += 1
+
+
+def _why(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e)
 
 
 def _pwrite_all(fd: int, data: bytes, off: int) -> None:

@@ -1,0 +1,533 @@
+"""Restore of a snapshot written by an attacker who holds the password never writes outside its target.
+
+The hostile snapshots are built through the library exactly as a backup writes them (BlobSaver packs
+tree and data blobs, then a Snapshot record is saved); only the names, types and links are chosen
+by the attacker. Every test watches a directory next to the target and asserts that nothing in it
+was created, removed or changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+
+import pytest
+from conftest import PASSWORD
+
+from cermin.engine import fsmeta
+from cermin.engine.check import run_check
+from cermin.engine.restore import RestoreOptions, Restorer, run_restore
+from cermin.format import pack, records
+from cermin.format.names import check_node_name, escape_name, is_valid_name, tree_problems, valid_nodes
+from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Snapshot, Tree
+from cermin.repo.saver import BlobSaver
+from cermin.util import now_rfc3339
+
+ROOT = os.geteuid() == 0
+MTIME = 1_600_000_000_000_000_000
+
+
+class Hostile:
+    """Writes trees and snapshots with whatever entries the attacker wants."""
+
+    def __init__(self, repo) -> None:
+        self.repo = repo
+        self.saver = BlobSaver(repo, builders=1)
+        self.trees: dict[bytes, bytes] = {}  # tree id -> first entry name (to find trees in tests)
+
+    def file(self, name: bytes, data: bytes = b"content\n", **kw) -> Node:
+        bid = self.repo.blob_id(data)
+        self.saver.save(pack.DATA, bid, data)
+        kw.setdefault("mode", 0o644)
+        kw.setdefault("mtime_ns", MTIME)
+        return Node(name=name, type=FILE, size=len(data), content=bid, **kw)
+
+    def dir(self, name: bytes, nodes: list[Node], **kw) -> Node:
+        kw.setdefault("mode", 0o755)
+        return Node(name=name, type=DIR, subtree=self.tree(nodes), mtime_ns=MTIME, **kw)
+
+    @staticmethod
+    def symlink(name: bytes, target) -> Node:
+        return Node(name=name, type=SYMLINK, target=os.fsencode(target), mode=0o777, mtime_ns=MTIME)
+
+    def tree(self, nodes: list[Node]) -> bytes:
+        data = records.encode(Tree(nodes=nodes))
+        tid = self.repo.blob_id(data)
+        self.saver.save(pack.TREE, tid, data)
+        return tid
+
+    def snapshot(self, nodes: list[Node]) -> str:
+        tid = self.tree(nodes)
+        self.saver.flush()
+        self.saver.close()
+        self.saver = BlobSaver(self.repo, builders=1)
+        return self.repo.save_snapshot(Snapshot(time=now_rfc3339(), tree=tid, paths=[b"/hostile"]))
+
+
+def fs_state(root: str, skip: str | None = None) -> dict:
+    """Every entry under root (root included) with type, mode, owner, size, times, links and content."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        if skip is not None and os.path.abspath(d) == os.path.abspath(skip):
+            dirs[:] = []
+            continue
+        for name in [None, *files, *dirs]:
+            p = d if name is None else os.path.join(d, name)
+            if skip is not None and os.path.abspath(p) == os.path.abspath(skip):
+                continue
+            st = os.lstat(p)
+            extra = None
+            if stat.S_ISLNK(st.st_mode):
+                extra = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                extra = hashlib.sha256(open(p, "rb").read()).hexdigest()
+            out[os.path.relpath(p, root)] = (
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                st.st_nlink,
+                extra,
+            )
+    return out
+
+
+@pytest.fixture
+def world(tmp_path):
+    """tmp/world/{outside/…, target/}: the attacker aims at everything but target."""
+    w = tmp_path / "world"
+    outside = w / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "victim").write_bytes(b"precious\n")
+    os.chmod(outside / "victim", 0o600)
+    (outside / "secret").write_bytes(b"secret\n")
+    os.mkfifo(outside / "victimfifo", 0o600)
+    target = w / "target"
+    target.mkdir()  # restoring into an existing directory: the world's own times stay as they are
+    before = fs_state(str(w), skip=str(target))
+    yield w, outside, target
+    assert fs_state(str(w), skip=str(target)) == before, "something outside the target changed"
+
+
+@pytest.fixture
+def hostile(local_repo):
+    return Hostile(local_repo)
+
+
+def restore(repo, sid: str, target, **opts):
+    return run_restore(repo, repo.load_snapshot(sid), RestoreOptions(target=str(target), workers=2, **opts))
+
+
+def listing(target) -> set[str]:
+    return {os.path.relpath(os.path.join(d, n), target) for d, ds, fs in os.walk(target) for n in ds + fs}
+
+
+def good_entries(h: Hostile) -> list[Node]:
+    return [h.file(b"good", b"good file\n"), h.dir(b"gooddir", [h.file(b"inner", b"inner file\n")])]
+
+
+def assert_good_restored(target) -> None:
+    assert (target / "good").read_bytes() == b"good file\n"
+    assert (target / "gooddir" / "inner").read_bytes() == b"inner file\n"
+
+
+# ---- the validator ---------------------------------------------------------------------------
+def test_name_validator():
+    for bad in (b"", b".", b"..", b"a/b", b"/abs", b"../x", b"a\x00b", b"/", b"x/"):
+        assert not is_valid_name(bad)
+        with pytest.raises(Exception, match="invalid entry name"):
+            check_node_name(bad)
+    for good in (b"a", b"...", b".hidden", b"caf\xe9", b"a b", b"-", b"..x"):
+        assert is_valid_name(good)
+        check_node_name(good)
+    assert escape_name(b"a\x00b\xff\\'\n") == "'a\\x00b\\xff\\\\\\'\\x0a'"
+    nodes = [
+        Node(name=b"x", type=FILE),
+        Node(name=b"x", type=DIR),
+        Node(name=b"y", type="weird"),
+        Node(name=b"y", type=FILE),
+        Node(name=b"..", type=DIR),
+        Node(name=b"l", type=SYMLINK, target=b""),
+        Node(name=b"z", type=FIFO),
+    ]
+    assert [(n.name, n.type) for n in valid_nodes(nodes)] == [(b"x", FILE), (b"z", FIFO)]
+    assert [name for name, _ in tree_problems(nodes)] == [b"x", b"y", b"y", b"..", b"l"]
+
+
+# ---- bad names -------------------------------------------------------------------------------
+def _cases(outside) -> dict:
+    """name -> (builder of the hostile entries, entries besides the good ones expected in the target)."""
+    return {
+        "dotdot-dir": (lambda h: [h.dir(b"..", [h.file(b"pwn", b"x")])], set()),
+        "dotdot-path": (lambda h: [h.file(b"../outside/pwn", b"x"), h.file(b"../outside/victim", b"x")], set()),
+        "absolute": (lambda h: [h.file(os.fsencode(outside / "victim"), b"x", mode=0o4777)], set()),
+        "slash-through-symlink": (
+            lambda h: [h.symlink(b"a", outside), h.file(b"a/victim", b"x"), h.file(b"a/pwn", b"x")],
+            {"a"},
+        ),
+        "dot": (lambda h: [h.dir(b".", [h.file(b"pwn", b"x")], mode=0o777)], set()),
+        "empty": (lambda h: [h.file(b"", b"x"), h.dir(b"", [])], set()),
+        "nul": (lambda h: [h.file(b"a\x00b", b"x"), h.symlink(b"s", b"bad\x00target")], set()),
+        "unknown-type": (lambda h: [Node(name=b"weird", type="hardlink", target=os.fsencode(outside))], set()),
+        "later-tree-through-symlink": (
+            lambda h: [h.symlink(b"x", outside), h.dir(b"y", [h.file(b"../x/pwn", b"x")])],
+            {"x", "y"},
+        ),
+    }
+
+
+CASES = [
+    "dotdot-dir",
+    "dotdot-path",
+    "absolute",
+    "slash-through-symlink",
+    "dot",
+    "empty",
+    "nul",
+    "unknown-type",
+    "later-tree-through-symlink",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_invalid_names_are_skipped(local_repo, hostile, world, case):
+    _, outside, target = world
+    build, extra = _cases(outside)[case]
+    bad = build(hostile)
+    sid = hostile.snapshot([*bad[:1], *good_entries(hostile), *bad[1:]])
+    s = restore(local_repo, sid, target)
+    assert s.invalid_entries >= 1
+    assert len(s.errors) == s.invalid_entries, s.errors
+    assert all("invalid entry" in e for e in s.errors), s.errors
+    assert_good_restored(target)
+    assert listing(target) == {"good", "gooddir", "gooddir/inner"} | extra
+    assert stat.S_IMODE(os.stat(target).st_mode) != 0o777  # '.' did not re-mode the target
+
+
+def test_cli_restore_reports_each_invalid_entry_and_fails(initialized_cli, world, tmp_path):
+    cli = initialized_cli
+    _, outside, target = world
+    from cermin.backend.local import LocalBackend
+    from cermin.repo.repository import Repository
+
+    repo = Repository.open(LocalBackend(cli.repo), PASSWORD.encode())
+    repo.load_index()
+    h = Hostile(repo)
+    sid = h.snapshot([h.file(b"../outside/pwn", b"x"), *good_entries(h), h.file(b"a\x00b")])
+    r = cli("restore", sid, "--target", str(target), ok=False)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert "Traceback" not in err
+    assert "error: /: invalid entry '../outside/pwn': name contains '/'" in err
+    assert "error: /: invalid entry 'a\\x00b': name contains NUL" in err
+    assert "2 entries could not be restored" in err
+    assert_good_restored(target)
+    r = cli("--json", "restore", sid, "--target", str(tmp_path / "t2"), ok=False)
+    summary = [json.loads(line) for line in r.stdout.decode().splitlines()][-1]
+    assert summary["message_type"] == "summary" and summary["invalid_entries"] == 2 and summary["errors"] == 2
+
+
+# ---- duplicates and symlinks -----------------------------------------------------------------
+def test_duplicate_name_does_not_replace_first(local_repo, hostile, world):
+    _, outside, target = world
+    sid = hostile.snapshot(
+        [
+            hostile.symlink(b"x", outside),
+            hostile.dir(b"x", [hostile.file(b"pwn", b"x"), hostile.file(b"victim", b"x")]),
+            hostile.file(b"f", b"first\n"),
+            hostile.file(b"f", b"second\n", mode=0o4755),
+            *good_entries(hostile),
+        ]
+    )
+    s = restore(local_repo, sid, target)
+    assert s.invalid_entries == 2, s.errors
+    assert any("invalid entry 'x': duplicate name" in e for e in s.errors)
+    assert os.readlink(target / "x") == str(outside)  # the first entry stays
+    assert (target / "f").read_bytes() == b"first\n"
+    assert stat.S_IMODE(os.stat(target / "f").st_mode) == 0o644
+    assert_good_restored(target)
+
+
+def test_duplicate_in_fresh_subdirectory(local_repo, hostile, world):
+    _, outside, target = world
+    sid = hostile.snapshot(
+        [hostile.dir(b"d", [hostile.symlink(b"x", outside), hostile.dir(b"x", [hostile.file(b"pwn", b"x")])])]
+    )
+    s = restore(local_repo, sid, target)
+    assert s.invalid_entries == 1
+    assert os.readlink(target / "d" / "x") == str(outside)
+
+
+def test_hard_link_source_through_symlink(local_repo, hostile, world):
+    """A symlink `s` to the outside, a file `s/secret` (first of a hard-link group), then `copy`
+    in the same group: neither the outside file is replaced nor linked into the target."""
+    _, outside, target = world
+    sid = hostile.snapshot(
+        [
+            hostile.symlink(b"s", outside),
+            hostile.file(b"s/secret", b"attacker\n", links=2, inode=99, device=1),
+            hostile.file(b"copy", b"copy content\n", links=2, inode=99, device=1),
+            *good_entries(hostile),
+        ]
+    )
+    s = restore(local_repo, sid, target)
+    assert s.invalid_entries == 1
+    assert (target / "copy").read_bytes() == b"copy content\n"
+    assert os.stat(target / "copy").st_nlink == 1
+    assert_good_restored(target)
+
+
+def test_hard_links_inside_target_still_work(local_repo, hostile, world):
+    _, _, target = world
+    sid = hostile.snapshot(
+        [
+            hostile.dir(b"a", [hostile.file(b"f", b"linked\n", links=3, inode=5, device=1)]),
+            hostile.dir(b"b", [hostile.dir(b"c", [hostile.file(b"g", b"linked\n", links=3, inode=5, device=1)])]),
+            hostile.file(b"h", b"linked\n", links=3, inode=5, device=1),
+        ]
+    )
+    s = restore(local_repo, sid, target)
+    assert not s.errors, s.errors
+    ino = os.stat(target / "a" / "f").st_ino
+    assert os.stat(target / "b" / "c" / "g").st_ino == ino == os.stat(target / "h").st_ino
+    assert os.stat(target / "h").st_nlink == 3
+
+
+def test_hard_link_source_swapped_for_symlink_is_not_followed(local_repo, hostile, world):
+    """The first copy's directory is replaced by a symlink to the outside before the link is made
+    (a race staged by hand): the link is refused and nothing outside gains a link."""
+    _, outside, target = world
+    (target / "d").mkdir(parents=True)
+    (target / "d" / "secret").write_bytes(b"mine\n")
+    st = os.stat(target / "d" / "secret")
+    r = Restorer(local_repo, RestoreOptions(target=str(target), workers=1))
+    try:
+        r._tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        os.rename(target / "d", target / "d.old")
+        os.symlink(outside, target / "d")
+        with pytest.raises(OSError):
+            r._link((b"/d/secret", st.st_dev, st.st_ino), r._tfd, b"stolen")
+        assert not os.path.lexists(target / "stolen")
+        os.unlink(target / "d")
+        os.symlink("d.old", target / "d")
+        with pytest.raises(OSError):  # the right file, but reached through a symlink
+            r._link((b"/d/secret", st.st_dev, st.st_ino), r._tfd, b"stolen")
+        os.unlink(target / "d")
+        os.rename(target / "d.old", target / "d")
+        r._link((b"/d/secret", st.st_dev, st.st_ino), r._tfd, b"linked")
+        assert os.stat(target / "linked").st_ino == st.st_ino
+    finally:
+        os.close(r._tfd)
+        r.pool.shutdown()
+
+
+def test_metadata_of_special_entry_swapped_for_symlink_is_not_followed(world):
+    """apply_path_meta on a name that is now a symlink to an outside file (a race staged by hand)
+    must not chmod, chown or touch the outside file."""
+    _, outside, target = world
+    os.symlink(outside / "victim", target / "p")
+    dfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        node = Node(name=b"p", type=FIFO, mode=0o4777, uid=123, gid=456, mtime_ns=MTIME)
+        with pytest.raises(OSError):
+            fsmeta.apply_path_meta(dfd, b"p", node, lambda m: None)
+    finally:
+        os.close(dfd)
+
+
+def test_existing_symlinks_in_target_are_never_followed(local_repo, hostile, world):
+    """Restoring into a directory where someone placed symlinks to the outside under the names the
+    snapshot uses: each is replaced, none is written, chmodded or chowned through."""
+    _, outside, target = world
+    for name, to in [("x", outside), ("f", outside / "victim"), ("p", outside / "victimfifo"), ("l", outside)]:
+        os.symlink(to, target / name)
+    (target / "d").mkdir()
+    os.symlink(outside / "secret", target / "d" / "h")
+    sid = hostile.snapshot(
+        [
+            hostile.dir(b"x", [hostile.file(b"victim", b"x", mode=0o4777)], mode=0o777),
+            hostile.file(b"f", b"new f\n", mode=0o4777, uid=4321, gid=4321),
+            Node(name=b"p", type=FIFO, mode=0o666, uid=4321, mtime_ns=MTIME),
+            hostile.symlink(b"l", "elsewhere"),
+            hostile.dir(b"d", [hostile.file(b"h", b"new h\n", links=2, inode=3, device=1)]),
+            hostile.file(b"h2", b"new h\n", links=2, inode=3, device=1),
+        ]
+    )
+    s = restore(local_repo, sid, target)
+    assert not s.errors, s.errors
+    assert stat.S_ISDIR(os.lstat(target / "x").st_mode)
+    assert (target / "x" / "victim").read_bytes() == b"x"
+    assert (target / "f").read_bytes() == b"new f\n"
+    assert stat.S_ISFIFO(os.lstat(target / "p").st_mode)
+    assert os.readlink(target / "l") == "elsewhere"
+    assert os.stat(target / "h2").st_ino == os.stat(target / "d" / "h").st_ino
+
+
+# ---- options for untrusted snapshots ---------------------------------------------------------
+def _special_snapshot(h: Hostile) -> str:
+    return h.snapshot(
+        [
+            h.file(b"suid", b"#!/bin/sh\n", mode=0o4755),
+            h.file(b"sgid", b"#!/bin/sh\n", mode=0o2755),
+            h.dir(b"shared", [], mode=0o3777),
+            Node(name=b"null", type=CHARDEV, mode=0o666, rdev=os.makedev(1, 3), mtime_ns=MTIME),
+            Node(name=b"disk", type=BLOCKDEV, mode=0o666, rdev=os.makedev(7, 0), mtime_ns=MTIME),
+            Node(name=b"fifo", type=FIFO, mode=0o640, mtime_ns=MTIME),
+            *good_entries(h),
+        ]
+    )
+
+
+@pytest.mark.skipif(not ROOT, reason="device nodes need root")
+def test_no_special_drops_setuid_and_devices(local_repo, hostile, world, tmp_path):
+    _, _, target = world
+    sid = _special_snapshot(hostile)
+    s = restore(local_repo, sid, target, no_special=True)
+    assert not s.errors, s.errors
+    assert sorted(w.split(":")[0] for w in s.warnings) == ["/disk", "/null"]
+    assert all("device node not restored" in w for w in s.warnings)
+    assert not os.path.lexists(target / "null") and not os.path.lexists(target / "disk")
+    assert stat.S_IMODE(os.stat(target / "suid").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(target / "sgid").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(target / "shared").st_mode) == 0o1777
+    assert stat.S_ISFIFO(os.lstat(target / "fifo").st_mode)
+    assert_good_restored(target)
+    # without the option the same snapshot restores faithfully (so the option is what changed it)
+    full = tmp_path / "full"
+    s = restore(local_repo, sid, full)
+    assert not s.errors, s.errors
+    assert stat.S_IMODE(os.stat(full / "suid").st_mode) == 0o4755
+    assert stat.S_ISCHR(os.lstat(full / "null").st_mode)
+
+
+@pytest.mark.skipif(not ROOT, reason="restoring owners needs root")
+def test_no_owner_keeps_restoring_user_and_drops_setuid(local_repo, hostile, world, tmp_path):
+    _, _, target = world
+    sid = hostile.snapshot(
+        [
+            hostile.file(b"f", b"x", mode=0o4755, uid=12345, gid=54321),
+            hostile.dir(b"d", [hostile.symlink(b"l", "f")], uid=12345, gid=54321),
+            Node(name=b"p", type=FIFO, mode=0o640, uid=12345, gid=54321, mtime_ns=MTIME),
+        ]
+    )
+    s = restore(local_repo, sid, target, no_owner=True)
+    assert not s.errors, s.errors
+    for p in ("f", "d", "d/l", "p"):
+        st = os.lstat(target / p)
+        assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()), p
+    assert stat.S_IMODE(os.stat(target / "f").st_mode) == 0o755
+    owned = tmp_path / "owned"
+    assert not restore(local_repo, sid, owned).errors
+    assert (os.lstat(owned / "f").st_uid, os.lstat(owned / "d").st_gid) == (12345, 54321)
+
+
+def test_no_xattrs(local_repo, hostile, world, tmp_path):
+    _, _, target = world
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, b"user.t", b"1")
+    except OSError:
+        pytest.skip("no user xattrs on this filesystem")
+    sid = hostile.snapshot([hostile.file(b"f", b"x", xattrs=[(b"user.cermin", b"v")])])
+    assert not restore(local_repo, sid, target, no_xattrs=True).errors
+    assert os.listxattr(target / "f") == []
+    assert not restore(local_repo, sid, tmp_path / "with").errors
+    assert os.getxattr(tmp_path / "with" / "f", b"user.cermin") == b"v"
+
+
+def test_bad_values_are_errors_not_tracebacks(local_repo, hostile, world):
+    _, _, target = world
+    sid = hostile.snapshot(
+        [
+            hostile.file(b"hugetime", b"x", mtime_ns=2**63 - 1),
+            hostile.file(b"hugeuid", b"x", uid=2**40),
+            hostile.file(b"xattrnul", b"x", xattrs=[(b"user.a\x00b", b"v")]),
+            Node(name=b"dev", type=CHARDEV, rdev=2**64 - 1, mtime_ns=MTIME),
+            *good_entries(hostile),
+        ]
+    )
+    s = restore(local_repo, sid, target)
+    assert_good_restored(target)
+    assert [e.split(":")[0] for e in s.errors] == ["/dev"], s.errors
+    assert (target / "hugetime").read_bytes() == b"x"
+    if ROOT:
+        assert any(w.startswith("/hugeuid: cannot set owner") for w in s.warnings), s.warnings
+    assert any(w.startswith("/xattrnul: cannot set xattr") for w in s.warnings), s.warnings
+
+
+@pytest.mark.skipif(not ROOT, reason="device nodes need root")
+def test_cli_untrusted(initialized_cli, world):
+    cli = initialized_cli
+    _, _, target = world
+    from cermin.backend.local import LocalBackend
+    from cermin.repo.repository import Repository
+
+    repo = Repository.open(LocalBackend(cli.repo), PASSWORD.encode())
+    repo.load_index()
+    sid = _special_snapshot(Hostile(repo))
+    r = cli("restore", sid, "--target", str(target), "--untrusted")
+    assert "device node not restored" in r.stderr.decode()
+    assert not os.path.lexists(target / "null")
+    assert stat.S_IMODE(os.stat(target / "suid").st_mode) == 0o755
+
+
+# ---- check, ls, find, diff, dump -------------------------------------------------------------
+def test_check_names_snapshot_tree_and_bad_name(local_repo, hostile):
+    inner = [hostile.file(b"ok"), hostile.file(b"../../etc/passwd", b"root::0:0::/:/bin/sh\n")]
+    sub_tree = hostile.tree(inner)
+    sid = hostile.snapshot([Node(name=b"sub", type=DIR, subtree=sub_tree), hostile.file(b"a\x00b")])
+    local_repo.load_index()
+    report = run_check(local_repo)
+    assert not report.ok
+    msgs = [p.message for p in report.errors if p.kind == "tree_damaged"]
+    assert len(msgs) == 2, [p.message for p in report.errors]
+    m = next(m for m in msgs if sub_tree.hex()[:16] in m)
+    assert sid[:12] in m and "'../../etc/passwd'" in m and "/sub" in m
+    assert any("'a\\x00b'" in m and "NUL" in m for m in msgs)
+    assert any(p.object == sub_tree.hex() for p in report.errors)
+    assert sid in report.affected
+
+
+def test_check_clean_snapshot_has_no_name_problems(local_repo, hostile):
+    hostile.snapshot(good_entries(hostile))
+    local_repo.load_index()
+    assert run_check(local_repo).ok
+
+
+def test_ls_find_diff_dump_refuse_bad_names(initialized_cli):
+    cli = initialized_cli
+    from cermin.backend.local import LocalBackend
+    from cermin.repo.repository import Repository
+
+    repo = Repository.open(LocalBackend(cli.repo), PASSWORD.encode())
+    repo.load_index()
+    h = Hostile(repo)
+    clean = h.snapshot(good_entries(h))
+    sid = h.snapshot(
+        [
+            h.dir(b"..", [h.file(b"pwn", b"x")]),
+            h.file(b"f", b"first\n"),
+            h.file(b"f", b"second\n"),
+            *good_entries(h),
+        ]
+    )
+    r = cli("ls", sid, ok=False)
+    assert r.returncode == 1
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert out.splitlines() == ["/f", "/good", "/gooddir", "/gooddir/inner"]
+    assert "error: /: invalid entry '..': name is '..'" in err
+    assert "error: /: invalid entry 'f': duplicate name" in err
+    assert "Traceback" not in err
+    r = cli("find", "pwn", "-s", sid, ok=False)
+    assert r.returncode == 1 and "0 match(es)" in r.stdout.decode()
+    r = cli("diff", clean, sid, ok=False)
+    assert r.returncode == 1 and "pwn" not in r.stdout.decode() and "+    /f" in r.stdout.decode()
+    r = cli("dump", sid, "/../pwn", ok=False)
+    assert r.returncode == 1 and r.stdout == b""
+    assert r.stderr.decode().strip().endswith("invalid entry '..': name is '..'")
+    assert len(r.stderr.decode().strip().splitlines()) == 1
+    assert cli("dump", sid, "/f").stdout == b"first\n"  # the first of two entries named f
