@@ -101,6 +101,42 @@ class Weed:
         self.stop()
         raise RuntimeError("SeaweedFS S3 did not come up")
 
+    def start_public_s3(self, address: str = "127.0.0.2", timeout: float = 60) -> str:
+        """The documented deployment: everything of `weed mini` bound to 127.0.0.1, and a separate
+        `weed s3` gateway — authenticated S3 and nothing else — on `address` (127.0.0.2 stands in for
+        the address clients reach; it is still loopback). Returns its endpoint."""
+        exe = os.path.join(os.path.dirname(sys.executable), "weed")
+        exe = exe if os.path.exists(exe) else shutil.which("weed")
+        port, grpc = free_ports(2)
+        p = self.ports
+        cmd = [
+            exe,
+            "s3",
+            f"-filer=127.0.0.1:{p[4]}.{p[5]}",
+            f"-ip={address}",
+            f"-ip.bind={address}",
+            f"-port={port}",
+            f"-port.grpc={grpc}",
+            "-port.iceberg=0",
+            "-port.lance=0",
+            f"-config={os.path.join(self.dir, 's3.json')}",
+        ]
+        log = open(os.path.join(self.dir, "weed-s3.log"), "ab")
+        self.gateway = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, GOMEMLIMIT="256MiB")
+        )
+        endpoint = f"http://{address}:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                return endpoint
+            except urllib.error.HTTPError:
+                return endpoint
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("the SeaweedFS S3 gateway did not come up")
+
     def kill(self) -> None:
         """The server dies: SIGKILL, no shutdown."""
         if self.proc is not None:
@@ -109,6 +145,10 @@ class Weed:
             self.proc = None
 
     def stop(self) -> None:
+        gateway = getattr(self, "gateway", None)
+        if gateway is not None and gateway.poll() is None:
+            gateway.kill()
+            gateway.wait()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

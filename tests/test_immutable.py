@@ -191,3 +191,179 @@ def test_server_dying_mid_upload_breaks_no_acknowledged_snapshot(tmp_path):
         assert_same_tree(src, out / str(src).lstrip("/"))
     finally:
         w.stop()
+
+
+# ---- attacks on the lock itself (issue 14) -------------------------------------------------------
+
+
+def _s3_key_prefix(cli: Cli) -> str:
+    return cli.repo.split("/", 4)[4]
+
+
+def _open(cli: Cli):
+    from conftest import PASSWORD
+
+    from cermin.repo.repository import Repository
+
+    backend = S3Backend(cli.repo)
+    return Repository.open(backend, PASSWORD.encode())
+
+
+def _versions(s3, key: str) -> list[dict]:
+    return [v for v in s3.list_object_versions(Bucket="locked", Prefix=key).get("Versions", []) if v["Key"] == key]
+
+
+def test_planted_config_version_without_the_policy_is_ignored(locked_repo, seaweed, tmp_path):
+    """With the password and the storage credential, an attacker uploads a config (authentic, even)
+    without the lock policy: later snapshots must still be locked, and the owner is told."""
+    import msgspec
+
+    from cermin.backend.base import Kind
+    from cermin.format import crypto, pack, records
+    from cermin.repo.repository import config_aad
+
+    cli, src = locked_repo
+    repo = _open(cli)
+    forged = msgspec.structs.replace(repo.config, extra={})
+    sealed = crypto.seal(repo.keys, pack.compress(records.encode(repo.secrets), 3), config_aad(forged))
+    forged = msgspec.structs.replace(forged, secrets=sealed)
+    s3 = seaweed.boto()
+    config_key = f"{_s3_key_prefix(cli)}/config"
+    s3.put_object(Bucket="locked", Key=config_key, Body=msgspec.json.encode(forged))
+
+    (src / "after-attack.txt").write_text("written after the config was replaced")
+    cli("backup", str(src))
+    snaps = jl(cli("--json", "snapshots"))[0]["snapshots"]
+    newest = max(snaps, key=lambda s: s["time"])["id"]
+    backend = S3Backend(cli.repo)
+    from cermin.repo.repository import Repository
+
+    Repository.read_config(backend)
+    assert backend.lock is not None and backend.lock.days == 30
+    assert backend.retention(Kind.SNAPSHOT, newest) is not None, "a snapshot written after the attack is unlocked"
+    status = jl(cli("--json", "lock", "status"))[0]
+    assert any("config" in w for w in status["warnings"]), status
+    cli("lock", "extend")
+
+
+def test_lock_extend_extends_the_originals_not_planted_versions(locked_repo, seaweed, tmp_path):
+    """Newer versions and delete markers planted over every key must not divert `lock extend`:
+    the versions cermin wrote are the ones whose retention is extended."""
+    cli, src = locked_repo
+    s3 = seaweed.boto()
+    prefix = _s3_key_prefix(cli)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="locked", Prefix=prefix + "/")["Contents"]]
+    keys = [k for k in keys if "/locks/" not in k]
+    originals = {k: _versions(s3, k)[-1]["VersionId"] for k in keys}
+    for i, k in enumerate(keys):
+        s3.put_object(Bucket="locked", Key=k, Body=b"planted")
+        if i % 2:
+            s3.delete_object(Bucket="locked", Key=k)
+
+    repo = _open(cli)
+    later = datetime.now(UTC) + timedelta(days=20)
+    rep = extend_locks(repo, now=later)
+    assert rep.extended == rep.checked == len(keys)
+    assert len(rep.planted) == len(keys) and len(rep.hidden) == len(keys) // 2
+    for k, vid in originals.items():
+        until = s3.get_object_retention(Bucket="locked", Key=k, VersionId=vid)["Retention"]["RetainUntilDate"]
+        assert until > later + timedelta(days=29), f"{k}: the original's lock was not extended"
+    restore_ok(cli, src, tmp_path, "planted")
+
+
+def test_delete_marker_on_config_and_keys_does_not_lock_the_owner_out(locked_repo, seaweed, tmp_path):
+    cli, src = locked_repo
+    s3 = seaweed.boto()
+    prefix = _s3_key_prefix(cli)
+    s3.delete_object(Bucket="locked", Key=f"{prefix}/config")
+    for o in s3.list_objects_v2(Bucket="locked", Prefix=f"{prefix}/keys/")["Contents"]:
+        s3.delete_object(Bucket="locked", Key=o["Key"])
+    assert len(jl(cli("--json", "snapshots"))[0]["snapshots"]) == 1
+    restore_ok(cli, src, tmp_path, "config-hidden")
+    out = jl(cli("--json", "lock", "unhide", password=None))[0]
+    assert f"{prefix}/config" in out["keys"]
+    assert jl(cli("--json", "lock", "status"))[0]["hidden"] == []
+
+
+def test_lock_policy_is_validated_wherever_it_is_loaded(seaweed, tmp_path):
+    from cermin.errors import CorruptObject, UsageError
+    from cermin.repo.repository import Repository
+
+    backend = S3Backend("s3:http://127.0.0.1:1/nowhere/x")
+    for bad in ({"days": 0}, {"days": 1}, {"days": "30"}, {"days": 30, "mode": "none"}, [], {"days": 10**9}):
+        with pytest.raises(CorruptObject, match="Object Lock policy"):
+            backend.configure({"object_lock": bad})
+    cli = s3cli(seaweed, tmp_path)
+    r = cli("init", "--object-lock", "30", "--lock-mode", "governance", ok=False)
+    assert r.returncode == 2 and b"governance" in r.stderr and b"compliance" in r.stderr
+    with pytest.raises(CorruptObject):  # the engine refuses too, not only the command
+        Repository.init(S3Backend(cli.repo), b"pw", extra={"object_lock": {"days": 0, "mode": "compliance"}})
+    from cermin.backend.local import LocalBackend
+
+    with pytest.raises(UsageError):
+        Repository.init(LocalBackend(str(tmp_path / "l")), b"pw", extra={"object_lock": {"days": 30}})
+
+
+def test_config_fields_are_authenticated(tmp_path):
+    """Editing a plaintext config field (say, removing the lock policy) makes the repository refuse."""
+    from conftest import FAST_KDF, PASSWORD
+
+    from cermin.backend.local import LocalBackend
+    from cermin.errors import CorruptObject
+    from cermin.repo.repository import Repository
+
+    backend = LocalBackend(str(tmp_path / "repo"))
+    Repository.init(backend, PASSWORD.encode(), kdf=FAST_KDF)
+    path = tmp_path / "repo" / "config"
+    doc = json.loads(path.read_text())
+    for field, value in (("extra", {"object_lock": {"days": 30}}), ("created", "2020-01-01T00:00:00Z")):
+        tampered = dict(doc, **{field: value})
+        os.chmod(path, 0o600)
+        path.write_text(json.dumps(tampered))
+        with pytest.raises(CorruptObject, match="failed authentication"):
+            Repository.open(backend, PASSWORD.encode())
+    path.write_text(json.dumps(doc))
+    Repository.open(backend, PASSWORD.encode())
+
+
+def test_deployment_exposes_only_authenticated_s3(tmp_path):
+    """docs/immutable.md's deployment: the storage's own ports (filer, master, volume — whose HTTP
+    APIs delete without credentials) listen on 127.0.0.1 only; clients reach one authenticated S3
+    gateway. From the client's address nothing else answers and anonymous S3 requests are refused."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from seaweed import ACCESS_KEY, SECRET_KEY, Weed
+
+    w = Weed(str(tmp_path / "weed")).start()
+    try:
+        endpoint = w.start_public_s3("127.0.0.2")
+        for port in w.ports[:6] + w.ports[8:]:  # master, volume, filer (+gRPC), admin
+            with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+                s.connect(("127.0.0.2", port))
+        for method in ("GET", "DELETE"):
+            req = urllib.request.Request(f"{endpoint}/backups/?recursive=true", method=method)
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=5)
+            assert e.value.code == 403
+        import boto3
+
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        ).create_bucket(Bucket="backups", ObjectLockEnabledForBucket=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
+        env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+        cli = Cli(f"s3:{endpoint}/backups/db1", env)
+        r = cli("init", "--object-lock", "30")
+        assert b"loopback" in r.stderr and b"docs/immutable.md" in r.stderr
+        src = tmp_path / "src"
+        make_source(src, files=3)
+        cli("backup", str(src))
+        restore_ok(cli, src, tmp_path, "gateway")
+    finally:
+        w.stop()

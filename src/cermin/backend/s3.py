@@ -114,7 +114,9 @@ def policy_from_config(pol: object) -> LockPolicy:
     try:
         validate_lock_policy(days, mode, maint, allow_governance=True)
     except UsageError as e:
-        raise CorruptObject(f"the Object Lock policy in the repository config is invalid ({e}); refusing to write") from None
+        raise CorruptObject(
+            f"the Object Lock policy in the repository config is invalid ({e}); refusing to write"
+        ) from None
     return LockPolicy(days, mode, maint)
 
 
@@ -286,10 +288,11 @@ class S3Backend:
     def load(
         self, kind: Kind, name: str, offset: int = 0, length: int | None = None, version: str | None = None
     ) -> bytes:
-        if kind is Kind.CONFIG and version is None:
-            # The config is the one object not named by its content, so nothing could tell a planted
-            # newer version (one without the lock policy, say) from ours: always read the first.
-            version = self._config_version()
+        if kind in (Kind.CONFIG, Kind.KEY) and version is None:
+            # The config is not named by its content, so nothing could tell a planted newer version
+            # (one without the lock policy, say) from ours; a planted key slot would lock the owner
+            # out. Both are small and read once per command: always read the first version.
+            version = self._first_version(kind, name)
         for attempt in range(RETRIES + 1):
             try:
                 return self._load(kind, name, offset, length, version)
@@ -331,16 +334,17 @@ class S3Backend:
         """The first version ever written under this name (cermin never writes a second one)."""
         return self.load(kind, name, offset, length, version=self.original_version(kind, name))
 
-    def _config_version(self) -> str | None:
-        """Version id of the first `config` (None on a store that keeps no versions, or when the
-        credentials may not list them); counts newer versions someone planted in `planted_config`."""
+    def _first_version(self, kind: Kind, name: str) -> str | None:
+        """Version id of an object's first version (None on a store that keeps no versions, or when
+        the credentials may not list them); newer versions of `config` are counted in `planted_config`."""
         try:
-            real = [v for v in self._versions(CONFIG_NAME) if not v["marker"]]
+            real = [v for v in self._versions(self._key(kind, name)) if not v["marker"]]
         except Exception as e:
             if "AccessDenied" in str(e) or "NotImplemented" in str(e):
                 return None
-            raise self._wrap(e, "config versions") from None
-        self.planted_config = max(0, len(real) - 1)
+            raise self._wrap(e, f"versions of {kind.value}/{name}") from None
+        if kind is Kind.CONFIG:
+            self.planted_config = max(0, len(real) - 1)
         return real[-1]["id"] if real else None
 
     def size(self, kind: Kind, name: str) -> int:
