@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import click
 
 from cermin.cli.common import Output, locked, open_repo
@@ -215,6 +213,21 @@ def repair_snapshots_cmd(g, forget):
         )
 
 
+def _waiting(out: Output, rid: str, count: int, what: str) -> int:
+    """A deletion queued on a server with a two-person rule: say so (not an error), exit 20."""
+    from cermin.errors import EXIT_APPROVAL
+
+    if out.json:
+        out.emit({"message_type": "approval_required", "id": rid, "count": count, "what": what})
+    else:
+        click.echo(
+            f"waiting for approval {rid}: {what} ({count} objects) needs a second admin "
+            f"(`cermin approvals approve {rid}`)",
+            err=True,
+        )
+    return EXIT_APPROVAL
+
+
 def _prune(g, out: Output, repo, lock, max_unused: float, dry_run: bool):
     from cermin.engine.prune import execute_prune, plan_prune
     from cermin.util import fmt_bytes
@@ -236,6 +249,9 @@ def _prune(g, out: Output, repo, lock, max_unused: float, dry_run: bool):
     if dry_run:
         return
     res = execute_prune(repo, plan, lock, _say(out))
+    if res.approval:
+        what = f"deleting {res.packs_queued} packs and {res.index_files_queued} old index files"
+        return _waiting(out, res.approval, res.packs_queued + res.index_files_queued, what)
     if out.json:
         out.emit(
             {
@@ -283,9 +299,10 @@ def prune(g, max_unused, dry_run, extend_locks):
     out = Output(g)
     repo = open_repo(g, load_index=False)
     with locked(g, repo, True, "prune") as lock:
-        _prune(g, out, repo, lock, _parse_pct(max_unused), dry_run)
+        rc = _prune(g, out, repo, lock, _parse_pct(max_unused), dry_run)
         if extend_locks and not dry_run:
             _extend(out, repo)
+    return rc
 
 
 @click.command()
@@ -329,58 +346,55 @@ def forget(
 ):
     """Remove snapshots: the given IDs, or those a --keep-* policy does not keep (per group)."""
     from cermin.cli.cmd_browse import _paths
-    from cermin.engine.forget import KeepPolicy, plan_forget, remove_snapshots
-    from cermin.engine.protect import apply_protections, protections
-    from cermin.repo.snapshots import list_snapshots, resolve
+    from cermin.engine.forget import KeepPolicy
+    from cermin.engine.forget import forget as do_forget
 
     out = Output(g)
     repo = open_repo(g, load_index=False)
+    policy = None
+    if not snapshot_ids:
+        policy = KeepPolicy(
+            keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, list(keep_tags)
+        )
     with locked(g, repo, True, "forget") as lock:
+        res = do_forget(
+            repo,
+            list(snapshot_ids),
+            policy,
+            tuple(hosts),
+            tuple(tags),
+            _paths(paths),
+            tuple(x.strip() for x in group_by.split(",") if x.strip()),
+            dry_run,
+        )
         if snapshot_ids:
-            ids = [resolve(repo, s).id for s in snapshot_ids]
-            guarded = protections(repo)
-            now = datetime.now(UTC)
-            held = [i for i in ids if i in guarded and parse_rfc3339(guarded[i]) > now]
-            if held:
-                raise UsageError(
-                    f"snapshot {held[0][:8]} is protected until {guarded[held[0]]}; it cannot be forgotten"
-                )
-            for sid in ids:
+            for sid in res.ids:
                 out.emit({"message_type": "forget", "id": sid, "dry_run": dry_run}) if out.json else out.text(
                     f"{'would remove' if dry_run else 'remove'} {sid[:8]}"
                 )
-        else:
-            policy = KeepPolicy(
-                keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, list(keep_tags)
-            )
-            refs = list_snapshots(repo, tuple(hosts), tuple(tags), _paths(paths))
-            apply_protections(repo, refs)
-            groups = plan_forget(refs, policy, tuple(x.strip() for x in group_by.split(",") if x.strip()))
-            ids = []
-            for grp in groups:
-                ids += [d.ref.id for d in grp.remove]
-                if out.json:
-                    out.emit(
-                        {
-                            "message_type": "forget_group",
-                            "group": {k: v for k, v in grp.key.items()},
-                            "keep": [
-                                {"id": d.ref.id, "time": d.ref.snapshot.time, "reasons": d.reasons} for d in grp.keep
-                            ],
-                            "remove": [{"id": d.ref.id, "time": d.ref.snapshot.time} for d in grp.remove],
-                            "dry_run": dry_run,
-                        }
-                    )
-                else:
-                    out.text(f"group {grp.key}: keep {len(grp.keep)}, remove {len(grp.remove)}")
-                    for d in grp.decisions:
-                        what = "keep  " if d.keep else "remove"
-                        out.text(f"  {what} {d.ref.short_id} {d.ref.snapshot.time[:19]}  {', '.join(d.reasons)}")
+        for grp in res.groups:
+            if out.json:
+                out.emit(
+                    {
+                        "message_type": "forget_group",
+                        "group": {k: v for k, v in grp.key.items()},
+                        "keep": [{"id": d.ref.id, "time": d.ref.snapshot.time, "reasons": d.reasons} for d in grp.keep],
+                        "remove": [{"id": d.ref.id, "time": d.ref.snapshot.time} for d in grp.remove],
+                        "dry_run": dry_run,
+                    }
+                )
+            else:
+                out.text(f"group {grp.key}: keep {len(grp.keep)}, remove {len(grp.remove)}")
+                for d in grp.decisions:
+                    what = "keep  " if d.keep else "remove"
+                    out.text(f"  {what} {d.ref.short_id} {d.ref.snapshot.time[:19]}  {', '.join(d.reasons)}")
         if not dry_run:
-            removed, still_locked = remove_snapshots(repo, ids)
-            out.text(f"removed {len(removed)} snapshot(s)")
-            if still_locked:
-                out.warn(f"{len(still_locked)} snapshot(s) are under Object Lock retention and stay until it lapses")
+            out.text(f"removed {len(res.removed)} snapshot(s)")
+            if res.locked:
+                out.warn(
+                    f"{len(res.locked)} snapshot(s) are under Object Lock retention: marked forgotten (hidden, no "
+                    "longer re-locked); their files stay until the retention lapses"
+                )
             if then_prune:
                 _prune(g, out, repo, lock, _parse_pct(max_unused), False)
 

@@ -75,6 +75,10 @@ def open_repo(g, load_index: bool = True):
     backend = backend_of(g)
     config = Repository.read_config(backend)  # missing / unknown version: an error before the password
     repo = Repository.open(backend, read_password(g), config)
+    out = Output(g)
+    for w in repo.warnings:  # skipped key slots; later ones (skipped index files) as they happen
+        out.warn(w)
+    repo.on_warning = out.warn
     if load_index:
         repo.load_index()
     return repo

@@ -1,7 +1,14 @@
 """`forget`: decide which snapshots a retention policy keeps, per group, with the reasons why.
 
-The decision is a plan (printable with --dry-run) before anything is removed. Snapshots protected
-until a future date (`extra["protected_until"]`) are always kept.
+The decision is a plan (printable with --dry-run) before anything is removed. Policy is enforced
+here, not in a command, because the agent and the dashboard call this library directly:
+- protected snapshots (protection records in aux/, or `extra["protected_until"]`) are always kept,
+  and `remove_snapshots` refuses them whatever list it is given;
+- snapshots dated beyond the clock-skew allowance are kept and left out of the policy (a planted
+  snapshot dated 2999 must neither count as "last" nor move the `--keep-within` window), and the
+  window is measured back from the newest trusted snapshot, never from after now;
+- a snapshot the storage refuses to delete (Object Lock) gets a "forgotten" aux record (tombstone)
+  so listings, prune and lock maintenance stop treating it as live and it can lapse.
 """
 
 from __future__ import annotations
@@ -12,10 +19,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cermin.backend.base import Kind
-from cermin.errors import ObjectLocked, ObjectNotFound, UsageError
+from cermin.errors import CerminError, ObjectLocked, ObjectNotFound, UsageError
+from cermin.format import records
+from cermin.format.records import AuxRecord
 from cermin.repo.repository import Repository
-from cermin.repo.snapshots import SnapshotRef
-from cermin.util import parse_rfc3339
+from cermin.repo.snapshots import (
+    AUX_FORGOTTEN,
+    CLOCK_SKEW,
+    SnapshotRef,
+    aux_records,
+    is_protected,
+    list_snapshots,
+    protected_until,
+    resolve,
+    timestamp,
+    tombstones,
+)
+from cermin.util import now_rfc3339
 
 
 @dataclass
@@ -100,12 +120,18 @@ def group_key(ref: SnapshotRef, group_by: tuple[str, ...]) -> tuple:
 def apply_policy(refs: list[SnapshotRef], policy: KeepPolicy, now: datetime | None = None) -> list[Decision]:
     """Decisions for one group; `refs` in any order, decisions newest first."""
     now = now or datetime.now(UTC)
-    snaps = sorted(refs, key=lambda r: (r.snapshot.time, r.id), reverse=True)
-    times = [parse_rfc3339(r.snapshot.time) for r in snaps]
-    within_cut = subtract_duration(times[0], policy.within) if policy.within and snaps else None
+    limit = now.timestamp() + CLOCK_SKEW
+    stamps = {r.id: timestamp(r.snapshot.time) for r in refs}
+    untrusted = [r for r in refs if stamps[r.id] is None or stamps[r.id] > limit]
+    snaps = sorted((r for r in refs if r not in untrusted), key=lambda r: (r.snapshot.time, r.id), reverse=True)
+    times = [datetime.fromtimestamp(stamps[r.id], UTC) for r in snaps]
+    within_cut = subtract_duration(min(times[0], now), policy.within) if policy.within and snaps else None
     remaining = {name: getattr(policy, name) for name, _ in _BUCKETS}
     last_bucket: dict[str, tuple | None] = {name: None for name, _ in _BUCKETS}
-    out = []
+    out = [
+        Decision(r, True, ["dated in the future (beyond the clock-skew allowance): kept, not counted"])
+        for r in sorted(untrusted, key=lambda r: (r.snapshot.time, r.id), reverse=True)
+    ]
     for i, (ref, t) in enumerate(zip(snaps, times, strict=True)):
         reasons = []
         if i < policy.last:
@@ -121,7 +147,8 @@ def apply_policy(refs: list[SnapshotRef], policy: KeepPolicy, now: datetime | No
         if any(tg.strip(",") and set(tg.split(",")) - {""} <= set(ref.snapshot.tags) for tg in policy.tags):
             reasons.append("has a kept tag")
         protected = ref.snapshot.extra.get("protected_until")
-        if isinstance(protected, str) and parse_rfc3339(protected) > now:
+        until = timestamp(protected) if isinstance(protected, str) else None
+        if until is not None and until > now.timestamp():
             reasons.append(f"protected until {protected}")
         out.append(Decision(ref, bool(reasons), reasons))
     return out
@@ -141,8 +168,33 @@ def plan_forget(
     return [ForgetGroup(dict(k), apply_policy(v, policy, now)) for k, v in sorted(groups.items())]
 
 
-def remove_snapshots(repo: Repository, ids: list[str]) -> tuple[list[str], list[str]]:
-    """(removed, locked): snapshots under Object Lock retention stay until it lapses."""
+def protected_ids(repo: Repository, ids: list[str], now: datetime | None = None) -> dict[str, str]:
+    """Which of `ids` are protected now (by a protection record or the snapshot's own
+    `extra.protected_until`), with the date. Reads the repository: the caller's view is not trusted."""
+    t = (now or datetime.now(UTC)).timestamp()
+    prot = protected_until(aux_records(repo))
+    held: dict[str, str] = {}
+    for sid in ids:
+        try:
+            snap = repo.load_snapshot(sid)
+        except (CerminError, ValueError):
+            snap = None  # unreadable: only its records can protect it
+        dates = [prot.get(sid)] + ([snap.extra.get("protected_until")] if snap is not None else [])
+        for until in dates:
+            ts = timestamp(until) if isinstance(until, str) else None
+            if ts is not None and ts > t and (sid not in held or ts > (timestamp(held[sid]) or 0)):
+                held[sid] = until
+    return held
+
+
+def remove_snapshots(repo: Repository, ids: list[str], now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """(removed, locked). Refuses (UsageError) if any id is protected, whoever calls. A snapshot
+    under Object Lock retention stays until it lapses, and gets a "forgotten" tombstone so it is no
+    longer listed, used by prune or re-locked."""
+    held = protected_ids(repo, ids, now)
+    if held:
+        sid = sorted(held)[0]
+        raise UsageError(f"snapshot {sid[:8]} is protected until {held[sid]}; it cannot be forgotten")
     removed, locked = [], []
     for sid in ids:
         try:
@@ -152,4 +204,63 @@ def remove_snapshots(repo: Repository, ids: list[str]) -> tuple[list[str], list[
             pass
         except ObjectLocked:
             locked.append(sid)
+    if locked:
+        write_tombstones(repo, locked, now)
     return removed, locked
+
+
+def write_tombstones(repo: Repository, ids: list[str], now: datetime | None = None) -> list[str]:
+    """One "forgotten" aux record per snapshot not already tombstoned; returns the record names."""
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if now is not None else now_rfc3339()
+    dead = tombstones(aux_records(repo), now.timestamp() if now is not None else None)
+    out = []
+    for sid in ids:
+        if sid in dead:
+            continue
+        rec = AuxRecord(type=AUX_FORGOTTEN, time=stamp, target=sid)
+        out.append(repo.save_object(Kind.AUX, records.encode(rec)))
+    return out
+
+
+@dataclass
+class ForgetResult:
+    ids: list[str]  # chosen for removal
+    groups: list[ForgetGroup] = field(default_factory=list)  # policy mode only
+    removed: list[str] = field(default_factory=list)
+    locked: list[str] = field(default_factory=list)  # under Object Lock: tombstoned instead
+    dry_run: bool = False
+
+
+def forget(
+    repo: Repository,
+    snapshot_ids: list[str] | None = None,
+    policy: KeepPolicy | None = None,
+    hosts: tuple[str, ...] = (),
+    tags: tuple[str, ...] = (),
+    paths: tuple[bytes, ...] = (),
+    group_by: tuple[str, ...] = ("host", "paths"),
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> ForgetResult:
+    """Forget the given snapshots (ids or prefixes), or those `policy` does not keep. Protections
+    are loaded here, so no caller can forget a protected snapshot; a dry run changes nothing."""
+    if snapshot_ids:
+        ids = [resolve(repo, s).id for s in snapshot_ids]
+        held = protected_ids(repo, ids, now)
+        if held:
+            sid = sorted(held)[0]
+            raise UsageError(f"snapshot {sid[:8]} is protected until {held[sid]}; it cannot be forgotten")
+        res = ForgetResult(ids, dry_run=dry_run)
+    else:
+        if policy is None:
+            raise UsageError("no snapshots and no retention policy given: refusing to forget anything")
+        refs = list_snapshots(repo, hosts, tags, paths, now=now.timestamp() if now is not None else None)
+        prot = protected_until(aux_records(repo))
+        for r in refs:
+            if r.id in prot and is_protected(r, prot, (now or datetime.now(UTC)).timestamp()):
+                r.snapshot.extra = {**r.snapshot.extra, "protected_until": prot[r.id]}
+        groups = plan_forget(refs, policy, group_by, now)
+        res = ForgetResult([d.ref.id for g in groups for d in g.remove], groups, dry_run=dry_run)
+    if not dry_run:
+        res.removed, res.locked = remove_snapshots(repo, res.ids, now)
+    return res

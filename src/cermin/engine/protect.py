@@ -8,15 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import msgspec
-
 from cermin.backend.base import Kind
-from cermin.errors import CerminError, UsageError
+from cermin.errors import UsageError
 from cermin.format import records
 from cermin.format.records import DIR, FILE, ID_LEN, AuxRecord
 from cermin.repo.repository import Repository
-from cermin.repo.snapshots import SnapshotRef
-from cermin.util import now_rfc3339, parse_rfc3339
+from cermin.repo.snapshots import SnapshotRef, aux_records, protected_until, timestamp
+from cermin.util import now_rfc3339
 
 
 @dataclass
@@ -28,27 +26,24 @@ class ProtectResult:
 
 
 def protections(repo: Repository) -> dict[str, str]:
-    """snapshot id -> latest protected-until date over every protection record."""
-    out: dict[str, str] = {}
-    for name, _ in repo.backend.list(Kind.AUX):
-        try:
-            rec = records.decode(repo.load_object(Kind.AUX, name), AuxRecord)
-        except (CerminError, msgspec.DecodeError, msgspec.ValidationError):
-            continue  # check reports damaged objects; a protection we cannot read protects nothing
-        until = rec.data.get("until") if rec.type == "protection" else None
-        if isinstance(until, str) and (rec.target not in out or parse_rfc3339(until) > parse_rfc3339(out[rec.target])):
-            out[rec.target] = until
-    return out
+    """snapshot id -> latest protected-until date over every protection record (damaged or planted
+    records protect nothing; check reports them)."""
+    return protected_until(aux_records(repo))
 
 
-def apply_protections(repo: Repository, refs: list[SnapshotRef]) -> None:
+def apply_protections(repo: Repository, refs: list[SnapshotRef], prot: dict[str, str] | None = None) -> None:
     """Fold protection records into the snapshots' `extra.protected_until` (in memory) for forget."""
-    prot = protections(repo)
+    prot = protections(repo) if prot is None else prot
     for r in refs:
         until = prot.get(r.id)
         current = r.snapshot.extra.get("protected_until")
-        if until and (not current or parse_rfc3339(until) > parse_rfc3339(current)):
+        if until and (not isinstance(current, str) or _later(until, current)):
             r.snapshot.extra = {**r.snapshot.extra, "protected_until": until}
+
+
+def _later(a: str, b: str) -> bool:
+    ta, tb = timestamp(a), timestamp(b)
+    return ta is not None and (tb is None or ta > tb)
 
 
 def protect(repo: Repository, ref: SnapshotRef, until: datetime) -> ProtectResult:

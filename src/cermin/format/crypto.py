@@ -29,6 +29,15 @@ HEADER_NONCE = b"\xff" * NONCE_LEN  # pack header nonce; blob offsets never reac
 _argon2_lock = threading.Lock()
 
 
+# Argon2id parameters a key slot may carry (FORMAT.md §4). A slot outside them is skipped: anyone
+# with write access to keys/ could otherwise plant one with 2^32 iterations or terabytes of memory
+# and hang every command. The lower memory bound admits the 1 MiB the tests use.
+KDF_MEMORY_KIB = (1024, 4 * 1024 * 1024)  # 1 MiB .. 4 GiB
+KDF_ITERATIONS = (1, 64)
+KDF_LANES = (1, 16)
+KDF_SALT_LEN = (16, 64)
+
+
 class KdfParams:
     __slots__ = ("memory_kib", "iterations", "lanes")
 
@@ -37,8 +46,27 @@ class KdfParams:
         self.iterations = iterations
         self.lanes = lanes
 
+    def problem(self) -> str | None:
+        """Why these parameters are out of bounds, or None when they are acceptable."""
+        for what, value, (lo, hi) in (
+            ("memory_kib", self.memory_kib, KDF_MEMORY_KIB),
+            ("iterations", self.iterations, KDF_ITERATIONS),
+            ("lanes", self.lanes, KDF_LANES),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                return f"Argon2id {what}={value!r} is outside {lo}..{hi}"
+        return None
+
+    @property
+    def cost(self) -> int:
+        """Relative work of one derivation, to try cheap slots first."""
+        return self.memory_kib * self.iterations
+
 
 def argon2id(password: bytes, salt: bytes, params: KdfParams) -> bytes:
+    problem = params.problem()
+    if problem is not None:  # never run an unbounded derivation, whoever asks
+        raise CorruptObject(problem)
     kdf = Argon2id(
         salt=salt,
         length=KEY_LEN,

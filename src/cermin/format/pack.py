@@ -59,15 +59,31 @@ def compress(data: bytes | memoryview, level: int) -> bytes:
     return b"\x00" + bytes(data)
 
 
-def decompress(payload: bytes, what: str) -> bytes:
+# Largest plaintext of a standalone sealed object (index, snapshot, lock, aux record, config
+# secrets). Index files are written in pieces far below it (repo/indexfiles.py); a zstd frame that
+# declares or produces more is refused before anything that large is allocated.
+MAX_OBJECT_SIZE = 256 * 1024 * 1024
+MAX_BLOB_SIZE = (1 << 32) - 1  # raw lengths are u32 (pack header, index entries)
+
+
+def decompress(payload: bytes | memoryview, what: str, limit: int = MAX_OBJECT_SIZE) -> bytes:
+    """Decode a codec-prefixed payload into at most `limit` bytes (a blob's declared raw length, or
+    MAX_OBJECT_SIZE): a decompression bomb is CorruptObject, never an unbounded allocation."""
     if not payload:
         raise CorruptObject(f"{what}: empty payload")
     codec = payload[0]
     if codec == RAW:
-        return payload[1:]
+        if len(payload) - 1 > limit:
+            raise CorruptObject(f"{what}: {len(payload) - 1} bytes, more than the {limit} declared")
+        return bytes(payload[1:])
     if codec == ZSTD:
+        frame = memoryview(payload)[1:]
         try:
-            return _decompressor().decompress(memoryview(payload)[1:])
+            size = zstandard.frame_content_size(frame)
+            if size > limit:  # zstandard would allocate the declared size up front
+                raise CorruptObject(f"{what}: zstd frame declares {size} bytes, more than the {limit} allowed")
+            # With no declared size (-1) the output is capped; a frame that needs more is an error.
+            return _decompressor().decompress(frame, max_output_size=limit if size < 0 else 0)
         except zstandard.ZstdError as e:
             raise CorruptObject(f"{what}: bad zstd data ({e})") from None
     raise CorruptObject(f"{what}: unknown codec {codec}")

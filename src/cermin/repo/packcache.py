@@ -63,4 +63,4 @@ class PackCache:
         ct = data[loc.offset : loc.offset + loc.length]
         if len(ct) != loc.length:
             raise CorruptObject(f"blob {blob_id.hex()[:16]}: pack {loc.pack_id.hex()[:12]} is truncated")
-        return self.repo.open_blob(cipher, loc.offset, loc.type, blob_id, ct)
+        return self.repo.open_blob(cipher, loc.offset, loc.type, blob_id, ct, loc.raw_length)

@@ -7,19 +7,19 @@ import os
 import secrets as pysecrets
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 
 from cermin.backend.base import CONFIG_NAME, Backend, Kind
 from cermin.errors import (
-    CerminError,
     CorruptObject,
+    ForeignObject,
     ObjectNotFound,
     RepositoryNotFound,
     UnsupportedVersion,
     UsageError,
-    WrongPassword,
 )
 from cermin.format import chunker, crypto, pack, records
 from cermin.format.crypto import MasterKeys
@@ -60,6 +60,9 @@ class Repository:
         self.key_name = key_name
         self.index = MasterIndex()
         self.index_files: list[str] = []
+        self.skipped_index_files: dict[str, str] = {}  # index file -> why it was left out
+        self.warnings: list[str] = []
+        self.on_warning: Callable[[str], None] | None = None
         self._blob_id = crypto.keyed_hasher(secrets.id_key)
         self._tree_cache: OrderedDict[bytes, Tree] = OrderedDict()
         self._tree_lock = threading.Lock()
@@ -134,38 +137,36 @@ class Repository:
     def open(cls, backend: Backend, password: bytes, config: Config | None = None) -> Repository:
         """Open with a password; `config` may be one already read (saves a round trip on S3/HTTP)."""
         config = config or cls.read_config(backend)
-        key_names = sorted(n for n, _ in backend.list(Kind.KEY))
-        if not key_names:
-            raise CorruptObject(f"repository at {backend.location} has no key files")
-        master = None
-        key_name = ""
-        errors = []
-        for name in key_names:
+        warnings: list[str] = []
+
+        def secrets_of(master: bytes) -> tuple[MasterKeys, RepoSecrets]:
+            keys = MasterKeys(master)
             try:
-                kf = keyslots.decode_keyfile(backend.load(Kind.KEY, name), name)
-            except CerminError as e:
-                errors.append(str(e))
-                continue
-            master = keyslots.unwrap(kf, password)
-            if master is not None:
-                key_name = name
-                break
-        if master is None:
-            if errors and len(errors) == len(key_names):
-                raise CorruptObject(errors[0])
-            raise WrongPassword("wrong password or no key slot matches it")
-        keys = MasterKeys(master)
-        try:
-            raw = crypto.unseal(keys, config.secrets, config_aad(config), "repository config")
-            secrets = records.decode(pack.decompress(raw, "repository config"), RepoSecrets)
-        except CorruptObject:
-            raise CorruptObject(
-                "the repository config failed authentication: its fields (the Object Lock policy among them) "
-                "were changed by someone without the repository key; refusing to use it"
-            ) from None
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise CorruptObject(f"repository config secrets are corrupted ({e})") from None
-        return cls(backend, keys, config, secrets, key_name)
+                raw = crypto.unseal(keys, config.secrets, config_aad(config), "repository config")
+                secrets = records.decode(pack.decompress(raw, "repository config"), RepoSecrets)
+            except CorruptObject:
+                raise CorruptObject(
+                    "the repository config failed authentication: its fields (the Object Lock policy among them) "
+                    "were changed by someone without the repository key; refusing to use it"
+                ) from None
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                raise CorruptObject(f"repository config secrets are corrupted ({e})") from None
+            return keys, secrets
+
+        master, key_name, (keys, secrets) = keyslots.open_master(
+            backend, password, config.id, warnings.append, secrets_of
+        )
+        repo = cls(backend, keys, config, secrets, key_name)
+        for w in warnings:
+            repo.warn(w)
+        return repo
+
+    def warn(self, message: str) -> None:
+        """Record a problem that did not stop the operation (a skipped planted object, a key slot out
+        of bounds); callers show `warnings`, or set `on_warning` to see them as they happen."""
+        self.warnings.append(message)
+        if self.on_warning is not None:
+            self.on_warning(message)
 
     def close(self) -> None:
         self.backend.close()
@@ -190,6 +191,9 @@ class Repository:
         return name
 
     def load_object(self, kind: Kind, name: str) -> bytes:
+        """The plaintext of a sealed object. CorruptObject when its bytes do not match its name
+        (damage); ForeignObject when they match but fail authentication or decompression (an object
+        nobody holding the key wrote: planted)."""
         data = self.backend.load(kind, name)
         what = f"{kind.value}/{name[:12]}"
         if crypto.file_id(data) != name:
@@ -198,21 +202,48 @@ class Repository:
                 data = original(kind, name)
             if crypto.file_id(data) != name:
                 raise CorruptObject(f"{what} is damaged (content does not match its name)")
-        return pack.decompress(crypto.unseal(self.keys, data, _aad(kind), what), what)
+        try:
+            return pack.decompress(crypto.unseal(self.keys, data, _aad(kind), what), what, pack.MAX_OBJECT_SIZE)
+        except ForeignObject:
+            raise
+        except CorruptObject as e:
+            raise ForeignObject(f"{e} — not written with this repository's key (planted?)") from None
+
+    def load_record(self, kind: Kind, name: str, decode):
+        """A sealed object decoded with `decode` (a msgspec decoder's method or a type); a record that
+        authenticates but does not decode is foreign too."""
+        raw = self.load_object(kind, name)
+        try:
+            return decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ForeignObject(f"{kind.value}/{name[:12]} cannot be decoded ({e})") from None
 
     # ---- index -----------------------------------------------------------------------------
     def load_index(self, workers: int = 4) -> None:
+        """Load every index file in force. A file that is damaged or planted (fails its name,
+        authentication or decoding) is left out with a warning — its packs' blobs then count as
+        absent, so a backup stores them again and a restore names what it cannot read — instead of
+        stopping every backup, restore and prune. Packs an index names but storage no longer has are
+        left out too: a backup must never deduplicate against a blob that does not exist."""
         names = [n for n, _ in self.backend.list(Kind.INDEX)]
 
         def load(name: str):
-            raw = self.load_object(Kind.INDEX, name)
             try:
-                return name, records.index_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                raise CorruptObject(f"index/{name[:12]} cannot be decoded ({e})") from None
+                return name, self.load_record(Kind.INDEX, name, records.index_decoder.decode)
+            except CorruptObject as e:  # an I/O error still propagates: it proves nothing
+                return name, e
 
         with ThreadPoolExecutor(max_workers=workers) as ex:
-            loaded = list(ex.map(load, names))
+            results = list(ex.map(load, names))
+        loaded = []
+        for name, idx in results:
+            if isinstance(idx, CorruptObject):
+                self.skipped_index_files[name] = str(idx)
+                self.warn(f"index file {name[:12]} skipped: {idx}; run `cermin check`")
+            else:
+                loaded.append((name, idx))
+        present = {n for n, _ in self.backend.list(Kind.DATA)}  # listed after the index files
+        missing: set[bytes] = set()
         # A file superseded by another present file is ignored: prune could not delete it (e.g.
         # under Object Lock), and the packs it names may be gone.
         superseded = {s.hex() for _, idx in loaded for s in idx.supersedes}
@@ -220,8 +251,17 @@ class Repository:
             if name in superseded:
                 continue
             for p in idx.packs:
+                if p.id.hex() not in present:
+                    missing.add(p.id)
+                    continue
                 self.index.add_pack_bulk(p.id, p.blobs)
             self.index_files.append(name)
+        if missing:
+            first = min(missing).hex()[:12]
+            self.warn(
+                f"{len(missing)} pack(s) named by the index are missing ({first}...); their blobs are treated "
+                "as absent; run `cermin check`"
+            )
         self.index.build()
 
     def save_index(self, packs: list[records.IndexPack]) -> str:
@@ -262,12 +302,16 @@ class Repository:
         ct = load(Kind.DATA, pack_name, loc.offset, loc.length)
         if len(ct) != loc.length:
             raise CorruptObject(f"{what}: pack is truncated")
-        return self.open_blob(pack.pack_cipher(self.keys, prefix, what), loc.offset, loc.type, blob_id, ct)
+        cipher = pack.pack_cipher(self.keys, prefix, what)
+        return self.open_blob(cipher, loc.offset, loc.type, blob_id, ct, loc.raw_length)
 
-    def open_blob(self, cipher, offset: int, blob_type: int, blob_id: bytes, ct: bytes) -> bytes:
-        """Decrypt, decompress and verify one blob's ciphertext against its id."""
+    def open_blob(
+        self, cipher, offset: int, blob_type: int, blob_id: bytes, ct: bytes, raw_len: int = pack.MAX_BLOB_SIZE
+    ) -> bytes:
+        """Decrypt, decompress (at most `raw_len` bytes, its declared length) and verify one blob
+        against its id."""
         what = f"blob {blob_id.hex()[:16]}"
-        data = pack.decompress(pack.open_blob(cipher, offset, blob_type, blob_id, ct, what), what)
+        data = pack.decompress(pack.open_blob(cipher, offset, blob_type, blob_id, ct, what), what, raw_len)
         if self._blob_id(data) != blob_id:
             raise CorruptObject(f"{what}: content does not match its id")
         return data
@@ -294,8 +338,4 @@ class Repository:
         return self.save_object(Kind.SNAPSHOT, records.encode(snap))
 
     def load_snapshot(self, name: str) -> Snapshot:
-        raw = self.load_object(Kind.SNAPSHOT, name)
-        try:
-            return records.snapshot_decoder.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise CorruptObject(f"snapshot {name[:12]} cannot be decoded ({e})") from None
+        return self.load_record(Kind.SNAPSHOT, name, records.snapshot_decoder.decode)
