@@ -3,7 +3,9 @@
 
 Needs only the Python standard library plus `cryptography`, `blake3` and `zstandard`, and follows
 FORMAT.md step by step, so the data stays recoverable even if cermin's code is lost. It restores
-directories, files (holes kept), symlinks, fifos, modes, owners (as root) and mtimes.
+directories, files (holes kept), symlinks, fifos, modes, owners (as root) and mtimes. Entries with
+invalid names (empty, `.`, `..`, `/` or NUL inside), unknown types or repeated names are skipped as
+errors (exit 1), and nothing is created or changed through a symlink: restore stays in TARGET_DIR.
 
     CERMIN_PASSWORD=... python3 cermin-recover.py REPO_DIR SNAPSHOT_ID_PREFIX|latest TARGET_DIR
 """
@@ -11,6 +13,7 @@ directories, files (holes kept), symlinks, fifos, modes, owners (as root) and mt
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import stat
@@ -186,37 +189,128 @@ class Repo:
         return max(snaps.values(), key=lambda s: s["time"])
 
 
-def restore_tree(repo: Repo, tree_id: bytes, dest: bytes) -> None:
-    os.makedirs(dest, exist_ok=True)
+# ---- restoring (FORMAT.md §8): names are hostile input, symlinks are never followed -----------
+NODE_TYPES = ("file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket")
+ERRORS: list[str] = []
+
+
+def entry_problem(n: dict, seen: set) -> str | None:
+    """Why an entry must be skipped: the same rules as cermin's format/names.py."""
+    name = n.get("name")
+    if not isinstance(name, bytes) or not name:
+        return "empty name"
+    if name in (b".", b".."):
+        return f"name is {name.decode()!r}"
+    if b"/" in name:
+        return "name contains '/'"
+    if b"\x00" in name:
+        return "name contains NUL"
+    if n.get("type") not in NODE_TYPES:
+        return f"unknown type {n.get('type')!r}"
+    target = n.get("target", b"")
+    if n["type"] == "symlink" and (not isinstance(target, bytes) or not target or b"\x00" in target):
+        return "symlink target is empty or contains NUL"
+    if name in seen:
+        return "duplicate name in the same directory"
+    return None
+
+
+def error(path: bytes, msg: str) -> None:
+    ERRORS.append(f"{path.decode('utf-8', 'backslashreplace')}: {msg}")
+    print(f"error: {ERRORS[-1]}", file=sys.stderr)
+
+
+def remove_existing(dfd: int, name: bytes) -> None:
+    """Unlink a non-directory in the way (a symlink is removed, never followed)."""
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
+    os.unlink(name, dir_fd=dfd)
+
+
+def set_meta(fd_or_path, n: dict) -> None:
+    """Owner (as root), mode and mtime through an fd or a /proc/self/fd path: nothing looked up by name."""
+    if os.geteuid() == 0:
+        os.chown(fd_or_path, n.get("uid", 0), n.get("gid", 0))
+    os.chmod(fd_or_path, n.get("mode", 0o644) & 0o7777)
+    mtime = n.get("mtime_ns", 0)
+    os.utime(fd_or_path, ns=(mtime, mtime))
+
+
+def restore_tree(repo: Repo, tree_id: bytes, dfd: int, path: bytes) -> None:
+    """Restore one tree's entries into the open directory dfd."""
+    seen: set = set()
     for n in unpack(repo.blob(tree_id)).get("nodes", []):  # default values are omitted
-        p = os.path.join(dest, n["name"])
-        kind, mtime = n["type"], n.get("mtime_ns", 0)
-        if kind == "dir":
-            restore_tree(repo, n["subtree"], p)
-        elif kind == "file":
-            with open(p, "wb") as f:
-                ids = n.get("content", b"")
-                for i in range(0, len(ids), 32):
-                    data = repo.blob(ids[i : i + 32])
-                    if data.count(0) == len(data):
-                        f.seek(len(data), 1)
-                    else:
-                        f.write(data)
-                f.truncate(n.get("size", 0))
-        elif kind == "symlink":
-            os.symlink(n["target"], p)
-        elif kind == "fifo":
-            os.mkfifo(p)
-        elif kind in ("chardev", "blockdev") and os.geteuid() == 0:
-            os.mknod(p, 0o600 | (stat.S_IFCHR if kind == "chardev" else stat.S_IFBLK), n.get("rdev", 0))
-        else:
-            print(f"skipping {kind} {p!r}", file=sys.stderr)
+        why = entry_problem(n, seen)
+        if isinstance(n.get("name"), bytes):
+            seen.add(n["name"])
+        if why:
+            name = n.get("name")
+            shown = name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else str(name)
+            error(path or b"/", f"invalid entry {shown!r}: {why}")
             continue
+        name, kind = n["name"], n["type"]
+        p = path + b"/" + name
+        try:
+            restore_entry(repo, n, dfd, name, kind, p)
+        except (OSError, ValueError, OverflowError, KeyError, TypeError) as e:
+            error(p, f"cannot restore: {getattr(e, 'strerror', None) or e}")
+
+
+def restore_entry(repo: Repo, n: dict, dfd: int, name: bytes, kind: str, p: bytes) -> None:
+    if kind == "dir":
+        try:
+            os.mkdir(name, 0o700, dir_fd=dfd)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                os.unlink(name, dir_fd=dfd)  # e.g. a symlink in the way: removed, not followed
+                os.mkdir(name, 0o700, dir_fd=dfd)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+        try:
+            os.fchmod(fd, 0o700)
+            restore_tree(repo, n["subtree"], fd, p)
+            set_meta(fd, n)
+        finally:
+            os.close(fd)
+    elif kind == "file":
+        remove_existing(dfd, name)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+        try:
+            ids, off = n.get("content", b""), 0
+            for i in range(0, len(ids), 32):
+                data = repo.blob(ids[i : i + 32])
+                if data.count(0) != len(data):  # all-zero chunks stay holes
+                    os.pwrite(fd, data, off)
+                off += len(data)
+            os.ftruncate(fd, n.get("size", 0))
+            set_meta(fd, n)
+        finally:
+            os.close(fd)
+    elif kind == "symlink":
+        remove_existing(dfd, name)
+        os.symlink(n["target"], name, dir_fd=dfd)
         if os.geteuid() == 0:
-            os.chown(p, n.get("uid", 0), n.get("gid", 0), follow_symlinks=False)
-        if kind != "symlink":
-            os.chmod(p, n.get("mode", 0o644))
-        os.utime(p, ns=(mtime, mtime), follow_symlinks=False)
+            os.chown(name, n.get("uid", 0), n.get("gid", 0), dir_fd=dfd, follow_symlinks=False)
+        mtime = n.get("mtime_ns", 0)
+        os.utime(name, ns=(mtime, mtime), dir_fd=dfd, follow_symlinks=False)
+    elif kind == "fifo" or (kind in ("chardev", "blockdev") and os.geteuid() == 0):
+        remove_existing(dfd, name)
+        if kind == "fifo":
+            os.mkfifo(name, 0o600, dir_fd=dfd)
+        else:
+            os.mknod(name, 0o600 | (stat.S_IFCHR if kind == "chardev" else stat.S_IFBLK), n.get("rdev", 0), dir_fd=dfd)
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dfd)  # pinned: a swapped-in symlink is not followed
+        try:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise OSError(errno.ESTALE, "replaced while restored")
+            set_meta(f"/proc/self/fd/{fd}", n)
+        finally:
+            os.close(fd)
+    else:
+        print(f"skipping {kind} {p!r}", file=sys.stderr)
 
 
 def main() -> None:
@@ -229,7 +323,14 @@ def main() -> None:
     repo = Repo(repo_dir, password.encode())
     snap = repo.snapshot(ref)
     sys.setrecursionlimit(100_000)
-    restore_tree(repo, snap["tree"], os.fsencode(target))
+    os.makedirs(target, exist_ok=True)
+    tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        restore_tree(repo, snap["tree"], tfd, b"")
+    finally:
+        os.close(tfd)
+    if ERRORS:
+        sys.exit(f"recover: {len(ERRORS)} entries could not be restored from the snapshot of {snap['time']}")
     print(f"recovered snapshot of {snap['time']} into {target}")
 
 

@@ -38,3 +38,42 @@ def test_recover_script_matches_source(initialized_cli, tmp_path):
             elif stat.S_ISLNK(sa.st_mode):
                 assert os.readlink(a) == os.readlink(b)
     assert checked >= 7
+
+
+def test_recover_script_stays_inside_target(local_repo, tmp_path):
+    """A hostile snapshot: `..`, a name with '/', NUL, a duplicate of a symlink to the outside, and a
+    symlink to the outside already in the target. The script restores the rest, exits 1 naming each
+    invalid entry, and changes nothing outside the target."""
+    from test_restore_hostile import Hostile, assert_good_restored, fs_state, good_entries
+
+    world = tmp_path / "world"
+    outside, target = world / "outside", world / "target"
+    outside.mkdir(parents=True)
+    (outside / "victim").write_bytes(b"precious\n")
+    target.mkdir()
+    os.symlink(outside / "victim", target / "good")  # placed in the target by someone else
+    h = Hostile(local_repo)
+    sid = h.snapshot(
+        [
+            h.dir(b"..", [h.file(b"pwn", b"x")]),
+            h.file(b"../outside/victim", b"x"),
+            h.file(b"a\x00b", b"x"),
+            h.symlink(b"x", outside),
+            h.dir(b"x", [h.file(b"victim", b"x")]),
+            *good_entries(h),
+        ]
+    )
+    before = fs_state(str(world), skip=str(target))
+    env = dict(os.environ, CERMIN_PASSWORD=PASSWORD)
+    r = subprocess.run(
+        [sys.executable, SCRIPT, local_repo.backend.root, sid[:12], str(target)], env=env, capture_output=True
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert "Traceback" not in err
+    assert "invalid entry '..'" in err and "invalid entry '../outside/victim'" in err
+    assert "invalid entry 'a\\x00b'" in err and "invalid entry 'x': duplicate name" in err
+    assert "4 entries could not be restored" in err
+    assert fs_state(str(world), skip=str(target)) == before
+    assert_good_restored(target)
+    assert os.readlink(target / "x") == str(outside)
