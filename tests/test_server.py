@@ -110,11 +110,12 @@ def test_two_person_rule(served, tenant):
     a1 = http_cli(served, name, served.token(name, "admin"))
     a2 = http_cli(served, name, served.token(name, "admin"))
     snap = jl(cli("--json", "snapshots"))[0]["snapshots"][0]["id"]
-    r = a1("forget", snap[:8])
-    assert b"second admin" in r.stderr or b"Object Lock" in r.stderr
+    r = a1("forget", snap[:8], ok=False)
+    assert r.returncode == 20 and b"waiting for approval" in r.stderr and b"Object Lock" not in r.stderr
     assert len(jl(a1("--json", "snapshots"))[0]["snapshots"]) == 1, "nothing is deleted on one admin's word"
     pending = [x for x in jl(a1("--json", "approvals", "list")) if x["status"] == "pending"]
-    assert len(pending) == 1 and pending[0]["name"] == snap
+    assert len(pending) == 1 and pending[0]["objects"] == {"snapshots": [snap]} and pending[0]["count"] == 1
+    assert pending[0]["action"] == "delete" and pending[0]["requested"] and pending[0]["requested_by"]
     rid = pending[0]["id"]
     r = a1("approvals", "approve", rid, ok=False)
     assert r.returncode == 1 and b"own request" in r.stderr
@@ -135,8 +136,10 @@ def test_approval_window_expires(tmp_path):
         (tmp_path / "s").mkdir()
         cli("backup", str(tmp_path / "s"))
         snap = jl(cli("--json", "snapshots"))[0]["snapshots"][0]["id"]
-        cli("forget", snap[:8])
-        rid = jl(cli("--json", "approvals", "list"))[0]["id"]
+        r = cli("--json", "forget", snap[:8], ok=False)
+        assert r.returncode == 20
+        rid = [x for x in jl(r) if x["message_type"] == "approval_required"][0]["id"]
+        assert jl(cli("--json", "approvals", "list"))[0]["id"] == rid
         time.sleep(1.5)
         r = http_cli(srv, name, srv.token(name, "admin"))("approvals", "approve", rid, ok=False)
         assert r.returncode == 1 and b"expired" in r.stderr

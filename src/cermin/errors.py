@@ -2,7 +2,8 @@
 
 Exit codes (documented in README.md and `cermin --help`):
   0 ok, 1 fatal error, 2 usage error, 3 snapshot saved but incomplete,
-  10 repository does not exist, 11 repository locked, 12 wrong password.
+  10 repository does not exist, 11 repository locked, 12 wrong password,
+  20 waiting for a second admin's approval (a deletion through `cermin serve` was queued).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ EXIT_INCOMPLETE = 3
 EXIT_NO_REPO = 10
 EXIT_LOCKED = 11
 EXIT_WRONG_PASSWORD = 12
+EXIT_APPROVAL = 20
 
 
 class CerminError(Exception):
@@ -62,6 +64,20 @@ class ObjectExists(CerminError):
 
 class ObjectLocked(CerminError):
     """The storage refused to delete an object still under Object Lock retention."""
+
+
+class ApprovalRequired(CerminError):
+    """The server queued a deletion for a second admin's approval (two-person rule); nothing was
+    deleted yet. Not a kind of ObjectLocked: the operation is pending, not refused."""
+
+    exit_code = EXIT_APPROVAL
+
+    def __init__(self, request_id: str, count: int = 1, what: str = "") -> None:
+        self.request_id, self.count = request_id, count
+        super().__init__(
+            f"waiting for approval {request_id}: {what or f'deleting {count} object(s)'} needs a second admin "
+            f"(`cermin approvals approve {request_id}`)"
+        )
 
 
 class SnapshotNotFound(CerminError):

@@ -9,20 +9,30 @@ import time
 
 from cermin.backend.base import CONFIG_NAME, Kind, exists_by_size
 from cermin.errors import (
+    ApprovalRequired,
     CerminError,
     ObjectExists,
-    ObjectLocked,
     ObjectNotFound,
     RepositoryExists,
     UsageError,
 )
 
-
-class ApprovalRequired(ObjectLocked):
-    """The server queued a destructive operation for a second admin's approval."""
-
-
 RETRIES = 8
+_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def plain_http_warning(location: str) -> str | None:
+    """A warning when tokens would travel unencrypted to another host (None for https or loopback)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(location)
+    host = (u.hostname or "").lower()
+    if u.scheme != "http" or host in _LOOPBACK or host.startswith("127.") or host.endswith(".localhost"):
+        return None
+    return (
+        f"the repository server {u.scheme}://{u.netloc} is reached over plain http: the token and metadata "
+        "travel unencrypted (serve with --tls-cert/--tls-key and use https://)"
+    )
 
 
 class HttpBackend:
@@ -33,6 +43,13 @@ class HttpBackend:
 
         self.location = location.rstrip("/")
         self.token = token or _token_from_env()
+        self.warnings: list[str] = []
+        w = plain_http_warning(self.location)
+        if w:
+            self.warnings.append(w)
+            import sys
+
+            print(f"cermin: warning: {w}", file=sys.stderr)
         # CERMIN_CACERT: the CA (or self-signed certificate) of a server with its own TLS certificate.
         ca = os.environ.get("CERMIN_CACERT")
         self.http = urllib3.PoolManager(
@@ -88,8 +105,10 @@ class HttpBackend:
             if len(tries) > 1 and kind is not Kind.LOCK and self.size(kind, name) == len(body):
                 return  # an earlier attempt reached the server; names are content hashes: it is ours
             raise ObjectExists(f"{kind.value}/{name} already exists")
+        if r.status == 413:
+            raise CerminError(f"the server refused {kind.value}/{name[:12]} ({len(body)} bytes): {_msg(r)}")
         if r.status != 201:
-            raise CerminError(f"saving {kind.value}/{name} failed: {r.status} {_msg(r)}")
+            raise CerminError(f"saving {kind.value}/{name[:12]} failed: {r.status} {_msg(r)}")
 
     def load(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         headers = {}
@@ -124,12 +143,21 @@ class HttpBackend:
         if r.status == 404:
             raise ObjectNotFound(f"{kind.value}/{name} does not exist")
         if r.status == 202:
-            rid = json.loads(r.data).get("approval_required", "?")
-            raise ApprovalRequired(
-                f"deleting {kind.value}/{name[:12]} needs a second admin: `cermin approvals approve {rid}`"
-            )
+            rid = str(json.loads(r.data).get("approval_required", "?"))
+            raise ApprovalRequired(rid, 1, f"deleting {kind.value}/{name[:12]}")
         if r.status not in (200, 204):
-            raise CerminError(f"deleting {kind.value}/{name} failed: {r.status} {_msg(r)}")
+            raise CerminError(f"deleting {kind.value}/{name[:12]} failed: {r.status} {_msg(r)}")
+
+    def remove_many(self, items: list[tuple[Kind, str]]) -> str | None:
+        """Capability of servers with a two-person rule: ask for the deletion of all `items` as ONE
+        request a second admin approves. Returns the request id (None: none of them exists)."""
+        body = json.dumps({"objects": [[k.value, n] for k, n in items]}).encode()
+        r = self._request("POST", f"{self.location}/_delete", body=body, headers={"Content-Type": "application/json"})
+        if r.status == 200:
+            return None
+        if r.status != 202:
+            raise CerminError(f"requesting the deletion of {len(items)} objects failed: {r.status} {_msg(r)}")
+        return str(json.loads(r.data)["approval_required"])
 
     def exists(self, kind: Kind, name: str) -> bool:
         return exists_by_size(self, kind, name)
@@ -140,6 +168,8 @@ class HttpBackend:
     # ---- approvals (admin tokens) ----------------------------------------------------------------
     def approvals(self) -> list[dict]:
         r = self._request("GET", f"{self.location}/_approvals")
+        if r.status != 200:
+            raise CerminError(f"listing approvals failed: {r.status} {_msg(r)}")
         return json.loads(r.data)
 
     def request_tenant_deletion(self) -> str:

@@ -388,6 +388,8 @@ def forget(
                 for d in grp.decisions:
                     what = "keep  " if d.keep else "remove"
                     out.text(f"  {what} {d.ref.short_id} {d.ref.snapshot.time[:19]}  {', '.join(d.reasons)}")
+        if res.approval:
+            return _waiting(out, res.approval, len(res.ids), f"forgetting {len(res.ids)} snapshot(s)")
         if not dry_run:
             out.text(f"removed {len(res.removed)} snapshot(s)")
             if res.locked:
@@ -396,7 +398,7 @@ def forget(
                     "longer re-locked); their files stay until the retention lapses"
                 )
             if then_prune:
-                _prune(g, out, repo, lock, _parse_pct(max_unused), False)
+                return _prune(g, out, repo, lock, _parse_pct(max_unused), False)
 
 
 @click.command()

@@ -20,8 +20,19 @@ from cermin.errors import UsageError
     show_default=True,
     help="Seconds a second admin has to approve a destructive request.",
 )
+@click.option(
+    "--max-object-size",
+    default="128MiB",
+    show_default=True,
+    help="Largest object accepted (413 above it, before the body is read).",
+)
+@click.option("--quota-bytes", default="0", show_default=True, help="Per-tenant storage quota (0: none), e.g. 500GiB.")
+@click.option("--quota-objects", type=click.IntRange(min=0), default=0, show_default=True, help="Per-tenant objects.")
+@click.option("--max-locks", type=click.IntRange(min=1), default=64, show_default=True, help="Lock files per tenant.")
 @click.pass_context
-def serve(ctx, root, listen, tls_cert, tls_key, approval_window):
+def serve(
+    ctx, root, listen, tls_cert, tls_key, approval_window, max_object_size, quota_bytes, quota_objects, max_locks
+):
     """Serve repositories over HTTP: backup tokens append, read tokens read, deletions need two admins."""
     if ctx.invoked_subcommand is not None:
         ctx.obj.serve_root = root
@@ -37,9 +48,19 @@ def serve(ctx, root, listen, tls_cert, tls_key, approval_window):
 
     from cermin.server.app import build_app
 
+    limits = {
+        "max_object_size": _size(max_object_size, "--max-object-size"),
+        "quota_bytes": _size(quota_bytes, "--quota-bytes"),
+        "quota_objects": quota_objects,
+        "max_locks": max_locks,
+    }
+    if limits["max_object_size"] <= 0:
+        raise UsageError("--max-object-size must be positive")
     click.echo(f"cermin serve: {root} on {'https' if tls_cert else 'http'}://{listen}", err=True)
+    if not tls_cert and host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo("cermin serve: warning: plain http on a non-loopback address: tokens travel unencrypted", err=True)
     uvicorn.run(
-        build_app(root, float(approval_window)),
+        build_app(root, float(approval_window), **limits),
         host=host,
         port=int(port),
         log_level="warning",
@@ -47,6 +68,29 @@ def serve(ctx, root, listen, tls_cert, tls_key, approval_window):
         ssl_keyfile=tls_key,
         access_log=False,
     )
+
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KIB": 1 << 10,
+    "M": 1 << 20,
+    "MIB": 1 << 20,
+    "G": 1 << 30,
+    "GIB": 1 << 30,
+    "T": 1 << 40,
+    "TIB": 1 << 40,
+}
+
+
+def _size(text: str, what: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    if m is None or m[2].upper() not in _UNITS:
+        raise UsageError(f"bad {what} {text!r}: use e.g. 128MiB, 500GiB or a number of bytes")
+    return int(m[1]) * _UNITS[m[2].upper()]
 
 
 def _store(g):
@@ -123,26 +167,50 @@ def _http(g):
 
 
 @approvals.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Also decided, expired and revoked requests.")
 @click.pass_obj
-def approvals_list(g):
+def approvals_list(g, show_all):
+    """Requests with what each deletes, who asked and when (pending ones; --all for every one)."""
+    import time
+
     out = Output(g)
     for r in _http(g).approvals():
+        if not show_all and r["status"] != "pending" and not out.json:
+            continue
         if out.json:
             out.emit({"message_type": "approval", **r})
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(r["requested_at"]))
+        who = r.get("requested_by_label") or ""
+        who = f"{r['requested_by']} ({who})" if who else r["requested_by"]
+        if r.get("action") == "delete-tenant":
+            what = "DELETE THE WHOLE TENANT REPOSITORY"
         else:
-            out.text(
-                f"{r['id']}  {r['status']:<8} delete {r['kind']}/{r['name'][:16]}  requested by {r['requested_by']}"
-            )
+            parts = [f"{len(v)} {k}" for k, v in sorted(r.get("objects", {}).items())]
+            what = "delete " + ", ".join(parts)
+        out.text(f"{r['id']}  {r['status']:<9} {what}; requested by {who} at {when}")
+        if r.get("reason"):
+            out.text(f"    {r['reason']}")
+        if out.verbose:
+            for k, names in sorted(r.get("objects", {}).items()):
+                for n in names:
+                    out.text(f"    {k}/{n}")
 
 
 def _decide(g, ids, approve: bool) -> None:
     out = Output(g)
     b = _http(g)
-    if ids == ("all",):
-        ids = tuple(r["id"] for r in b.approvals() if r["status"] == "pending")
+    if "all" in ids:
+        raise UsageError(
+            "approve or reject requests one at a time, by id, after reading them (`cermin approvals list`)"
+        )
     for rid in ids:
         r = b.decide(rid, approve)
-        out.emit({"message_type": "approval", **r}) if out.json else out.text(f"{rid}: {r['status']}")
+        if out.json:
+            out.emit({"message_type": "approval", **r})
+        else:
+            what = "the tenant" if r.get("action") == "delete-tenant" else f"{r.get('count', 0)} objects"
+            out.text(f"{rid}: {r['status']} (delete {what})")
 
 
 @approvals.command("delete-tenant")
@@ -160,7 +228,7 @@ def approvals_delete_tenant(g):
 @click.argument("ids", nargs=-1, required=True)
 @click.pass_obj
 def approvals_approve(g, ids):
-    """Approve requests by ID ('all': every pending one). Not allowed for their requester."""
+    """Approve requests by ID (each one: read it first with `approvals list -v`). Not for their requester."""
     _decide(g, ids, True)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cermin.backend.base import Kind
-from cermin.errors import CerminError, ObjectLocked, ObjectNotFound, UsageError
+from cermin.errors import ApprovalRequired, CerminError, ObjectLocked, ObjectNotFound, UsageError
 from cermin.format import records
 from cermin.format.records import AuxRecord
 from cermin.repo.repository import Repository
@@ -195,6 +195,12 @@ def remove_snapshots(repo: Repository, ids: list[str], now: datetime | None = No
     if held:
         sid = sorted(held)[0]
         raise UsageError(f"snapshot {sid[:8]} is protected until {held[sid]}; it cannot be forgotten")
+    batch = getattr(repo.backend, "remove_many", None)  # a server with a two-person rule
+    if batch is not None and ids:
+        rid = batch([(Kind.SNAPSHOT, sid) for sid in ids])  # ONE request for all of them
+        if rid is not None:
+            raise ApprovalRequired(rid, len(ids), f"forgetting {len(ids)} snapshot(s)")
+        return [], []
     removed, locked = [], []
     for sid in ids:
         try:
@@ -229,6 +235,7 @@ class ForgetResult:
     removed: list[str] = field(default_factory=list)
     locked: list[str] = field(default_factory=list)  # under Object Lock: tombstoned instead
     dry_run: bool = False
+    approval: str | None = None  # request id when a second admin must approve the removal
 
 
 def forget(
@@ -262,5 +269,8 @@ def forget(
         groups = plan_forget(refs, policy, group_by, now)
         res = ForgetResult([d.ref.id for g in groups for d in g.remove], groups, dry_run=dry_run)
     if not dry_run:
-        res.removed, res.locked = remove_snapshots(repo, res.ids, now)
+        try:
+            res.removed, res.locked = remove_snapshots(repo, res.ids, now)
+        except ApprovalRequired as e:  # queued on a server with a two-person rule: nothing removed yet
+            res.approval = e.request_id
     return res

@@ -8,6 +8,11 @@ checks clean and restores every kept snapshot:
   3. phase two: delete the repacked, unused and unindexed packs.
 Prune holds the exclusive lock, so no backup can be deduplicating against a pack it deletes; it
 re-checks the lock is still fresh before deleting anything.
+
+On a backend with a two-person rule (`cermin serve`: it has `remove_many`), every deletion of the
+plan — old index files and packs — goes into ONE request a second admin approves; the result then
+carries its id (`approval`). The server hides the queued objects meanwhile and re-checks before it
+deletes (see docs/server.md).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 from cermin.backend.base import Kind
 from cermin.errors import CerminError, ObjectLocked, ObjectNotFound
 from cermin.format.records import DIR, FILE, ID_LEN
-from cermin.repo.indexfiles import IndexView, read_index_view, read_pack_blobs, replace_index
+from cermin.repo.indexfiles import IndexView, read_index_view, read_pack_blobs, replace_index, write_index
 from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
@@ -46,6 +51,7 @@ class PrunePlan:
     repack_bytes: int = 0
     bytes_freed: int = 0  # estimate: size of deleted packs minus what repacking rewrites
     index_files: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)  # planted index/snapshot files: ignored, not deleted
     # Internal state for execute(), not part of the JSON plan.
     _view: IndexView | None = None
     _used: set[bytes] | None = None
@@ -63,10 +69,14 @@ class PruneResult:
     bytes_deleted: int = 0
     packs_locked: int = 0  # unused but still under Object Lock retention
     index_files_written: int = 0
+    approval: str | None = None  # request id when the deletions wait for a second admin
+    packs_queued: int = 0  # packs in that request
+    index_files_queued: int = 0
 
 
-def used_blobs(repo: Repository) -> set[bytes]:
-    """Every tree and data blob reachable from any snapshot."""
+def used_blobs(repo: Repository, on_foreign=None) -> set[bytes]:
+    """Every tree and data blob reachable from any snapshot (planted snapshot files, which fail
+    authentication, reach nothing: `on_foreign(names)` hears of them)."""
 
     def refuse(names: list[str]) -> None:
         raise PruneAborted(
@@ -75,7 +85,7 @@ def used_blobs(repo: Repository) -> set[bytes]:
         )
 
     used: set[bytes] = set()
-    stack = [r.snapshot.tree for r in list_snapshots(repo, on_unreadable=refuse)]
+    stack = [r.snapshot.tree for r in list_snapshots(repo, on_unreadable=refuse, on_foreign=on_foreign)]
     while stack:
         tid = stack.pop()
         if tid in used:
@@ -96,7 +106,8 @@ def plan_prune(repo: Repository, max_unused: float = 0.05) -> PrunePlan:
     if view.damaged:
         raise PruneAborted(f"{len(view.damaged)} index files are damaged: run `cermin repair index` first")
     idx = repo.index = MasterIndex.from_packs(view.packs)
-    used = used_blobs(repo)
+    foreign = [f"index/{n}" for n in sorted(view.foreign)]
+    used = used_blobs(repo, lambda names: foreign.extend(f"snapshots/{n}" for n in names))
     missing = [b for b in used if b not in idx]
     if missing:
         raise PruneAborted(
@@ -110,7 +121,9 @@ def plan_prune(repo: Repository, max_unused: float = 0.05) -> PrunePlan:
             f"{len(gone)} indexed packs are missing ({gone[0][:12]}...): run `cermin check` and "
             "`cermin repair index` first; prune removes nothing from a damaged repository"
         )
-    plan = PrunePlan(snapshots=len(list(repo.backend.list(Kind.SNAPSHOT))), index_files=list(view.files))
+    plan = PrunePlan(
+        snapshots=len(list(repo.backend.list(Kind.SNAPSHOT))), index_files=list(view.files), foreign=foreign
+    )
     counted: set[bytes] = set()
     partly: list[tuple[float, bytes, int, int]] = []
     for pid, _entries in view.packs.items():
@@ -188,7 +201,22 @@ def execute_prune(
     if lock is not None:
         lock.ensure_fresh()
     say("writing the new index")
-    new_files = replace_index(repo, stays, view.files + view.superseded)  # phase one
+    old_files = view.files + view.superseded
+    batch = getattr(repo.backend, "remove_many", None)
+    if batch is not None:  # two-person rule: one request for every deletion of this plan
+        new_files = write_index(repo, stays, old_files)  # phase one; the old files are now superseded
+        res.index_files_written = len(new_files)
+        old = [(Kind.INDEX, n) for n in old_files if n not in new_files]
+        packs = [(Kind.DATA, n) for n in sorted(drop) + plan.unindexed_packs]
+        if lock is not None:
+            lock.ensure_fresh()
+        if old or packs:
+            res.approval = batch(old + packs)
+            if res.approval is not None:
+                res.index_files_queued, res.packs_queued = len(old), len(packs)
+        repo.index = MasterIndex.from_packs(stays)
+        return res
+    new_files = replace_index(repo, stays, old_files)  # phase one
     res.index_files_written = len(new_files)
     if lock is not None:
         lock.ensure_fresh()

@@ -4,90 +4,231 @@ HTTP API (every request carries `Authorization: Bearer <token>`):
   GET    /{tenant}/{kind}/            list: JSON [[name, size], ...]
   HEAD   /{tenant}/{kind}/{name}      size in Content-Length
   GET    /{tenant}/{kind}/{name}      bytes (Range: bytes=a-b supported)
-  POST   /{tenant}/{kind}/{name}      create; 409 if it exists; the name must be the BLAKE3 of the body
-  DELETE /{tenant}/{kind}/{name}      locks: backup/admin at once; anything else: admin, and only
-                                      after a second admin approves (202 + request id)
+  POST   /{tenant}/{kind}/{name}      create; 409 if it exists; the name must be the BLAKE3 of the body;
+                                      413 over --max-object-size, 507 over the tenant's quota
+  DELETE /{tenant}/locks/{name}       only the token that created the lock, or an admin (audited)
+  DELETE /{tenant}/{kind}/{name}      admin: queued until a second admin approves (202 + request id)
+  POST   /{tenant}/_delete            admin: {"objects": [[kind, name], ...]} -> ONE request (202 + id)
   DELETE /{tenant}/                   delete the tenant's repository (admin + a second admin)
-  GET    /{tenant}/_approvals         pending and decided requests (admin)
+  GET    /{tenant}/_approvals         requests with what they delete, who asked and when (admin)
   POST   /{tenant}/_approvals/{id}/approve|reject   (admin, not the requester)
-Refused requests are written to the audit log (JSON lines) with the token id, never the token.
+
+Data packs and index files named by a pending request are hidden (absent from listings, 404 on
+read): every client treats them as gone, so nothing new can come to depend on them. An approved
+request executes only while no lock is held and only if no index, snapshot or aux object appeared
+since it was made (the server cannot read them, so any may reference what it would delete);
+otherwise it is closed as "stale" and must be planned again. During execution the tenant is
+frozen: no object or lock can be created.
+
+All disk I/O runs in worker threads; uploads stream to a temporary file (hashed on the way), are
+checked, then hard-linked to their final name (write-once). Refused requests are written to the
+audit log (JSON lines) with the token id, never the token; unauthenticated ones are rate-limited.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import threading
 import time
+from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cermin.backend.base import CONFIG_NAME, Kind
-from cermin.backend.local import LocalBackend
-from cermin.errors import CerminError, ObjectExists, ObjectNotFound
-from cermin.format.crypto import file_id
-from cermin.server.approvals import ApprovalStore
-from cermin.server.auth import TENANT_RE, TokenStore
+from cermin.backend.local import LocalBackend, _fsync_dir
+from cermin.errors import CerminError, ObjectNotFound
+from cermin.server.approvals import HIDDEN_KINDS, ApprovalStore, StaleRequest
+from cermin.server.auth import TENANT_RE, TokenEntry, TokenStore
 
 KINDS = {k.value: k for k in Kind}
-READ, WRITE, DELETE_LOCK, DESTROY, ADMIN = "read", "write", "delete-lock", "destroy", "admin"
+READ, WRITE, LOCK, DESTROY, ADMIN = "read", "write", "lock", "destroy", "admin"
 ALLOWED = {
-    "read": {READ},
-    "backup": {READ, WRITE, DELETE_LOCK},
-    "admin": {READ, WRITE, DELETE_LOCK, DESTROY, ADMIN},
+    "read": {READ, LOCK},  # read tokens hold their own locks (check, restore, mirror pull)
+    "backup": {READ, WRITE, LOCK},
+    "admin": {READ, WRITE, LOCK, DESTROY, ADMIN},
 }
+MAX_OBJECT_SIZE = 128 << 20  # larger than any pack
+MAX_LOCKS = 64  # lock files per tenant (each client holds 1, 2 while refreshing)
+LOCK_FRESH = 1800.0  # seconds: a lock written more recently may belong to a running client
+CHANGE_KINDS = (Kind.INDEX, Kind.SNAPSHOT, Kind.AUX)  # what may reference objects a request deletes
+AUDIT_FIELD = 256  # characters kept of client-supplied fields in the audit log
+AUDIT_ANON_PER_MIN = 20  # unauthenticated refusals logged per client address and minute
+AUDIT_ANON_TOTAL_PER_MIN = 200
+WRITE_BUF = 1 << 20
+
+
+class RWLock:
+    """Many uploads at once (shared), or one approval executing (exclusive); writers are preferred."""
+
+    def __init__(self) -> None:
+        self._c = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._c:
+            while self._writer or self._waiting:
+                self._c.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._c:
+                self._readers -= 1
+                self._c.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._c:
+            self._waiting += 1
+            while self._writer or self._readers:
+                self._c.wait()
+            self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._c:
+                self._writer = False
+                self._c.notify_all()
+
+
+@dataclass
+class TenantState:
+    backend: LocalBackend
+    gate: RWLock = field(default_factory=RWLock)
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+    usage: tuple[int, int] | None = None  # (bytes, objects) without locks; computed on first need
+    changed_ns: dict = field(default_factory=dict)  # kind -> last creation seen by this process (ns)
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str, audit: bool = True) -> None:
+        super().__init__(message)
+        self.status, self.audit = status, audit
 
 
 class Server:
-    def __init__(self, root: str, window: float | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        window: float | None = None,
+        max_object_size: int = MAX_OBJECT_SIZE,
+        quota_bytes: int = 0,
+        quota_objects: int = 0,
+        max_locks: int = MAX_LOCKS,
+    ) -> None:
         self.root = os.path.abspath(root)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
         state = os.path.join(self.root, ".cermin-server")
         self.tokens = TokenStore(state)
         self.approvals = ApprovalStore(state, window) if window is not None else ApprovalStore(state)
+        self.owners_dir = os.path.join(state, "lockowners")
         self.audit_path = os.path.join(state, "audit.log")
+        self.max_object_size = max_object_size
+        self.quota_bytes, self.quota_objects, self.max_locks = quota_bytes, quota_objects, max_locks
         self._audit_lock = threading.Lock()
-        self._backends: dict[str, LocalBackend] = {}
+        self._anon: dict[str, list] = {}  # remote -> [window start, lines, suppressed]
+        self._anon_total = [0.0, 0]
+        self._tenants: dict[str, TenantState] = {}
+        self._tenants_lock = threading.Lock()
+
+    def state(self, tenant: str) -> TenantState:
+        with self._tenants_lock:
+            t = self._tenants.get(tenant)
+            if t is None:
+                t = self._tenants[tenant] = TenantState(LocalBackend(os.path.join(self.root, tenant)))
+            return t
 
     def backend(self, tenant: str) -> LocalBackend:
-        b = self._backends.get(tenant)
-        if b is None:
-            b = self._backends[tenant] = LocalBackend(os.path.join(self.root, tenant))
-        return b
+        return self.state(tenant).backend
 
+    # ---- audit ----------------------------------------------------------------------------------
     def audit(self, request: Request, status: int, reason: str, token_id: str = "") -> None:
+        remote = (request.client.host if request.client else "")[:64]
+        if not token_id and status == 401 and not self._anon_allowed(remote):
+            return
         rec = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "remote": request.client.host if request.client else "",
-            "method": request.method,
-            "path": request.url.path,
-            "token": token_id,
+            "remote": remote,
+            "method": request.method[:10],
+            "path": _clip(request.url.path),
+            "token": token_id[:32],
             "status": status,
-            "reason": reason,
+            "reason": _clip(reason),
         }
-        with self._audit_lock, open(self.audit_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        self._append(rec)
+
+    def _append(self, rec: dict) -> None:
+        line = json.dumps(rec, ensure_ascii=True) + "\n"  # one line whatever the client sent
+        with self._audit_lock:
+            fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+    def _anon_allowed(self, remote: str) -> bool:
+        """At most AUDIT_ANON_PER_MIN lines per address and minute (and a global cap); what is
+        suppressed is summed up in one line when the address is next logged."""
+        now = time.time()
+        with self._audit_lock:
+            if now - self._anon_total[0] > 60:
+                self._anon_total = [now, 0]
+            if len(self._anon) > 10_000:
+                self._anon = {k: v for k, v in self._anon.items() if now - v[0] <= 60}
+                if len(self._anon) > 10_000:
+                    self._anon.clear()
+            slot = self._anon.setdefault(remote, [now, 0, 0])
+            suppressed = 0
+            if now - slot[0] > 60:
+                suppressed, slot[:] = slot[2], [now, 0, 0]
+            if slot[1] >= AUDIT_ANON_PER_MIN or self._anon_total[1] >= AUDIT_ANON_TOTAL_PER_MIN:
+                slot[2] += 1
+                return False
+            slot[1] += 1
+            self._anon_total[1] += 1
+        if suppressed:
+            self._append(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "remote": remote,
+                    "status": 401,
+                    "reason": f"{suppressed} more unauthenticated requests not logged (rate limit)",
+                }
+            )
+        return True
 
     # ---- request plumbing ----------------------------------------------------------------------
-    def authorize(self, request: Request, tenant: str, need: str):
-        """(token entry, None) or (None, refusal response); every refusal is audited."""
+    def authorize(self, request: Request, tenant: str, need: str) -> TokenEntry:
+        """The token's entry, or Refused (audited). Runs in a worker thread (reads the token file)."""
         header = request.headers.get("authorization", "")
-        token = header[7:] if header.lower().startswith("bearer ") else ""
-        entry = self.tokens.verify(token) if token else None
+        token = header[7:] if header[:7].lower() == "bearer " else ""
+        entry = self.tokens.verify(token[:200]) if token else None
         if entry is None:
             self.audit(request, 401, "no valid token")
-            return None, JSONResponse({"error": "a valid token is required"}, 401)
+            raise Refused(401, "a valid token is required", audit=False)
         if not TENANT_RE.match(tenant) or entry.tenant != tenant:
-            self.audit(request, 403, f"token of tenant {entry.tenant} used for {tenant}", entry.id)
-            return None, JSONResponse({"error": "this token has no access to that tenant"}, 403)
+            self.audit(request, 403, f"token of tenant {entry.tenant} used for another tenant", entry.id)
+            raise Refused(403, "this token has no access to that tenant", audit=False)
         if need not in ALLOWED[entry.role]:
             self.audit(request, 403, f"role {entry.role} may not {need}", entry.id)
-            return None, JSONResponse({"error": f"role {entry.role} may not {need}"}, 403)
-        return entry, None
+            raise Refused(403, f"role {entry.role} may not {need}", audit=False)
+        return entry
+
+    def alive_admin(self, token_id: str) -> bool:
+        e = self.tokens.get(token_id)
+        return e is not None and e.role == "admin"
 
     @staticmethod
     def kind_name(request: Request) -> tuple[Kind | None, str]:
@@ -97,72 +238,76 @@ class Server:
             name = CONFIG_NAME
         return kind, name
 
-    def bad_name(self, kind: Kind | None, name: str) -> bool:
+    @staticmethod
+    def bad_name(kind: Kind | None, name: str) -> bool:
         if kind is None:
             return True
         if kind is Kind.CONFIG:
             return False
         return len(name) != 64 or any(c not in "0123456789abcdef" for c in name)
 
-    # ---- endpoints -----------------------------------------------------------------------------
+    def hidden(self, tenant: str) -> dict[str, set[str]]:
+        return self.approvals.hidden(tenant, self.alive_admin)
+
+    def is_hidden(self, tenant: str, kind: Kind, name: str) -> bool:
+        return kind.value in HIDDEN_KINDS and name in self.hidden(tenant)[kind.value]
+
+    async def _run(self, request: Request, fn, *args) -> Response:
+        """Run a synchronous handler in a worker thread; turn Refused into its answer."""
+        try:
+            return await run_in_threadpool(fn, request, *args)
+        except Refused as e:
+            if e.audit:
+                await run_in_threadpool(self.audit, request, e.status, str(e), getattr(e, "token_id", ""))
+            return JSONResponse({"error": str(e)}, e.status)
+
+    # ---- listing and reads ------------------------------------------------------------------------
     async def list(self, request: Request) -> Response:
+        return await self._run(request, self._list)
+
+    def _list(self, request: Request) -> Response:
         tenant = request.path_params["tenant"]
-        entry, refused = self.authorize(request, tenant, READ)
-        if refused:
-            return refused
+        self.authorize(request, tenant, READ)
         kind = KINDS.get(request.path_params["kind"])
         if kind is None:
             return JSONResponse({"error": "unknown kind"}, 404)
-        items = await run_in_threadpool(lambda: [[n, s] for n, s in self.backend(tenant).list(kind)])
-        return JSONResponse(items)
+        hide = self.hidden(tenant).get(kind.value, set())
+        return JSONResponse([[n, s] for n, s in self.backend(tenant).list(kind) if n not in hide])
 
     async def object(self, request: Request) -> Response:
+        if request.method in ("POST", "PUT"):
+            return await self.upload(request)
+        return await self._run(request, self._object)
+
+    def _object(self, request: Request) -> Response:
         tenant = request.path_params["tenant"]
         kind, name = self.kind_name(request)
         method = request.method
-        need = {"GET": READ, "HEAD": READ, "POST": WRITE, "PUT": WRITE}.get(method)
+        need = READ
         if method == "DELETE":
-            need = DELETE_LOCK if kind is Kind.LOCK else DESTROY
-        entry, refused = self.authorize(request, tenant, need)
-        if refused:
-            return refused
+            need = LOCK if kind is Kind.LOCK else DESTROY
+        entry = self.authorize(request, tenant, need)
         if self.bad_name(kind, name):
             self.audit(request, 400, "bad object name", entry.id)
             return JSONResponse({"error": "bad kind or object name"}, 400)
+        assert kind is not None
         backend = self.backend(tenant)
         try:
             if method in ("GET", "HEAD"):
-                return await run_in_threadpool(self._read, request, backend, kind, name, method)
-            if method in ("POST", "PUT"):
-                body = await request.body()
-                if kind is not Kind.CONFIG and file_id(body) != name:
-                    self.audit(request, 400, "content does not match its name", entry.id)
-                    return JSONResponse({"error": "content does not match its name"}, 400)
-                await run_in_threadpool(self._store, backend, kind, name, body)
-                return Response(status_code=201)
-            # DELETE
+                if self.is_hidden(tenant, kind, name):
+                    return JSONResponse({"error": "not found (queued for deletion)"}, 404)
+                return self._read(request, backend, kind, name, method)
             if kind is Kind.LOCK:
-                backend.remove(kind, name)
-                return Response(status_code=204)
-            if not backend.exists(kind, name):
+                return self._remove_lock(request, tenant, entry, name)
+            if not backend.exists(kind, name) or self.is_hidden(tenant, kind, name):
                 return JSONResponse({"error": "not found"}, 404)
-            req = self.approvals.request(tenant, kind.value, name, entry.id)
+            req = self.approvals.request(tenant, "delete", {kind.value: [name]}, entry.id, entry.label)
             self.audit(request, 202, f"deletion needs a second admin: request {req.id}", entry.id)
-            return JSONResponse({"approval_required": req.id}, 202)
+            return JSONResponse({"approval_required": req.id, "count": req.count}, 202)
         except ObjectNotFound:
             return JSONResponse({"error": "not found"}, 404)
-        except ObjectExists:
-            self.audit(request, 409, "object exists (write-once)", entry.id)
-            return JSONResponse({"error": "object exists"}, 409)
         except CerminError as e:
             return JSONResponse({"error": str(e)}, 500)
-
-    def _store(self, backend: LocalBackend, kind: Kind, name: str, body: bytes) -> None:
-        if not os.path.isdir(os.path.join(backend.root, Kind.KEY.value)):
-            with self._audit_lock:  # first write of a new tenant repository: lay out its directories
-                if not os.path.isdir(os.path.join(backend.root, Kind.KEY.value)):
-                    backend.create()
-        backend.save(kind, name, body)
 
     def _read(self, request: Request, backend: LocalBackend, kind: Kind, name: str, method: str) -> Response:
         size = backend.size(kind, name)
@@ -186,45 +331,281 @@ class Server:
             )
         return Response(backend.load(kind, name), media_type="application/octet-stream")
 
-    async def tenant(self, request: Request) -> Response:
-        """DELETE /{tenant}/: delete a whole tenant repository, after a second admin approves."""
-        tenant = request.path_params["tenant"]
-        entry, refused = self.authorize(request, tenant, DESTROY)
-        if refused:
-            return refused
-        req = self.approvals.request(tenant, "tenant", tenant, entry.id)
-        self.audit(request, 202, f"tenant deletion needs a second admin: request {req.id}", entry.id)
-        return JSONResponse({"approval_required": req.id}, 202)
+    # ---- locks: owned by the token that made them ----------------------------------------------------
+    def _owner_path(self, tenant: str, name: str) -> str:
+        return os.path.join(self.owners_dir, tenant, name)
 
-    async def approvals_list(self, request: Request) -> Response:
-        tenant = request.path_params["tenant"]
-        entry, refused = self.authorize(request, tenant, ADMIN)
-        if refused:
-            return refused
-        return JSONResponse([r.__dict__ for r in self.approvals.list(tenant)])
+    def lock_owner(self, tenant: str, name: str) -> str:
+        try:
+            with open(self._owner_path(tenant, name)) as f:
+                return json.load(f).get("token", "")
+        except (OSError, ValueError, AttributeError):
+            return ""
 
-    async def approvals_decide(self, request: Request) -> Response:
-        tenant = request.path_params["tenant"]
-        entry, refused = self.authorize(request, tenant, ADMIN)
-        if refused:
-            return refused
-        approve = request.path_params["verb"] == "approve"
+    def _remove_lock(self, request: Request, tenant: str, entry: TokenEntry, name: str) -> Response:
+        owner = self.lock_owner(tenant, name)
+        if entry.id != owner and entry.role != "admin":
+            self.audit(request, 403, f"lock {name[:12]} belongs to token {owner or '(unknown)'}", entry.id)
+            return JSONResponse({"error": "this lock was created by another token (an admin can remove it)"}, 403)
         backend = self.backend(tenant)
+        try:
+            backend.remove(Kind.LOCK, name)
+        except ObjectNotFound:
+            return JSONResponse({"error": "not found"}, 404)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self._owner_path(tenant, name))
+        who = "its owner" if entry.id == owner else f"admin (owner {owner or 'unknown'})"
+        self.audit(request, 204, f"lock {name[:12]} removed by {who}", entry.id)
+        return Response(status_code=204)
 
-        def execute(r) -> None:
-            if r.kind == "tenant":  # the whole repository goes
-                import shutil
+    # ---- uploads: streamed to disk, checked, then linked (write-once) --------------------------------
+    async def upload(self, request: Request) -> Response:
+        tenant = request.path_params["tenant"]
+        kind, name = self.kind_name(request)
+        need = LOCK if kind is Kind.LOCK else WRITE
+        tmp = None
+        try:
+            entry = await run_in_threadpool(self.authorize, request, tenant, need)
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or len(length) > 18):
+                raise _refused(400, "bad Content-Length", entry)
+            if length is not None and int(length) > self.max_object_size:
+                raise _refused(413, f"object larger than the server's limit of {self.max_object_size} bytes", entry)
+            if self.bad_name(kind, name):
+                raise _refused(400, "bad object name", entry)
+            assert kind is not None
+            st = self.state(tenant)
+            await run_in_threadpool(self._precheck, st, tenant, kind, name, int(length or 0), entry)
+            tmp, size, digest = await self._receive(request, st.backend, kind, name, entry)
+            if kind is not Kind.CONFIG and digest != name:
+                raise _refused(400, "content does not match its name", entry)
+            return await run_in_threadpool(self._commit, request, st, tenant, kind, name, tmp, size, entry)
+        except Refused as e:
+            if e.audit:
+                await run_in_threadpool(self.audit, request, e.status, str(e), getattr(e, "token_id", ""))
+            return JSONResponse({"error": str(e)}, e.status)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        except CerminError as e:
+            return JSONResponse({"error": str(e)}, 500)
+        finally:
+            if tmp is not None:
+                await run_in_threadpool(_unlink, tmp)
 
-                shutil.rmtree(backend.root, ignore_errors=True)
-                self._backends.pop(tenant, None)
-                return
-            try:
-                backend.remove(KINDS[r.kind], r.name)
-            except ObjectNotFound:
-                pass
+    def _precheck(self, st: TenantState, tenant: str, kind: Kind, name: str, length: int, entry: TokenEntry) -> None:
+        backend = st.backend
+        if not os.path.isdir(os.path.join(backend.root, Kind.KEY.value)):
+            with st.mutex:  # first write of a new tenant repository: lay out its directories
+                if not os.path.isdir(os.path.join(backend.root, Kind.KEY.value)):
+                    backend.create()
+        os.makedirs(os.path.dirname(backend._path(kind, name)), exist_ok=True)
+        if kind is Kind.LOCK:
+            n = sum(1 for _ in backend.list(Kind.LOCK))
+            if n >= self.max_locks:
+                raise _refused(
+                    429, f"too many lock files ({n}); an admin can remove stale ones (`cermin unlock`)", entry
+                )
+            return
+        if self.quota_bytes or self.quota_objects:
+            used_bytes, used_objects = self._usage(st)
+            if self.quota_objects and used_objects + 1 > self.quota_objects:
+                raise _refused(507, f"tenant quota of {self.quota_objects} objects reached", entry)
+            if self.quota_bytes and used_bytes + length > self.quota_bytes:
+                raise _refused(507, f"tenant quota of {self.quota_bytes} bytes reached", entry)
+
+    def _usage(self, st: TenantState) -> tuple[int, int]:
+        with st.mutex:
+            if st.usage is None:
+                b = n = 0
+                for k in Kind:
+                    if k is Kind.LOCK:
+                        continue
+                    for _name, size in st.backend.list(k):
+                        b += size
+                        n += 1
+                st.usage = (b, n)
+            return st.usage
+
+    async def _receive(self, request: Request, backend: LocalBackend, kind: Kind, name: str, entry: TokenEntry):
+        """Stream the body into a temporary file next to its final name, hashing on the way; refuse
+        as soon as it passes the size limit (chunked bodies have no Content-Length to check first)."""
+        import blake3
+
+        final = backend._path(kind, name)
+        tmp = os.path.join(os.path.dirname(final), f".tmp-{name[:16]}-{secrets.token_hex(6)}")
+        fd = await run_in_threadpool(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        h = blake3.blake3()
+        size = 0
+        buf = bytearray()
+
+        def flush(data: bytes) -> None:
+            h.update(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
 
         try:
-            r = self.approvals.decide(tenant, request.path_params["rid"], entry.id, approve, execute)
+            try:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_object_size:
+                        raise _refused(
+                            413, f"object larger than the server's limit of {self.max_object_size} bytes", entry
+                        )
+                    buf += chunk
+                    if len(buf) >= WRITE_BUF:
+                        data, buf = bytes(buf), bytearray()
+                        await run_in_threadpool(flush, data)
+                if buf:
+                    await run_in_threadpool(flush, bytes(buf))
+                await run_in_threadpool(os.fsync, fd)
+            finally:
+                await run_in_threadpool(os.close, fd)
+        except BaseException:
+            await run_in_threadpool(_unlink, tmp)
+            raise
+        return tmp, size, h.hexdigest()
+
+    def _commit(
+        self,
+        request: Request,
+        st: TenantState,
+        tenant: str,
+        kind: Kind,
+        name: str,
+        tmp: str,
+        size: int,
+        entry: TokenEntry,
+    ) -> Response:
+        final = st.backend._path(kind, name)
+        with st.gate.shared():  # not while an approved deletion executes
+            if kind is Kind.LOCK:
+                owner = self._owner_path(tenant, name)
+                os.makedirs(os.path.dirname(owner), mode=0o700, exist_ok=True)
+                with open(owner, "w") as f:
+                    json.dump({"token": entry.id, "role": entry.role, "time": time.time()}, f)
+            with st.mutex:
+                if st.usage is not None and kind is not Kind.LOCK:
+                    b, n = st.usage
+                    if (self.quota_objects and n + 1 > self.quota_objects) or (
+                        self.quota_bytes and b + size > self.quota_bytes
+                    ):
+                        raise _refused(507, "tenant quota reached", entry)
+                    st.usage = (b + size, n + 1)  # reserved; given back if the link fails
+            try:
+                os.chmod(tmp, 0o400)
+                os.utime(tmp)  # its creation time, for the approval re-check
+                os.link(tmp, final)
+                _fsync_dir(os.path.dirname(final))
+            except FileExistsError:
+                self._unreserve(st, kind, size)
+                if self.is_hidden(tenant, kind, name):  # needed again: the queued deletion dies
+                    ids = self.approvals.cancel_for(tenant, kind.value, name, f"{kind.value}/{name} uploaded again")
+                    self.audit(request, 201, f"re-upload cancelled queued deletion {','.join(ids)}", entry.id)
+                    return Response(status_code=201)
+                raise _refused(409, "object exists (write-once)", entry) from None
+            except OSError as e:
+                self._unreserve(st, kind, size)
+                raise CerminError(f"cannot store {kind.value}/{name[:12]}: {e.strerror or e}") from None
+            if kind in CHANGE_KINDS:
+                st.changed_ns[kind] = time.time_ns()
+        return Response(status_code=201)
+
+    @staticmethod
+    def _unreserve(st: TenantState, kind: Kind, size: int) -> None:
+        with st.mutex:
+            if st.usage is not None and kind is not Kind.LOCK:
+                st.usage = (st.usage[0] - size, st.usage[1] - 1)
+
+    # ---- deletions: one request per plan, executed after a second admin approves ------------------
+    async def delete_many(self, request: Request) -> Response:
+        tenant = request.path_params["tenant"]
+        try:
+            entry = await run_in_threadpool(self.authorize, request, tenant, DESTROY)
+            length = request.headers.get("content-length", "")
+            if not length.isdigit() or int(length) > self.max_object_size:
+                raise _refused(413, "a deletion request needs a Content-Length within the size limit", entry)
+            body = await request.body()
+        except Refused as e:
+            if e.audit:
+                await run_in_threadpool(self.audit, request, e.status, str(e), getattr(e, "token_id", ""))
+            return JSONResponse({"error": str(e)}, e.status)
+        return await self._run(request, self._delete_many, entry, body)
+
+    def _delete_many(self, request: Request, entry: TokenEntry, body: bytes) -> Response:
+        tenant = request.path_params["tenant"]
+        try:
+            items = json.loads(body)["objects"]
+            assert isinstance(items, list)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            raise _refused(400, 'body must be {"objects": [[kind, name], ...]}', entry) from None
+        backend = self.backend(tenant)
+        hidden = self.hidden(tenant)
+        objects: dict[str, list[str]] = {}
+        missing = 0
+        for it in items:
+            if not (isinstance(it, list) and len(it) == 2 and all(isinstance(x, str) for x in it)):
+                raise _refused(400, "each object is [kind, name]", entry)
+            kind = KINDS.get(it[0])
+            if kind in (None, Kind.LOCK, Kind.CONFIG) or self.bad_name(kind, it[1]):
+                raise _refused(400, f"cannot request deletion of {_clip(it[0], 20)}/{_clip(it[1], 70)}", entry)
+            if not backend.exists(kind, it[1]) or it[1] in hidden.get(kind.value, ()):
+                missing += 1
+                continue
+            names = objects.setdefault(kind.value, [])
+            if it[1] not in names:
+                names.append(it[1])
+        if not objects:
+            return JSONResponse({"approval_required": None, "count": 0, "missing": missing}, 200)
+        req = self.approvals.request(tenant, "delete", objects, entry.id, entry.label)
+        self.audit(request, 202, f"deletion of {req.count} objects needs a second admin: request {req.id}", entry.id)
+        return JSONResponse({"approval_required": req.id, "count": req.count, "missing": missing}, 202)
+
+    async def tenant(self, request: Request) -> Response:
+        return await self._run(request, self._tenant)
+
+    def _tenant(self, request: Request) -> Response:
+        """DELETE /{tenant}/: delete a whole tenant repository, after a second admin approves."""
+        tenant = request.path_params["tenant"]
+        entry = self.authorize(request, tenant, DESTROY)
+        req = self.approvals.request(tenant, "delete-tenant", {}, entry.id, entry.label)
+        self.audit(request, 202, f"tenant deletion needs a second admin: request {req.id}", entry.id)
+        return JSONResponse({"approval_required": req.id, "count": 0}, 202)
+
+    async def approvals_list(self, request: Request) -> Response:
+        return await self._run(request, self._approvals_list)
+
+    def _approvals_list(self, request: Request) -> Response:
+        tenant = request.path_params["tenant"]
+        self.authorize(request, tenant, ADMIN)
+        out = []
+        for r in self.approvals.list(tenant, self.alive_admin):
+            d = r.to_json()
+            e = self.tokens.get(r.requested_by)
+            d["requested_by_label"] = e.label if e else r.requested_by_label
+            out.append(d)
+        return JSONResponse(out)
+
+    async def approvals_decide(self, request: Request) -> Response:
+        return await self._run(request, self._approvals_decide)
+
+    def _approvals_decide(self, request: Request) -> Response:
+        tenant = request.path_params["tenant"]
+        entry = self.authorize(request, tenant, ADMIN)
+        approve = request.path_params["verb"] == "approve"
+        if request.path_params["verb"] not in ("approve", "reject"):
+            return JSONResponse({"error": "use approve or reject"}, 404)
+        st = self.state(tenant)
+        try:
+            r = self.approvals.decide(
+                tenant,
+                request.path_params["rid"],
+                entry.id,
+                approve,
+                lambda r: self._execute(st, tenant, r),
+                self.alive_admin,
+            )
         except PermissionError as e:
             self.audit(request, 403, str(e), entry.id)
             return JSONResponse({"error": str(e)}, 403)
@@ -237,14 +618,70 @@ class Server:
         except (OSError, CerminError) as e:  # the request stays pending and can be approved again
             self.audit(request, 500, f"approved operation failed: {e}", entry.id)
             return JSONResponse({"error": f"the operation failed: {e}"}, 500)
-        self.audit(request, 200, f"request {r.id} {r.status}: {r.kind}/{r.name}", entry.id)
-        return JSONResponse(r.__dict__)
+        what = "the tenant" if r.action == "delete-tenant" else f"{r.count} objects ({r.to_json()['kind']})"
+        self.audit(request, 200, f"request {r.id} {r.status}: delete {what}", entry.id)
+        return JSONResponse(r.to_json())
+
+    def _execute(self, st: TenantState, tenant: str, r) -> None:
+        backend = st.backend
+        if r.action == "delete-tenant":
+            import shutil
+
+            with st.gate.exclusive():
+                shutil.rmtree(backend.root, ignore_errors=True)
+                shutil.rmtree(os.path.join(self.owners_dir, tenant), ignore_errors=True)
+                st.usage, st.changed_ns = None, {}
+            self.approvals.drop_tenant(tenant, r.id)
+            return
+        with st.gate.exclusive():  # no object or lock is created while we check and delete
+            self._recheck(st, r)
+            freed = n = 0
+            for kind_name, names in r.objects.items():
+                kind = KINDS[kind_name]
+                for name in names:
+                    try:
+                        size = backend.size(kind, name)
+                        backend.remove(kind, name)
+                        freed, n = freed + size, n + 1
+                    except ObjectNotFound:
+                        pass
+            with st.mutex:
+                if st.usage is not None:
+                    st.usage = (st.usage[0] - freed, st.usage[1] - n)
+
+    def _recheck(self, st: TenantState, r) -> None:
+        """Refuse to delete while a client works, or when something new may reference the objects."""
+        now = time.time()
+        fresh = [n for n, _ in st.backend.list(Kind.LOCK) if now - _mtime(st.backend, Kind.LOCK, n) < LOCK_FRESH]
+        if fresh:
+            raise ValueError(
+                f"the repository is in use ({len(fresh)} lock(s) held): approve again when no client is working "
+                "(or remove stale locks with an admin token: `cermin unlock`)"
+            )
+        kinds = set(r.objects)
+        if kinds & set(HIDDEN_KINDS):  # packs or index files: anything new may reference them
+            watch: tuple[Kind, ...] = CHANGE_KINDS
+        elif Kind.SNAPSHOT.value in kinds:  # snapshots: a protection record may have come since
+            watch = (Kind.AUX,)
+        else:
+            watch = ()
+        since = r.requested_at_ns or int(r.requested_at * 1e9)
+        for k in watch:
+            if st.changed_ns.get(k, 0) > since:
+                raise StaleRequest(f"{k.value} objects were added since the request: plan it again")
+            for n, _ in st.backend.list(k):
+                if _mtime_ns(st.backend, k, n) > since:
+                    raise StaleRequest(
+                        f"{k.value}/{n[:12]} was added after the request and may need what it deletes: "
+                        "plan it again (e.g. run prune again)"
+                    )
 
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/{tenant}/_approvals", self.approvals_list, methods=["GET"]),
                 Route("/{tenant}/_approvals/{rid}/{verb:str}", self.approvals_decide, methods=["POST"]),
+                Route("/{tenant}/_delete", self.delete_many, methods=["POST"]),
                 Route("/{tenant}/", self.tenant, methods=["DELETE"]),
                 Route("/{tenant}/{kind}/", self.list, methods=["GET"]),
                 Route("/{tenant}/{kind}/{name}", self.object, methods=["GET", "HEAD", "POST", "PUT", "DELETE"]),
@@ -252,5 +689,33 @@ class Server:
         )
 
 
-def build_app(root: str, window: float | None = None) -> Starlette:
-    return Server(root, window).app()
+def _refused(status: int, message: str, entry: TokenEntry | None = None) -> Refused:
+    e = Refused(status, message)
+    e.token_id = entry.id if entry else ""  # type: ignore[attr-defined]
+    return e
+
+
+def _clip(s: str, n: int = AUDIT_FIELD) -> str:
+    return s if len(s) <= n else s[:n] + f"...({len(s)} chars)"
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _mtime_ns(backend: LocalBackend, kind: Kind, name: str) -> int:
+    try:
+        return os.stat(backend._path(kind, name)).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _mtime(backend: LocalBackend, kind: Kind, name: str) -> float:
+    return _mtime_ns(backend, kind, name) / 1e9
+
+
+def build_app(root: str, window: float | None = None, **limits) -> Starlette:
+    """The ASGI app for `cermin serve`. Files and directories it creates are private (umask 077)."""
+    os.umask(0o077)
+    return Server(root, window, **limits).app()

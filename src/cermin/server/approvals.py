@@ -1,102 +1,206 @@
 """Two-person rule: a destructive operation requested by one admin runs only after a second admin
-of the same tenant approves it within the window. Each request executes at most once."""
+of the same tenant approves it, by its id, within the window. Each request executes at most once.
+
+A request names everything it deletes (`objects`: kind -> names); a prune makes ONE request for its
+whole plan. While a request is pending, the data packs and index files it names are hidden by the
+server (treated as gone by every client). A pending request dies ("revoked") when its requester's
+token is revoked, "expired" after the window, "stale" when the repository changed under it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 WINDOW = 3600.0  # seconds an approval may take
+HIDDEN_KINDS = ("data", "index")  # what a pending request hides from every client
 
 
 @dataclass
 class Request:
     id: str
     tenant: str
-    action: str  # "delete"
-    kind: str
-    name: str
+    action: str  # "delete" (objects) or "delete-tenant"
+    objects: dict[str, list[str]]  # kind -> names
     requested_by: str  # token id
     requested_at: float
-    status: str = "pending"  # pending, executed, rejected, expired
+    requested_by_label: str = ""
+    status: str = "pending"  # pending, executed, rejected, expired, revoked, stale, cancelled
     decided_by: str = ""
     decided_at: float = 0.0
+    reason: str = ""
+    requested_at_ns: int = field(default=0)
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.objects.values())
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["count"] = self.count
+        d["kind"] = ",".join(sorted(self.objects)) if self.action == "delete" else "tenant"
+        names = [n for v in self.objects.values() for n in v]
+        d["name"] = names[0] if len(names) == 1 else ""
+        d["requested"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.requested_at))
+        return d
 
 
 class ApprovalStore:
     def __init__(self, state_dir: str, window: float = WINDOW) -> None:
         self.path = os.path.join(state_dir, "approvals.json")
         self.window = window
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._reqs: dict[str, Request] | None = None
 
-    def _read(self) -> dict[str, Request]:
-        try:
-            with open(self.path) as f:
-                return {r["id"]: Request(**r) for r in json.load(f)}
-        except FileNotFoundError:
-            return {}
+    # ---- persistence (only the server process writes this file) ---------------------------------
+    def _all(self) -> dict[str, Request]:
+        if self._reqs is None:
+            try:
+                with open(self.path) as f:
+                    raw = json.load(f)
+            except FileNotFoundError:
+                raw = []
+            reqs = {}
+            for r in raw:
+                if "objects" not in r:  # written by an older server: one object per request
+                    r["objects"] = {r.pop("kind"): [r.pop("name")]} if r.get("kind") != "tenant" else {}
+                    if r.get("action") == "delete" and not r["objects"]:
+                        r["action"] = "delete-tenant"
+                r = {k: v for k, v in r.items() if k in Request.__dataclass_fields__}
+                reqs[r["id"]] = Request(**r)
+            self._reqs = reqs
+        return self._reqs
 
-    def _write(self, reqs: dict[str, Request]) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+    def _write(self) -> None:
+        reqs = self._all()
+        d = os.path.dirname(self.path)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".approvals-")
+        with os.fdopen(fd, "w") as f:
             json.dump([asdict(r) for r in reqs.values()], f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
-    def request(self, tenant: str, kind: str, name: str, token_id: str) -> Request:
+    def _refresh(self, r: Request, alive: Callable[[str], bool] | None) -> bool:
+        """Settle a pending request that died; True if its status changed."""
+        if r.status != "pending":
+            return False
+        now = time.time()
+        if now - r.requested_at > self.window:
+            r.status, r.decided_at, r.reason = "expired", r.requested_at + self.window, "not approved in time"
+            return True
+        if alive is not None and not alive(r.requested_by):
+            r.status, r.decided_at, r.reason = "revoked", now, "the requester's token was revoked"
+            return True
+        return False
+
+    # ---- API ------------------------------------------------------------------------------------
+    def request(
+        self, tenant: str, action: str, objects: dict[str, list[str]], token_id: str, label: str = ""
+    ) -> Request:
         with self._lock:
-            reqs = self._read()
+            reqs = self._all()
             for r in reqs.values():  # asking twice for the same thing gives the same request
-                if (
-                    r.status == "pending"
-                    and r.tenant == tenant
-                    and r.kind == kind
-                    and r.name == name
-                    and time.time() - r.requested_at < self.window
-                ):
+                self._refresh(r, None)
+                if r.status == "pending" and r.tenant == tenant and r.action == action and r.objects == objects:
                     return r
-            r = Request(secrets.token_hex(8), tenant, "delete", kind, name, token_id, time.time())
+            r = Request(
+                secrets.token_hex(8),
+                tenant,
+                action,
+                objects,
+                token_id,
+                time.time(),
+                label,
+                requested_at_ns=time.time_ns(),
+            )
             reqs[r.id] = r
-            self._write(reqs)
+            self._write()
             return r
 
-    def list(self, tenant: str) -> list[Request]:
+    def list(self, tenant: str, alive: Callable[[str], bool] | None = None) -> list[Request]:
         with self._lock:
-            reqs = self._read()
-        now = time.time()
-        out = []
-        for r in reqs.values():
-            if r.tenant != tenant:
-                continue
-            if r.status == "pending" and now - r.requested_at > self.window:
-                r.status = "expired"
-            out.append(r)
+            changed = False
+            out = []
+            for r in self._all().values():
+                if r.tenant == tenant:
+                    changed |= self._refresh(r, alive)
+                    out.append(r)
+            if changed:
+                self._write()
         return sorted(out, key=lambda r: r.requested_at)
 
-    def decide(self, tenant: str, rid: str, token_id: str, approve: bool, execute) -> Request:
-        """Approve (and run `execute(request)`) or reject. Raises PermissionError / LookupError /
-        ValueError for the refusals the server turns into 403 / 404 / 409."""
+    def hidden(self, tenant: str, alive: Callable[[str], bool] | None = None) -> dict[str, set[str]]:
+        """kind -> names queued for deletion by a live pending request: gone for every client."""
+        out: dict[str, set[str]] = {k: set() for k in HIDDEN_KINDS}
         with self._lock:
-            reqs = self._read()
-            r = reqs.get(rid)
+            for r in self._all().values():
+                if r.tenant == tenant and r.status == "pending":
+                    if time.time() - r.requested_at > self.window or (alive is not None and not alive(r.requested_by)):
+                        continue
+                    for k in HIDDEN_KINDS:
+                        out[k].update(r.objects.get(k, ()))
+        return out
+
+    def cancel_for(self, tenant: str, kind: str, name: str, reason: str) -> list[str]:
+        """An object queued for deletion was needed again (uploaded anew): its requests die."""
+        with self._lock:
+            ids = []
+            for r in self._all().values():
+                if r.tenant == tenant and r.status == "pending" and name in r.objects.get(kind, ()):
+                    r.status, r.decided_at, r.reason = "cancelled", time.time(), reason
+                    ids.append(r.id)
+            if ids:
+                self._write()
+            return ids
+
+    def drop_tenant(self, tenant: str, keep: str) -> None:
+        with self._lock:
+            for r in self._all().values():
+                if r.tenant == tenant and r.status == "pending" and r.id != keep:
+                    r.status, r.decided_at, r.reason = "cancelled", time.time(), "the tenant was deleted"
+            self._write()
+
+    def decide(
+        self,
+        tenant: str,
+        rid: str,
+        token_id: str,
+        approve: bool,
+        execute: Callable[[Request], None],
+        alive: Callable[[str], bool] | None = None,
+    ) -> Request:
+        """Approve (and run `execute(request)`) or reject. Raises PermissionError / LookupError /
+        ValueError for the refusals the server turns into 403 / 404 / 409. `execute` may raise
+        StaleRequest: the request is then closed as "stale" (re-plan and request again)."""
+        with self._lock:
+            r = self._all().get(rid)
             if r is None or r.tenant != tenant:
                 raise LookupError(f"no approval request {rid}")
+            if self._refresh(r, alive):
+                self._write()
             if r.status != "pending":
-                raise ValueError(f"request {rid} is already {r.status}")
-            if time.time() - r.requested_at > self.window:
-                r.status = "expired"
-                self._write(reqs)
-                raise ValueError(f"request {rid} expired")
+                raise ValueError(f"request {rid} is already {r.status}" + (f" ({r.reason})" if r.reason else ""))
             if r.requested_by == token_id:
                 raise PermissionError("the requester cannot approve their own request")
             if approve:
-                execute(r)
+                try:
+                    execute(r)
+                except StaleRequest as e:
+                    r.status, r.decided_by, r.decided_at, r.reason = "stale", token_id, time.time(), str(e)
+                    self._write()
+                    raise ValueError(f"request {rid} not executed: {e}") from None
             r.status = "executed" if approve else "rejected"
             r.decided_by, r.decided_at = token_id, time.time()
-            self._write(reqs)
+            self._write()
             return r
+
+
+class StaleRequest(Exception):
+    """The repository changed since the request was made: executing it could delete needed data."""

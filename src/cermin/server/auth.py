@@ -8,12 +8,15 @@ restore and mirror), `admin` (may request destructive operations, and approve ot
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+import tempfile
 import threading
 from dataclasses import asdict, dataclass
 
@@ -51,6 +54,7 @@ class TokenStore:
         self._entries: dict[str, TokenEntry] = {}
         self._mtime: tuple = ()
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        os.chmod(state_dir, 0o700)
 
     def _load(self) -> None:
         try:
@@ -65,21 +69,40 @@ class TokenStore:
             self._mtime = stamp
 
     def _save(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump([asdict(e) for e in self._entries.values()], f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tokens-")  # 0600, unique
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump([asdict(e) for e in self._entries.values()], f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """Read-modify-write under a file lock: `token add` from several processes at once (and the
+        server) never lose each other's changes."""
+        with self._lock:
+            fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._mtime = ()  # re-read under the lock, whatever the cache says
+                self._load()
+                yield
+            finally:
+                os.close(fd)
 
     def add(self, tenant: str, role: str, label: str = "") -> tuple[TokenEntry, str]:
         check_tenant(tenant)
         if role not in ROLES:
             raise UsageError(f"role must be one of {', '.join(ROLES)}")
-        with self._lock:
-            self._load()
+        with self._exclusive():
             tid = secrets.token_hex(6)
+            while tid in self._entries:
+                tid = secrets.token_hex(6)
             secret = secrets.token_urlsafe(32)
             entry = TokenEntry(tid, tenant, role, _hash(secret), now_rfc3339(), label)
             self._entries[tid] = entry
@@ -87,8 +110,7 @@ class TokenStore:
         return entry, f"cmn_{tid}_{secret}"
 
     def revoke(self, tid: str) -> None:
-        with self._lock:
-            self._load()
+        with self._exclusive():
             if self._entries.pop(tid, None) is None:
                 raise UsageError(f"no token {tid}")
             self._save()
@@ -97,6 +119,11 @@ class TokenStore:
         with self._lock:
             self._load()
             return list(self._entries.values())
+
+    def get(self, tid: str) -> TokenEntry | None:
+        with self._lock:
+            self._load()
+            return self._entries.get(tid)
 
     def verify(self, token: str) -> TokenEntry | None:
         """The entry for a presented token, or None. Constant time in the secret."""
