@@ -74,7 +74,8 @@ def test_backup_token_cannot_destroy_or_overwrite(served, tenant, tmp_path):
     bogus = os.urandom(200)
     assert http.request("POST", f"{base}/snapshots/{file_id(bogus)}", body=bogus, headers=auth).status == 201
     report = jl(cli("--json", "check", "--read-data", ok=False))
-    assert report[-1]["damaged_snapshots"] == [file_id(bogus)]
+    planted = [x for x in report if x["message_type"] == "notice" and x["kind"] == "foreign_object"]
+    assert [x["object"] for x in planted] == [f"snapshots/{file_id(bogus)}"]
     listing = jl(cli("--json", "snapshots"))
     assert listing[0]["message_type"] == "warning" and file_id(bogus)[:8] in listing[0]["message"]
     snaps = listing[-1]["snapshots"]
