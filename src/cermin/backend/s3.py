@@ -53,6 +53,28 @@ class LockPolicy:
         return {"days": self.days, "mode": self.mode, "maintenance_days": self.maintenance_days}
 
 
+CONNECT_TIMEOUT = 5  # seconds; an endpoint that does not accept a connection by then is not there
+AMBIENT_ENV = "CERMIN_S3_AMBIENT_CREDENTIALS"
+
+
+def _credentials() -> dict:
+    """Credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN). Without
+    them, fail at once: the libraries would otherwise wait on the cloud metadata address
+    169.254.169.254. CERMIN_S3_AMBIENT_CREDENTIALS=1 lets them look there and in profiles."""
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        out = {"access_key_id": key, "secret_access_key": secret}
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            out["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+        return out
+    if os.environ.get(AMBIENT_ENV) == "1":
+        return {}
+    raise UsageError(
+        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        f"(or {AMBIENT_ENV}=1 to use an instance profile or ~/.aws)"
+    )
+
+
 def _transient(e: Exception) -> bool:
     """Connection failures and server errors are retried; answers about the object are not."""
     return not isinstance(e, FileNotFoundError) and type(e).__name__ not in (
@@ -149,8 +171,10 @@ class S3Backend:
         self.endpoint, self.bucket, self.prefix = parse_location(location)
         self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.lock = lock
+        _credentials()  # refuse now, before any request could go looking for them
         self._stores: dict[object, object] = {}
         self._boto_client = None
+        self._boto_probe = None
         self._mutex = threading.Lock()
         self.planted_config = 0  # newer versions of `config` seen (written by someone else)
 
@@ -184,14 +208,10 @@ class S3Backend:
             )
             if self.endpoint:
                 kw["endpoint"] = self.endpoint
-            for env, key in (
-                ("AWS_ACCESS_KEY_ID", "access_key_id"),
-                ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
-                ("AWS_SESSION_TOKEN", "session_token"),
-            ):
-                if os.environ.get(env):
-                    kw[key] = os.environ[env]
-            opts: dict = {"allow_http": True} if self.endpoint and self.endpoint.startswith("http://") else {}
+            kw.update(_credentials())
+            opts: dict = {"connect_timeout": f"{CONNECT_TIMEOUT}s"}
+            if self.endpoint and self.endpoint.startswith("http://"):
+                opts["allow_http"] = True
             if retain_until is not None:
                 opts["default_headers"] = {
                     "x-amz-object-lock-mode": self.lock.mode.upper(),
@@ -203,24 +223,37 @@ class S3Backend:
             self._stores[retain_until] = st
             return st
 
-    def _boto(self):
+    def _boto(self, probe: bool = False):
+        """boto3 client for what obstore lacks. The `probe` client, used for the first request of a
+        command, gives up within seconds: an unreachable endpoint is a configuration error."""
         with self._mutex:
-            if self._boto_client is None:
+            client = self._boto_probe if probe else self._boto_client
+            if client is None:
                 import boto3
                 from botocore.config import Config
 
-                self._boto_client = boto3.client(
+                creds = _credentials()
+                client = boto3.client(
                     "s3",
                     endpoint_url=self.endpoint,
                     region_name=self.region,
+                    aws_access_key_id=creds.get("access_key_id"),
+                    aws_secret_access_key=creds.get("secret_access_key"),
+                    aws_session_token=creds.get("session_token"),
                     config=Config(
                         request_checksum_calculation="when_required",
                         response_checksum_validation="when_required",
                         s3={"addressing_style": "path"},
-                        retries={"max_attempts": 8, "mode": "standard"},
+                        connect_timeout=CONNECT_TIMEOUT,
+                        read_timeout=10 if probe else 60,
+                        retries={"max_attempts": 2 if probe else 8, "mode": "standard"},
                     ),
                 )
-            return self._boto_client
+                if probe:
+                    self._boto_probe = client
+                else:
+                    self._boto_client = client
+            return client
 
     def _key(self, kind: Kind, name: str) -> str:
         if kind is Kind.CONFIG:
@@ -338,11 +371,15 @@ class S3Backend:
         """Version id of an object's first version (None on a store that keeps no versions, or when
         the credentials may not list them); newer versions of `config` are counted in `planted_config`."""
         try:
-            real = [v for v in self._versions(self._key(kind, name)) if not v["marker"]]
+            real = [v for v in self._versions(self._key(kind, name), probe=kind is Kind.CONFIG) if not v["marker"]]
+        except CerminError:
+            raise
         except Exception as e:
             if "AccessDenied" in str(e) or "NotImplemented" in str(e):
                 return None
-            raise self._wrap(e, f"versions of {kind.value}/{name}") from None
+            if type(e).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"):
+                raise CerminError(f"cannot reach the S3 endpoint {self.endpoint or 'of AWS'}: {e}") from None
+            raise self._wrap(e, "config" if kind is Kind.CONFIG else f"versions of {kind.value}/{name}") from None
         if kind is Kind.CONFIG:
             self.planted_config = max(0, len(real) - 1)
         return real[-1]["id"] if real else None
@@ -414,11 +451,11 @@ class S3Backend:
         pass
 
     # ---- versions and retention (boto3) --------------------------------------------------------
-    def _versions(self, key: str) -> list[dict]:
+    def _versions(self, key: str, probe: bool = False) -> list[dict]:
         """Versions and delete markers of one key, newest first."""
         full = self._full_key(key)
         out = []
-        paginator = self._boto().get_paginator("list_object_versions")
+        paginator = self._boto(probe).get_paginator("list_object_versions")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
             for v in page.get("Versions", []):
                 if v["Key"] == full:
