@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import urllib3
 from repoutil import make_source
 from test_server import http_cli, jl
 from treeutil import assert_same_tree
@@ -63,5 +64,31 @@ def test_queued_pack_deletion_never_deletes_data_a_later_backup_needs(served, tm
     assert jl(alice("--json", "check", "--read-data"))[-1]["ok"] is True
 
 
-def _json(r):
-    return json.loads(r.data)
+def test_queued_objects_are_hidden_and_a_reupload_cancels_the_request(served, tmp_path):
+    name = f"dq-{uuid.uuid4().hex[:8]}"
+    admin = served.token(name, "admin")
+    backup = served.token(name, "backup")
+    cli = http_cli(served, name, admin)
+    cli("init")
+    (tmp_path / "s").mkdir()
+    cli("backup", str(tmp_path / "s"))
+    http = urllib3.PoolManager()
+    base = served.url(name)
+
+    def as_(tok):
+        return {"Authorization": f"Bearer {tok}"}
+
+    (idx, _size), *_ = json.loads(http.request("GET", f"{base}/index/", headers=as_(backup)).data)
+    body = http.request("GET", f"{base}/index/{idx}", headers=as_(backup)).data
+    r = http.request("DELETE", f"{base}/index/{idx}", headers=as_(admin))
+    assert r.status == 202
+    rid = json.loads(r.data)["approval_required"]
+    listed = [n for n, _ in json.loads(http.request("GET", f"{base}/index/", headers=as_(backup)).data)]
+    assert idx not in listed, "an index file queued for deletion is gone for every client"
+    assert http.request("GET", f"{base}/index/{idx}", headers=as_(backup)).status == 404
+    assert http.request("HEAD", f"{base}/index/{idx}", headers=as_(backup)).status == 404
+    # needed again: uploaded anew (same name = same bytes) -> the queued deletion dies
+    assert http.request("POST", f"{base}/index/{idx}", body=body, headers=as_(backup)).status == 201
+    assert [x["status"] for x in jl(cli("--json", "approvals", "list")) if x["id"] == rid] == ["cancelled"]
+    assert http.request("GET", f"{base}/index/{idx}", headers=as_(backup)).data == body
+    assert jl(cli("--json", "check"))[-1]["ok"] is True

@@ -2,8 +2,10 @@
 
 A token reads `cmn_<id>_<secret>`: the id selects the entry, the secret's SHA-256 is compared with
 hmac.compare_digest. The server never stores a token, only its hash; `token add` prints it once.
-Roles: `backup` (read, list, create new objects, remove its own locks), `read` (read and list:
-restore and mirror), `admin` (may request destructive operations, and approve other admins' ones).
+Roles: `backup` (read, list, create new objects, create locks and remove its own), `read` (read and
+list, create locks and remove its own: check, restore, mirror), `admin` (also remove any lock, request
+destructive operations, and approve other admins' ones). The token file is changed under a file lock
+and replaced atomically, so concurrent `token add` runs lose nothing.
 """
 
 from __future__ import annotations
