@@ -20,6 +20,7 @@ Exit codes:
   10  repository does not exist
   11  repository is locked
   12  wrong password
+  20  waiting for a second admin's approval (cermin serve)
 Environment: CERMIN_REPOSITORY, CERMIN_PASSWORD, CERMIN_PASSWORD_FILE, CERMIN_PASSWORD_COMMAND,
 CERMIN_TOKEN / CERMIN_TOKEN_FILE (and CERMIN_CACERT) for http(s) repositories;
 for s3: repositories AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION."""
