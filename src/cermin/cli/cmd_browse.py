@@ -51,8 +51,9 @@ def _paths(paths) -> tuple[bytes, ...]:
 @click.command()
 @snapshot_filters
 @click.option("--latest", type=click.IntRange(min=0), default=0, help="Only the newest N snapshots.")
+@click.option("--forgotten", is_flag=True, help="Also list snapshots marked forgotten (kept only by Object Lock).")
 @click.pass_obj
-def snapshots(g, hosts, tags, paths, latest):
+def snapshots(g, hosts, tags, paths, latest, forgotten):
     """List snapshots, oldest first."""
     from cermin.repo.snapshots import list_snapshots, snapshot_json
     from cermin.util import fmt_bytes
@@ -65,25 +66,44 @@ def snapshots(g, hosts, tags, paths, latest):
             "run `cermin check`"
         )
 
+    def foreign(names):
+        out.warn(
+            f"{len(names)} snapshot file(s) fail authentication though named by their content "
+            f"({', '.join(n[:8] for n in names)}): planted without the repository key; ignored"
+        )
+
+    hidden: list[str] = []
     refs = list_snapshots(
-        open_repo(g, load_index=False), tuple(hosts), tuple(tags), _paths(paths), on_unreadable=unreadable
+        open_repo(g, load_index=False),
+        tuple(hosts),
+        tuple(tags),
+        _paths(paths),
+        on_unreadable=unreadable,
+        on_foreign=foreign,
+        include_forgotten=forgotten,
+        on_forgotten=hidden.extend,
     )
     if latest:
         refs = refs[-latest:]
     if out.json:
-        out.emit({"message_type": "snapshots", "snapshots": [snapshot_json(r) for r in refs]})
+        out.emit({"message_type": "snapshots", "snapshots": [snapshot_json(r) for r in refs], "forgotten": len(hidden)})
         return
     out.text(f"{'ID':<10}{'Time':<21}{'Host':<16}{'Tags':<16}{'Size':>12}  Paths")
     for r in refs:
         s = r.snapshot
         size = fmt_bytes(s.summary.total_bytes) if s.summary else "?"
         flag = " (incomplete)" if s.incomplete else ""
+        flag += " (dated in the future: not trusted)" if r.future else ""
+        flag += " (forgotten)" if r.forgotten else ""
         paths_txt = ", ".join(p.decode("utf-8", "backslashreplace") for p in s.paths)
         out.text(
             f"{r.short_id:<10}{s.time[:19].replace('T', ' '):<21}{s.hostname[:15]:<16}"
             f"{','.join(s.tags)[:15]:<16}{size:>12}  {paths_txt}{flag}"
         )
     out.text(f"{len(refs)} snapshot(s)")
+    if hidden:
+        shown = "listed above" if forgotten else "not listed; --forgotten shows them"
+        out.text(f"{len(hidden)} snapshot(s) marked forgotten, kept until their Object Lock lapses ({shown})")
 
 
 @click.command()

@@ -23,6 +23,15 @@ def _extend(out: Output, repo) -> None:
         out.text(f"Object Lock: extended {rep.extended} of {rep.checked} objects to {rep.until[:10]}")
 
 
+def _planted(out: Output, names: list[str]) -> None:
+    if names:
+        shown = ", ".join(n[:20] for n in names[:5]) + (", ..." if len(names) > 5 else "")
+        out.warn(
+            f"{len(names)} object(s) fail authentication though named by their content ({shown}): planted without "
+            "the repository key; ignored and left in place (`cermin check` lists them)"
+        )
+
+
 def _say(out: Output):
     def say(msg: str) -> None:
         if out.json:
@@ -126,6 +135,7 @@ def repair_index_cmd(g):
     repo = open_repo(g, load_index=False)
     with locked(g, repo, True, "repair index"):
         r = repair_index(repo)
+    _planted(out, [f"index/{n}" for n in r.foreign])
     if out.json:
         out.emit(
             {
@@ -187,6 +197,7 @@ def repair_snapshots_cmd(g, forget):
     with locked(g, repo, True, "repair snapshots"):
         repo.load_index()
         r = repair_snapshots(repo, forget)
+    _planted(out, [f"snapshots/{n}" for n in r.foreign])
     if out.json:
         for s in r.repaired:
             out.emit(
@@ -233,6 +244,7 @@ def _prune(g, out: Output, repo, lock, max_unused: float, dry_run: bool):
     from cermin.util import fmt_bytes
 
     plan = plan_prune(repo, max_unused)
+    _planted(out, plan.foreign)
     if out.json:
         out.emit({"message_type": "prune_plan", "dry_run": dry_run, **plan.to_json()})
     else:

@@ -225,6 +225,10 @@ class Backup:
         host = self.opts.hostname or socket.gethostname()
         paths = sorted({os.path.normpath(os.path.abspath(p)) for p in self.opts.paths})
         for ref in reversed(list_snapshots(self.repo, hosts=(host,))):
+            # A snapshot dated beyond the clock-skew allowance is not trusted as the latest: a
+            # planted one would otherwise pass its file contents on to every later backup unread.
+            if ref.future:
+                continue
             if sorted(ref.snapshot.paths) == paths and not ref.snapshot.extra.get("repaired"):
                 return ref
         return None

@@ -15,15 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
-from cermin.errors import CorruptObject, ObjectNotFound, UsageError
+from cermin.errors import CorruptObject, ForeignObject, ObjectNotFound, UsageError
 from cermin.format import index as fmt_index
+from cermin.format import records
 from cermin.format.names import escape_name, tree_problems, valid_nodes
-from cermin.format.records import DIR, FILE, ID_LEN
+from cermin.format.records import DIR, FILE, ID_LEN, AuxRecord
 from cermin.repo.indexfiles import IndexView, expected_pack_size, read_index_view, read_pack_blobs, read_pack_header
 from cermin.repo.lock import is_stale, read_locks
 from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
-from cermin.repo.snapshots import SnapshotRef
+from cermin.repo.snapshots import SnapshotRef, is_future
 from cermin.util import display_path
 
 
@@ -115,6 +116,8 @@ class Checker:
         self.view = view = read_index_view(self.repo)
         for name, why in view.damaged.items():
             self._error("index_damaged", f"index {name[:12]}: {why}", object=name)
+        for name in sorted(view.foreign):
+            self._foreign(Kind.INDEX, name)
         idx = MasterIndex.from_packs(view.packs)
         # The index keeps one location per blob, so what it dropped are the extra copies.
         dups = sum(len(e) // fmt_index.ENTRY.size for e in view.packs.values()) - len(idx)
@@ -161,11 +164,31 @@ class Checker:
                 refs.append(SnapshotRef(name, self.repo.load_snapshot(name)))
             except ObjectNotFound:
                 continue  # forgotten while we listed
+            except ForeignObject:
+                self._foreign(Kind.SNAPSHOT, name)
             except CorruptObject as e:
                 self.report.damaged_snapshots.append(name)
                 self._error("snapshot_damaged", f"snapshot {name[:12]}: {e}", object=name)
+        for r in refs:
+            if is_future(r.snapshot.time):
+                self._notice(
+                    "snapshot_future",
+                    f"snapshot {r.id[:12]} is dated {r.snapshot.time[:40]!r}, beyond the clock-skew allowance: "
+                    "never used as a parent or as `latest`, kept out of forget policies",
+                    object=r.id,
+                )
         self.report.snapshots = len(refs)
         return refs
+
+    def _foreign(self, kind: Kind, name: str) -> None:
+        """Named by its content, failing authentication or decoding: planted without the key. Every
+        command ignores it, so it is a notice (under Object Lock nobody could remove it anyway)."""
+        self._notice(
+            "foreign_object",
+            f"{kind.value}/{name[:12]} is not from this repository (fails authentication though named by its "
+            "content): planted by someone without the key; ignored",
+            object=f"{kind.value}/{name}",
+        )
 
     def _check_trees(self, snaps: list[SnapshotRef]) -> None:
         index = self.repo.index
@@ -360,15 +383,32 @@ class Checker:
     def _check_aux(self) -> None:
         for name, _ in sorted(self.repo.backend.list(Kind.AUX)):
             try:
-                self.repo.load_object(Kind.AUX, name)
+                rec = self.repo.load_record(Kind.AUX, name, lambda raw: records.decode(raw, AuxRecord))
             except ObjectNotFound:
                 continue
+            except ForeignObject:
+                self._foreign(Kind.AUX, name)
             except CorruptObject as e:
                 self._error("aux_damaged", f"record {name[:12]}: {e}", object=name)
+            else:
+                if is_future(rec.time):
+                    self._notice(
+                        "aux_future",
+                        f"record {name[:12]} ({rec.type[:20]}) is dated beyond the clock-skew allowance; "
+                        "a tombstone dated so is ignored",
+                        object=name,
+                    )
 
     def _check_locks(self) -> None:
         for name, lock in read_locks(self.repo):
-            if lock is None or is_stale(lock):
+            if lock is not None and is_future(lock.time):
+                self._notice(
+                    "lock_future",
+                    f"lock {name[:12]} is dated {lock.time[:40]!r}, beyond the clock-skew allowance: ignored, "
+                    "`cermin unlock` removes it",
+                    object=name,
+                )
+            elif lock is None or is_stale(lock):
                 self._notice("stale_lock", f"stale lock {name[:12]} (`cermin unlock` removes it)", object=name)
 
 

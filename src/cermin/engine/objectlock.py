@@ -19,6 +19,7 @@ from cermin.backend.base import CONFIG_NAME, Kind
 from cermin.errors import UsageError
 from cermin.repo.indexfiles import read_index_view
 from cermin.repo.repository import Repository
+from cermin.repo.snapshots import retained_snapshot_names
 
 DEPLOYMENT_WARNING = (
     "Object Lock holds only if the backup client can reach nothing but authenticated S3: the storage's "
@@ -84,7 +85,7 @@ def needed_objects(repo: Repository) -> list[tuple[Kind, str]]:
     view = read_index_view(repo)
     objs: list[tuple[Kind, str]] = [(Kind.CONFIG, CONFIG_NAME)]
     objs += [(Kind.KEY, n) for n, _ in repo.backend.list(Kind.KEY)]
-    objs += [(Kind.SNAPSHOT, n) for n, _ in repo.backend.list(Kind.SNAPSHOT)]
+    objs += [(Kind.SNAPSHOT, n) for n in retained_snapshot_names(repo)]  # not tombstoned or planted
     objs += [(Kind.AUX, n) for n, _ in repo.backend.list(Kind.AUX)]
     objs += [(Kind.INDEX, n) for n in view.files]
     objs += [(Kind.DATA, p.hex()) for p in view.packs]

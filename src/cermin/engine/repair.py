@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
-from cermin.errors import CorruptObject, ObjectNotFound, UsageError
+from cermin.errors import CorruptObject, ForeignObject, ObjectNotFound, UsageError
 from cermin.format import index as fmt_index
 from cermin.format import pack, records
 from cermin.format.records import DIR, FILE, ID_LEN, Node, Snapshot, Tree
@@ -35,6 +35,7 @@ class RepairIndexResult:
     packs_dropped: list[str] = field(default_factory=list)  # unreadable, left out of the index
     index_files_written: list[str] = field(default_factory=list)
     index_files_removed: int = 0
+    foreign: list[str] = field(default_factory=list)  # planted index files: ignored, left in place
 
 
 def repair_index(repo: Repository, workers: int = 4) -> RepairIndexResult:
@@ -65,6 +66,7 @@ def repair_index(repo: Repository, workers: int = 4) -> RepairIndexResult:
     res.index_files_written = replace_index(repo, packs, old)
     res.index_files_removed = len([o for o in old if o not in res.index_files_written])
     res.packs_indexed = len(packs)
+    res.foreign = sorted(view.foreign)  # they index nothing cermin wrote; check names them
     _rebuild_memory_index(repo, packs)
     return res
 
@@ -157,6 +159,7 @@ class RepairSnapshotsResult:
     repaired: list[RepairedSnapshot] = field(default_factory=list)
     unreadable_removed: list[str] = field(default_factory=list)
     originals_removed: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)  # planted snapshot files: ignored, left in place
 
 
 class _TreeFixer:
@@ -232,6 +235,9 @@ def repair_snapshots(repo: Repository, forget_originals: bool = False) -> Repair
         for name, _ in sorted(repo.backend.list(Kind.SNAPSHOT)):
             try:
                 snap = repo.load_snapshot(name)
+            except ForeignObject:  # planted without the key: nothing of ours to repair or remove
+                res.foreign.append(name)
+                continue
             except CorruptObject:  # damaged for good; a transient error aborts instead
                 res.unreadable_removed.append(name)
                 continue

@@ -63,7 +63,7 @@ def decode_keyfile(data: bytes, name: str) -> KeyFile:
     """A key slot, checked against its name and the KDF bounds (CorruptObject otherwise)."""
     what = f"key file {name[:12]}"
     if crypto.file_id(data) != name:
-        raise CorruptObject(f"{what} does not match its name (damaged or planted)")
+        raise CorruptObject(f"{what} is corrupted (does not match its name: damaged or planted)")
     try:
         kf = msgspec.json.decode(data, type=KeyFile)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:

@@ -2,7 +2,10 @@
 
 A lock is a sealed object in locks/. It is refreshed (new lock written, old one removed) every
 REFRESH seconds; a lock older than STALE seconds, or held by a dead process on this host, is stale
-and ignored, so a crashed client never blocks the repository for long.
+and ignored, so a crashed client never blocks the repository for long. A lock dated more than
+CLOCK_SKEW seconds in the future is stale too: its age cannot be known, and trusting it would let
+anyone who can write locks/ block every backup for as long as they like (clients must keep their
+clocks within the allowance, as S3 request signing already demands).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from cermin.errors import CerminError, CorruptObject, ObjectNotFound, Repository
 from cermin.format import records
 from cermin.format.records import Lock
 from cermin.repo.repository import Repository
-from cermin.util import now_rfc3339, parse_rfc3339, username
+from cermin.repo.snapshots import CLOCK_SKEW, timestamp
+from cermin.util import now_rfc3339, username
 
 REFRESH = 300.0
 STALE = 1800.0
@@ -37,11 +41,11 @@ def _pid_alive(pid: int) -> bool:
 
 def is_stale(lock: Lock, now: float | None = None) -> bool:
     now = time.time() if now is None else now
-    try:
-        age = now - parse_rfc3339(lock.time).timestamp()
-    except ValueError:
+    t = timestamp(lock.time)
+    if t is None:
         return True
-    if age > STALE:
+    age = now - t
+    if age > STALE or age < -CLOCK_SKEW:
         return True
     return lock.hostname == socket.gethostname() and not _pid_alive(lock.pid)
 

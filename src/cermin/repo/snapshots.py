@@ -193,11 +193,18 @@ def _mark_forgotten(repo: Repository, refs: list[SnapshotRef], now: float) -> li
 
 
 def forgotten_ids(repo: Repository, now: float | None = None) -> set[str]:
-    """Snapshot ids whose tombstone is in force (after protection and the newest-per-group rule):
-    Object Lock maintenance stops extending them, so they can lapse and be deleted."""
+    """Snapshot ids whose tombstone is in force (after protection and the newest-per-group rule)."""
     hidden: list[str] = []
     list_snapshots(repo, on_forgotten=hidden.extend, now=now)
     return set(hidden)
+
+
+def retained_snapshot_names(repo: Repository, now: float | None = None) -> list[str]:
+    """Snapshot files Object Lock maintenance must keep locked: all but the tombstoned ones (so they
+    lapse and can be deleted) and the planted ones. Damaged files stay: they may be ours."""
+    drop: set[str] = set()
+    list_snapshots(repo, on_foreign=drop.update, on_forgotten=drop.update, now=now)
+    return sorted(n for n, _ in repo.backend.list(Kind.SNAPSHOT) if n not in drop)
 
 
 def _matches(s: Snapshot, hosts, tags, paths) -> bool:
