@@ -18,7 +18,7 @@ from cermin.backend.s3 import LockPolicy, S3Backend
 from cermin.engine.check import run_check
 from cermin.engine.forget import remove_snapshots
 from cermin.engine.prune import execute_prune, plan_prune
-from cermin.errors import CerminError, ObjectExists, ObjectNotFound
+from cermin.errors import ApprovalRequired, CerminError, ObjectExists, ObjectNotFound
 from cermin.format.crypto import file_id
 
 KINDS = ["memory", "local", "s3", "s3-locked", "http"]
@@ -121,9 +121,15 @@ def test_engine_cycle(backend, tmp_path):
     repo = reopen(backend)
     assert run_check(repo, read_data=True).ok
     restores_identically(repo, s2, src, tmp_path / "out")
-    removed, locked = remove_snapshots(repo, [s1])
     immutable = (isinstance(backend, S3Backend) and backend.lock is not None) or isinstance(backend, HttpBackend)
-    if immutable:  # Object Lock, or the server's two-person rule
+    if isinstance(backend, HttpBackend):  # the server's two-person rule: queued, one request
+        with pytest.raises(ApprovalRequired):
+            remove_snapshots(repo, [s1])
+    else:
+        removed, locked = remove_snapshots(repo, [s1])
+    if isinstance(backend, HttpBackend):
+        pass
+    elif immutable:  # Object Lock
         assert locked == [s1] and removed == [], "a locked snapshot cannot be forgotten"
     else:
         assert removed == [s1]
@@ -134,3 +140,5 @@ def test_engine_cycle(backend, tmp_path):
     restores_identically(repo, s2, src, tmp_path / "out2")
     if immutable:
         assert res.packs_deleted == 0
+    if isinstance(backend, HttpBackend):
+        assert res.approval is None or res.packs_queued + res.index_files_queued > 0
