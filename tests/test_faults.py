@@ -69,6 +69,7 @@ def test_backup_sweep(base, tmp_path, fault):
     assert n >= 8
     for at in range(1, n + 1):
         inner = clone(mem)
+        before = {n for n, _ in inner.list(Kind.SNAPSHOT)}
         repo, faulty = through(inner, at=at, **fault)
         acked = None
         try:
@@ -80,10 +81,17 @@ def test_backup_sweep(base, tmp_path, fault):
         report = run_check(repo, read_data=True)
         assert report.ok, (at, [p.message for p in report.errors])
         _restore_ok(repo, s1, src, tmp_path, f"{at}a", snap_src)
+        new = {n for n, _ in inner.list(Kind.SNAPSHOT)} - before
         if acked:
+            assert new == {acked}, at
             _restore_ok(repo, acked, src, tmp_path, f"{at}b")
-        elif fault["mode"] == "fail":
-            pass  # a transient failure may still abort the backup; nothing acknowledged, nothing lost
+        elif fault.get("crash_after"):
+            # The snapshot write itself may have landed unacknowledged: then it is complete.
+            assert len(new) <= 1, at
+            for sid in new:
+                _restore_ok(repo, sid, src, tmp_path, f"{at}c")
+        else:
+            assert new == set(), f"call {at}: a backup that failed left a snapshot behind"
 
 
 @pytest.mark.parametrize("mode", ["truncate", "flip"])

@@ -32,7 +32,10 @@ from cermin.repo.saver import BlobSaver
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
-    """30 snapshots of a changing tree; returns (repo dir, [(snapshot id, source copy dir)])."""
+    """30 snapshots of a changing tree; returns (repo dir, [snapshot ids]). Copies of the source as
+    the last two snapshots saw it are kept in `history_sources` (module global, by snapshot id)."""
+    import shutil
+
     base = tmp_path_factory.mktemp("history")
     src = base / "src"
     make_source(src, files=16)
@@ -41,7 +44,13 @@ def history(tmp_path_factory):
     for step in range(29):
         mutate_source(src, step)
         snaps.append(backup(repo, src))
+        if step >= 27:
+            shutil.copytree(src, base / f"src-{snaps[-1]}", symlinks=True)
+            history_sources[snaps[-1]] = (src, base / f"src-{snaps[-1]}")
     return str(base / "repo"), snaps
+
+
+history_sources: dict[str, tuple] = {}
 
 
 def fresh_copy(history, tmp_path) -> tuple:
@@ -101,19 +110,43 @@ def test_any_single_pack_damage_is_found_with_snapshots_and_paths(history, tmp_p
 
 
 def test_repair_after_pack_damage_restores_what_survives(history, tmp_path):
+    """Damage a pack only the newest snapshot uses: after repair the snapshot before it restores
+    completely, and the newest restores every file but the ones check named as damaged."""
+    import shutil
+
     repo, snaps = fresh_copy(history, tmp_path)
-    name = sorted(p for p, es in pack_entries(repo).items() if es[0][1] == pack.DATA)[0]
-    damage(object_path(repo, Kind.DATA, name), "flip", pack.PREFIX_LEN + 5)
+    last, before_last = snaps[-1], snaps[-2]
+    packs = pack_entries(repo)
+    only_last = [
+        p
+        for p, es in sorted(packs.items())
+        if es[0][1] == pack.DATA and set(blob_users(repo, {e[0] for e in es})) == {last}
+    ]
+    assert only_last, "the last backup must have written a pack of its own"
+    name = only_last[0]
+    bid, _t, off, ln, _raw = packs[name][0]
+    damage(object_path(repo, Kind.DATA, name), "flip", off + ln // 2)
     before = run_check(repo, read_data=True)
-    assert not before.ok
+    assert not before.ok and set(before.affected) == {last}
+    lost = {p.lstrip("/") for p in before.affected[last]}
+    assert lost
     full_repair(repo)
     repo = reopen(repo.backend)
     after = run_check(repo, read_data=True)
     assert after.ok, [p.message for p in after.errors]
-    assert len(list(repo.backend.list(Kind.SNAPSHOT))) == 30
-    # A snapshot that lost nothing restores completely.
-    untouched = [s for s in snaps if s not in before.affected]
-    assert untouched or len(before.affected) == 30
+    ids = [r for r, _ in repo.backend.list(Kind.SNAPSHOT)]
+    assert len(ids) == 30 and before_last in ids and last not in ids, "the damaged original is replaced"
+
+    src, copy = history_sources[before_last]
+    restores_identically(repo, before_last, src, tmp_path / "out-untouched", expected=copy)
+
+    (repaired,) = set(ids) - set(snaps)
+    src, copy = history_sources[last]
+    expected = tmp_path / "expected"
+    shutil.copytree(copy, expected, symlinks=True)
+    for rel in lost:  # what check named as lost is left out of the repaired snapshot, nothing else
+        os.unlink(expected / os.path.relpath(rel, str(src).lstrip("/")))
+    restores_identically(repo, repaired, src, tmp_path / "out-repaired", expected=expected)
 
 
 def _gallery_repo(tmp_path):
