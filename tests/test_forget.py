@@ -122,3 +122,41 @@ def test_protect_command_blocks_forget_and_cannot_be_shortened(initialized_cli, 
     assert b"protected until 2099-01-01" in r.stderr
     assert cli("protect", old[:8], "--until", "2001-01-01", ok=False).returncode == 2
     assert json.loads(cli("--json", "check").stdout.splitlines()[-1])["ok"] is True
+
+
+def test_future_dated_snapshot_counts_for_nothing():
+    """A planted snapshot dated 2999 neither is "last" nor moves the keep-within window (fake clock)."""
+    refs = daily_refs(10)
+    refs.append(ref(777, datetime(2999, 1, 1, tzinfo=UTC)))
+    d = {x.ref.id: x for x in apply_policy(refs, KeepPolicy(last=1), NOW)}
+    assert d[f"{0:064x}"].keep and d[f"{0:064x}"].reasons == ["last snapshot"]
+    assert d[f"{777:064x}"].keep and "future" in d[f"{777:064x}"].reasons[0]
+    assert len(kept(apply_policy(refs, KeepPolicy(within="3d"), NOW))) == 5  # 4 real + the future one
+    # Within the 10-minute allowance a snapshot is trusted.
+    near = [ref(1, NOW + timedelta(minutes=5)), ref(2, NOW - timedelta(days=2))]
+    assert kept(apply_policy(near, KeepPolicy(last=1), NOW)) == [f"{1:064x}"]
+    late = [ref(3, NOW - timedelta(days=2)), ref(4, NOW - timedelta(days=5))]
+    assert kept(apply_policy(late, KeepPolicy(within="2d"), NOW)) == [f"{3:064x}"]  # back from the newest
+
+
+def test_cli_snapshots_counts_forgotten(initialized_cli, tmp_path):
+    import json
+    import os
+
+    from cermin.backend.local import LocalBackend
+    from cermin.engine.forget import write_tombstones
+    from cermin.repo.repository import Repository
+
+    cli = initialized_cli
+    src = tmp_path / "src"
+    os.makedirs(src)
+    for i in range(3):
+        (src / "f").write_bytes(str(i).encode())
+        cli("backup", str(src))
+    ids = [s["id"] for s in json.loads(cli("--json", "snapshots").stdout)["snapshots"]]
+    repo = Repository.open(LocalBackend(cli.repo), b"correct horse battery staple")
+    write_tombstones(repo, ids)  # as forget does when storage refuses the deletion
+    out = cli("snapshots").stdout.decode()
+    assert "1 snapshot(s)\n" in out and "2 snapshot(s) marked forgotten" in out  # the newest stays
+    js = json.loads(cli("--json", "snapshots", "--forgotten").stdout)
+    assert js["forgotten"] == 2 and [s.get("forgotten", False) for s in js["snapshots"]] == [True, True, False]
