@@ -69,7 +69,7 @@ def test_full_cycle(initialized_cli, tmp_path):
     assert cli("dump", "latest", f"{src}/random.bin").stdout == (src / "random.bin").read_bytes()
     listing = cli("ls", "latest", str(src / "sub")).stdout.decode().splitlines()
     assert f"{src}/sub/file7.txt" in listing
-    assert "caf\\xe9-not-utf8" in cli("ls", "latest").stdout.decode()
+    assert "caf\\xe9-not-utf8" in cli("ls", "-R", "latest").stdout.decode()
     found = jlines(cli("--json", "find", "file7.txt"))
     assert {f["snapshot"] for f in found} == {s["id"] for s in snaps}
     assert json.loads(cli("cat", "config").stdout)["version"] == 2

@@ -515,7 +515,7 @@ def test_ls_find_diff_dump_refuse_bad_names(initialized_cli):
             *good_entries(h),
         ]
     )
-    r = cli("ls", sid, ok=False)
+    r = cli("ls", "-R", sid, ok=False)
     assert r.returncode == 1
     out, err = r.stdout.decode(), r.stderr.decode()
     assert out.splitlines() == ["/f", "/good", "/gooddir", "/gooddir/inner"]

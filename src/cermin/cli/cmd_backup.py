@@ -148,16 +148,16 @@ def backup(
             }
         )
     else:
-        out.text(f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified")
-        out.text(f"Dirs:  {s.dirs}   other: {s.other}   errors: {len(summary.errors)}")
-        out.text(
+        out.note(f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified")
+        out.note(f"Dirs:  {s.dirs}   other: {s.other}   errors: {len(summary.errors)}")
+        out.note(
             f"Added to the repository: {fmt_bytes(s.data_added_stored)} stored "
             f"({fmt_bytes(s.data_added_raw)} new data, {s.data_blobs_added} blobs, {summary.packs_written} packs)"
         )
-        out.text(f"processed {s.total_files} files, {fmt_bytes(s.total_bytes)} in {summary.duration:.2f}s")
+        out.note(f"processed {s.total_files} files, {fmt_bytes(s.total_bytes)} in {summary.duration:.2f}s")
         if summary.dry_run:
-            out.text("dry run: nothing was written")
+            out.note("dry run: nothing was written")
         else:
             state = " (INCOMPLETE: some files could not be read)" if summary.incomplete else ""
-            out.text(f"snapshot {summary.snapshot_id[:8]} saved{state}")
+            out.note(f"snapshot {summary.snapshot_id[:8]} saved{state}")
     return EXIT_INCOMPLETE if summary.incomplete else 0

@@ -100,20 +100,22 @@ def snapshots(g, hosts, tags, paths, latest, forgotten):
             f"{r.short_id:<10}{s.time[:19].replace('T', ' '):<21}{s.hostname[:15]:<16}"
             f"{','.join(s.tags)[:15]:<16}{size:>12}  {paths_txt}{flag}"
         )
-    out.text(f"{len(refs)} snapshot(s)")
+    out.note(f"{len(refs)} snapshot(s)")
     if hidden:
         shown = "listed above" if forgotten else "not listed; --forgotten shows them"
-        out.text(f"{len(hidden)} snapshot(s) marked forgotten, kept until their Object Lock lapses ({shown})")
+        out.note(f"{len(hidden)} snapshot(s) marked forgotten, kept until their Object Lock lapses ({shown})")
 
 
 @click.command()
 @click.argument("snapshot")
 @click.argument("path", required=False, default="/")
-@click.option("-R", "--no-recursive", "flat", is_flag=True, help="Only the entries directly under PATH.")
+@click.option(
+    "-R", "--recursive/--no-recursive", default=False, help="Everything below PATH, not only its own entries."
+)
 @click.option("-l", "--long", "long_", is_flag=True, help="Show mode, owner, size and time.")
 @click.pass_obj
-def ls(g, snapshot, path, flat, long_):
-    """List files in SNAPSHOT under PATH."""
+def ls(g, snapshot, path, recursive, long_):
+    """List the entries of directory PATH (default /) in SNAPSHOT, as ls does; -R lists everything below it."""
     from cermin.engine.treewalk import find_node, node_json, walk
     from cermin.format.records import DIR
     from cermin.repo.snapshots import resolve
@@ -128,7 +130,7 @@ def ls(g, snapshot, path, flat, long_):
     base = b"/" + b"/".join(c for c in bpath.split(b"/") if c)
     base = b"" if base == b"/" else base
     if node.type == DIR:
-        entries = walk(repo, node.subtree, base, recursive=not flat, on_bad=on_bad)
+        entries = walk(repo, node.subtree, base, recursive=recursive, on_bad=on_bad)
     else:
         entries = iter([(base, node)])
     for p, n in entries:
@@ -185,7 +187,7 @@ def diff(g, snapshot1, snapshot2, metadata):
             }
         )
     else:
-        out.text(
+        out.note(
             f"\nadded {counts['+']}, removed {counts['-']}, modified {counts['M']}, "
             f"type changed {counts['T']}, metadata changed {counts['U']}"
         )
@@ -218,5 +220,5 @@ def find(g, patterns, snaps, hosts, tags, paths):
             else:
                 out.text(f"{ref.short_id}  {n.size:>12}  {display_path(p)}")
     if not out.json:
-        out.text(f"{total} match(es) in {len(refs)} snapshot(s)")
+        out.note(f"{total} match(es) in {len(refs)} snapshot(s)")
     return _bad_exit(out, bad)

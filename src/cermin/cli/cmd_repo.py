@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cermin.cli.common import Output, backend_of, open_repo, read_password
+from cermin.cli.common import Output, backend_of, open_repo, read_password, stdout_errors
 from cermin.errors import UsageError
 
 
@@ -45,8 +45,8 @@ def init(g, lock_days, lock_mode, maintenance_days):
     if out.json:
         out.emit({"message_type": "initialized", "id": repo.config.id, "repository": backend.location})
     else:
-        out.text(f"created cermin repository {repo.config.id[:10]} at {backend.location}")
-        out.text("Keep the password safe: without it the data cannot be recovered.")
+        out.note(f"created cermin repository {repo.config.id[:10]} at {backend.location}")
+        out.note("Keep the password safe: without it the data cannot be recovered.")
     if lock_days is not None:
         from cermin.engine.objectlock import DEPLOYMENT_WARNING
 
@@ -110,7 +110,8 @@ def cat(g, what, object_id):
     else:
         data = repo.load_blob(bytes.fromhex(object_id))
         obj = {"id": object_id, "length": len(data), "text": display_path(data[:4096])}
-    click.echo(json.dumps(obj, indent=None if g.json else 2))
+    with stdout_errors():
+        click.echo(json.dumps(obj, indent=None if g.json else 2))
 
 
 def _is_hex_id(s: str) -> bool:

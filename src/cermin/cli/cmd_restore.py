@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cermin.cli.common import Output, elapsed, locked, open_repo, progress
+from cermin.cli.common import Output, elapsed, locked, open_repo, progress, stdout_errors
 from cermin.errors import EXIT_FATAL, CerminError
 
 
@@ -84,12 +84,12 @@ def restore(g, snapshot, target, includes, excludes, verify, workers, no_owner, 
             }
         )
     else:
-        out.text(
+        out.note(
             f"restored snapshot {ref.short_id} to {summary.target}: {summary.files} files, "
             f"{summary.dirs} dirs, {fmt_bytes(summary.bytes)} in {summary.duration:.2f}s"
         )
         if verify:
-            out.text(f"verified {summary.verified_files} files")
+            out.note(f"verified {summary.verified_files} files")
     if summary.errors:
         if not out.json:
             click.echo(f"cermin: error: {len(summary.errors)} entries could not be restored", err=True)
@@ -117,5 +117,8 @@ def dump(g, snapshot, path):
         if node.type != FILE:
             raise CerminError(f"{path} is a {node.type}, not a file")
         for bid in node.blob_ids():
-            outf.write(repo.load_blob(bid, pack.DATA))
-    outf.flush()
+            data = repo.load_blob(bid, pack.DATA)
+            with stdout_errors():
+                outf.write(data)
+    with stdout_errors():
+        outf.flush()

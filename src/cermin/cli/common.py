@@ -99,6 +99,17 @@ def locked(g, repo, exclusive: bool, operation: str):
 _write_lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def stdout_errors():
+    """A failed write to standard output (a full disk, a closed pipe) names standard output."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise  # the reader went away: main exits quietly
+    except OSError as e:
+        raise CerminError(f"cannot write to standard output: {e.strerror or e}") from None
+
+
 class Output:
     """Text for people, one JSON object per line for machines. Safe to call from worker threads."""
 
@@ -109,14 +120,20 @@ class Output:
 
     def emit(self, obj: dict) -> None:
         line = json.dumps(obj, separators=(",", ":")) + "\n"
-        with _write_lock:
+        with _write_lock, stdout_errors():
             sys.stdout.write(line)
             sys.stdout.flush()
 
     def text(self, line: str = "") -> None:
-        if not self.json and not self.quiet:
-            with _write_lock:
+        """A line of the command's answer (a listing, a report): printed even with -q."""
+        if not self.json:
+            with _write_lock, stdout_errors():
                 click.echo(line)
+
+    def note(self, line: str = "") -> None:
+        """Chatter around the answer (counts, "saved", hints): -q silences it."""
+        if not self.quiet:
+            self.text(line)
 
     def warn(self, line: str) -> None:
         if self.json:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 import click
 
 from cermin import __version__
-from cermin.errors import EXIT_FATAL, EXIT_USAGE, CerminError
+from cermin.errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, CerminError
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 EPILOG = """\b
 Exit codes:
@@ -21,6 +25,8 @@ Exit codes:
   11  repository is locked
   12  wrong password
   20  waiting for a second admin's approval (cermin serve)
+  130 interrupted (SIGINT), 143 terminated (SIGTERM): locks released
+Global options (-r, --json, -q, -v, --no-lock, --password-*) go before or after the command name.
 Environment: CERMIN_REPOSITORY, CERMIN_PASSWORD, CERMIN_PASSWORD_FILE, CERMIN_PASSWORD_COMMAND,
 CERMIN_TOKEN / CERMIN_TOKEN_FILE (and CERMIN_CACERT) for http(s) repositories;
 for s3: repositories AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION."""
@@ -50,7 +56,104 @@ COMMANDS = {
 }
 
 
+# Global options a user may also give after the command name (`cermin snapshots --json`):
+# option -> takes a value. Hoisted in front of the command unless that command defines the same name.
+GLOBAL_OPTIONS = {
+    "-r": True,
+    "--repo": True,
+    "--password-file": True,
+    "--password-command": True,
+    "--json": False,
+    "-q": False,
+    "--quiet": False,
+    "-v": False,
+    "--verbose": False,
+    "--no-lock": False,
+}
+
+
+def _option_names(cmd: click.Command) -> tuple[set[str], dict[str, int]]:
+    """(every option name of cmd, option name -> how many values follow it)."""
+    names: set[str] = set()
+    values: dict[str, int] = {}
+    for p in cmd.params:
+        if isinstance(p, click.Option):
+            for n in (*p.opts, *p.secondary_opts):
+                names.add(n)
+                if not p.is_flag and not p.count:
+                    values[n] = max(p.nargs, 1)
+    return names, values
+
+
+_SHORT_FLAGS = {"q", "v"}
+
+
+def _global_at(tok: str, own: set[str]) -> tuple[str, str | None] | None:
+    """If tok is a global option the command does not define itself: (option, attached value or None)."""
+    if tok.startswith("--"):
+        name, eq, val = tok.partition("=")
+        if name in GLOBAL_OPTIONS and name not in own and (GLOBAL_OPTIONS[name] or not eq):
+            return name, (val if eq else None)
+        return None
+    if len(tok) < 2 or tok[0] != "-":
+        return None
+    opt = tok[:2]
+    if GLOBAL_OPTIONS.get(opt) and opt not in own:
+        return opt, (tok[2:] or None)  # -r PATH or -rPATH
+    if set(tok[1:]) <= _SHORT_FLAGS and not any(f"-{c}" in own for c in tok[1:]):
+        return tok, None  # -q, -v, -vv, -qv
+    return None
+
+
+def hoist_globals(group: click.Group, ctx: click.Context | None, args: list[str]) -> list[str]:
+    """Move global options given after the command name in front of it, so every command accepts them.
+
+    Walks the arguments the way click will parse them: values of the command's own options are
+    skipped (`--exclude --json` excludes a file named '--json'), nested groups (`key list`) are
+    followed, and nothing after `--` moves (a file literally named --json stays an argument). An
+    option the command defines itself is the command's."""
+    hoisted: list[str] = []
+    rest: list[str] = []
+    cmd: click.Command = group
+    own: set[str] = set()  # the group's own options are the globals
+    values = {n: 1 for n, v in GLOBAL_OPTIONS.items() if v}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok == "--":
+            rest += args[i:]
+            break
+        found = _global_at(tok, own)
+        if found is not None:
+            opt, val = found
+            n = 1 if GLOBAL_OPTIONS.get(opt) and val is None else 0
+            if i + n >= len(args):
+                return hoisted + [tok]  # `-r` with no value: the group reports it
+            hoisted += args[i : i + 1 + n]
+            i += 1 + n
+            continue
+        if tok.startswith("-") and tok != "-":
+            n = 0 if "=" in tok else values.get(tok, 0)
+            rest += args[i : i + 1 + n]
+            i += 1 + n
+            continue
+        rest.append(tok)
+        i += 1
+        if isinstance(cmd, click.Group):  # tok names a subcommand
+            sub = cmd.get_command(ctx, tok)
+            if sub is None:
+                rest += args[i:]  # unknown command: click reports it
+                break
+            cmd = sub
+            names, values = _option_names(sub)
+            own = names
+    return hoisted + rest
+
+
 class LazyGroup(click.Group):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, hoist_globals(self, ctx, list(args)))
+
     def list_commands(self, ctx):
         return list(COMMANDS)
 
@@ -93,7 +196,7 @@ class Globals:
     help="Run this command and read the password from its output.",
 )
 @click.option("--json", "json_out", is_flag=True, help="Emit JSON lines instead of text.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no chatter; answers, warnings and errors only.")
 @click.option("-v", "--verbose", count=True, help="Print more: -v lists every file read by a backup.")
 @click.option("--no-lock", is_flag=True, help="Take no lock (for read-only media; unsafe next to prune).")
 @click.version_option(__version__, prog_name="cermin")
@@ -116,37 +219,139 @@ def _raise_fd_limit() -> None:
         pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt so the same cleanup runs
+    (locks released, temporary files removed) on the way out."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise Terminated()
+
+
+def _stdout_broken() -> bool:
+    """Whether standard output is what failed: flushing what is still buffered fails again."""
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.flush()
+    except (OSError, ValueError, AttributeError):
+        return True
+    return False
+
+
+def _where(e: BaseException) -> str:
+    """The innermost cermin function an error came from, to name something when the system named no file."""
+    tb, last = e.__traceback__, ""
+    while tb is not None:
+        mod = tb.tb_frame.f_globals.get("__name__", "")
+        if mod.startswith("cermin."):
+            last = f"{mod}.{tb.tb_frame.f_code.co_name}"
+        tb = tb.tb_next
+    return last or "cermin"
+
+
+def _os_error_message(e: BaseException) -> str:
+    if not isinstance(e, OSError) or not e.strerror:
+        return str(e) or type(e).__name__
+    if e.filename is not None:
+        name = os.fsdecode(e.filename) if isinstance(e.filename, (bytes, str)) else str(e.filename)
+        if e.filename2 is not None:
+            name += f" -> {os.fsdecode(e.filename2) if isinstance(e.filename2, (bytes, str)) else e.filename2}"
+        return f"{e.strerror}: {name}"
+    if _stdout_broken():
+        _silence_stdout()
+        return f"cannot write to standard output: {e.strerror}"
+    return f"{e.strerror} (in {_where(e)}; set CERMIN_DEBUG=1 for details)"
+
+
+def _silence_stdout() -> None:
+    """Nothing more reaches a broken stdout (and the interpreter's final flush does not complain)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _json_mode(argv) -> bool:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        head = hoist_globals(cli, None, args)
+    except Exception:  # noqa: BLE001 - only deciding how to print an error
+        head = args
+    i = 0
+    while i < len(head):
+        tok = head[i]
+        if tok == "--json":
+            return True
+        if tok == "--" or not tok.startswith("-"):
+            return False  # the command name: hoisting put every global before it
+        i += 2 if GLOBAL_OPTIONS.get(tok) else 1  # an option's value is no command name
+    return False
+
+
+def _run(argv):
+    """click's Command.main without its handlers: an interrupt reaches main() as itself (not as an Abort
+    after a blank line), so SIGINT and SIGTERM each end with their own one line and exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    completion = getattr(cli, "_main_shell_completion", None)
+    if completion is not None:
+        completion({}, "cermin", None)
+    with cli.make_context("cermin", args) as ctx:
+        return cli.invoke(ctx)
+
+
 def main(argv=None) -> None:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 200_000))  # trees as deep as the filesystem
     _raise_fd_limit()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    code, msg = EXIT_OK, ""
     try:
-        rv = cli.main(args=argv, prog_name="cermin", standalone_mode=False)
+        rv = _run(argv)
+        code = rv if isinstance(rv, int) else EXIT_OK
     except click.exceptions.Abort:
-        click.echo("cermin: aborted", err=True)
-        sys.exit(130)
+        code, msg = 130, "aborted"
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        code = e.exit_code
     except click.ClickException as e:
-        e.show()
-        sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code)
+        code = EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code
+        if not _json_mode(argv):
+            e.show()
+            sys.exit(code)
+        msg = e.format_message()
     except CerminError as e:
-        click.echo(f"cermin: error: {e}", err=True)
-        sys.exit(e.exit_code)
+        code, msg = e.exit_code, f"error: {e}"
+    except Terminated:
+        code, msg = EXIT_TERMINATED, "terminated"
     except KeyboardInterrupt:
-        click.echo("cermin: interrupted", err=True)
-        sys.exit(130)
+        code, msg = EXIT_INTERRUPTED, "interrupted"
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()
         sys.exit(EXIT_FATAL)
     except (OSError, MemoryError, RecursionError) as e:
         if os.environ.get("CERMIN_DEBUG"):
             raise
-        msg = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
-        click.echo(f"cermin: error: {msg}", err=True)
-        sys.exit(EXIT_FATAL)
+        code, msg = EXIT_FATAL, f"error: {_os_error_message(e)}"
     except Exception as e:  # a bug: still one line, details on request
         if os.environ.get("CERMIN_DEBUG"):
             raise
-        click.echo(f"cermin: internal error: {type(e).__name__}: {e} (set CERMIN_DEBUG=1 for details)", err=True)
-        sys.exit(EXIT_FATAL)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        code, msg = EXIT_FATAL, f"internal error: {type(e).__name__}: {e} (set CERMIN_DEBUG=1 for details)"
+    if msg:
+        _report(msg, code, _json_mode(argv))
+    sys.exit(code)
+
+
+def _report(msg: str, code: int, json_mode: bool) -> None:
+    """The one line an error ends with: text on stderr, or with --json an `error` line on stdout."""
+    if not json_mode:
+        click.echo(f"cermin: {msg}", err=True)
+        return
+    import json
+
+    text = msg.removeprefix("error: ")
+    line = json.dumps({"message_type": "error", "message": text, "exit_code": code}, separators=(",", ":"))
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        _silence_stdout()
+        click.echo(f"cermin: {msg}", err=True)  # stdout is what failed: say it where it can be read
