@@ -24,7 +24,7 @@ from cermin.repo.indexfiles import IndexView, expected_pack_size, read_index_vie
 from cermin.repo.lock import is_stale, read_locks
 from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
-from cermin.repo.snapshots import SnapshotRef, is_future
+from cermin.repo.snapshots import SnapshotRef, is_future, mark_forgotten
 from cermin.util import display_path
 
 
@@ -161,7 +161,8 @@ class Checker:
         refs = []
         for name, _ in sorted(self.repo.backend.list(Kind.SNAPSHOT)):
             try:
-                refs.append(SnapshotRef(name, self.repo.load_snapshot(name)))
+                snap = self.repo.load_snapshot(name)
+                refs.append(SnapshotRef(name, snap, future=is_future(snap.time)))
             except ObjectNotFound:
                 continue  # forgotten while we listed
             except ForeignObject:
@@ -169,6 +170,16 @@ class Checker:
             except CorruptObject as e:
                 self.report.damaged_snapshots.append(name)
                 self._error("snapshot_damaged", f"snapshot {name[:12]}: {e}", object=name)
+        forgotten = [r.id for r in mark_forgotten(self.repo, refs) if r.forgotten]
+        if forgotten:
+            # Forgotten under Object Lock: prune already treats their data as unused, so their
+            # trees may be gone from the index; they are deleted once their lock lapses.
+            self._notice(
+                "snapshots_forgotten",
+                f"{len(forgotten)} forgotten snapshot(s) wait for their Object Lock to lapse; not checked",
+                blobs=forgotten,
+            )
+            refs = [r for r in refs if not r.forgotten]
         for r in refs:
             if is_future(r.snapshot.time):
                 self._notice(

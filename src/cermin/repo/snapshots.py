@@ -192,6 +192,11 @@ def _mark_forgotten(repo: Repository, refs: list[SnapshotRef], now: float) -> li
     return refs
 
 
+def mark_forgotten(repo: Repository, refs: list[SnapshotRef], now: float | None = None) -> list[SnapshotRef]:
+    """Set `forgotten` on refs loaded by the caller (check walks every snapshot file itself)."""
+    return _mark_forgotten(repo, refs, time.time() if now is None else now)
+
+
 def forgotten_ids(repo: Repository, now: float | None = None) -> set[str]:
     """Snapshot ids whose tombstone is in force (after protection and the newest-per-group rule)."""
     hidden: list[str] = []
