@@ -12,7 +12,7 @@ import os
 import secrets
 
 from cermin.backend.base import CONFIG_NAME, Kind
-from cermin.errors import CerminError, ObjectExists, ObjectNotFound, RepositoryExists
+from cermin.errors import CerminError, ObjectExists, ObjectNotFound, RepositoryExists, RepositoryNotFound
 
 _DIRS = [k for k in Kind if k is not Kind.CONFIG]
 
@@ -46,9 +46,32 @@ class LocalBackend:
             return os.path.join(self.root, kind.value, name[:2], name)
         return os.path.join(self.root, kind.value, name)
 
-    def create(self) -> None:
+    def check_creatable(self) -> None:
+        """Refuse early (before a password is asked) what `create` would refuse: a repository there
+        already, a file, or a directory of user files. A missing or empty directory is fine, and so
+        is the bare layout an interrupted init left: repository files never mix with user files."""
         if os.path.exists(os.path.join(self.root, CONFIG_NAME)):
             raise RepositoryExists(f"a repository already exists at {self.root}")
+        try:
+            entries = os.listdir(self.root)
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise RepositoryExists(f"cannot create a repository at {self.root}: it is a file") from None
+        except OSError as e:
+            raise _io_error(e, f"repository directory {self.root}") from None
+        layout = {k.value for k in _DIRS}
+        layout.add("lost+found")  # the root of a fresh filesystem is empty too
+        foreign = sorted(n for n in entries if n not in layout and not n.startswith(".tmp-"))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise RepositoryExists(
+                f"cannot create a repository in {self.root}: the directory is not empty ({shown}); "
+                "use a new or empty directory"
+            )
+
+    def create(self) -> None:
+        self.check_creatable()
         try:
             os.makedirs(self.root, exist_ok=True)
             for k in _DIRS:
@@ -104,8 +127,12 @@ class LocalBackend:
                 return os.pread(f.fileno(), length, offset)
         except FileNotFoundError:
             raise ObjectNotFound(f"{kind.value}/{name} does not exist") from None
+        except NotADirectoryError:
+            if kind is Kind.CONFIG:  # the repository path is a file
+                raise RepositoryNotFound(f"no repository at {self.root}: it is a file, not a directory") from None
+            raise CerminError(f"cannot read {kind.value}/{name}: a file is in the way in {self.root}") from None
         except OSError as e:
-            raise CerminError(f"cannot read {kind.value}/{name}: {e.strerror or e}") from None
+            raise CerminError(f"cannot read {kind.value}/{name} in {self.root}: {e.strerror or e}") from None
 
     def size(self, kind: Kind, name: str) -> int:
         try:

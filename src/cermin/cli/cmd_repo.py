@@ -7,7 +7,7 @@ import json
 import click
 
 from cermin.cli.common import Output, backend_of, open_repo, read_password, stdout_errors
-from cermin.errors import UsageError
+from cermin.errors import ObjectNotFound, UsageError
 
 
 @click.command()
@@ -36,6 +36,10 @@ def init(g, lock_days, lock_mode, maintenance_days):
 
     out = Output(g)
     backend = backend_of(g)
+    from cermin.backend.local import LocalBackend
+
+    if isinstance(backend, LocalBackend):
+        backend.check_creatable()  # before asking for a password twice
     extra = {}
     if lock_days is not None:
         from cermin.engine.objectlock import new_lock_policy
@@ -78,7 +82,7 @@ def cat(g, what, object_id):
     elif not object_id:
         raise UsageError(f"cat {what} needs an ID")
     elif what in ("index", "blob") and not _is_hex_id(object_id):
-        raise UsageError(f"{object_id!r} is not a 64-character hex id")
+        raise _bad_id(what, object_id)
     elif what == "snapshot":
         obj = snapshots.snapshot_json(snapshots.resolve(repo, object_id))
     elif what == "tree":
@@ -114,6 +118,11 @@ def cat(g, what, object_id):
         click.echo(json.dumps(obj, indent=None if g.json else 2))
 
 
+def _bad_id(what: str, object_id: str) -> ObjectNotFound:
+    """A malformed id names no object: exit 1, like an unknown snapshot id in every other command."""
+    return ObjectNotFound(f"no {what} with id {object_id!r} (expected 64 hex digits)")
+
+
 def _is_hex_id(s: str) -> bool:
     return len(s) == 64 and all(c in "0123456789abcdef" for c in s.lower())
 
@@ -123,7 +132,7 @@ def _tree_id(repo, ref: str) -> bytes:
 
     if len(ref) == 64:
         if not _is_hex_id(ref):
-            raise UsageError(f"{ref!r} is not a 64-character hex id")
+            raise _bad_id("tree", ref)
         return bytes.fromhex(ref)
     return snapshots.resolve(repo, ref).snapshot.tree  # a snapshot id gives its root tree
 

@@ -139,6 +139,7 @@ class Restorer:
         subpath = b"/" + b"/".join(parts)  # canonical: include/exclude patterns see absolute paths
         parent = b"/" + b"/".join(parts[:-1]) if len(parts) > 1 else b""
         target = os.path.abspath(self.opts.target)
+        node = find_node(self.repo, snap.tree, subpath)  # a path that does not resolve creates no target
         try:
             os.makedirs(target, exist_ok=True)
             tfd = self._tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -147,7 +148,6 @@ class Restorer:
         try:
             if not os.access(target, os.W_OK):
                 raise CerminError(f"cannot write to target directory {target}: permission denied")
-            node = find_node(self.repo, snap.tree, subpath)
             futures: list[Future] = []
             if node.type == DIR:
                 self._restore_tree(tfd, b"", subpath.rstrip(b"/"), node.subtree, futures, False)

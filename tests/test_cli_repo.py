@@ -1,0 +1,84 @@
+"""Repository locations and ids as a new user gets them wrong: cli/cmd_repo.py, backend/local.py, restore's target."""
+
+from __future__ import annotations
+
+import os
+
+
+def test_repository_path_that_is_a_file_is_no_repository(cli, tmp_path):
+    f = tmp_path / "file"
+    f.write_bytes(b"not a repository")
+    cli.repo = str(f)
+    for args in (["snapshots"], ["restore", "latest", "--target", str(tmp_path / "t")], ["check"]):
+        r = cli(*args, ok=False)
+        assert r.returncode == 10, (args, r.stderr)
+        assert r.stderr.decode().splitlines() == [f"cermin: error: no repository at {f}: it is a file, not a directory"]
+    r = cli("init", ok=False, password=None)  # refused before a password is asked
+    assert r.returncode == 1 and r.stderr.decode().splitlines() == [
+        f"cermin: error: cannot create a repository at {f}: it is a file"
+    ]
+    assert f.read_bytes() == b"not a repository"
+
+
+def test_init_refuses_a_directory_of_user_files(cli, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_bytes(b"chapter 1")
+    cli.repo = str(home)
+    r = cli("init", ok=False, password=None)  # refused before a password is asked
+    assert r.returncode == 1 and b"not empty (thesis.tex)" in r.stderr
+    assert os.listdir(home) == ["thesis.tex"], "nothing was mixed into the user's directory"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "fresh-fs" / "lost+found").mkdir(parents=True)
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "keys").mkdir()  # the layout an interrupted init left
+    for d in ("missing", "empty", "fresh-fs", "half"):
+        cli.repo = str(tmp_path / d)
+        cli("init")
+        assert cli("snapshots").returncode == 0
+    r = cli("init", ok=False)
+    assert r.returncode == 1 and b"already exists" in r.stderr
+
+
+def test_failed_restore_creates_no_target(initialized_cli, tmp_path):
+    cli = initialized_cli
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    target = tmp_path / "X"
+    r = cli("restore", "latest:/nope", "--target", str(target), ok=False)  # no snapshot yet
+    assert r.returncode == 1 and not target.exists()
+    cli("backup", str(src))
+    r = cli("restore", "latest:/nope", "--target", str(target), ok=False)
+    assert r.returncode == 1 and b"/nope" in r.stderr
+    assert not target.exists(), "a path that does not resolve creates no target"
+    r = cli("restore", "abcdef12:/", "--target", str(target), ok=False)
+    assert r.returncode == 1 and not target.exists()
+    cli("restore", f"latest:{src}", "--target", str(target))
+    assert (target / "f").read_bytes() == b"x"
+
+
+def test_bad_ids_exit_1_in_every_command(initialized_cli, tmp_path):
+    cli = initialized_cli
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    cli("backup", str(src))
+    bad = ["zz", "0" * 64, "g" * 64, "abc"]
+    for object_id in bad:
+        for args in (
+            ["cat", "snapshot", object_id],
+            ["cat", "tree", object_id],
+            ["cat", "index", object_id],
+            ["cat", "blob", object_id],
+            ["cat", "key", object_id],
+            ["ls", object_id],
+            ["dump", object_id, "/f"],
+            ["restore", object_id, "--target", str(tmp_path / "t")],
+            ["diff", object_id, "latest"],
+            ["stats", object_id],
+        ):
+            r = cli(*args, ok=False)
+            assert r.returncode == 1, (args, r.returncode, r.stderr)
+            assert len(r.stderr.decode().splitlines()) == 1 and b"Traceback" not in r.stderr, args
+    assert cli("cat", "snapshot", ok=False).returncode == 2, "a missing id is a usage error"
