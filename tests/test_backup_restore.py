@@ -219,3 +219,79 @@ def test_unreadable_file_skipped_with_error(local_repo, tmp_path):
     os.chmod(src / "secret", 0)
     s = do_backup(local_repo, src)
     assert s.snapshot.incomplete and "secret" in s.errors[0]
+
+
+def _bind(path) -> None:
+    """Make a Unix socket at path, however long (bound under a short name, then renamed)."""
+    import socket
+
+    d = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(f"/proc/self/fd/{d}/t")
+        s.close()
+        os.rename("t", os.path.basename(path), src_dir_fd=d, dst_dir_fd=d)
+    finally:
+        os.close(d)
+
+
+def test_unix_sockets_are_recreated_with_metadata(local_repo, tmp_path):
+    import stat
+
+    src = tmp_path / "src"
+    deep = src / ("d" * 120) / ("e" * 120)  # paths far beyond sun_path's 108 bytes
+    deep.mkdir(parents=True)
+    socks = [src / "s.sock", deep / ("long-socket-name-" + "x" * 200)]
+    for i, p in enumerate(socks):
+        _bind(str(p))
+        os.chmod(p, 0o640 - 0o100 * i)
+        os.utime(p, ns=(1_600_000_000_123_456_789 + i, 1_600_000_000_123_456_789 + i))
+    s = do_backup(local_repo, src)
+    repo = reopen(local_repo)
+    out = tmp_path / "out"
+    for _ in range(2):  # the second time over what the first created
+        r = do_restore(repo, s.snapshot_id, out)
+        assert not r.errors and not r.warnings, (r.errors, r.warnings)
+        for i, p in enumerate(socks):
+            st = os.lstat(out / str(p).lstrip("/"))
+            assert stat.S_ISSOCK(st.st_mode), p
+            assert stat.S_IMODE(st.st_mode) == 0o640 - 0o100 * i
+            assert st.st_mtime_ns == 1_600_000_000_123_456_789 + i
+        assert not [n for _, _, fs in os.walk(out) for n in fs if n.startswith(".cermin-sock-")]
+
+
+def test_socket_restore_never_follows_a_planted_symlink(local_repo, tmp_path):
+    import stat
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _bind(str(src / "sock"))
+    s = do_backup(local_repo, src)
+    repo = reopen(local_repo)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    os.chmod(outside, 0o600)
+    out = tmp_path / "out"
+    where = out / str(src).lstrip("/")
+    where.mkdir(parents=True)
+    os.symlink(outside, where / "sock")
+    r = do_restore(repo, s.snapshot_id, out)
+    assert not r.errors, r.errors
+    assert stat.S_ISSOCK(os.lstat(where / "sock").st_mode)
+    assert outside.read_bytes() == b"keep" and stat.S_IMODE(os.stat(outside).st_mode) == 0o600
+
+
+def test_socket_that_cannot_be_made_is_a_warning(local_repo, tmp_path, monkeypatch):
+    from cermin.engine import fsmeta
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _bind(str(src / "sock"))
+    (src / "f").write_bytes(b"f")
+    s = do_backup(local_repo, src)
+    repo = reopen(local_repo)
+    monkeypatch.setattr(fsmeta, "proc_path", lambda d, n: b"/nonexistent-proc/" + n)  # as without /proc
+    r = do_restore(repo, s.snapshot_id, tmp_path / "out")
+    assert not r.errors and [w for w in r.warnings if "sock: socket not restored" in w]
+    assert (tmp_path / "out" / str(src).lstrip("/") / "f").read_bytes() == b"f"
+    assert not os.path.lexists(tmp_path / "out" / str(src).lstrip("/") / "sock")

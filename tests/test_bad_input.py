@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import stat
 import subprocess
 
 import pytest
@@ -254,7 +255,8 @@ def test_restore_subpath_forms_and_sockets(initialized_cli, tmp_path):
         assert sorted(os.listdir(out)) == ["sub"], spec
     out = tmp_path / "all"
     r = cli("restore", f"latest:{src}/d", "--target", str(out))
-    assert r.returncode == 0 and b"socket not restored" in r.stderr, "a socket is a warning, not a failure"
+    assert r.returncode == 0 and b"socket not restored" not in r.stderr
+    assert stat.S_ISSOCK(os.lstat(out / "sock").st_mode), "a socket is recreated"
     out = tmp_path / "excl"
     cli("restore", f"latest:{rel}/d/a.txt", "--target", str(out), "--exclude", f"{src}/d/a.txt")
     assert not os.path.exists(out / "a.txt")

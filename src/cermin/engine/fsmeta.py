@@ -105,6 +105,28 @@ def proc_path(dir_fd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/%s" % (dir_fd, name)
 
 
+def make_socket(dir_fd: int, name: bytes) -> None:
+    """Create the Unix socket entry `name` in dir_fd, as restic and borg do (nothing listens on it).
+
+    bind() only takes a path, limited to 107 bytes: the socket is bound under a short random name
+    through /proc/self/fd/N (the pinned directory itself, so no component is looked up by name and any
+    depth or name length works; bind never follows or replaces an existing entry), then hard-linked
+    to `name` (link neither follows nor replaces anything either) and the temporary name removed."""
+    import secrets
+    import socket
+
+    tmp = b".cermin-sock-" + secrets.token_hex(8).encode()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(proc_path(dir_fd, tmp))
+    finally:
+        s.close()
+    try:
+        os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    finally:
+        os.unlink(tmp, dir_fd=dir_fd)
+
+
 EUID, EGID = os.geteuid(), os.getegid()
 SUID_SGID = stat.S_ISUID | stat.S_ISGID
 

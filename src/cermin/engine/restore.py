@@ -9,7 +9,8 @@ A snapshot is hostile input. Every tree's entries pass `format.names.valid_nodes
 filesystem call: an invalid name (empty, `.`, `..`, `/`, NUL), an unknown type or a repeated name
 is skipped and counted as an error. Nothing restore creates or changes is reached through a
 symlink: directories are opened with O_NOFOLLOW relative to their parent's fd, entries are
-created with O_EXCL / mkdirat / symlinkat / mknodat, metadata goes through the entry's own fd
+created with O_EXCL / mkdirat / symlinkat / mknodat (a Unix socket: bound under a temporary name
+through /proc/self/fd/N of its directory, then linkat), metadata goes through the entry's own fd
 (or lchown/lutimes for symlinks), and a hard link's source is re-found from the target's fd
 component by component and must still be the very file this run created.
 """
@@ -203,16 +204,19 @@ class Restorer:
             return self._restore_dir(dfd, out, path, node, selected, futures)
         if not selected:
             return False
-        if node.type == SOCKET:  # a socket belongs to a running program: recorded, not recreated
-            self._warn(path, "socket not restored")
-            return False
         if node.type in (CHARDEV, BLOCKDEV) and self.opts.no_special:
             self._warn(path, "device node not restored (--no-special)")
             return False
         try:
             if node.type == FILE:
                 return self._restore_file(dfd, out, path, node, futures, fresh)
-            self._restore_special(dfd, node, fresh)
+            try:
+                self._restore_special(dfd, node, fresh)
+            except OSError as e:
+                if node.type != SOCKET:
+                    raise
+                self._warn(path, f"socket not restored: {_why(e)}")  # e.g. no /proc: skipped, not a failure
+                return False
             fsmeta.apply_path_meta(dfd, node.name, node, lambda m: self._warn(path, m), **self._meta)
             self.other += 1
             return True
@@ -307,7 +311,7 @@ class Restorer:
             kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
             os.mknod(name, 0o600 | kind, node.rdev, dir_fd=dfd)
         elif node.type == SOCKET:
-            raise OSError(errno.ENOTSUP, "sockets are recorded, not restored")
+            fsmeta.make_socket(dfd, name)
 
     def _restore_file(self, dfd, out, path, node: Node, futures, fresh: bool) -> bool:
         name = node.name
