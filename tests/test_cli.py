@@ -224,3 +224,20 @@ def test_diff_reports_retargeted_symlink(initialized_cli, tmp_path):
         c for c in jlines(cli("--json", "diff", snaps[0]["id"], snaps[1]["id"])) if c["message_type"] == "change"
     ]
     assert [(c["path"].rsplit("/", 1)[1], c["modifier"]) for c in changes] == [("l", "M")]
+
+
+def test_readme_states_the_python_and_venv_requirement():
+    """The README's first commands work only in a virtual environment on Python >= the declared minimum."""
+    import re
+    import tomllib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        needed = tomllib.load(f)["project"]["requires-python"]
+    readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    head = readme.split("# cermin", 1)[0]
+    assert head.splitlines()[1].startswith("pip install . && ")
+    assert head.splitlines()[2].startswith("pip install '.[test]' && ")
+    said = re.search(r"Python (>=|≥) ?(3\.\d+)", head)
+    assert said and needed == f">={said.group(2)}", (needed, said)
+    assert "python3 -m venv" in head and "externally-managed-environment" in head
