@@ -82,3 +82,37 @@ def test_bad_ids_exit_1_in_every_command(initialized_cli, tmp_path):
             assert r.returncode == 1, (args, r.returncode, r.stderr)
             assert len(r.stderr.decode().splitlines()) == 1 and b"Traceback" not in r.stderr, args
     assert cli("cat", "snapshot", ok=False).returncode == 2, "a missing id is a usage error"
+
+
+def test_full_disk_errors_name_what_and_where(cli, tmp_path):
+    """ENOSPC on a 1 MiB tmpfs (in a private mount namespace): one line naming the object and the repository."""
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import PASSWORD, cermin_exe
+
+    small = tmp_path / "small"
+    small.mkdir()
+    probe = subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)])
+    if probe.returncode != 0:
+        import pytest
+
+        pytest.skip("cannot mount a tmpfs in a private mount namespace here")
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(3_000_000))
+    exe = shlex.join(cermin_exe())
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {small} && {exe} -q -r {small}/repo init && "
+        f"{exe} -r {small}/repo backup {big}"
+    )
+    r = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        capture_output=True,
+        env=dict(cli.env, CERMIN_PASSWORD=PASSWORD, PATH=os.path.dirname(sys.executable) + ":/usr/bin:/bin"),
+        timeout=120,
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "no space left on device while writing data/" in err and f"in {small}/repo" in err
+    assert "None" not in err

@@ -11,7 +11,7 @@ import errno
 import os
 import secrets
 
-from cermin.backend.base import CONFIG_NAME, Kind
+from cermin.backend.base import CONFIG_NAME, BackendBase, Capabilities, Kind
 from cermin.errors import CerminError, ObjectExists, ObjectNotFound, RepositoryExists, RepositoryNotFound
 
 _DIRS = [k for k in Kind if k is not Kind.CONFIG]
@@ -33,7 +33,9 @@ def _io_error(e: OSError, what: str) -> CerminError:
     return CerminError(f"cannot write {what}: {e.strerror or e}")
 
 
-class LocalBackend:
+class LocalBackend(BackendBase):
+    caps = Capabilities()  # a directory: unversioned, no retention, 8 MiB packs
+
     def __init__(self, path: str) -> None:
         self.root = os.path.abspath(path)
         self.location = self.root
@@ -93,7 +95,7 @@ class LocalBackend:
         except FileNotFoundError:
             raise CerminError(f"repository directory {d} is missing (damaged repository?)") from None
         except OSError as e:
-            raise _io_error(e, what) from None
+            raise _io_error(e, f"{what} in {self.root}") from None
         try:
             try:
                 view = memoryview(data)
@@ -110,7 +112,7 @@ class LocalBackend:
                 raise ObjectExists(f"{what} already exists") from None
             _fsync_dir(d)
         except OSError as e:
-            raise _io_error(e, what) from None
+            raise _io_error(e, f"{what} in {self.root}") from None
         finally:
             try:
                 os.unlink(tmp)
