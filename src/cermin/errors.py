@@ -62,6 +62,21 @@ class ObjectExists(CerminError):
     """A write-once object already exists under that name."""
 
 
+class TransientError(CerminError):
+    """A storage request that may succeed if tried again: connection refused or reset, a timeout, a
+    5xx answer, throttling. Drivers raise it; the one retrying layer (backend/retry.py) retries it.
+    Every other error of a driver is permanent (not found, exists, access denied, precondition, bad
+    request) and is never retried."""
+
+
+class AccessDenied(CerminError):
+    """The storage refused the credentials or the operation (permanent: retrying cannot help)."""
+
+
+class BackendUnavailable(CerminError):
+    """The retry budget ran out on transient errors; the message names the last one."""
+
+
 class ObjectLocked(CerminError):
     """The storage refused to delete an object still under Object Lock retention."""
 

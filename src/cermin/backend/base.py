@@ -1,14 +1,27 @@
-"""The narrow storage protocol every backend implements (local directory, memory, later S3 and HTTP).
+"""The narrow storage protocol every backend implements (local directory, memory, S3, HTTP).
 
 Objects are write-once: `save` must fail with ObjectExists rather than replace an existing object,
 and must only return once the object is durable. Only locks are ever removed outside prune.
+
+What a store can do beyond the core calls is declared in its `caps` (a `Capabilities` record), never
+probed with getattr: every backend has every method of the protocol, and `BackendBase` gives the
+meaning each one has on a store without the capability (an unversioned store's "original version"
+is the object itself; a batch removal is a loop over `remove`; a store without Object Lock keeps no
+retention).
+
+Errors: drivers raise `TransientError` for what may succeed if tried again (connection refused or
+reset, timeouts, 5xx, throttling) and typed permanent errors for the rest (ObjectNotFound,
+ObjectExists, ObjectLocked, AccessDenied, ...). Drivers do not retry: `backend/retry.py` does, once,
+for every backend that can fail transiently.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class Kind(StrEnum):
@@ -23,9 +36,38 @@ class Kind(StrEnum):
 
 CONFIG_NAME = "config"
 
+# Local disks: 8 MiB packs halve the memory a backup holds in packs being filled and uploaded.
+# Object stores (S3, the HTTP server) declare 16 MiB: fewer requests, per shared/DESIGN.md.
+LOCAL_PACK_SIZE = 8 * 1024 * 1024
+OBJECT_STORE_PACK_SIZE = 16 * 1024 * 1024
 
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond the core calls. Callers branch on these, never on getattr."""
+
+    versions: bool = False
+    """The store keeps every version of a key (S3 with versioning): `load_original` reads the first
+    version, the one cermin wrote, `original_version(s)` name it, `hidden`/`unhide` find and remove
+    delete markers. Without it those read the object itself and nothing is ever hidden."""
+    retention: bool = False
+    """The store can hold objects under per-object Object Lock retention when the repository has a
+    lock policy (`lock`): `retention` / `extend_retention` read and extend it."""
+    batch_remove: bool = False
+    """`remove_many` is ONE request (a server with a two-person rule): it may queue the deletion and
+    answer with an approval request id. Without it `remove_many` is a loop over `remove`."""
+    takes_config: bool = False
+    """`configure(extra)` applies repository settings stored in the config (the Object Lock policy)."""
+    default_pack_size: int = LOCAL_PACK_SIZE
+    """Pack size for new repositories on this store."""
+
+
+@runtime_checkable
 class Backend(Protocol):
     location: str
+    caps: Capabilities
+    lock: Any  # the Object Lock policy in force (an s3.LockPolicy), None without one
+    planted_config: int  # newer versions of `config` seen, written by someone else (caps.versions)
 
     def create(self) -> None:
         """Create an empty repository layout; RepositoryExists if a config is already there."""
@@ -47,6 +89,84 @@ class Backend(Protocol):
     def exists(self, kind: Kind, name: str) -> bool: ...
 
     def close(self) -> None: ...
+
+    # ---- capability methods: meaningful per `caps`, harmless defaults otherwise (BackendBase) ----
+    def configure(self, extra: dict) -> None:
+        """Apply repository settings from the plaintext config (caps.takes_config)."""
+
+    def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The first version ever written under this name (caps.versions); else `load`."""
+
+    def original_version(self, kind: Kind, name: str) -> str:
+        """Version id of the first version (caps.versions); "" on an unversioned store."""
+
+    def original_versions(self, kind: Kind) -> dict[str, tuple[str, int]]:
+        """name -> (first version id, number of real versions) for every object of a kind."""
+
+    def hidden(self) -> list[str]:
+        """Keys whose newest entry is a delete marker over real data (caps.versions); else []."""
+
+    def unhide(self) -> list[str]:
+        """Remove delete markers hiding real versions; returns the keys made visible again."""
+
+    def retention(self, kind: Kind, name: str, version: str | None = None) -> datetime | None:
+        """Retain-until date of the version cermin wrote (caps.retention); None without one."""
+
+    def extend_retention(self, kind: Kind, name: str, until: datetime, version: str | None = None) -> None:
+        """Extend Object Lock retention (caps.retention); UsageError on a store without it."""
+
+    def remove_many(self, items: list[tuple[Kind, str]]) -> str | None:
+        """Remove all `items`: an approval request id when a server queued them (caps.batch_remove),
+        None when they are gone. Missing objects are skipped; ObjectLocked propagates."""
+
+
+class BackendBase:
+    """Defaults of the capability methods for a store without the capability. Drivers subclass it
+    and override what their `caps` declare."""
+
+    location: str = ""
+    caps: Capabilities = Capabilities()
+    lock: Any = None
+    planted_config: int = 0
+
+    def configure(self, extra: dict) -> None:
+        """Nothing to apply. An Object Lock policy in the config of a copy on a store without
+        retention (a locked repository copied to a disk) is not refused here: the copy opens, and
+        `Repository.init` refuses to create such a repository (it checks caps.retention)."""
+
+    def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.load(kind, name, offset, length)  # type: ignore[attr-defined]
+
+    def original_version(self, kind: Kind, name: str) -> str:
+        self.size(kind, name)  # type: ignore[attr-defined]  # ObjectNotFound when absent
+        return ""
+
+    def original_versions(self, kind: Kind) -> dict[str, tuple[str, int]]:
+        return {n: ("", 1) for n, _ in self.list(kind)}  # type: ignore[attr-defined]
+
+    def hidden(self) -> list[str]:
+        return []
+
+    def unhide(self) -> list[str]:
+        return []
+
+    def retention(self, kind: Kind, name: str, version: str | None = None) -> datetime | None:
+        return None
+
+    def extend_retention(self, kind: Kind, name: str, until: datetime, version: str | None = None) -> None:
+        from cermin.errors import UsageError
+
+        raise UsageError(f"{self.location} cannot hold Object Lock retention")
+
+    def remove_many(self, items: list[tuple[Kind, str]]) -> str | None:
+        from cermin.errors import ObjectNotFound
+
+        for kind, name in items:
+            try:
+                self.remove(kind, name)  # type: ignore[attr-defined]
+            except ObjectNotFound:
+                pass
+        return None
 
 
 def exists_by_size(backend: Backend, kind: Kind, name: str) -> bool:

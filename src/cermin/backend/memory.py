@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 
-from cermin.backend.base import CONFIG_NAME, Kind
+from cermin.backend.base import CONFIG_NAME, BackendBase, Capabilities, Kind
 from cermin.errors import ObjectExists, ObjectNotFound, RepositoryExists
 
 
-class MemoryBackend:
+class MemoryBackend(BackendBase):
+    caps = Capabilities()  # unversioned, no retention, deletes one object at a time
+
     def __init__(self, location: str = "memory:") -> None:
         self.location = location
         self.objects: dict[tuple[Kind, str], bytes] = {}
