@@ -10,9 +10,9 @@ from conftest import reopen
 from treeutil import allocated_bytes, assert_same_tree, make_rich_tree
 
 from cermin.backend.base import Kind
-from cermin.engine import backup as backup_mod
 from cermin.engine import fsread
 from cermin.engine.backup import BackupOptions, run_backup
+from cermin.engine.backup import filesaver as filesaver_mod
 from cermin.engine.restore import RestoreOptions, run_restore
 from cermin.engine.treewalk import diff_trees, walk
 from cermin.repo.snapshots import list_snapshots, resolve
@@ -49,12 +49,12 @@ def test_unchanged_files_are_not_reread(local_repo, tmp_path):
     first = do_backup(local_repo, src)
     assert first.snapshot.summary.files_new == 20
     reads = []
-    orig = backup_mod.Backup._read_file
-    backup_mod.Backup._read_file = lambda self, fd, *a: reads.append(1) or orig(self, fd, *a)
+    orig = filesaver_mod.FileSaver._read_file
+    filesaver_mod.FileSaver._read_file = lambda self, fd, *a: reads.append(1) or orig(self, fd, *a)
     try:
         second = do_backup(local_repo, src)
     finally:
-        backup_mod.Backup._read_file = orig
+        filesaver_mod.FileSaver._read_file = orig
     s = second.snapshot.summary
     assert reads == [] and s.files_unmodified == 20 and s.bytes_read == 0
     assert second.parent == first.snapshot_id
@@ -135,14 +135,14 @@ def test_file_vanishing_during_walk_marks_incomplete(local_repo, tmp_path, monke
     os.makedirs(src)
     (src / "stays").write_bytes(b"1")
     (src / "goes").write_bytes(b"2")
-    real_open = backup_mod._open_for_read
+    real_open = filesaver_mod.open_for_read
 
     def delete_then_open(name, dfd):  # fault injection: the file disappears after it was listed
         if name == b"goes":
             os.unlink(name, dir_fd=dfd)
         return real_open(name, dfd)
 
-    monkeypatch.setattr(backup_mod, "_open_for_read", delete_then_open)
+    monkeypatch.setattr(filesaver_mod, "open_for_read", delete_then_open)
     s = do_backup(local_repo, src)
     assert s.snapshot.incomplete and len(s.errors) == 1 and "goes" in s.errors[0] and "vanished" in s.errors[0]
     names = {p.rsplit(b"/", 1)[1] for p, _ in walk(local_repo, s.snapshot.tree)}
@@ -155,35 +155,22 @@ def test_file_growing_during_read_is_reported(local_repo, tmp_path, monkeypatch)
     os.makedirs(src)
     target = src / "log"
     target.write_bytes(os.urandom(3 * 1024 * 1024))
-    real = backup_mod.Backup._store_whole
+    real = filesaver_mod.FileSaver._store_whole
 
     def grow_while_reading(self, fd):  # fault injection: a writer appends while we read
         with open(target, "ab") as w:
             w.write(b"appended line\n" * 1000)
         return real(self, fd)
 
-    monkeypatch.setattr(backup_mod.Backup, "_store_whole", grow_while_reading)
+    monkeypatch.setattr(filesaver_mod.FileSaver, "_store_whole", grow_while_reading)
     s = do_backup(local_repo, src)
     assert s.snapshot.summary.changed_during_read == 1
     assert any("changed while it was read" in w for w in s.warnings)
     ((_, node),) = [(p, n) for p, n in walk(local_repo, s.snapshot.tree) if p.endswith(b"/log")]
     assert node.size == sum(local_repo.index.raw_length(b) for b in node.blob_ids())
-    monkeypatch.setattr(backup_mod.Backup, "_store_whole", real)
+    monkeypatch.setattr(filesaver_mod.FileSaver, "_store_whole", real)
     again = do_backup(local_repo, src)
     assert again.snapshot.summary.files_changed == 1, "a file that changed while read is read again"
-
-
-def test_guard_hook_sees_chunk_sizes(local_repo, tmp_path):
-    src = tmp_path / "src"
-    os.makedirs(src)
-    (src / "text").write_bytes(b"compressible " * 100_000)
-    (src / "noise").write_bytes(os.urandom(1_000_000))
-    reports = {}
-    do_backup(local_repo, src, on_file=lambda r: reports.__setitem__(r.path.rsplit(b"/", 1)[1], r))
-    raw, stored = map(sum, zip(*reports[b"text"].chunks, strict=True))
-    assert stored < raw / 10
-    raw, stored = map(sum, zip(*reports[b"noise"].chunks, strict=True))
-    assert stored >= raw
 
 
 def test_symlink_loops_are_stored_not_followed(local_repo, tmp_path):

@@ -23,24 +23,23 @@ def _read_exclude_files(files) -> list[str]:
 
 
 def _file_printer(out: Output):
-    """-v: one line per file whose content was read (called from worker threads)."""
+    """-v: one line per file whose content was read (a backup observer: called from worker threads)."""
+    from cermin.engine.observer import BackupObserver
     from cermin.util import display_path
 
-    def show(report) -> None:
-        kind = "new" if report.previous is None else "modified"
-        if out.json:
-            out.emit(
-                {
-                    "message_type": "verbose_status",
-                    "action": kind,
-                    "item": display_path(report.path),
-                    "size": report.node.size,
-                }
-            )
-        else:
-            out.text(f"{kind:<9}{display_path(report.path)}")
+    class FilePrinter(BackupObserver):
+        fingerprint = False
 
-    return show
+        def file_read(self, ev) -> None:
+            kind = "new" if ev.new else "modified"
+            if out.json:
+                out.emit(
+                    {"message_type": "verbose_status", "action": kind, "item": display_path(ev.path), "size": ev.size}
+                )
+            else:
+                out.text(f"{kind:<9}{display_path(ev.path)}")
+
+    return FilePrinter()
 
 
 @click.command()
@@ -102,7 +101,7 @@ def backup(
         workers=workers or 0,
         stdin=sys.stdin.buffer if use_stdin else None,
         stdin_filename=stdin_filename,
-        on_file=_file_printer(out) if g.verbose and not g.quiet else None,
+        observers=[_file_printer(out)] if g.verbose and not g.quiet else [],
     )
     repo = open_repo(g, load_index=False)
     prog = BackupProgress()

@@ -159,8 +159,9 @@ def approvals():
 
 def _http(g):
     from cermin.backend.http import HttpBackend
+    from cermin.backend.retry import unwrap
 
-    b = backend_of(g)
+    b = unwrap(backend_of(g))  # approvals are calls of the server's admin API, not of the store
     if not isinstance(b, HttpBackend):
         raise UsageError("approvals need an http(s):// repository served by `cermin serve`")
     return b

@@ -195,9 +195,8 @@ def remove_snapshots(repo: Repository, ids: list[str], now: datetime | None = No
     if held:
         sid = sorted(held)[0]
         raise UsageError(f"snapshot {sid[:8]} is protected until {held[sid]}; it cannot be forgotten")
-    batch = getattr(repo.backend, "remove_many", None)  # a server with a two-person rule
-    if batch is not None and ids:
-        rid = batch([(Kind.SNAPSHOT, sid) for sid in ids])  # ONE request for all of them
+    if repo.backend.caps.batch_remove and ids:  # a server with a two-person rule
+        rid = repo.backend.remove_many([(Kind.SNAPSHOT, sid) for sid in ids])  # ONE request for all of them
         if rid is not None:
             raise ApprovalRequired(rid, len(ids), f"forgetting {len(ids)} snapshot(s)")
         return [], []

@@ -30,6 +30,15 @@ class WalkPath:
             p = p.parent
         return b"/".join(reversed(parts)).replace(b"//", b"/")
 
+    def full(self) -> bytes:
+        """This directory's own path."""
+        parts = []
+        p: WalkPath | None = self
+        while p is not None:
+            parts.append(p.name)
+            p = p.parent
+        return b"/".join(reversed(parts)).replace(b"//", b"/") or b"/"
+
 
 class Excluder:
     def __init__(self, patterns: list[str]) -> None:

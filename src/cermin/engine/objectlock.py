@@ -47,16 +47,16 @@ class LockReport:
 
 def lock_backend(backend):
     """The backend if it can hold Object Lock retention, else a clear refusal."""
-    if not hasattr(backend, "extend_retention") or getattr(backend, "lock", None) is None:
+    if not backend.caps.retention or backend.lock is None:
         raise UsageError("this repository has no Object Lock policy (create it with `init --object-lock DAYS` on S3)")
     return backend
 
 
 def new_lock_policy(backend, days: int, mode: str, maintenance_days: int) -> dict:
     """The config entry for a new immutable repository, after every check the policy must pass."""
-    from cermin.backend.s3 import S3Backend, validate_lock_policy
+    from cermin.backend.s3 import validate_lock_policy
 
-    if not isinstance(backend, S3Backend):
+    if not backend.caps.retention:
         raise UsageError("--object-lock needs an S3 repository (s3:...)")
     validate_lock_policy(days, mode, maintenance_days)
     return {"days": days, "mode": mode, "maintenance_days": maintenance_days}
@@ -73,7 +73,7 @@ def policy_warnings(backend) -> list[str]:
             "this repository uses governance-mode Object Lock, which any identity allowed "
             "s3:BypassGovernanceRetention can lift: it does not protect against a stolen backup credential"
         )
-    if getattr(backend, "planted_config", 0):
+    if backend.planted_config:
         out.append(
             f"{backend.planted_config} newer version(s) of `config` were written by someone else; cermin "
             "ignores them and uses the config it wrote (evidence of an attack with the storage credential)"
@@ -127,6 +127,6 @@ def extend_locks(repo: Repository, now: datetime | None = None, dry_run: bool = 
 def unhide(backend) -> list[str]:
     """Remove delete markers that hide real versions. Needs no password and does not open the
     repository: a delete marker on `config` or on every key slot must not lock the owner out."""
-    if not hasattr(backend, "unhide"):
+    if not backend.caps.versions:
         raise UsageError("only S3 repositories keep hidden versions (`lock unhide` needs s3:...)")
     return backend.unhide()

@@ -55,12 +55,11 @@ def protect(repo: Repository, ref: SnapshotRef, until: datetime) -> ProtectResul
     rec = AuxRecord(type="protection", time=now_rfc3339(), target=ref.id, data={"until": until_s})
     name = repo.save_object(Kind.AUX, records.encode(rec))
     res = ProtectResult(ref.id, until_s, name)
-    extend = getattr(repo.backend, "extend_retention", None)
-    if extend is not None and getattr(repo.backend, "lock", None) is not None:
+    if repo.backend.caps.retention and repo.backend.lock is not None:
         for kind, obj in _snapshot_objects(repo, ref) + [(Kind.AUX, name)]:
             current = repo.backend.retention(kind, obj)
             if current is None or current < until:
-                extend(kind, obj, until)
+                repo.backend.extend_retention(kind, obj, until)
                 res.objects_locked += 1
     return res
 

@@ -202,8 +202,7 @@ def execute_prune(
         lock.ensure_fresh()
     say("writing the new index")
     old_files = view.files + view.superseded
-    batch = getattr(repo.backend, "remove_many", None)
-    if batch is not None:  # two-person rule: one request for every deletion of this plan
+    if repo.backend.caps.batch_remove:  # two-person rule: one request for every deletion of this plan
         new_files = write_index(repo, stays, old_files)  # phase one; the old files are now superseded
         res.index_files_written = len(new_files)
         old = [(Kind.INDEX, n) for n in old_files if n not in new_files]
@@ -211,7 +210,7 @@ def execute_prune(
         if lock is not None:
             lock.ensure_fresh()
         if old or packs:
-            res.approval = batch(old + packs)
+            res.approval = repo.backend.remove_many(old + packs)
             if res.approval is not None:
                 res.index_files_queued, res.packs_queued = len(old), len(packs)
         repo.index = MasterIndex.from_packs(stays)

@@ -95,11 +95,10 @@ def replace_index(repo: Repository, packs: dict[bytes, bytes], old_files: list[s
     """New index files first, then remove the old ones (crash-safe order). An old file the storage
     refuses to delete (Object Lock) stays; it is superseded, so readers ignore it."""
     new = write_index(repo, packs, old_files)
-    batch = getattr(repo.backend, "remove_many", None)  # a server with a two-person rule: one request
-    if batch is not None:
+    if repo.backend.caps.batch_remove:  # a server with a two-person rule: one request
         old = [(Kind.INDEX, n) for n in old_files if n not in new]
         if old:
-            batch(old)  # superseded meanwhile: readers ignore them until a second admin approves
+            repo.backend.remove_many(old)  # superseded meanwhile: readers ignore them until a second admin approves
         return new
     for name in old_files:
         if name in new:
@@ -116,10 +115,9 @@ def read_pack_header(repo: Repository, pack_name: str, size: int | None = None) 
     try:
         return _read_pack_header(repo, pack_name, size)
     except CorruptObject:
-        original = getattr(repo.backend, "load_original", None)
-        if original is None:
+        if not repo.backend.caps.versions:
             raise
-        data = original(Kind.DATA, pack_name)  # the version cermin wrote, if someone planted another
+        data = repo.backend.load_original(Kind.DATA, pack_name)  # the version cermin wrote, if someone planted another
         return pack.parse_header(repo.keys, data, f"pack {pack_name[:12]}")
 
 

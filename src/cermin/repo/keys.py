@@ -129,10 +129,8 @@ def remember_slot(repo_id: str, name: str) -> None:
 
 def _load_slot(backend, name: str) -> bytes:
     data = backend.load(Kind.KEY, name)
-    if crypto.file_id(data) != name:
-        original = getattr(backend, "load_original", None)
-        if original is not None:  # a versioned store: someone may have put a newer version over it
-            data = original(Kind.KEY, name)
+    if crypto.file_id(data) != name and backend.caps.versions:
+        data = backend.load_original(Kind.KEY, name)  # someone may have put a newer version over it
     return data
 
 

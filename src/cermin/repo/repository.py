@@ -39,9 +39,7 @@ def _aad(kind: Kind) -> bytes:
 
 def _configure(backend: Backend, extra: dict) -> None:
     """Backends that need repository settings (the S3 Object Lock policy) get them from the config."""
-    configure = getattr(backend, "configure", None)
-    if configure is not None:
-        configure(extra)
+    backend.configure(extra)
 
 
 def config_aad(config: Config) -> bytes:
@@ -79,7 +77,7 @@ class Repository:
         chunker_seed: int | None = None,
         extra: dict | None = None,
     ) -> Repository:
-        if (extra or {}).get("object_lock") is not None and not hasattr(backend, "configure"):
+        if (extra or {}).get("object_lock") is not None and not backend.caps.retention:
             raise UsageError("an Object Lock policy needs an S3 repository (s3:...)")
         _configure(backend, extra or {})
         backend.create()
@@ -91,7 +89,7 @@ class Repository:
             chunker_min=mn,
             chunker_avg=avg,
             chunker_max=mx,
-            pack_size=pack_size or getattr(backend, "default_pack_size", DEFAULT_PACK_SIZE),
+            pack_size=pack_size or backend.caps.default_pack_size,
         )
         # Round-trip `extra` through JSON so the AAD is computed over exactly what readers will see.
         config = Config(
@@ -197,9 +195,8 @@ class Repository:
         data = self.backend.load(kind, name)
         what = f"{kind.value}/{name[:12]}"
         if crypto.file_id(data) != name:
-            original = getattr(self.backend, "load_original", None)
-            if original is not None:  # a versioned store: someone may have planted a newer version
-                data = original(kind, name)
+            if self.backend.caps.versions:  # someone may have planted a newer version
+                data = self.backend.load_original(kind, name)
             if crypto.file_id(data) != name:
                 raise CorruptObject(f"{what} is damaged (content does not match its name)")
         try:
@@ -273,9 +270,8 @@ class Repository:
         authenticate each blob and report what fails)."""
         data = self.backend.load(Kind.DATA, name)
         if crypto.file_id(data) != name:
-            original = getattr(self.backend, "load_original", None)
-            if original is not None:
-                first = original(Kind.DATA, name)
+            if self.backend.caps.versions:
+                first = self.backend.load_original(Kind.DATA, name)
                 if crypto.file_id(first) == name:
                     return first
         return data
@@ -292,10 +288,9 @@ class Repository:
         try:
             return self._read_blob(self.backend.load, pack_name, loc, blob_id, what)
         except CorruptObject:
-            original = getattr(self.backend, "load_original", None)
-            if original is None:
+            if not self.backend.caps.versions:
                 raise
-            return self._read_blob(original, pack_name, loc, blob_id, what)  # the version cermin wrote
+            return self._read_blob(self.backend.load_original, pack_name, loc, blob_id, what)  # the version cermin wrote
 
     def _read_blob(self, load, pack_name: str, loc, blob_id: bytes, what: str) -> bytes:
         prefix = load(Kind.DATA, pack_name, 0, pack.PREFIX_LEN)

@@ -1,0 +1,228 @@
+"""Backup observers: plain-data events about every item a backup sees, and fields for its snapshot.
+
+An observer (the ransomware guard, a verbose printer, a test) subclasses `BackupObserver` and is given
+to `BackupOptions.observers`. It sees each item once, as restic's archiver `CompleteItem` does:
+
+- `file_read(FileRead)`        a file whose content was read (new or changed): its size and mtime, the
+                               previous version's size/mtime/stored size, each chunk's raw and stored
+                               length, and a cheap fingerprint of its head (magic bytes, entropy).
+- `file_unchanged(FileUnchanged)` a file skipped because the parent snapshot has it with the same
+                               size, mtime, ctime and inode.
+- `file_removed(FileRemoved)`  an entry of the parent snapshot's directory that is not in the new one
+                               (deleted, excluded now, or unreadable — the last also gives an `error`).
+                               A removed directory is one event; what was below it is not listed.
+- `directory(DirectoryDone)`   a directory whose tree is complete, with counts of what it holds.
+- `stdin(StdinRead)`           the data of `backup --stdin`.
+- `error(BackupError)`         an item that could not be saved (the message is also in the summary).
+- `finish(summary)`            once, at the end: returns fields for `Snapshot.extra` (e.g. `{"guard":
+                               {"verdict": "suspicious", ...}}`). This is how an observer *marks* a
+                               snapshot; it never aborts a backup.
+
+Events are frozen msgspec Structs of primitives only (bytes, int, float, bool, tuples of them): they
+pickle, can cross a process boundary if the pipeline moves into worker processes, and an observer may
+keep them without holding on to the pipeline's buffers or nodes.
+
+Threads. Events come from several threads at once and observers must lock their own state:
+- `file_read` comes from the file worker threads (`cermin-file-*`), many at a time;
+- `file_unchanged` from the walker thread (the one that called `run_backup`), concurrently with the
+  workers' events;
+- `directory` and `file_removed` from whichever thread completed the directory's last entry (the walker
+  or a worker); a directory's `file_removed` events come right before its `directory` event, and after
+  the events of all its entries (so `directory` for a parent follows that of each subdirectory);
+- `error` from any thread; `stdin` from the calling thread;
+- `finish` from the calling thread, once, after every worker has stopped and every other event has
+  returned. It is not called when the backup fails (a storage error, an interrupt).
+Each event is delivered exactly once per item and per observer. Keep event handlers short: they run
+inside the pipeline, and a slow handler slows the backup (pure-Python work holds the GIL).
+
+Failures. An observer that raises (an `Exception`, in any event or in `finish`) is detached: it gets no
+further events, its `finish` is not called, and one backup error names it. The backup goes on and its
+snapshot is written with all its data, marked incomplete (exit code 3) because it lacks what the
+observer would have added — a snapshot without a guard verdict must not pass for a checked one.
+Fields from `finish` that do not encode as msgpack, or whose key is already in `Snapshot.extra`, are
+dropped with an error the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import msgspec
+
+from cermin.format.records import SnapshotSummary
+
+HEAD_BYTES = 16  # bytes of a file's head kept in events: enough for magic numbers (SQLite's is 16)
+ENTROPY_BYTES = 4096  # the head fragment whose byte-histogram entropy is estimated
+
+
+class FileRead(msgspec.Struct, frozen=True, gc=False):
+    path: bytes
+    size: int  # bytes read and saved
+    mtime_ns: int
+    chunks: tuple[tuple[int, int], ...]  # (raw length, stored length) per chunk; stored 0: already in the repository
+    head: bytes = b""  # the first HEAD_BYTES bytes ("" when no observer asked for the fingerprint)
+    head_entropy: float = -1.0  # bits per byte over the first ENTROPY_BYTES bytes (0..8); -1: not computed
+    previous_size: int = -1  # -1: a new file (no previous version in the parent snapshot)
+    previous_mtime_ns: int = -1
+    previous_stored: int = -1  # compressed size of the previous version's chunks; -1: unknown
+    changed_during_read: bool = False
+
+    @property
+    def new(self) -> bool:
+        return self.previous_size < 0
+
+    @property
+    def raw(self) -> int:
+        return sum(c[0] for c in self.chunks)
+
+    @property
+    def stored(self) -> int:
+        """Compressed bytes this file added (deduplicated chunks add nothing)."""
+        return sum(c[1] for c in self.chunks)
+
+
+class FileUnchanged(msgspec.Struct, frozen=True, gc=False):
+    path: bytes
+    size: int
+    mtime_ns: int
+
+
+class FileRemoved(msgspec.Struct, frozen=True, gc=False):
+    path: bytes
+    type: str  # records.FILE, DIR, SYMLINK, ...
+    size: int  # of a file in the parent snapshot; 0 for others
+
+
+class DirectoryDone(msgspec.Struct, frozen=True, gc=False):
+    path: bytes
+    files: int
+    dirs: int
+    others: int  # symlinks, devices, fifos, sockets
+    removed: int  # entries of the parent snapshot's directory that are gone
+
+
+class StdinRead(msgspec.Struct, frozen=True, gc=False):
+    name: bytes
+    size: int
+    chunks: tuple[tuple[int, int], ...]
+    head: bytes = b""
+    head_entropy: float = -1.0
+
+
+class BackupError(msgspec.Struct, frozen=True, gc=False):
+    path: bytes  # b"" when no path applies (an observer's failure)
+    message: str
+
+
+class BackupObserver:
+    """Base class: every event is a no-op. Override what you need; see the module docstring for threads."""
+
+    # False lets the pipeline skip computing FileRead.head/head_entropy/previous_stored for this observer.
+    fingerprint: ClassVar[bool] = True
+
+    def file_read(self, ev: FileRead) -> None:
+        pass
+
+    def file_unchanged(self, ev: FileUnchanged) -> None:
+        pass
+
+    def file_removed(self, ev: FileRemoved) -> None:
+        pass
+
+    def directory(self, ev: DirectoryDone) -> None:
+        pass
+
+    def stdin(self, ev: StdinRead) -> None:
+        pass
+
+    def error(self, ev: BackupError) -> None:
+        pass
+
+    def finish(self, summary: SnapshotSummary) -> dict[str, Any]:
+        return {}
+
+
+class Observers:
+    """Several observers as one: fans each event out, detaches an observer that raises and reports it
+    through `on_failure(message)`. Thread-safe: events may arrive from any thread."""
+
+    def __init__(self, observers: Iterable[BackupObserver], on_failure: Callable[[str], None]) -> None:
+        self._active: tuple[BackupObserver, ...] = tuple(observers)
+        self._lock = threading.Lock()
+        self._on_failure = on_failure
+        self.fingerprint = any(o.fingerprint for o in self._active)
+
+    def __bool__(self) -> bool:
+        return bool(self._active)
+
+    def _failed(self, obs: BackupObserver, event: str, exc: Exception) -> None:
+        with self._lock:
+            if obs not in self._active:
+                return
+            self._active = tuple(o for o in self._active if o is not obs)
+        self._on_failure(
+            f"observer {type(obs).__name__} failed in {event} ({type(exc).__name__}: {exc}); "
+            "it was detached and its fields are missing from the snapshot"
+        )
+
+    def _send(self, event: str, ev) -> None:
+        for obs in self._active:  # a tuple: detaching replaces it, iteration is never disturbed
+            try:
+                getattr(obs, event)(ev)
+            except Exception as e:
+                self._failed(obs, event, e)
+
+    def file_read(self, ev: FileRead) -> None:
+        self._send("file_read", ev)
+
+    def file_unchanged(self, ev: FileUnchanged) -> None:
+        self._send("file_unchanged", ev)
+
+    def file_removed(self, ev: FileRemoved) -> None:
+        self._send("file_removed", ev)
+
+    def directory(self, ev: DirectoryDone) -> None:
+        self._send("directory", ev)
+
+    def stdin(self, ev: StdinRead) -> None:
+        self._send("stdin", ev)
+
+    def error(self, ev: BackupError) -> None:
+        self._send("error", ev)
+
+    def finish(self, summary: SnapshotSummary, taken: Iterable[str] = ()) -> dict[str, Any]:
+        """Fields of every observer's `finish`, merged; a key in `taken` or set twice is refused."""
+        out: dict[str, Any] = {}
+        taken = set(taken)
+        for obs in self._active:
+            try:
+                fields = obs.finish(summary)
+                if not isinstance(fields, dict) or not all(isinstance(k, str) for k in fields):
+                    raise TypeError("finish() must return a dict with str keys")
+                clash = sorted((taken | out.keys()) & fields.keys())
+                if clash:
+                    raise ValueError(f"snapshot field(s) {', '.join(clash)} already set")
+                msgspec.msgpack.encode(fields)  # refused here rather than when the snapshot is written
+            except Exception as e:
+                self._failed(obs, "finish", e)
+                continue
+            out.update(fields)
+        return out
+
+
+def head_facts(data) -> tuple[bytes, float]:
+    """The head bytes of a file and the Shannon entropy (bits/byte) of its first ENTROPY_BYTES bytes.
+
+    Entropy alone cannot tell ciphertext from compressed data; the guard combines it with the header
+    bytes and with the change of compressibility against the previous version."""
+    import numpy as np
+
+    frag = data[:ENTROPY_BYTES]
+    n = len(frag)
+    if not n:
+        return b"", 0.0
+    counts = np.bincount(np.frombuffer(frag, np.uint8), minlength=256)
+    p = counts[counts > 0] / n
+    return bytes(data[:HEAD_BYTES]), float(-(p * np.log2(p)).sum())
