@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from cermin.backend.base import Backend, Kind
+from cermin.backend.base import Backend, BackendBase, Capabilities, Kind
 from cermin.errors import UsageError
 
 
 def open_backend(location: str) -> Backend:
+    """The backend for a location. S3 and HTTP come wrapped in the one retrying layer
+    (backend/retry.py); a directory and memory raise no TransientError, so they come bare."""
     if location.startswith("memory:"):
         from cermin.backend.memory import MemoryBackend
 
         return MemoryBackend(location)
     if location.startswith("s3:"):
+        from cermin.backend.retry import RetryBackend
         from cermin.backend.s3 import S3Backend
 
-        return S3Backend(location)
+        return RetryBackend(S3Backend(location))
     if location.startswith(("http://", "https://")):
         from cermin.backend.http import HttpBackend
+        from cermin.backend.retry import RetryBackend
 
-        return HttpBackend(location)
+        return RetryBackend(HttpBackend(location))
     if location.startswith("local:"):
         location = location[len("local:") :]
     elif "://" in location or location.split(":", 1)[0] in ("sftp", "rest"):
@@ -28,4 +32,4 @@ def open_backend(location: str) -> Backend:
     return LocalBackend(location)
 
 
-__all__ = ["Backend", "Kind", "open_backend"]
+__all__ = ["Backend", "BackendBase", "Capabilities", "Kind", "open_backend"]

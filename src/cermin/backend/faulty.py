@@ -1,7 +1,9 @@
 """FaultyBackend: wraps a backend and injects faults at the Nth call, for crash-safety tests.
 
-Modes (counted over every protocol call, or only over `save` calls with `only="save"`):
-  fail      call N raises a transient error; later calls work again
+Modes (counted over every protocol call, the capability methods included, or only over one
+operation with e.g. `only="save"`):
+  fail      call N raises a transient error (InjectedTransient, a TransientError: the retry layer
+            retries it); later calls work again
   crash     call N and every call after it raise BackendCrashed: the process "died"; with
             crash_after=True call N reaches the backend first (written but not acknowledged)
   truncate  the Nth save stores only the first half of its bytes and reports success
@@ -11,17 +13,22 @@ Modes (counted over every protocol call, or only over `save` calls with `only="s
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 
-from cermin.backend.base import Backend, Kind
-from cermin.errors import CerminError
+from cermin.backend.base import Backend, Capabilities, Kind
+from cermin.errors import CerminError, TransientError
 
 
 class InjectedFault(CerminError):
     pass
 
 
+class InjectedTransient(InjectedFault, TransientError):
+    """The `fail` mode's error: what a dropped connection looks like to the retry layer."""
+
+
 class BackendCrashed(InjectedFault):
-    pass
+    """The process "died": permanent, never retried."""
 
 
 class FaultyBackend:
@@ -55,7 +62,7 @@ class FaultyBackend:
     def _before(self, op: str) -> bool:
         hit = self._tick(op)
         if hit and self.mode == "fail":
-            raise InjectedFault(f"injected failure of {op} (call {self.calls})")
+            raise InjectedTransient(f"injected failure of {op} (call {self.calls})")
         if hit and self.mode == "crash" and not self.crash_after:
             self.dead = True
             raise BackendCrashed(f"injected crash at {op} (call {self.calls})")
@@ -65,6 +72,24 @@ class FaultyBackend:
         if hit and self.mode == "crash" and self.crash_after:
             self.dead = True
             raise BackendCrashed(f"injected crash after {op} (call {self.calls})")
+
+    @property
+    def caps(self) -> Capabilities:
+        return self.inner.caps
+
+    @property
+    def lock(self):
+        return self.inner.lock
+
+    @property
+    def planted_config(self) -> int:
+        return self.inner.planted_config
+
+    def _call(self, op: str, fn, *args):
+        hit = self._before(op)
+        out = fn(*args)
+        self._after(hit, op)
+        return out
 
     def create(self) -> None:
         self.inner.create()
@@ -111,3 +136,31 @@ class FaultyBackend:
 
     def close(self) -> None:
         self.inner.close()
+
+    # ---- capability methods: counted like the rest, so fault sweeps cover them ----------------------
+    def configure(self, extra: dict) -> None:
+        self.inner.configure(extra)
+
+    def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._call("load_original", self.inner.load_original, kind, name, offset, length)
+
+    def original_version(self, kind: Kind, name: str) -> str:
+        return self._call("original_version", self.inner.original_version, kind, name)
+
+    def original_versions(self, kind: Kind) -> dict[str, tuple[str, int]]:
+        return self._call("original_versions", self.inner.original_versions, kind)
+
+    def hidden(self) -> list[str]:
+        return self._call("hidden", self.inner.hidden)
+
+    def unhide(self) -> list[str]:
+        return self._call("unhide", self.inner.unhide)
+
+    def retention(self, kind: Kind, name: str, version: str | None = None) -> datetime | None:
+        return self._call("retention", self.inner.retention, kind, name, version)
+
+    def extend_retention(self, kind: Kind, name: str, until: datetime, version: str | None = None) -> None:
+        return self._call("extend_retention", self.inner.extend_retention, kind, name, until, version)
+
+    def remove_many(self, items: list[tuple[Kind, str]]) -> str | None:
+        return self._call("remove_many", self.inner.remove_many, list(items))

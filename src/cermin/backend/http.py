@@ -1,23 +1,26 @@
 """HTTP backend: a client of `cermin serve`. Location `http(s)://host:port/tenant`; the token comes
-from CERMIN_TOKEN or the file named by CERMIN_TOKEN_FILE (never from a command-line argument)."""
+from CERMIN_TOKEN or the file named by CERMIN_TOKEN_FILE (never from a command-line argument).
+
+It does not retry: a refused or reset connection, a timeout, a 5xx or 429 answer is a TransientError
+that backend/retry.py retries (open_backend wraps this backend in it)."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 
-from cermin.backend.base import CONFIG_NAME, Kind, exists_by_size
+from cermin.backend.base import CONFIG_NAME, OBJECT_STORE_PACK_SIZE, BackendBase, Capabilities, Kind, exists_by_size
 from cermin.errors import (
+    AccessDenied,
     ApprovalRequired,
     CerminError,
     ObjectExists,
     ObjectNotFound,
     RepositoryExists,
+    TransientError,
     UsageError,
 )
 
-RETRIES = 8
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
@@ -35,8 +38,9 @@ def plain_http_warning(location: str) -> str | None:
     )
 
 
-class HttpBackend:
-    default_pack_size = 16 * 1024 * 1024
+class HttpBackend(BackendBase):
+    # The server's two-person rule: a batch of deletions is one request a second admin approves.
+    caps = Capabilities(batch_remove=True, default_pack_size=OBJECT_STORE_PACK_SIZE)
 
     def __init__(self, location: str, token: str | None = None) -> None:
         import urllib3
@@ -63,35 +67,25 @@ class HttpBackend:
     def _url(self, kind: Kind, name: str = "") -> str:
         return f"{self.location}/{kind.value}/{name}"
 
-    def _request(
-        self, method: str, url: str, body: bytes | None = None, headers: dict | None = None, tries: list | None = None
-    ):
+    def _request(self, method: str, url: str, body: bytes | None = None, headers: dict | None = None):
         import urllib3
 
         h = {"Authorization": f"Bearer {self.token}", **(headers or {})}
-        for attempt in range(RETRIES + 1):
-            if tries is not None:
-                tries.append(attempt)
-            try:
-                r = self.http.request(method, url, body=body, headers=h, preload_content=True)
-            except urllib3.exceptions.HTTPError as e:
-                if isinstance(e, urllib3.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
-                    raise CerminError(
-                        f"TLS with {self.location} failed (set CERMIN_CACERT for a private CA): {e}".splitlines()[0]
-                    ) from None
-                if attempt == RETRIES:
-                    raise CerminError(f"cannot reach the repository server at {self.location}: {e}") from None
-                time.sleep(min(10.0, 0.2 * 2**attempt))
-                continue
-            if r.status >= 500 and attempt < RETRIES:
-                time.sleep(min(10.0, 0.2 * 2**attempt))
-                continue
-            if r.status == 401:
-                raise CerminError("the repository server refused the token (set CERMIN_TOKEN or CERMIN_TOKEN_FILE)")
-            if r.status == 403:
-                raise CerminError(f"the repository server refused {method} {url.split('/', 3)[-1]}: {_msg(r)}")
-            return r
-        raise AssertionError("unreachable")
+        try:
+            r = self.http.request(method, url, body=body, headers=h, preload_content=True)
+        except urllib3.exceptions.HTTPError as e:
+            if isinstance(e, urllib3.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+                raise CerminError(
+                    f"TLS with {self.location} failed (set CERMIN_CACERT for a private CA): {e}".splitlines()[0]
+                ) from None
+            raise TransientError(f"cannot reach the repository server at {self.location}: {e}") from None
+        if r.status >= 500 or r.status in (408, 429):
+            raise TransientError(f"the repository server answered {r.status} to {method} {_path(url)}: {_msg(r)}")
+        if r.status == 401:
+            raise AccessDenied("the repository server refused the token (set CERMIN_TOKEN or CERMIN_TOKEN_FILE)")
+        if r.status == 403:
+            raise AccessDenied(f"the repository server refused {method} {_path(url)}: {_msg(r)}")
+        return r
 
     def create(self) -> None:
         if self.exists(Kind.CONFIG, CONFIG_NAME):
@@ -99,11 +93,8 @@ class HttpBackend:
 
     def save(self, kind: Kind, name: str, data) -> None:
         body = bytes(data) if not isinstance(data, bytes) else data
-        tries: list[int] = []
-        r = self._request("POST", self._url(kind, name), body=body, tries=tries)
-        if r.status == 409:
-            if len(tries) > 1 and kind is not Kind.LOCK and self.size(kind, name) == len(body):
-                return  # an earlier attempt reached the server; names are content hashes: it is ours
+        r = self._request("POST", self._url(kind, name), body=body)
+        if r.status == 409:  # a lost answer's ObjectExists is recognised by backend/retry.py
             raise ObjectExists(f"{kind.value}/{name} already exists")
         if r.status == 413:
             raise CerminError(f"the server refused {kind.value}/{name[:12]} ({len(body)} bytes): {_msg(r)}")
@@ -183,6 +174,10 @@ class HttpBackend:
         if r.status != 200:
             raise CerminError(f"the server refused: {_msg(r)}")
         return json.loads(r.data)
+
+
+def _path(url: str) -> str:
+    return url.split("/", 3)[-1]
 
 
 def _msg(r) -> str:

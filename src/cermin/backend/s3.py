@@ -21,21 +21,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlparse
 
-from cermin.backend.base import CONFIG_NAME, Kind, exists_by_size
+from cermin.backend.base import CONFIG_NAME, OBJECT_STORE_PACK_SIZE, BackendBase, Capabilities, Kind, exists_by_size
 from cermin.errors import (
+    AccessDenied,
     CerminError,
     CorruptObject,
     ObjectExists,
     ObjectLocked,
     ObjectNotFound,
     RepositoryExists,
+    TransientError,
     UsageError,
 )
 
 LOCK_MODES = ("compliance", "governance")
 MIN_MARGIN_DAYS = 7
 MAX_LOCK_DAYS = 36500  # a century: beyond it a date is a typo or an attack on the storage bill
-RETRIES = 10  # ~0.25 s doubling to 20 s, jittered: a restarting server gets about a minute
+# This driver does not retry, and neither do obstore (max_retries=0) nor boto3 (max_attempts=1):
+# it raises TransientError and the one retrying layer (backend/retry.py) owns the budget.
 
 
 @dataclass
@@ -75,24 +78,33 @@ def _credentials() -> dict:
     )
 
 
-def _transient(e: Exception) -> bool:
-    """Connection failures and server errors are retried; answers about the object are not."""
-    return not isinstance(e, FileNotFoundError) and type(e).__name__ not in (
-        "AlreadyExistsError",
-        "PermissionDeniedError",
-        "UnauthenticatedError",
-        "NotSupportedError",
-        "PreconditionError",
-        "NotModifiedError",
-        "InvalidPathError",
-    )
+_THROTTLED = ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed")
+_BOTO_UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ProxyConnectionError")
+_BOTO_TRANSIENT = ("ReadTimeoutError", "ResponseStreamingError", "IncompleteReadError", "HTTPClientError")
 
 
-def _backoff(attempt: int) -> None:
-    import random
-    import time
+def _boto_code(e: Exception) -> tuple[str, int]:
+    """(error code, HTTP status) of a botocore ClientError; ("", 0) for anything else."""
+    resp = getattr(e, "response", None)
+    if not isinstance(resp, dict):
+        return "", 0
+    return str(resp.get("Error", {}).get("Code", "")), int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
-    time.sleep(min(20.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
+
+def _status(e: Exception) -> int:
+    """HTTP status in an obstore GenericError ("... non-2xx status code: 503 ..."); 0 if none."""
+    import re
+
+    m = re.search(r"status code: (\d{3})", str(e))
+    return int(m.group(1)) if m else 0
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status in (408, 429)
+
+
+class _NotImplemented(CerminError):
+    """The store does not implement a call (a permanent answer, though its status is 501)."""
 
 
 def _margin(maintenance_days: int) -> int:
@@ -158,13 +170,8 @@ def parse_location(location: str) -> tuple[str | None, str, str]:
     return endpoint, parts[0], "/".join(parts[1:])
 
 
-class _Transient(Exception):
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-class S3Backend:
-    default_pack_size = 16 * 1024 * 1024  # fewer, larger objects on an object store
+class S3Backend(BackendBase):
+    caps = Capabilities(versions=True, retention=True, takes_config=True, default_pack_size=OBJECT_STORE_PACK_SIZE)
 
     def __init__(self, location: str, lock: LockPolicy | None = None) -> None:
         self.location = location
@@ -196,14 +203,14 @@ class S3Backend:
             kw = dict(
                 region=self.region,
                 virtual_hosted_style_request=False,
-                retry_config={
-                    "max_retries": 8,
+                retry_config={  # no retries here: backend/retry.py owns the budget
+                    "max_retries": 0,
                     "backoff": {
                         "init_backoff": timedelta(milliseconds=100),
-                        "max_backoff": timedelta(seconds=5),
+                        "max_backoff": timedelta(seconds=1),
                         "base": 2,
                     },
-                    "retry_timeout": timedelta(minutes=3),
+                    "retry_timeout": timedelta(seconds=60),
                 },
             )
             if self.endpoint:
@@ -246,7 +253,7 @@ class S3Backend:
                         s3={"addressing_style": "path"},
                         connect_timeout=CONNECT_TIMEOUT,
                         read_timeout=10 if probe else 60,
-                        retries={"max_attempts": 2 if probe else 8, "mode": "standard"},
+                        retries={"max_attempts": 1, "mode": "standard"},  # backend/retry.py retries
                     ),
                 )
                 if probe:
@@ -265,16 +272,47 @@ class S3Backend:
     def _full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    @staticmethod
-    def _wrap(e: Exception, what: str) -> CerminError:
+    def _wrap(self, e: Exception, what: str) -> CerminError:
+        """The one place that sorts what obstore and boto3 raise into transient and permanent errors."""
+        if isinstance(e, CerminError):
+            return e
+        first = f"{e}".splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, FileNotFoundError):
             return ObjectNotFound(f"{what} does not exist")
         name = type(e).__name__
         if name == "AlreadyExistsError":
             return ObjectExists(f"{what} already exists")
         if name in ("PermissionDeniedError", "UnauthenticatedError"):
-            return CerminError(f"S3 refused access to {what}: check the credentials ({e})".splitlines()[0])
-        return CerminError(f"S3 error on {what}: {e}".splitlines()[0])
+            return AccessDenied(f"S3 refused access to {what}: check the credentials ({first})")
+        if name in ("NotSupportedError", "PreconditionError", "NotModifiedError", "InvalidPathError"):
+            return CerminError(f"S3 error on {what}: {first}")
+        code, status = _boto_code(e)
+        if code or status:  # an answer from the server (botocore ClientError)
+            if code in ("NoSuchKey", "NoSuchVersion") or (status == 404 and code != "NoSuchBucket"):
+                return ObjectNotFound(f"{what} does not exist")
+            if code == "NoSuchBucket":
+                return CerminError(f"bucket {self.bucket} does not exist")
+            if code == "AccessDenied" or status in (401, 403):
+                return AccessDenied(f"S3 refused access to {what}: check the credentials ({first})")
+            if code == "NotImplemented":
+                return _NotImplemented(f"S3 error on {what}: {first}")
+            if code in _THROTTLED or (_retryable(status) and code != "NotImplemented"):
+                return TransientError(f"S3 error on {what}: {first}")
+            return CerminError(f"S3 error on {what}: {first}")
+        if name in _BOTO_UNREACHABLE:
+            return TransientError(f"cannot reach the S3 endpoint {self.endpoint or 'of AWS'}: {first}")
+        if name in _BOTO_TRANSIENT:
+            return TransientError(f"S3 error on {what}: {first}")
+        status = _status(e)
+        if status:  # obstore: the server answered with an error status
+            if _retryable(status):
+                return TransientError(f"S3 error on {what}: {first}")
+            return CerminError(f"S3 error on {what}: {first}")
+        if name == "GenericError" and ("error sending request" in first or "onnect" in first):
+            return TransientError(f"cannot reach the S3 endpoint {self.endpoint or 'of AWS'}: {first}")
+        if name in ("GenericError", "JoinError") or isinstance(e, (OSError, TimeoutError)):
+            return TransientError(f"S3 error on {what}: {first}")  # a reset, a timeout, a cut body
+        return CerminError(f"S3 error on {what}: {first}")
 
     # ---- protocol ----------------------------------------------------------------------------
     def create(self) -> None:
@@ -288,9 +326,12 @@ class S3Backend:
             conf = self._boto().get_object_lock_configuration(Bucket=self.bucket)
             enabled = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
         except Exception as e:  # botocore raises for buckets without Object Lock
-            enabled = False
-            if "ObjectLockConfigurationNotFound" not in str(e) and "NoSuchBucket" in str(e):
+            code = _boto_code(e)[0]
+            if code == "NoSuchBucket":
                 raise CerminError(f"bucket {self.bucket} does not exist (create it with Object Lock enabled)") from None
+            if not code.startswith("ObjectLockConfigurationNotFound"):
+                raise self._wrap(e, f"the Object Lock configuration of bucket {self.bucket}") from None
+            enabled = False
         if not enabled:
             raise CerminError(
                 f"bucket {self.bucket} does not have Object Lock enabled; "
@@ -301,22 +342,10 @@ class S3Backend:
         import obstore
 
         retain = self.lock.retain_until() if (self.lock is not None and kind is not Kind.LOCK) else None
-        key = self._key(kind, name)
-        what = f"{kind.value}/{name}"
-        for attempt in range(RETRIES + 1):
-            try:
-                obstore.put(self._store(retain), key, data, mode="create")
-                return
-            except Exception as e:
-                err = self._wrap(e, what)
-                if isinstance(err, ObjectExists) and attempt and kind is not Kind.LOCK:
-                    # An earlier attempt reached the server but its answer was lost. Names are
-                    # content hashes, so a complete object under this name is ours.
-                    if self.size(kind, name) == len(data):
-                        return
-                if not _transient(e) or attempt == RETRIES:
-                    raise err from None
-                _backoff(attempt)
+        try:
+            obstore.put(self._store(retain), self._key(kind, name), data, mode="create")
+        except Exception as e:  # a lost answer's ObjectExists is recognised by backend/retry.py
+            raise self._wrap(e, f"{kind.value}/{name}") from None
 
     def load(
         self, kind: Kind, name: str, offset: int = 0, length: int | None = None, version: str | None = None
@@ -326,14 +355,7 @@ class S3Backend:
             # (one without the lock policy, say) from ours; a planted key slot would lock the owner
             # out. Both are small and read once per command: always read the first version.
             version = self._first_version(kind, name)
-        for attempt in range(RETRIES + 1):
-            try:
-                return self._load(kind, name, offset, length, version)
-            except _Transient as t:
-                if attempt == RETRIES:
-                    raise self._wrap(t.error, f"{kind.value}/{name}") from None
-                _backoff(attempt)
-        raise AssertionError("unreachable")
+        return self._load(kind, name, offset, length, version)
 
     def _load(self, kind: Kind, name: str, offset: int, length: int | None, version: str | None) -> bytes:
         import obstore
@@ -357,10 +379,8 @@ class S3Backend:
                     return self.load(kind, name, offset, length, version=hidden)
             raise ObjectNotFound(f"{kind.value}/{name} does not exist") from None
         except Exception as e:
-            if "range" in str(e).lower() and offset:
-                return b""
-            if _transient(e):
-                raise _Transient(e) from None
+            if offset and (_status(e) == 416 or "range" in str(e).lower()):
+                return b""  # nothing at or after that offset (a short read, as local files give)
             raise self._wrap(e, f"{kind.value}/{name}") from None
 
     def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -372,14 +392,14 @@ class S3Backend:
         the credentials may not list them); newer versions of `config` are counted in `planted_config`."""
         try:
             real = [v for v in self._versions(self._key(kind, name), probe=kind is Kind.CONFIG) if not v["marker"]]
-        except CerminError:
-            raise
-        except Exception as e:
-            if "AccessDenied" in str(e) or "NotImplemented" in str(e):
-                return None
-            if type(e).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"):
-                raise CerminError(f"cannot reach the S3 endpoint {self.endpoint or 'of AWS'}: {e}") from None
-            raise self._wrap(e, "config" if kind is Kind.CONFIG else f"versions of {kind.value}/{name}") from None
+        except _NotImplemented:
+            return None  # a store that keeps no versions
+        except AccessDenied:
+            # Falling back to the newest version would hand the repository to whoever planted it.
+            raise AccessDenied(
+                "the S3 credential may not list object versions (s3:ListBucketVersions): cermin needs it "
+                f"to read the {kind.value} it wrote rather than a version planted later"
+            ) from None
         if kind is Kind.CONFIG:
             self.planted_config = max(0, len(real) - 1)
         return real[-1]["id"] if real else None
@@ -440,7 +460,7 @@ class S3Backend:
             try:
                 self._boto().delete_object(Bucket=self.bucket, Key=self._full_key(key), VersionId=v["id"])
             except Exception as e:
-                if "AccessDenied" in str(e) or "ObjectLocked" in str(e) or "InvalidRequest" in str(e):
+                if _boto_code(e)[0] in ("AccessDenied", "ObjectLocked", "InvalidRequest"):
                     raise ObjectLocked(f"{kind.value}/{name} is under Object Lock retention") from None
                 raise self._wrap(e, f"{kind.value}/{name}") from None
 
@@ -452,19 +472,28 @@ class S3Backend:
 
     # ---- versions and retention (boto3) --------------------------------------------------------
     def _versions(self, key: str, probe: bool = False) -> list[dict]:
-        """Versions and delete markers of one key, newest first."""
+        """Real versions of one key newest first, then its delete markers. The order is the one S3
+        lists them in (newest first per key), never LastModified: times tie within a second, and a
+        store may re-stamp an old version when a new one pushes it aside — sorting by time once
+        made a planted version look like the first one."""
         full = self._full_key(key)
         out = []
-        paginator = self._boto(probe).get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+        for page in self._pages(full, probe=probe):
             for v in page.get("Versions", []):
                 if v["Key"] == full:
                     out.append({"id": v["VersionId"], "marker": False, "size": v["Size"], "time": v["LastModified"]})
             for m in page.get("DeleteMarkers", []):
                 if m["Key"] == full:
                     out.append({"id": m["VersionId"], "marker": True, "size": 0, "time": m["LastModified"]})
-        out.sort(key=lambda v: v["time"], reverse=True)
         return out
+
+    def _pages(self, prefix: str | None, probe: bool = False) -> list[dict]:
+        """Every page of list_object_versions under a prefix (the whole bucket for None)."""
+        kw = {"Prefix": prefix} if prefix else {}
+        try:
+            return list(self._boto(probe).get_paginator("list_object_versions").paginate(Bucket=self.bucket, **kw))
+        except Exception as e:
+            raise self._wrap(e, f"the versions under {prefix or self.bucket}") from None
 
     def _newest_real_version(self, key: str) -> str | None:
         if self.lock is None:
@@ -485,8 +514,7 @@ class S3Backend:
         one listing. More than one real version means someone planted the others."""
         prefix = self._full_key(f"{kind.value}/" if kind is not Kind.CONFIG else CONFIG_NAME)
         out: dict[str, tuple[str, int]] = {}
-        paginator = self._boto().get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        for page in self._pages(prefix):
             for v in page.get("Versions", []):  # newest first per key: the last one seen is the first
                 if kind is Kind.CONFIG and v["Key"] != prefix:
                     continue
@@ -499,8 +527,7 @@ class S3Backend:
         size of its oldest version: the one cermin wrote."""
         prefix = self._full_key(f"{kind.value}/")
         oldest: dict[str, int] = {}
-        paginator = self._boto().get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        for page in self._pages(prefix):
             for v in page.get("Versions", []):  # newest first per key (timestamps may tie)
                 oldest[v["Key"]] = v["Size"]
         return sorted(oldest.items())
@@ -509,9 +536,7 @@ class S3Backend:
         """Keys whose newest entry is a delete marker over a real version."""
         markers: set[str] = set()
         real: set[str] = set()
-        paginator = self._boto().get_paginator("list_object_versions")
-        kw = {"Prefix": self._full_key("")} if self.prefix else {}
-        for page in paginator.paginate(Bucket=self.bucket, **kw):
+        for page in self._pages(self._full_key("") if self.prefix else None):
             markers.update(m["Key"] for m in page.get("DeleteMarkers", []) if m.get("IsLatest"))
             real.update(v["Key"] for v in page.get("Versions", []))
         locks = self._full_key(f"{Kind.LOCK.value}/")
@@ -521,11 +546,14 @@ class S3Backend:
         """Remove delete markers that hide real versions; returns the keys made visible again."""
         keys = self.hidden()
         client = self._boto()  # deleting a delete marker is allowed: it is not a locked version
-        for full in keys:
-            for page in client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=full):
+        for full in keys:  # idempotent: a retry after a lost answer finds fewer markers
+            for page in self._pages(full):
                 for m in page.get("DeleteMarkers", []):
                     if m["Key"] == full:
-                        client.delete_object(Bucket=self.bucket, Key=full, VersionId=m["VersionId"])
+                        try:
+                            client.delete_object(Bucket=self.bucket, Key=full, VersionId=m["VersionId"])
+                        except Exception as e:
+                            raise self._wrap(e, f"the delete marker on {full}") from None
         return keys
 
     def retention(self, kind: Kind, name: str, version: str | None = None) -> datetime | None:
@@ -535,7 +563,7 @@ class S3Backend:
         try:
             r = self._boto().get_object_retention(Bucket=self.bucket, Key=key, VersionId=version)
         except Exception as e:
-            if "ObjectLockConfigurationNotFound" in str(e) or "NoSuchObjectLockConfiguration" in str(e):
+            if _boto_code(e)[0].startswith(("ObjectLockConfigurationNotFound", "NoSuchObjectLockConfiguration")):
                 return None  # SeaweedFS's answer for a version without retention
             raise self._wrap(e, f"retention of {kind.value}/{name}") from None
         return r.get("Retention", {}).get("RetainUntilDate")
@@ -551,4 +579,7 @@ class S3Backend:
                 Retention={"Mode": self.lock.mode.upper(), "RetainUntilDate": until},
             )
         except Exception as e:
-            raise CerminError(f"cannot extend the lock of {kind.value}/{name}: {e}".splitlines()[0]) from None
+            err = self._wrap(e, f"the lock of {kind.value}/{name}")
+            if type(err) is CerminError or isinstance(err, AccessDenied):
+                raise CerminError(f"cannot extend the lock of {kind.value}/{name}: {e}".splitlines()[0]) from None
+            raise err from None

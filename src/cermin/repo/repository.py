@@ -290,7 +290,7 @@ class Repository:
         except CorruptObject:
             if not self.backend.caps.versions:
                 raise
-            return self._read_blob(self.backend.load_original, pack_name, loc, blob_id, what)  # the version cermin wrote
+            return self._read_blob(self.backend.load_original, pack_name, loc, blob_id, what)  # cermin's version
 
     def _read_blob(self, load, pack_name: str, loc, blob_id: bytes, what: str) -> bytes:
         prefix = load(Kind.DATA, pack_name, 0, pack.PREFIX_LEN)
