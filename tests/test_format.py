@@ -51,14 +51,17 @@ def test_pack_build_parse_and_open_blobs():
     data = b.finish()
     assert data[:8] == pack.MAGIC
     entries = pack.parse_header(keys, data, "p")
-    assert [(e[0], e[3], e[4]) for e in entries] == [(t, bid, len(d)) for t, bid, d in blobs]
+    assert entries == b.entries
+    assert [(e.type, e.blob_id, e.raw_length) for e in entries] == [(t, bid, len(d)) for t, bid, d in blobs]
+    assert pack.pack_size(entries) == len(data)
     cipher = pack.pack_cipher(keys, data, "p")
-    for (t, off, ln, bid, _), (_, _, plain) in zip(entries, blobs, strict=True):
-        assert pack.decompress(pack.open_blob(cipher, off, t, bid, data[off : off + ln], "b"), "b") == plain
+    for e, (_, _, plain) in zip(entries, blobs, strict=True):
+        ct = data[e.offset : e.end]
+        assert pack.decompress(pack.open_blob(cipher, e.offset, e.type, e.blob_id, ct, "b"), "b") == plain
     # A blob presented under another id (or at another offset) fails authentication.
-    t, off, ln, bid, _ = entries[0]
+    bid, t, off, ln, _ = entries[0]
     with pytest.raises(CorruptObject):
-        pack.open_blob(cipher, off, t, entries[1][3], data[off : off + ln], "b")
+        pack.open_blob(cipher, off, t, entries[1].blob_id, data[off : off + ln], "b")
     with pytest.raises(CorruptObject):
         pack.parse_header(keys, data[:-10] + b"\0" * 10, "p")
     with pytest.raises(CorruptObject):
@@ -66,10 +69,82 @@ def test_pack_build_parse_and_open_blobs():
 
 
 def test_index_entries_roundtrip():
-    entries = [(0, 40, 100, os.urandom(32), 200), (1, 140, 50, os.urandom(32), 70)]
-    packed = index.pack_entries(entries)
-    assert len(packed) == 2 * index.ENTRY.size == 90
-    assert [(t, o, ln, bid, raw) for bid, t, o, ln, raw in index.iter_entries(packed)] == entries
+    entries = [index.IndexEntry(os.urandom(32), 0, 40, 100, 200), index.IndexEntry(os.urandom(32), 1, 140, 50, 70)]
+    packed = index.encode_entries(entries)
+    assert len(packed) == 2 * index.ENTRY.size == 90 and index.entry_count(packed) == 2
+    assert list(index.iter_entries(packed)) == entries
+    back = next(index.iter_entries(packed))
+    assert isinstance(back, index.IndexEntry) and back.offset == 40 and back.end == 140
+    bid, t, off, ln, raw = back  # positional unpacking still works
+    assert (bid, t, off, ln, raw) == tuple(entries[0])
+    # the old PackBuilder tuple order is still accepted by pack_entries
+    old = [(e.type, e.offset, e.length, e.blob_id, e.raw_length) for e in entries]
+    assert index.pack_entries(old) == index.pack_entries(entries) == packed
+
+
+# ---- hostile pack headers: written with the key, so authentication passes; the layout must not ----
+def _hostile_pack(keys, header_entries, blob_bytes: int, hlen: int | None = None) -> bytes:
+    """A pack with `blob_bytes` of blob area and an authentic header listing `header_entries`
+    (type, ciphertext length, raw length, id); `hlen` overrides the trailer."""
+    salt = os.urandom(crypto.SALT_LEN)
+    cipher = keys.object_cipher(salt)
+    header = b"".join(pack.HEADER_ENTRY.pack(*e) for e in header_entries)
+    hct = cipher.encrypt(crypto.HEADER_NONCE, header, pack.HEADER_AAD)
+    trailer = (len(hct) if hlen is None else hlen).to_bytes(4, "little")
+    return pack.MAGIC + salt + os.urandom(blob_bytes) + hct + trailer
+
+
+def test_hostile_headers_are_refused():
+    keys = MasterKeys.generate()
+    bid = os.urandom(32)
+    ok = _hostile_pack(keys, [(pack.DATA, 100, 80, bid), (pack.TREE, 50, 40, bid)], 150)
+    assert [(e.offset, e.length) for e in pack.parse_header(keys, ok, "p")] == [(40, 100), (140, 50)]
+    cases = {
+        "blobs run past the header": _hostile_pack(keys, [(pack.DATA, 100, 80, bid), (pack.DATA, 100, 1, bid)], 150),
+        "blobs end before the header": _hostile_pack(keys, [(pack.DATA, 100, 80, bid)], 150),
+        "length too short for a blob": _hostile_pack(keys, [(pack.DATA, 0, 0, bid), (pack.DATA, 150, 1, bid)], 150),
+        "unknown type": _hostile_pack(keys, [(7, 150, 80, bid)], 150),
+        "absurd count": _hostile_pack(keys, [(pack.DATA, 17, 0, bid)] * 10, 150),
+        "trailer past the start": _hostile_pack(keys, [(pack.DATA, 150, 80, bid)], 150, hlen=2**32 - 1),
+        "trailer below a tag": _hostile_pack(keys, [(pack.DATA, 150, 80, bid)], 150, hlen=3),
+        "partial entry": _hostile_pack(keys, [(pack.DATA, 150, 80, bid)], 150, hlen=crypto.TAG_LEN + 42),
+        "too short for any pack": pack.MAGIC + b"\0" * 20,
+    }
+    for why, data in cases.items():
+        with pytest.raises(CorruptObject):
+            pack.parse_header(keys, data, why)
+            pytest.fail(why)
+    # the count bound is checked from the trailer alone, before decryption
+    hlen = crypto.TAG_LEN + pack.HEADER_ENTRY.size * 10
+    with pytest.raises(CorruptObject, match="more than"):
+        pack.header_span(pack.PREFIX_LEN + 100 + hlen + 4, hlen.to_bytes(4, "little"), "p")
+    assert pack.header_span(pack.PREFIX_LEN + 170 + hlen + 4, hlen.to_bytes(4, "little"), "p") == (
+        pack.PREFIX_LEN + 170,
+        hlen,
+    )
+
+
+def test_layout_of_index_entries():
+    E = index.IndexEntry
+    a, b = os.urandom(32), os.urandom(32)
+    end = pack.PREFIX_LEN + 200
+    pack.check_layout([E(a, 0, 40, 100, 1), E(b, 1, 140, 100, 1)], end, "p", exact=True)
+    pack.check_layout([E(b, 1, 150, 20, 1), E(a, 0, 40, 100, 1)], end, "p")  # gaps allowed unless exact
+    bad = {
+        "overlapping": [E(a, 0, 40, 100, 1), E(b, 0, 139, 50, 1)],
+        "same offset twice": [E(a, 0, 40, 50, 1), E(b, 0, 40, 50, 1)],
+        "offset past the end": [E(a, 0, end, 20, 1)],
+        "length past the end": [E(a, 0, 200, 2**32 - 1, 1)],
+        "inside the prefix": [E(a, 0, 0, 50, 1)],
+        "too short": [E(a, 0, 40, 3, 1)],
+        "unknown type": [E(a, 9, 40, 50, 1)],
+    }
+    for why, entries in bad.items():
+        with pytest.raises(CorruptObject):
+            pack.check_layout(entries, end, why)
+            pytest.fail(why)
+    with pytest.raises(CorruptObject, match="gap"):
+        pack.check_layout([E(b, 1, 150, 20, 1), E(a, 0, 40, 100, 1)], end, "p", exact=True)
 
 
 def test_argon2id_is_deterministic_and_salted():

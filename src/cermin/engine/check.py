@@ -20,7 +20,7 @@ from cermin.format import index as fmt_index
 from cermin.format import records
 from cermin.format.names import escape_name, tree_problems, valid_nodes
 from cermin.format.records import DIR, FILE, ID_LEN, AuxRecord
-from cermin.repo.indexfiles import IndexView, expected_pack_size, read_index_view, read_pack_blobs, read_pack_header
+from cermin.repo.indexfiles import IndexView, expected_pack_size, pack_blobs, read_index_view, read_pack_header
 from cermin.repo.lock import is_stale, read_locks
 from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
@@ -258,16 +258,17 @@ class Checker:
             name = pid.hex()
             indexed = list(self.view.entries(pid))
             problems = []
+            data = self.repo.load_pack(name)  # read once: header and blobs
             try:
-                header = read_pack_header(self.repo, name)
-                in_header = {(bid, t, off, ln) for t, off, ln, bid, _ in header}
-                in_index = {(bid, t, off, ln) for bid, t, off, ln, _ in indexed}
+                header = read_pack_header(self.repo, name, data=data)
+                in_header = {e[:4] for e in header}  # (id, type, offset, length)
+                in_index = {e[:4] for e in indexed}
                 if in_header != in_index:
                     problems.append(f"pack {name[:12]}: header and index disagree")
             except CorruptObject as e:
                 problems.append(str(e))
-            good, bad = read_pack_blobs(self.repo, name, indexed)
-            return pid, problems, bad, sum(ln for _, _, _, ln, _ in indexed)
+            good, bad = pack_blobs(self.repo, name, data, indexed)
+            return pid, problems, bad, sum(e.length for e in indexed)
 
         with ThreadPoolExecutor(max_workers=self.workers) as ex:
             for pid, problems, bad, nbytes in ex.map(read_one, ids):

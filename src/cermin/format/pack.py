@@ -5,6 +5,13 @@ Layout (FORMAT.md "Pack files"):
 A blob is AES-GCM(pack key, nonce = its offset in the pack as 12-byte big-endian, payload,
 aad = type byte || blob id); offsets are unique within a pack, so nonces never repeat.
 The header lists, for each blob in order, type u8 | ciphertext length u32 | raw length u32 | id (32).
+
+This module is the one place that knows the layout: `header_span` (where the header is, from the
+pack's size and last 4 bytes), `decode_header` (authenticate and validate it), `parse_header` (both,
+over a whole pack in memory), `check_layout` (any entry list against a pack's blob area) and
+`pack_size` (the size a pack with given entries has). repo/indexfiles.py `read_pack_header`
+fetches a header from storage with them. Everything read is hostile until proven otherwise: every
+bound is checked before anything is allocated or sliced.
 """
 
 from __future__ import annotations
@@ -18,11 +25,17 @@ import zstandard
 from cermin.errors import CorruptObject
 from cermin.format import crypto
 from cermin.format.crypto import MasterKeys
+from cermin.format.index import IndexEntry
 
 MAGIC = b"CRMNPACK"
 PREFIX_LEN = len(MAGIC) + crypto.SALT_LEN  # first blob starts here
 HEADER_ENTRY = struct.Struct("<BII32s")  # type, ciphertext length, raw length, id
 HEADER_AAD = b"cermin/pack-header"
+TRAILER = struct.Struct("<I")  # header ciphertext length, the pack's last 4 bytes
+MIN_PACK_SIZE = PREFIX_LEN + crypto.TAG_LEN + TRAILER.size  # a pack with no blobs
+# The smallest blob ciphertext: a codec byte (even an empty blob has one) plus the AEAD tag. Bounds
+# how many entries a header of a pack of a given size can honestly list.
+MIN_BLOB_LEN = 1 + crypto.TAG_LEN
 
 DATA = 0
 TREE = 1
@@ -100,12 +113,12 @@ class PackBuilder:
         salt = os.urandom(crypto.SALT_LEN)
         self._cipher = keys.object_cipher(salt)
         self._parts: list[bytes] = [MAGIC, salt]
-        self.entries: list[tuple[int, int, int, bytes, int]] = []  # type, offset, length, id, raw_len
+        self.entries: list[IndexEntry] = []
         self.size = PREFIX_LEN
 
     def add(self, blob_type: int, blob_id: bytes, payload: bytes, raw_len: int) -> None:
         ct = self._cipher.encrypt(crypto.blob_nonce(self.size), payload, blob_aad(blob_type, blob_id))
-        self.entries.append((blob_type, self.size, len(ct), blob_id, raw_len))
+        self.entries.append(IndexEntry(blob_id, blob_type, self.size, len(ct), raw_len))
         self._parts.append(ct)
         self.size += len(ct)
 
@@ -113,7 +126,7 @@ class PackBuilder:
         return len(self.entries)
 
     def finish(self) -> bytes:
-        header = b"".join(HEADER_ENTRY.pack(t, ln, raw, bid) for t, _, ln, bid, raw in self.entries)
+        header = b"".join(HEADER_ENTRY.pack(t, ln, raw, bid) for bid, t, _, ln, raw in self.entries)
         hct = self._cipher.encrypt(crypto.HEADER_NONCE, header, HEADER_AAD)
         self._parts.append(hct)
         self._parts.append(struct.pack("<I", len(hct)))
@@ -132,23 +145,88 @@ def open_blob(cipher, offset: int, blob_type: int, blob_id: bytes, ct: bytes, wh
     return crypto.decrypt(cipher, crypto.blob_nonce(offset), ct, blob_aad(blob_type, blob_id), what)
 
 
-def parse_header(keys: MasterKeys, pack: bytes, what: str) -> list[tuple[int, int, int, bytes, int]]:
-    """Return [(type, offset, length, id, raw_len)] from a whole pack file, authenticating the header."""
-    if len(pack) < PREFIX_LEN + 4:
-        raise CorruptObject(f"{what}: truncated ({len(pack)} bytes)")
-    cipher = pack_cipher(keys, pack, what)
-    (hlen,) = struct.unpack_from("<I", pack, len(pack) - 4)
-    start = len(pack) - 4 - hlen
+def pack_size(entries) -> int:
+    """The size of a pack whose blobs are `entries` (IndexEntry; every blob of a pack is listed in its
+    header, so a pack's index entries determine its size)."""
+    n = 0
+    end = PREFIX_LEN
+    for e in entries:
+        n += 1
+        end = max(end, e[2] + e[3])
+    return end + n * HEADER_ENTRY.size + crypto.TAG_LEN + TRAILER.size
+
+
+def header_span(size: int, trailer: bytes, what: str) -> tuple[int, int]:
+    """(start, length) of the header ciphertext of a pack of `size` bytes ending in `trailer` (its last
+    4 bytes). Refuses lengths that do not fit the pack, partial entries, and more entries than the
+    blob area could hold, before anything is read or allocated."""
+    if size < MIN_PACK_SIZE:
+        raise CorruptObject(f"{what} is truncated ({size} bytes)")
+    if len(trailer) != TRAILER.size:
+        raise CorruptObject(f"{what} is shorter than its listed size")
+    (hlen,) = TRAILER.unpack(trailer)
+    start = size - TRAILER.size - hlen
     if hlen < crypto.TAG_LEN or start < PREFIX_LEN:
-        raise CorruptObject(f"{what}: bad header length {hlen}")
-    header = crypto.decrypt(cipher, crypto.HEADER_NONCE, memoryview(pack)[start:-4], HEADER_AAD, f"{what} header")
+        raise CorruptObject(f"{what}: bad header length {hlen} (truncated or damaged)")
+    body = hlen - crypto.TAG_LEN
+    if body % HEADER_ENTRY.size:
+        raise CorruptObject(f"{what}: header size {body} is not a multiple of {HEADER_ENTRY.size}")
+    n = body // HEADER_ENTRY.size
+    if n * MIN_BLOB_LEN > start - PREFIX_LEN:
+        raise CorruptObject(f"{what}: header lists {n} blobs, more than {start - PREFIX_LEN} blob bytes can hold")
+    return start, hlen
+
+
+def decode_header(cipher, header_ct: bytes | memoryview, start: int, what: str) -> list[IndexEntry]:
+    """Authenticate a header ciphertext (found by header_span) and return its entries, checked against
+    the blob area [PREFIX_LEN, start): known types, lengths that can hold a blob, blobs that tile the
+    area exactly."""
+    header = crypto.decrypt(cipher, crypto.HEADER_NONCE, header_ct, HEADER_AAD, f"{what} header")
     if len(header) % HEADER_ENTRY.size:
         raise CorruptObject(f"{what}: header size {len(header)} is not a multiple of {HEADER_ENTRY.size}")
     entries = []
     off = PREFIX_LEN
     for t, ln, raw, bid in HEADER_ENTRY.iter_unpack(header):
-        entries.append((t, off, ln, bid, raw))
+        entries.append(IndexEntry(bid, t, off, ln, raw))
         off += ln
-    if off != start:
-        raise CorruptObject(f"{what}: header describes {off - PREFIX_LEN} blob bytes, pack holds {start - PREFIX_LEN}")
+    check_layout(entries, start, what, exact=True)
     return entries
+
+
+def check_layout(entries, blob_end: int, what: str, exact: bool = False) -> None:
+    """Refuse entries (IndexEntry, e.g. from an index file) that cannot describe blobs of one pack whose
+    blob area ends at `blob_end` (where the header starts): unknown types, lengths too short for a
+    blob, offsets before the first blob or past the area, overlapping blobs. `exact`: the blobs must
+    also fill the area without gaps (true of every pack cermin writes)."""
+    spans = []
+    for e in entries:
+        bid, t, off, ln = e[0], e[1], e[2], e[3]
+        if t not in BLOB_TYPES:
+            raise CorruptObject(f"{what}: blob {bid.hex()[:16]} has unknown type {t}")
+        if ln < MIN_BLOB_LEN:
+            raise CorruptObject(f"{what}: blob {bid.hex()[:16]} is {ln} bytes, too short to hold a blob")
+        if off < PREFIX_LEN or off + ln > blob_end:
+            raise CorruptObject(f"{what}: blob {bid.hex()[:16]} at {off}+{ln} lies outside the pack's blob area")
+        spans.append((off, ln))
+    spans.sort()
+    pos = PREFIX_LEN
+    for off, ln in spans:
+        if off < pos:
+            raise CorruptObject(f"{what}: blobs overlap at offset {off}")
+        if exact and off != pos:
+            raise CorruptObject(f"{what}: gap before the blob at offset {off}")
+        pos = off + ln
+    if exact and pos != blob_end:
+        raise CorruptObject(
+            f"{what}: header describes {pos - PREFIX_LEN} blob bytes, pack holds {blob_end - PREFIX_LEN}"
+        )
+
+
+def parse_header(keys: MasterKeys, pack: bytes | memoryview, what: str) -> list[IndexEntry]:
+    """The entries of a whole pack held in memory, its header authenticated and validated."""
+    size = len(pack)
+    if size < MIN_PACK_SIZE:
+        raise CorruptObject(f"{what} is truncated ({size} bytes)")
+    cipher = pack_cipher(keys, pack, what)
+    start, hlen = header_span(size, bytes(pack[size - TRAILER.size :]), what)
+    return decode_header(cipher, memoryview(pack)[start : size - TRAILER.size], start, what)

@@ -7,13 +7,14 @@ leaves both, which only duplicates entries.
 
 from __future__ import annotations
 
-import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
 from cermin.errors import CorruptObject, ForeignObject, ObjectLocked, ObjectNotFound
-from cermin.format import crypto, pack, records
 from cermin.format import index as fmt_index
+from cermin.format import pack, records
+from cermin.format.index import IndexEntry
 from cermin.format.records import IndexPack
 from cermin.repo.repository import Repository
 
@@ -36,8 +37,8 @@ class IndexView:
     foreign: dict[str, str] = field(default_factory=dict)
     pack_files: dict[bytes, list[str]] = field(default_factory=dict)  # pack id -> index files naming it
 
-    def entries(self, pack_id: bytes):
-        """(blob id, type, offset, length, raw length) of one pack."""
+    def entries(self, pack_id: bytes) -> Iterator[IndexEntry]:
+        """The IndexEntry records of one pack (none for a pack in no index)."""
         return fmt_index.iter_entries(self.packs.get(pack_id, b""))
 
 
@@ -67,9 +68,7 @@ def read_index_view(repo: Repository) -> IndexView:
 
 def expected_pack_size(entries: bytes) -> int:
     """Size a pack must have, from its index entries (every blob of a pack is indexed together)."""
-    n = len(entries) // fmt_index.ENTRY.size
-    end = max((off + ln for _, _, off, ln, _ in fmt_index.iter_entries(entries)), default=pack.PREFIX_LEN)
-    return end + n * pack.HEADER_ENTRY.size + crypto.TAG_LEN + 4
+    return pack.pack_size(fmt_index.ENTRY.iter_unpack(entries))  # raw records: same field order as IndexEntry
 
 
 def write_index(repo: Repository, packs: dict[bytes, bytes], supersedes: list[str]) -> list[str]:
@@ -110,56 +109,69 @@ def replace_index(repo: Repository, packs: dict[bytes, bytes], old_files: list[s
     return new
 
 
-def read_pack_header(repo: Repository, pack_name: str, size: int | None = None) -> list[tuple]:
-    """Entries (type, offset, length, id, raw_len) from a pack's own header, reading only its ends."""
+# One ranged read from the end of a pack usually holds its whole header (45 bytes per blob): a
+# header fetch is then two requests on an object store (prefix, tail), three only for huge headers.
+# A pack no larger than this is read whole, in one request.
+HEADER_TAIL_READ = 64 * 1024
+
+
+def read_pack_header(
+    repo: Repository, pack_name: str, size: int | None = None, data: bytes | None = None
+) -> list[IndexEntry]:
+    """The entries of a pack from its own header, authenticated and validated (format/pack.py).
+
+    `data`: the whole pack, when the caller already holds it (as from `repo.load_pack`, which
+    already prefers the version cermin wrote): parsed without I/O. Otherwise only the pack's ends
+    are read (its whole bytes when small); on a versioned store, a damaged header is retried on the
+    version cermin wrote, in case someone planted another."""
+    what = f"pack {pack_name[:12]}"
+    if data is not None:
+        return pack.parse_header(repo.keys, data, what)
     try:
-        return _read_pack_header(repo, pack_name, size)
+        return _fetch_pack_header(repo, pack_name, size, what)
     except CorruptObject:
         if not repo.backend.caps.versions:
             raise
         data = repo.backend.load_original(Kind.DATA, pack_name)  # the version cermin wrote, if someone planted another
-        return pack.parse_header(repo.keys, data, f"pack {pack_name[:12]}")
+        return pack.parse_header(repo.keys, data, what)
 
 
-def _read_pack_header(repo: Repository, pack_name: str, size: int | None) -> list[tuple]:
+def _fetch_pack_header(repo: Repository, pack_name: str, size: int | None, what: str) -> list[IndexEntry]:
     load = repo.backend.load
-    what = f"pack {pack_name[:12]}"
     if size is None:
         size = repo.backend.size(Kind.DATA, pack_name)
-    if size < pack.PREFIX_LEN + 4:
+    if size < pack.MIN_PACK_SIZE:
         raise CorruptObject(f"{what} is truncated ({size} bytes)")
+    if size <= HEADER_TAIL_READ:
+        data = load(Kind.DATA, pack_name)
+        if len(data) != size:
+            raise CorruptObject(f"{what} is shorter than its listed size")
+        return pack.parse_header(repo.keys, data, what)
     prefix = load(Kind.DATA, pack_name, 0, pack.PREFIX_LEN)
-    tail = load(Kind.DATA, pack_name, size - 4, 4)
-    if len(prefix) != pack.PREFIX_LEN or len(tail) != 4:
+    tail = load(Kind.DATA, pack_name, size - HEADER_TAIL_READ, HEADER_TAIL_READ)
+    if len(prefix) != pack.PREFIX_LEN or len(tail) != HEADER_TAIL_READ:
         raise CorruptObject(f"{what} is shorter than its listed size")
-    (hlen,) = struct.unpack("<I", tail)
-    start = size - 4 - hlen
-    if hlen < crypto.TAG_LEN or start < pack.PREFIX_LEN:
-        raise CorruptObject(f"{what}: bad header length {hlen} (truncated or damaged)")
-    header_ct = load(Kind.DATA, pack_name, start, hlen)
-    if len(header_ct) != hlen:
-        raise CorruptObject(f"{what} is shorter than its listed size")
+    start, hlen = pack.header_span(size, tail[-pack.TRAILER.size :], what)
+    if hlen + pack.TRAILER.size <= len(tail):
+        header_ct = memoryview(tail)[len(tail) - pack.TRAILER.size - hlen : -pack.TRAILER.size]
+    else:  # bounded by header_span: at most the pack's size
+        header_ct = load(Kind.DATA, pack_name, start, hlen)
+        if len(header_ct) != hlen:
+            raise CorruptObject(f"{what} is shorter than its listed size")
     cipher = pack.pack_cipher(repo.keys, prefix, what)
-    header = crypto.decrypt(cipher, crypto.HEADER_NONCE, header_ct, pack.HEADER_AAD, f"{what} header")
-    if len(header) % pack.HEADER_ENTRY.size:
-        raise CorruptObject(f"{what}: header has a partial entry")
-    entries = []
-    off = pack.PREFIX_LEN
-    for t, ln, raw, bid in pack.HEADER_ENTRY.iter_unpack(header):
-        entries.append((t, off, ln, bid, raw))
-        off += ln
-    if off != start:
-        raise CorruptObject(f"{what}: header does not match the pack's size")
-    return entries
+    return pack.decode_header(cipher, header_ct, start, what)
 
 
 def read_pack_blobs(repo: Repository, pack_name: str, entries) -> tuple[dict[bytes, bytes], dict[bytes, str]]:
     """Decrypt and verify the given blobs of one pack, reading the whole pack once.
 
-    entries: iterable of (blob id, type, offset, length, raw length). Returns (good: id -> plaintext,
-    bad: id -> reason).
+    entries: IndexEntry records. Returns (good: id -> plaintext, bad: id -> reason).
     """
-    data = repo.load_pack(pack_name)
+    return pack_blobs(repo, pack_name, repo.load_pack(pack_name), entries)
+
+
+def pack_blobs(repo: Repository, pack_name: str, data: bytes, entries) -> tuple[dict[bytes, bytes], dict[bytes, str]]:
+    """read_pack_blobs over a pack already in memory."""
     what = f"pack {pack_name[:12]}"
     good: dict[bytes, bytes] = {}
     bad: dict[bytes, str] = {}

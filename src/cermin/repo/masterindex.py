@@ -66,7 +66,7 @@ class MasterIndex:
         with self._lock:
             base = self._pack_number(pack_id) << 97
             setdefault = self._blobs.setdefault
-            for bid, t, off, ln, raw in fmt_index.iter_entries(blobs):
+            for bid, t, off, ln, raw in fmt_index.ENTRY.iter_unpack(blobs):  # raw records: no object per blob
                 if self._frozen is None or self._frozen_find(bid) < 0:
                     setdefault(bid, base | off << 65 | ln << 33 | raw << 1 | t)
             # The dict costs ~140 B per blob, the frozen arrays 33 B: fold it in now and then

@@ -118,7 +118,7 @@ class BlobSaver:
             if not self.dry_run:
                 self.repo.backend.save(Kind.DATA, name, data)
             pack_id = bytes.fromhex(name)
-            blobs = fmt_index.pack_entries(entries)
+            blobs = fmt_index.encode_entries(entries)
             if not self.ignore_index:
                 self.repo.index.add_pack(pack_id, blobs)
             with self._lock:
@@ -128,7 +128,7 @@ class BlobSaver:
                 self.bytes_uploaded += len(data)
                 if not self.ignore_index:  # otherwise pending is this saver's whole dedup set
                     for e in entries:
-                        self._pending.discard(e[3])
+                        self._pending.discard(e.blob_id)
                 self._index_packs.append(IndexPack(pack_id, blobs))
                 self._index_blobs += len(entries)
                 ready = None
