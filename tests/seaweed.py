@@ -83,8 +83,11 @@ class Weed:
             f"-admin.port.grpc={p[9]}",
             f"-s3.config={s3_config}",
             "-master.volumeSizeLimitMB=64",
+            f"-s3.localSocket={os.path.join(self.dir, 's3.sock')}",
+            f"-filer.localSocket={os.path.join(self.dir, 'filer.sock')}",
         ]
-        env = dict(os.environ, GOMEMLIMIT="512MiB")
+        # Its own logs land in TMPDIR: keep them in the test's directory, which pytest removes.
+        env = dict(os.environ, GOMEMLIMIT="512MiB", TMPDIR=self.dir)
         self.log = open(os.path.join(self.dir, "weed.log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
@@ -120,11 +123,12 @@ class Weed:
             "-port.iceberg=0",
             "-port.lance=0",
             f"-config={os.path.join(self.dir, 's3.json')}",
+            f"-localSocket={os.path.join(self.dir, 'gateway.sock')}",
         ]
         log = open(os.path.join(self.dir, "weed-s3.log"), "ab")
-        self.gateway = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, GOMEMLIMIT="256MiB")
-        )
+        env = dict(os.environ, GOMEMLIMIT="256MiB", TMPDIR=self.dir)
+        self.gateway = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.ports = self.ports + [port, grpc]  # so stop() removes its sockets too
         endpoint = f"http://{address}:{port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -144,6 +148,17 @@ class Weed:
             self.proc.wait()
             self.proc = None
 
+    def _remove_sockets(self) -> None:
+        """SeaweedFS puts its local gRPC sockets in /tmp whatever TMPDIR says, and leaves some."""
+        import glob
+
+        for port in getattr(self, "ports", []):
+            for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
     def stop(self) -> None:
         gateway = getattr(self, "gateway", None)
         if gateway is not None and gateway.poll() is None:
@@ -157,6 +172,7 @@ class Weed:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        self._remove_sockets()
 
     def boto(self):
         import boto3
