@@ -18,7 +18,7 @@ from cermin.backend.s3 import LockPolicy, S3Backend
 from cermin.engine.check import run_check
 from cermin.engine.forget import remove_snapshots
 from cermin.engine.prune import execute_prune, plan_prune
-from cermin.errors import ApprovalRequired, CerminError, ObjectExists, ObjectNotFound
+from cermin.errors import ApprovalRequired, CerminError, ObjectExists, ObjectLocked, ObjectNotFound
 from cermin.format.crypto import file_id
 
 KINDS = ["memory", "local", "s3", "s3-locked", "http"]
@@ -144,3 +144,63 @@ def test_engine_cycle(backend, tmp_path):
         assert res.packs_deleted == 0
     if isinstance(backend, HttpBackend):
         assert res.approval is None or res.packs_queued + res.index_files_queued > 0
+
+
+def test_capabilities_match_behaviour(backend, request):
+    """Every backend declares its capabilities (no probing), has every method of the protocol, and
+    does what its caps say: versions, retention, batch removal, configuration, pack size."""
+    from datetime import UTC, datetime, timedelta
+
+    from cermin.backend.base import Backend, Capabilities
+    from cermin.errors import UsageError
+
+    caps = backend.caps
+    assert isinstance(caps, Capabilities) and isinstance(backend, Backend)
+    s3 = Capabilities(versions=True, retention=True, takes_config=True, default_pack_size=16 << 20)
+    assert (
+        caps
+        == {
+            "memory": Capabilities(default_pack_size=8 << 20),
+            "local": Capabilities(default_pack_size=8 << 20),
+            "http": Capabilities(batch_remove=True, default_pack_size=16 << 20),
+            "s3": s3,
+            "s3-locked": s3,
+        }[request.node.callspec.params["backend"]]
+    )
+    backend.create()
+    data = os.urandom(5000)
+    n = file_id(data)
+    backend.save(Kind.DATA, n, data)
+    assert backend.load_original(Kind.DATA, n) == data
+    assert backend.load_original(Kind.DATA, n, 10, 5) == data[10:15]
+    version = backend.original_version(Kind.DATA, n)
+    assert (version != "") == caps.versions
+    assert backend.original_versions(Kind.DATA)[n] == (version, 1)
+    with pytest.raises(ObjectNotFound):
+        backend.original_version(Kind.DATA, name(3))
+    assert backend.hidden() == [] and backend.unhide() == []
+    later = datetime.now(UTC) + timedelta(days=30)
+    if caps.retention and backend.lock is not None:
+        assert backend.retention(Kind.DATA, n) > datetime.now(UTC)
+        backend.extend_retention(Kind.DATA, n, later)
+        assert backend.retention(Kind.DATA, n) >= later - timedelta(seconds=1)
+    elif not caps.retention:
+        assert backend.lock is None and backend.retention(Kind.DATA, n) is None
+        with pytest.raises(UsageError):
+            backend.extend_retention(Kind.DATA, n, later)
+    other = blob(4)
+    backend.save(Kind.INDEX, file_id(other), other)
+    items = [(Kind.INDEX, file_id(other)), (Kind.INDEX, name(5))]  # the second one is missing
+    if caps.batch_remove:  # one request, queued for a second admin: an approval request id
+        assert isinstance(backend.remove_many(items), str)
+    elif backend.lock is not None:
+        with pytest.raises(ObjectLocked):
+            backend.remove_many(items)
+    else:
+        assert backend.remove_many(items) is None and not backend.exists(Kind.INDEX, file_id(other))
+    if caps.takes_config:  # last: on the plain bucket, locked puts would now fail
+        backend.configure({"object_lock": {"days": 30, "mode": "compliance", "maintenance_days": 7}})
+        assert backend.lock is not None and backend.lock.days == 30
+    else:
+        backend.configure({"object_lock": {"days": 30}})  # a copy of a locked repository still opens
+        assert backend.lock is None
