@@ -339,7 +339,7 @@ def test_deployment_exposes_only_authenticated_s3(tmp_path):
     w = Weed(str(tmp_path / "weed")).start()
     try:
         endpoint = w.start_public_s3("127.0.0.2")
-        for port in w.ports[:6] + w.ports[8:]:  # master, volume, filer (+gRPC), admin
+        for port in w.ports[:6] + w.ports[8:10]:  # master, volume, filer (+gRPC), admin
             with socket.socket() as s, pytest.raises(ConnectionRefusedError):
                 s.connect(("127.0.0.2", port))
         for method in ("GET", "DELETE"):
