@@ -4,6 +4,7 @@ an observer's finish, mark or failure does to the snapshot."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import threading
@@ -302,3 +303,17 @@ def test_events_are_plain_data(local_repo, tree, monkeypatch):
         assert msgspec.msgpack.decode(msgspec.msgpack.encode(ev), type=type(ev)) == ev
         with pytest.raises(AttributeError):
             ev.size = 1  # frozen
+
+
+def test_cli_verbose_lists_files_read(initialized_cli, tmp_path):
+    src = tmp_path / "src"
+    os.makedirs(src)
+    (src / "a").write_bytes(b"1")
+    (src / "b").write_bytes(b"2")
+    out = initialized_cli("-v", "backup", str(src)).stdout.decode().splitlines()
+    assert sorted(ln for ln in out if ln.startswith("new")) == [f"new      {src}/a", f"new      {src}/b"]
+    (src / "b").write_bytes(b"22")
+    r = initialized_cli("--json", "-v", "backup", str(src))
+    lines = [json.loads(ln) for ln in r.stdout.decode().splitlines()]
+    verbose = [ln for ln in lines if ln["message_type"] == "verbose_status"]
+    assert verbose == [{"message_type": "verbose_status", "action": "modified", "item": f"{src}/b", "size": 2}]
