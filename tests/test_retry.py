@@ -323,3 +323,12 @@ def test_open_backend_wraps_remote_backends_only(monkeypatch, tmp_path):
     assert isinstance(open_backend("http://127.0.0.1:9/tenant"), RetryBackend)
     assert isinstance(open_backend(str(tmp_path / "r")), LocalBackend)  # a disk raises no TransientError
     assert open_backend("s3:http://127.0.0.1:9/bucket").caps.retention
+
+
+def test_wrappers_have_the_whole_protocol_and_pass_capabilities_through():
+    from cermin.backend.base import Backend, Capabilities
+
+    mem = MemoryBackend()
+    for wrapped in (RetryBackend(mem), FaultyBackend(mem), RetryBackend(FaultyBackend(mem))):
+        assert isinstance(wrapped, Backend)
+        assert wrapped.caps == mem.caps == Capabilities() and wrapped.lock is None and wrapped.planted_config == 0
