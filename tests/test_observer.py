@@ -317,3 +317,31 @@ def test_cli_verbose_lists_files_read(initialized_cli, tmp_path):
     lines = [json.loads(ln) for ln in r.stdout.decode().splitlines()]
     verbose = [ln for ln in lines if ln["message_type"] == "verbose_status"]
     assert verbose == [{"message_type": "verbose_status", "action": "modified", "item": f"{src}/b", "size": 2}]
+
+
+def test_entries_that_fail_are_errors_not_removals(local_repo, tree, monkeypatch):
+    backup(local_repo, tree, Recorder())
+    root = os.fsencode(str(tree))
+    os.unlink(tree / "gone")
+    real_open, real_listdir = filesaver_mod.open_for_read, os.listdir
+
+    def unreadable(name, dfd):
+        if name == b"keep":
+            raise PermissionError(13, "Permission denied")
+        return real_open(name, dfd)
+
+    def unlistable(fd):
+        if isinstance(fd, int) and os.readlink(f"/proc/self/fd/{fd}").endswith("/sub"):
+            raise PermissionError(13, "Permission denied")
+        return real_listdir(fd)
+
+    os.utime(tree / "keep")  # changed: it is opened again
+    monkeypatch.setattr(filesaver_mod, "open_for_read", unreadable)
+    monkeypatch.setattr(os, "listdir", unlistable)
+    rec = Recorder()
+    s = backup(local_repo, tree, rec)
+    assert len(s.errors) == 2 and s.snapshot_id
+    assert set(rec.of(BackupError)) == {root + b"/keep", root + b"/sub/"}
+    assert set(rec.of(FileRemoved)) == {root + b"/gone"}, "only what is really gone"
+    dirs = rec.of(DirectoryDone)
+    assert dirs[root].removed == 1 and dirs[root + b"/sub"] == DirectoryDone(root + b"/sub", 0, 0, 0, 0)

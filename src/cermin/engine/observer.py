@@ -9,8 +9,9 @@ to `BackupOptions.observers`. It sees each item once, as restic's archiver `Comp
 - `file_unchanged(FileUnchanged)` a file skipped because the parent snapshot has it with the same
                                size, mtime, ctime and inode.
 - `file_removed(FileRemoved)`  an entry of the parent snapshot's directory that is not in the new one
-                               (deleted, excluded now, or unreadable — the last also gives an `error`).
-                               A removed directory is one event; what was below it is not listed.
+                               (deleted or excluded now; an entry that failed gives an `error`
+                               instead, and an unlistable directory reports no removals). A
+                               removed directory is one event; what was below it is not listed.
 - `directory(DirectoryDone)`   a directory whose tree is complete, with counts of what it holds.
 - `stdin(StdinRead)`           the data of `backup --stdin`.
 - `error(BackupError)`         an item that could not be saved (the message is also in the summary).

@@ -21,6 +21,7 @@ class BackupState:
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self.fatal: BaseException | None = None  # the first storage failure: the backup stops
+        self.error_paths: set[bytes] = set()  # with observers: entries that failed are not "removed"
         obs = Observers(observers, self._observer_failed)
         self.obs: Observers | None = obs if obs else None  # None: no event is even built
         self.fingerprint = bool(obs) and obs.fingerprint
@@ -32,6 +33,8 @@ class BackupState:
     def error(self, path: bytes, msg: str) -> None:
         with self.mutex:
             self.errors.append(f"{display_path(path)}: {msg}")
+            if self.obs is not None:
+                self.error_paths.add(path)
         if self.obs is not None:
             self.obs.error(BackupError(path, msg))
 

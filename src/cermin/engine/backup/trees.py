@@ -107,10 +107,13 @@ class Trees:
         removed = 0
         if job.prev:
             present = {n.name for n in nodes}
+            failed = self.st.error_paths
             for name, n in job.prev.items():
                 if name not in present:
-                    removed += 1
-                    obs.file_removed(FileRemoved(job.path.join(name), n.type, n.size if n.type == FILE else 0))
+                    path = job.path.join(name)
+                    if path not in failed:  # an entry that failed is an error, not a removal
+                        removed += 1
+                        obs.file_removed(FileRemoved(path, n.type, n.size if n.type == FILE else 0))
             job.prev = None
         obs.directory(DirectoryDone(job.path.full(), files, dirs, len(nodes) - files - dirs, removed))
 

@@ -109,6 +109,7 @@ class Walker:
         except OSError as e:
             st.error(path.join(b""), f"cannot list directory: {e.strerror}")
             names = []
+            job.prev = None  # what it held is unknown, not removed
         if self.exclude_caches and CACHEDIR_TAG in names and is_cache_dir(dfd):
             names = [CACHEDIR_TAG]
         excl = self._excl
