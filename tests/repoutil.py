@@ -11,6 +11,7 @@ from treeutil import assert_same_tree
 from cermin.backend.base import Kind
 from cermin.engine.backup import BackupOptions, run_backup
 from cermin.engine.restore import RestoreOptions, run_restore
+from cermin.format.index import IndexEntry
 from cermin.format.records import DIR, FILE
 from cermin.repo.indexfiles import read_index_view
 from cermin.repo.repository import Repository
@@ -85,9 +86,29 @@ def blob_users(repo: Repository, blobs: set[bytes]) -> dict[str, set[str]]:
     return out
 
 
-def pack_entries(repo: Repository) -> dict[str, list]:
+def pack_entries(repo: Repository) -> dict[str, list[IndexEntry]]:
+    """pack id -> its IndexEntry records (blob_id, type, offset, length, raw_length)."""
     view = read_index_view(repo)
     return {pid.hex(): list(view.entries(pid)) for pid in view.packs}
+
+
+def repo_sharing_ids(src: Repository, backend) -> Repository:
+    """A new repository (own master key, pack keys, password slot) whose blob ids are those of `src`:
+    what a mirror of `src` is. Made by re-sealing its config with `src`'s id key (write-once storage
+    allows it only because the repository is brand new and its config is replaced before use)."""
+    import msgspec
+
+    from cermin.backend.base import CONFIG_NAME
+    from cermin.format import crypto, pack, records
+    from cermin.repo.repository import config_aad
+
+    dst = small_repo(backend)
+    secrets = msgspec.structs.replace(dst.secrets, id_key=src.secrets.id_key)
+    config = dst.config
+    config.secrets = crypto.seal(dst.keys, pack.compress(records.encode(secrets), 3), config_aad(config))
+    backend.remove(Kind.CONFIG, CONFIG_NAME)
+    backend.save(Kind.CONFIG, CONFIG_NAME, msgspec.json.encode(config))
+    return reopen(backend)
 
 
 def object_path(repo: Repository, kind: Kind, name: str) -> str:

@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
+from cermin.engine.repack import Repacker, rewrite_saver
 from cermin.errors import CorruptObject, ForeignObject, ObjectNotFound, UsageError
 from cermin.format import index as fmt_index
 from cermin.format import pack, records
 from cermin.format.records import DIR, FILE, ID_LEN, Node, Snapshot, Tree
-from cermin.repo.indexfiles import expected_pack_size, read_index_view, read_pack_blobs, read_pack_header, replace_index
+from cermin.repo.indexfiles import expected_pack_size, read_index_view, read_pack_header, replace_index
 from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
@@ -100,7 +101,8 @@ def repair_packs(
     targets = targets or sorted(view.packs)
     res = RepairPacksResult()
     damaged: list[bytes] = []
-    saver = BlobSaver(repo, builders=1, ignore_index=True, write_index=False)
+    saver = rewrite_saver(repo)
+    repacker = Repacker(repo, saver)
     try:
         for pid in targets:
             name = pid.hex()
@@ -108,26 +110,22 @@ def repair_packs(
             entries = list(view.entries(pid))
             if name not in present:
                 damaged.append(pid)
-                res.blobs_lost += [bid.hex() for bid, *_ in entries]
+                res.blobs_lost += [e.blob_id.hex() for e in entries]
                 continue
-            good, bad = read_pack_blobs(repo, name, entries)
+            blobs = repacker.read(name, entries)
             header_ok = True
             try:
-                read_pack_header(repo, name, present[name])
+                read_pack_header(repo, name, present[name], data=blobs.data)  # already read whole
             except CorruptObject:
                 header_ok = False
-            if not bad and header_ok and present[name] == expected_pack_size(view.packs.get(pid, b"")):
+            if not blobs.lost and header_ok and present[name] == expected_pack_size(view.packs.get(pid, b"")):
                 continue
             if progress:
-                progress(f"salvaging pack {name[:12]}: {len(good)} readable, {len(bad)} damaged blobs")
+                progress(f"salvaging pack {name[:12]}: {len(blobs.good)} readable, {len(blobs.lost)} damaged blobs")
             damaged.append(pid)
             res.packs_salvaged.append(name)
-            for bid, t, _off, _ln, _raw in entries:
-                if bid in good:
-                    saver.save(t, bid, good[bid])
-                    res.blobs_salvaged += 1
-                else:
-                    res.blobs_lost.append(bid.hex())
+            res.blobs_salvaged += repacker.copy(blobs)
+            res.blobs_lost += [e.blob_id.hex() for e in entries if e.blob_id not in blobs.good]
         saver.flush()
     finally:
         saver.close()
