@@ -12,24 +12,26 @@ to `BackupOptions.observers`. It sees each item once, as restic's archiver `Comp
                                (deleted or excluded now; an entry that failed gives an `error`
                                instead, and an unlistable directory reports no removals). A
                                removed directory is one event; what was below it is not listed.
-- `directory(DirectoryDone)`   a directory whose tree is complete, with counts of what it holds.
+- `directory(DirectoryDone)`   a directory whose tree is complete, with counts of what it holds (the
+                               path components above the backup targets are directories too).
 - `stdin(StdinRead)`           the data of `backup --stdin`.
 - `error(BackupError)`         an item that could not be saved (the message is also in the summary).
-- `finish(summary)`            once, at the end: returns fields for `Snapshot.extra` (e.g. `{"guard":
-                               {"verdict": "suspicious", ...}}`). This is how an observer *marks* a
-                               snapshot; it never aborts a backup.
+- `finish(summary)`            once, at the end, with the SnapshotSummary: returns fields for
+                               `Snapshot.extra` (e.g. `{"guard": {"verdict": "suspicious", ...}}`).
+                               This is how an observer *marks* a snapshot; it never aborts a backup.
 
 Events are frozen msgspec Structs of primitives only (bytes, int, float, bool, tuples of them): they
 pickle, can cross a process boundary if the pipeline moves into worker processes, and an observer may
-keep them without holding on to the pipeline's buffers or nodes.
+keep them without holding on to the pipeline's buffers or nodes. With no observer, no event is built.
 
 Threads. Events come from several threads at once and observers must lock their own state:
 - `file_read` comes from the file worker threads (`cermin-file-*`), many at a time;
 - `file_unchanged` from the walker thread (the one that called `run_backup`), concurrently with the
   workers' events;
 - `directory` and `file_removed` from whichever thread completed the directory's last entry (the walker
-  or a worker); a directory's `file_removed` events come right before its `directory` event, and after
-  the events of all its entries (so `directory` for a parent follows that of each subdirectory);
+  or a worker); that thread sends a directory's `file_removed` events, then its `directory` event,
+  after the events of all its entries have returned (so a parent's `directory` follows each of its
+  subdirectories'); events of other directories may interleave with them;
 - `error` from any thread; `stdin` from the calling thread;
 - `finish` from the calling thread, once, after every worker has stopped and every other event has
   returned. It is not called when the backup fails (a storage error, an interrupt).
