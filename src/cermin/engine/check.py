@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
+from cermin.engine.reach import walk_trees
 from cermin.errors import CorruptObject, ForeignObject, ObjectNotFound, UsageError
 from cermin.format import index as fmt_index
 from cermin.format import records
@@ -72,6 +73,10 @@ def parse_subset(spec: str | None) -> Callable[[list[bytes]], list[bytes]] | Non
         return lambda ids: [i for i in ids if int.from_bytes(i[:4], "big") % m == n - 1]
     except ValueError:
         raise UsageError(f"bad --read-data-subset {spec!r}: use N% or n/m (1 <= n <= m)") from None
+
+
+class _Unusable(CorruptObject):
+    """A tree check does not even try to load (not indexed, or in a pack known to be lost)."""
 
 
 class Checker:
@@ -205,31 +210,27 @@ class Checker:
         index = self.repo.index
         seen: set[bytes] = set()
         missing: set[bytes] = set()
-        stack = [r.snapshot.tree for r in snaps]
-        while stack:
-            tid = stack.pop()
-            if tid in seen:
-                continue
-            seen.add(tid)
+
+        def load(tid: bytes):
             if tid not in index:
-                self.bad_trees[tid] = "tree is not in the index"
-                continue
-            if tid in self.bad_blobs:
-                self.bad_trees[tid] = self.bad_blobs[tid]
-                continue
-            try:
-                tree = self.repo.load_tree(tid)
-            except (CorruptObject, ObjectNotFound) as e:
-                self.bad_trees[tid] = str(e)
+                raise _Unusable("tree is not in the index")
+            if tid in self.bad_blobs:  # its pack is known lost
+                raise _Unusable(self.bad_blobs[tid])
+            return self.repo.load_tree(tid)
+
+        def unreadable(tid: bytes, e: Exception) -> None:
+            self.bad_trees[tid] = str(e)
+            if not isinstance(e, _Unusable):
                 self.bad_blobs[tid] = str(e)
-                continue
-            bad_names = tree_problems(tree.nodes)
+
+        for tid, nodes, _ in walk_trees(
+            self.repo, [r.snapshot.tree for r in snaps], on_unreadable=unreadable, seen=seen, load=load
+        ):
+            bad_names = tree_problems(nodes)
             if bad_names:
                 self.bad_names[tid] = bad_names
-            for n in tree.nodes:
-                if n.type == DIR:
-                    stack.append(n.subtree)
-                elif n.type == FILE:
+            for n in nodes:
+                if n.type == FILE:
                     c = n.content
                     for i in range(0, len(c), ID_LEN):
                         b = c[i : i + ID_LEN]

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cermin.backend.base import Kind
+from cermin.engine.reach import file_blobs, walk_trees
 from cermin.errors import UsageError
 from cermin.format import records
-from cermin.format.records import DIR, FILE, ID_LEN, AuxRecord
+from cermin.format.records import FILE, AuxRecord
 from cermin.repo.repository import Repository
 from cermin.repo.snapshots import SnapshotRef, aux_records, protected_until, timestamp
 from cermin.util import now_rfc3339
@@ -67,22 +68,15 @@ def protect(repo: Repository, ref: SnapshotRef, until: datetime) -> ProtectResul
 def _snapshot_objects(repo: Repository, ref: SnapshotRef) -> list[tuple[Kind, str]]:
     """The snapshot file and every pack holding a blob it needs."""
     packs: set[bytes] = set()
-    seen: set[bytes] = set()
-    stack = [ref.snapshot.tree]
-    while stack:
-        tid = stack.pop()
-        if tid in seen:
-            continue
-        seen.add(tid)
-        loc = repo.index.lookup(tid)
+    lookup = repo.index.lookup
+    for tid, nodes, _ in walk_trees(repo, [ref.snapshot.tree]):
+        loc = lookup(tid)
         if loc is not None:
             packs.add(loc.pack_id)
-        for n in repo.load_tree(tid).nodes:
-            if n.type == DIR:
-                stack.append(n.subtree)
-            elif n.type == FILE:
-                for i in range(0, len(n.content), ID_LEN):
-                    loc = repo.index.lookup(n.content[i : i + ID_LEN])
+        for n in nodes:
+            if n.type == FILE:
+                for bid in file_blobs(n):
+                    loc = lookup(bid)
                     if loc is not None:
                         packs.add(loc.pack_id)
     return [(Kind.SNAPSHOT, ref.id)] + [(Kind.DATA, p.hex()) for p in sorted(packs)]

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
+from cermin.engine.reach import reach
+from cermin.engine.repack import RepackIncomplete, repack, rewrite_saver
 from cermin.errors import CerminError, ObjectLocked, ObjectNotFound
-from cermin.format.records import DIR, FILE, ID_LEN
-from cermin.repo.indexfiles import IndexView, read_index_view, read_pack_blobs, replace_index, write_index
+from cermin.repo.indexfiles import IndexView, read_index_view, replace_index, write_index
 from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
-from cermin.repo.saver import BlobSaver
 from cermin.repo.snapshots import list_snapshots
 
 
@@ -84,19 +84,10 @@ def used_blobs(repo: Repository, on_foreign=None) -> set[bytes]:
             "their data; run `cermin check` and `cermin repair snapshots` first"
         )
 
-    used: set[bytes] = set()
-    stack = [r.snapshot.tree for r in list_snapshots(repo, on_unreadable=refuse, on_foreign=on_foreign)]
-    while stack:
-        tid = stack.pop()
-        if tid in used:
-            continue
-        used.add(tid)
-        for n in repo.load_tree(tid).nodes:
-            if n.type == DIR:
-                stack.append(n.subtree)
-            elif n.type == FILE:
-                c = n.content
-                used.update(c[i : i + ID_LEN] for i in range(0, len(c), ID_LEN))
+    roots = [r.snapshot.tree for r in list_snapshots(repo, on_unreadable=refuse, on_foreign=on_foreign)]
+    r = reach(repo, roots)  # an unreadable tree aborts: its data cannot be told from garbage
+    used = r.trees
+    used |= r.data
     return used
 
 
@@ -177,21 +168,26 @@ def execute_prune(
     view, used = plan._view, plan._used
     assert view is not None and used is not None, "execute a plan made by plan_prune"
     res = PruneResult(plan)
-    saver = BlobSaver(repo, builders=1, ignore_index=True, write_index=False)
+    saver = rewrite_saver(repo)
+    idx = repo.index
+
+    def live(name: str) -> list:
+        pid = bytes.fromhex(name)
+        return [e for e in view.entries(pid) if e.blob_id in used and idx.lookup(e.blob_id).pack_id == pid]
+
     try:
-        for i, name in enumerate(plan.repack_packs):
-            say(f"repacking {i + 1}/{len(plan.repack_packs)}")
-            pid = bytes.fromhex(name)
-            live = [e for e in view.entries(pid) if e[0] in used and repo.index.lookup(e[0]).pack_id == pid]
-            good, bad = read_pack_blobs(repo, name, live)
-            if bad:
-                raise PruneAborted(
-                    f"pack {name[:12]} has {len(bad)} damaged blobs that snapshots use: "
-                    f"nothing was deleted; run `cermin repair packs`"
-                )
-            for bid, t, *_ in live:
-                saver.save(t, bid, good[bid])
-        saver.flush()
+        repack(
+            repo,
+            saver,
+            ((name, live(name)) for name in plan.repack_packs),
+            require_all=True,
+            progress=lambda i, _name: say(f"repacking {i + 1}/{len(plan.repack_packs)}"),
+        )
+    except RepackIncomplete as e:
+        raise PruneAborted(
+            f"pack {e.pack[:12]} has {len(e.lost)} damaged blobs that snapshots use: "
+            f"nothing was deleted; run `cermin repair packs`"
+        ) from None
     finally:
         saver.close()
     res.packs_written, res.bytes_written = saver.packs_written, saver.bytes_uploaded

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cermin.backend.base import Kind
-from cermin.format.records import DIR, FILE
+from cermin.engine.reach import walk_trees
+from cermin.format.records import FILE
 from cermin.repo.repository import Repository
 from cermin.repo.snapshots import SnapshotRef
 
@@ -40,30 +41,26 @@ def compute_stats(repo: Repository, snaps: list[SnapshotRef], mode: str = "resto
     seen_trees: set[bytes] = set()
     seen_blobs: set[bytes] = set()
     seen_files: set[tuple] = set()
-    for ref in snaps:
-        stack = [ref.snapshot.tree]
-        while stack:
-            tid = stack.pop()
-            if mode == "raw":
-                if tid in seen_trees:
-                    continue
-                seen_trees.add(tid)
-                seen_blobs.add(tid)
-            for n in repo.load_tree(tid).nodes:
-                if n.type == DIR:
-                    stack.append(n.subtree)
-                elif n.type == FILE:
-                    if mode == "restore-size":
-                        key = (ref.id, n.device, n.inode) if n.links > 1 else None
-                        if key is not None and key in seen_files:
-                            continue
-                        if key is not None:
-                            seen_files.add(key)
-                        st.total_files += 1
-                        st.total_size += n.size
-                    else:
-                        seen_blobs.update(n.blob_ids())
-                        st.total_files += 1
+    if mode == "raw":  # every distinct tree and data blob of the snapshots, once
+        for tid, nodes, _ in walk_trees(repo, [r.snapshot.tree for r in snaps], seen=seen_trees):
+            seen_blobs.add(tid)
+            for n in nodes:
+                if n.type == FILE:
+                    seen_blobs.update(n.blob_ids())
+                    st.total_files += 1
+    else:  # what a restore of each snapshot writes: shared subtrees count each time they appear
+        for ref in snaps:
+            for _, nodes, _ in walk_trees(repo, [ref.snapshot.tree], dedup=False):
+                for n in nodes:
+                    if n.type != FILE:
+                        continue
+                    key = (ref.id, n.device, n.inode) if n.links > 1 else None
+                    if key is not None and key in seen_files:
+                        continue
+                    if key is not None:
+                        seen_files.add(key)
+                    st.total_files += 1
+                    st.total_size += n.size
     if mode == "raw":
         for bid in seen_blobs:
             loc = repo.index.lookup(bid)
