@@ -18,10 +18,10 @@ from cermin.backend.base import Kind
 from cermin.backend.memory import MemoryBackend
 from cermin.engine.check import run_check
 from cermin.engine.reach import reach
-from cermin.engine.repack import Repacker, RepackIncomplete, read_verified, repack, rewrite_saver
+from cermin.engine.repack import Repacker, RepackIncomplete, read_verified, repack, rewrite_saver, wanted_entries
 from cermin.errors import UsageError
 from cermin.format import pack
-from cermin.repo.indexfiles import read_pack_header
+from cermin.repo.indexfiles import read_index_view, read_pack_header
 from cermin.repo.saver import BlobSaver
 
 
@@ -52,10 +52,8 @@ def test_repack_into_another_repository(history, tmp_path):
     assert dst.keys.master != src.keys.master
     ref = src.load_snapshot(second)
     wanted = reach(src, [ref.tree]).blobs()
-    packs = {
-        name: [e for e in entries if e.blob_id in wanted and src.index.lookup(e.blob_id).pack_id.hex() == name]
-        for name, entries in pack_entries(src).items()
-    }
+    packs = dict(wanted_entries(read_index_view(src), src.index, wanted))
+    assert sum(len(es) for es in packs.values()) == len(wanted)
     saver = BlobSaver(dst)  # a normal saver: dedups against dst and writes dst's index files
     try:
         res = repack(src, saver, packs.items())

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
 from cermin.engine.reach import reach
-from cermin.engine.repack import RepackIncomplete, repack, rewrite_saver
+from cermin.engine.repack import RepackIncomplete, repack, rewrite_saver, wanted_entries
 from cermin.errors import CerminError, ObjectLocked, ObjectNotFound
 from cermin.repo.indexfiles import IndexView, read_index_view, replace_index, write_index
 from cermin.repo.masterindex import MasterIndex
@@ -169,17 +169,12 @@ def execute_prune(
     assert view is not None and used is not None, "execute a plan made by plan_prune"
     res = PruneResult(plan)
     saver = rewrite_saver(repo)
-    idx = repo.index
-
-    def live(name: str) -> list:
-        pid = bytes.fromhex(name)
-        return [e for e in view.entries(pid) if e.blob_id in used and idx.lookup(e.blob_id).pack_id == pid]
-
+    live = wanted_entries(view, repo.index, used, [bytes.fromhex(n) for n in plan.repack_packs])
     try:
         repack(
             repo,
             saver,
-            ((name, live(name)) for name in plan.repack_packs),
+            live,
             require_all=True,
             progress=lambda i, _name: say(f"repacking {i + 1}/{len(plan.repack_packs)}"),
         )

@@ -17,12 +17,14 @@ to index and what to remove. A blob that cannot be read is reported in `lost`, n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from cermin.errors import CerminError, CorruptObject, ObjectNotFound, UsageError
 from cermin.format import pack
 from cermin.format.index import IndexEntry
+from cermin.repo.indexfiles import IndexView
+from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
 
@@ -59,6 +61,19 @@ class RepackResult:
     blobs_copied: int = 0
     bytes_copied: int = 0  # plaintext bytes of the copied blobs
     lost: dict[bytes, str] = field(default_factory=dict)  # blob id -> why it could not be copied
+
+
+def wanted_entries(
+    view: IndexView, index: MasterIndex, wanted: Container[bytes], pack_ids: Iterable[bytes] | None = None
+) -> Iterator[tuple[str, list[IndexEntry]]]:
+    """(pack name, entries) of the `wanted` blobs stored in each pack (every indexed pack, or the
+    given ones), lazily, one pack at a time. A blob stored in several packs is taken only from the
+    one the index finds it in, so it is copied once."""
+    lookup = index.lookup
+    for pid in view.packs if pack_ids is None else pack_ids:
+        entries = [e for e in view.entries(pid) if e.blob_id in wanted and lookup(e.blob_id).pack_id == pid]
+        if entries:
+            yield pid.hex(), entries
 
 
 def read_verified(src: Repository, name: str, entries: Iterable[IndexEntry], data: bytes | None = None) -> PackBlobs:
