@@ -66,7 +66,7 @@ def test_roundtrip_and_write_once(backend):
     with pytest.raises(ObjectExists):
         backend.save(Kind.DATA, n, data)
     # The name is taken; the server checks first that the content matches the name.
-    refusal = (CerminError, "does not match its name") if isinstance(backend, HttpBackend) else (ObjectExists, "")
+    refusal = (CerminError, "does not match its name") if isinstance(backend, HttpBackend) else (ObjectExists, None)
     with pytest.raises(refusal[0], match=refusal[1]):
         backend.save(Kind.DATA, n, b"replacement")
     assert backend.load(Kind.DATA, n) == data, "a refused overwrite leaves the object intact"
