@@ -20,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from cermin.errors import CerminError, CorruptObject, ObjectNotFound, UsageError
-from cermin.format import pack
+from cermin.errors import CerminError, ObjectNotFound, UsageError
 from cermin.format.index import IndexEntry
-from cermin.repo.indexfiles import IndexView
+from cermin.repo.indexfiles import IndexView, verify_blobs
 from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
@@ -87,26 +86,11 @@ def read_verified(src: Repository, name: str, entries: Iterable[IndexEntry], dat
         except ObjectNotFound:
             return PackBlobs(name, None, lost={e.blob_id: f"{what} is missing" for e in entries})
     out = PackBlobs(name, data)
-    try:
-        cipher = pack.pack_cipher(src.keys, data, what)
-    except CorruptObject as e:
-        out.lost = {e_.blob_id: str(e) for e_ in entries}
-        return out
-    for bid, t, off, ln, raw in entries:
-        ct = data[off : off + ln]
-        if len(ct) != ln:
-            out.lost[bid] = f"{what} is truncated"
-            continue
-        bwhat = f"blob {bid.hex()[:16]}"
-        try:
-            payload = pack.open_blob(cipher, off, t, bid, ct, bwhat)
-            plain = pack.decompress(payload, bwhat, raw)
-            if src.blob_id(plain) != bid:
-                raise CorruptObject(f"{bwhat}: content does not match its id")
-        except CorruptObject as e:
-            out.lost[bid] = str(e)
-            continue
-        out.good[bid] = VerifiedBlob(t, plain, payload)
+    for e, payload, plain in verify_blobs(src, name, data, entries):
+        if payload is None:
+            out.lost[e.blob_id] = plain
+        else:
+            out.good[e.blob_id] = VerifiedBlob(e.type, plain, payload)
     return out
 
 

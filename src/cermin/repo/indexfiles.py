@@ -172,20 +172,44 @@ def read_pack_blobs(repo: Repository, pack_name: str, entries) -> tuple[dict[byt
 
 def pack_blobs(repo: Repository, pack_name: str, data: bytes, entries) -> tuple[dict[bytes, bytes], dict[bytes, str]]:
     """read_pack_blobs over a pack already in memory."""
-    what = f"pack {pack_name[:12]}"
     good: dict[bytes, bytes] = {}
     bad: dict[bytes, str] = {}
+    for e, payload, out in verify_blobs(repo, pack_name, data, entries):
+        if payload is None:
+            bad[e[0]] = out
+        else:
+            good[e[0]] = out
+    return good, bad
+
+
+def verify_blobs(
+    repo: Repository, pack_name: str, data: bytes, entries
+) -> Iterator[tuple[IndexEntry, bytes | None, bytes | str]]:
+    """The one check of a pack's blobs in memory (check, repair, repack): for each entry,
+    (entry, stored payload, plaintext) when it authenticates, decompresses within its declared length
+    and matches its id, else (entry, None, why)."""
+    what = f"pack {pack_name[:12]}"
     try:
         cipher = pack.pack_cipher(repo.keys, data, what)
     except CorruptObject as e:
-        return good, {bid: str(e) for bid, *_ in entries}
-    for bid, t, off, ln, raw in entries:
+        for entry in entries:
+            yield entry, None, str(e)
+        return
+    blob_id = repo.blob_id
+    for entry in entries:
+        bid, t, off, ln, raw = entry
         ct = data[off : off + ln]
         if len(ct) != ln:
-            bad[bid] = f"{what} is truncated"
+            yield entry, None, f"{what} is truncated"
             continue
+        bwhat = f"blob {bid.hex()[:16]}"
         try:
-            good[bid] = repo.open_blob(cipher, off, t, bid, ct, raw)
+            payload = pack.open_blob(cipher, off, t, bid, ct, bwhat)
+            plain = pack.decompress(payload, bwhat, raw)
         except CorruptObject as e:
-            bad[bid] = str(e)
-    return good, bad
+            yield entry, None, str(e)
+            continue
+        if blob_id(plain) != bid:
+            yield entry, None, f"{bwhat}: content does not match its id"
+            continue
+        yield entry, payload, plain
