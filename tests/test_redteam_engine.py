@@ -1,0 +1,112 @@
+"""Red-team reproductions (issue 14 review): holes still open after the fixes. Each test states what
+should hold; they are xfail(strict) until fixed. Scripts: /tmp/redteam/{engine,s3,restore}."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import FAST_KDF, PASSWORD, cermin_exe
+from repoutil import backup, make_source, mutate_source, small_repo
+from test_restore_hostile import Hostile
+
+from cermin.backend.base import Kind
+from cermin.backend.local import LocalBackend
+from cermin.engine.forget import forget
+from cermin.engine.objectlock import needed_objects
+from cermin.engine.protect import protect
+from cermin.engine.restore import RestoreOptions, run_restore
+from cermin.format import records
+from cermin.format.records import AuxRecord, Snapshot
+from cermin.repo.indexfiles import read_index_view
+from cermin.repo.repository import Repository
+from cermin.repo.snapshots import resolve, retained_snapshot_names
+from cermin.util import now_rfc3339
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CERMIN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def history(tmp_path):
+    src = tmp_path / "src"
+    make_source(src, files=4)
+    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
+    first = backup(repo, src)
+    mutate_source(src, 1)
+    second = backup(repo, src)
+    return repo, first, second
+
+
+@pytest.mark.xfail(strict=True, reason="forget()/remove_snapshots() judge protections against a caller-supplied now")
+def test_library_caller_cannot_forget_protected_snapshot_by_passing_now(history):
+    repo, first, _ = history
+    protect(repo, resolve(repo, first), datetime.now(UTC) + timedelta(days=365))
+    try:
+        forget(repo, [first], now=datetime(2999, 1, 1, tzinfo=UTC))
+    except Exception:
+        pass
+    assert first in {n for n, _ in repo.backend.list(Kind.SNAPSHOT)}, "protected snapshot was forgotten"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="one authentic index file with `supersedes` drops every pack from lock maintenance"
+)
+def test_superseding_index_does_not_drop_packs_from_lock_maintenance(history):
+    repo, _, _ = history
+    before = {name for kind, name in needed_objects(repo) if kind is Kind.DATA}
+    view = read_index_view(repo)
+    # the attacker holds the password: an index file that names no pack and supersedes every real one
+    repo.save_object(
+        Kind.INDEX, records.encode(records.IndexFile(packs=[], supersedes=[bytes.fromhex(n) for n in view.files]))
+    )
+    after = {name for kind, name in needed_objects(repo) if kind is Kind.DATA}
+    assert before <= after, f"{len(before - after)} packs the snapshots need would no longer be re-locked"
+
+
+@pytest.mark.xfail(strict=True, reason="a fresh snapshot in the same group lets tombstones hide the real newest")
+def test_tombstones_cannot_hide_the_real_newest_behind_a_fake_newer_snapshot(history):
+    repo, first, second = history
+    real = repo.load_snapshot(second)
+    repo.save_snapshot(Snapshot(time=now_rfc3339(), tree=real.tree, paths=real.paths, hostname=real.hostname))
+    for sid in (first, second):
+        repo.save_object(Kind.AUX, records.encode(AuxRecord(type="forgotten", time=now_rfc3339(), target=sid)))
+    assert second in retained_snapshot_names(repo), "the newest real snapshot is no longer kept locked"
+
+
+@pytest.mark.xfail(strict=True, reason="check enumerates every path to a bad tree: 2^40 paths through a DAG of trees")
+def test_check_of_tree_dag_with_one_bad_name_finishes(tmp_path):
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode(), kdf=FAST_KDF)
+    h = Hostile(repo)
+    nodes = [h.file(b"..", b"bad\n"), h.file(b"f", b"x\n")]
+    for _ in range(40):
+        nodes = [h.dir(b"a", nodes), h.dir(b"b", nodes)]
+    h.snapshot(nodes)
+    env = dict(os.environ, CERMIN_PASSWORD=PASSWORD)
+    try:
+        r = subprocess.run(
+            cermin_exe() + ["-r", str(tmp_path / "repo"), "check"], capture_output=True, env=env, timeout=20
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("check still running after 20 s (41 trees)")
+    assert r.returncode == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting security.capability needs root")
+@pytest.mark.xfail(strict=True, reason="--no-owner/--no-special drop setuid/setgid but keep file capabilities")
+def test_no_owner_no_special_drop_file_capabilities(tmp_path):
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode(), kdf=FAST_KDF)
+    h = Hostile(repo)
+    cap = bytes.fromhex("0100000280000000000000000000000000000000")  # cap_setuid=ep
+    sid = h.snapshot([h.file(b"x", b"#!/bin/sh\nid\n", mode=0o755, xattrs=[(b"security.capability", cap)])])
+    t = tmp_path / "t"
+    run_restore(repo, repo.load_snapshot(sid), RestoreOptions(target=str(t), workers=1, no_owner=True, no_special=True))
+    try:
+        os.getxattr(t / "x", "security.capability")
+    except OSError:
+        return
+    pytest.fail("a cap_setuid=ep file was restored although --no-owner --no-special were given")
