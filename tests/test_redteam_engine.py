@@ -110,3 +110,47 @@ def test_no_owner_no_special_drop_file_capabilities(tmp_path):
     except OSError:
         return
     pytest.fail("a cap_setuid=ep file was restored although --no-owner --no-special were given")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a planted snapshot dated now (not only 2999) becomes the parent; its contents are carried forward",
+)
+def test_planted_present_dated_snapshot_does_not_pass_its_contents_to_the_next_backup(tmp_path):
+    from cermin.engine.backup import BackupOptions, run_backup
+    from cermin.format import pack
+    from cermin.format.records import DIR, FILE, Node, Tree
+    from cermin.repo.saver import BlobSaver
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "authorized_keys").write_bytes(b"ssh-ed25519 AAAA owner\n")
+    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
+    real = repo.load_snapshot(backup(repo, src))
+    saver = BlobSaver(repo, builders=1)
+    evil = b"ssh-ed25519 EVIL attack"  # same size, same metadata: only the content differs
+
+    def rewrite(tree_id: bytes) -> bytes:
+        nodes = []
+        for n in repo.load_tree(tree_id).nodes:
+            fields = {f: getattr(n, f) for f in n.__struct_fields__}
+            if n.type == DIR:
+                n = Node(**fields | {"subtree": rewrite(n.subtree)})
+            elif n.type == FILE and n.name == b"authorized_keys":
+                bid = repo.blob_id(evil)
+                saver.save(pack.DATA, bid, evil)
+                n = Node(**fields | {"content": bid})
+            nodes.append(n)
+        data = records.encode(Tree(nodes=nodes))
+        tid = repo.blob_id(data)
+        saver.save(pack.TREE, tid, data)
+        return tid
+
+    tid = rewrite(real.tree)
+    saver.flush()
+    saver.close()
+    repo.save_snapshot(Snapshot(time=now_rfc3339(), tree=tid, paths=real.paths, hostname=real.hostname))
+    new = run_backup(repo, BackupOptions(paths=[os.fsencode(str(src))], workers=1)).snapshot_id
+    run_restore(repo, repo.load_snapshot(new), RestoreOptions(target=str(tmp_path / "out"), workers=1))
+    restored = (tmp_path / "out" / str(src).lstrip("/") / "authorized_keys").read_bytes()
+    assert restored == b"ssh-ed25519 AAAA owner\n", f"the new backup holds the planted content {restored!r}"
