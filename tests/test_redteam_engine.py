@@ -42,7 +42,6 @@ def history(tmp_path):
     return repo, first, second
 
 
-@pytest.mark.xfail(strict=True, reason="forget()/remove_snapshots() judge protections against a caller-supplied now")
 def test_library_caller_cannot_forget_protected_snapshot_by_passing_now(history):
     repo, first, _ = history
     protect(repo, resolve(repo, first), datetime.now(UTC) + timedelta(days=365))

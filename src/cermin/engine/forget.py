@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -148,7 +149,7 @@ def apply_policy(refs: list[SnapshotRef], policy: KeepPolicy, now: datetime | No
             reasons.append("has a kept tag")
         protected = ref.snapshot.extra.get("protected_until")
         until = timestamp(protected) if isinstance(protected, str) else None
-        if until is not None and until > now.timestamp():
+        if until is not None and until > protection_clock(now):
             reasons.append(f"protected until {protected}")
         out.append(Decision(ref, bool(reasons), reasons))
     return out
@@ -168,10 +169,17 @@ def plan_forget(
     return [ForgetGroup(dict(k), apply_policy(v, policy, now)) for k, v in sorted(groups.items())]
 
 
+def protection_clock(now: datetime | None) -> float:
+    """The time protections are judged at: never later than the real clock, so a library caller's
+    `now` (a fake clock in tests, a scheduler's planned time) can only make a protection last longer."""
+    real = time.time()
+    return real if now is None else min(real, now.timestamp())
+
+
 def protected_ids(repo: Repository, ids: list[str], now: datetime | None = None) -> dict[str, str]:
     """Which of `ids` are protected now (by a protection record or the snapshot's own
     `extra.protected_until`), with the date. Reads the repository: the caller's view is not trusted."""
-    t = (now or datetime.now(UTC)).timestamp()
+    t = protection_clock(now)
     prot = protected_until(aux_records(repo))
     held: dict[str, str] = {}
     for sid in ids:
@@ -263,7 +271,7 @@ def forget(
         refs = list_snapshots(repo, hosts, tags, paths, now=now.timestamp() if now is not None else None)
         prot = protected_until(aux_records(repo))
         for r in refs:
-            if r.id in prot and is_protected(r, prot, (now or datetime.now(UTC)).timestamp()):
+            if r.id in prot and is_protected(r, prot, protection_clock(now)):
                 r.snapshot.extra = {**r.snapshot.extra, "protected_until": prot[r.id]}
         groups = plan_forget(refs, policy, group_by, now)
         res = ForgetResult([d.ref.id for g in groups for d in g.remove], groups, dry_run=dry_run)
