@@ -73,6 +73,12 @@ class AccessDenied(CerminError):
     """The storage refused the credentials or the operation (permanent: retrying cannot help)."""
 
 
+class ReadOnlyRepository(AccessDenied):
+    """The storage refused a write because the repository is read-only to us: a read-only mount
+    (EROFS), a directory we may not write (EACCES/EPERM), a read-only credential or token (403).
+    Read-only work goes on without a lock (repo/lock.py); writes stop with this one-line error."""
+
+
 class BackendUnavailable(CerminError):
     """The retry budget ran out on transient errors; the message names the last one."""
 

@@ -12,7 +12,14 @@ import os
 import secrets
 
 from cermin.backend.base import CONFIG_NAME, BackendBase, Capabilities, Kind
-from cermin.errors import CerminError, ObjectExists, ObjectNotFound, RepositoryExists, RepositoryNotFound
+from cermin.errors import (
+    CerminError,
+    ObjectExists,
+    ObjectNotFound,
+    ReadOnlyRepository,
+    RepositoryExists,
+    RepositoryNotFound,
+)
 
 _DIRS = [k for k in Kind if k is not Kind.CONFIG]
 
@@ -28,8 +35,8 @@ def _fsync_dir(path: str) -> None:
 def _io_error(e: OSError, what: str) -> CerminError:
     if e.errno == errno.ENOSPC:
         return CerminError(f"no space left on device while writing {what}")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return CerminError(f"permission denied writing {what}: {e.strerror}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # a read-only mount, or a directory not ours
+        return ReadOnlyRepository(f"permission denied writing {what}: {e.strerror}")
     return CerminError(f"cannot write {what}: {e.strerror or e}")
 
 

@@ -6,6 +6,12 @@ and ignored, so a crashed client never blocks the repository for long. A lock da
 CLOCK_SKEW seconds in the future is stale too: its age cannot be known, and trusting it would let
 anyone who can write locks/ block every backup for as long as they like (clients must keep their
 clocks within the allowance, as S3 request signing already demands).
+
+A repository we cannot write (a read-only mount, a read-only credential or token: the storage
+answers EROFS, EACCES or 403) cannot hold our lock. Read-only work (READ_ONLY_OPERATIONS) then goes
+on without one and says so once as a warning: a shared lock only keeps a concurrent prune from
+deleting packs under a reader, and nothing else is at stake. Every other operation stops with one
+line naming the read-only repository (ReadOnlyRepository).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 import msgspec
 
 from cermin.backend.base import Kind
-from cermin.errors import CerminError, CorruptObject, ObjectNotFound, RepositoryLocked
+from cermin.errors import AccessDenied, CerminError, CorruptObject, ObjectNotFound, ReadOnlyRepository, RepositoryLocked
 from cermin.format import records
 from cermin.format.records import Lock
 from cermin.repo.repository import Repository
@@ -27,6 +33,11 @@ from cermin.util import now_rfc3339, username
 
 REFRESH = 300.0
 STALE = 1800.0
+
+# Operations that write nothing but their lock: on a read-only repository they run without one.
+READ_ONLY_OPERATIONS = frozenset(
+    {"restore", "dump", "check", "ls", "snapshots", "diff", "find", "stats", "cat", "mount", "key list"}
+)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -63,10 +74,18 @@ def read_locks(repo: Repository) -> list[tuple[str, Lock | None]]:
 
 
 class RepoLock:
-    def __init__(self, repo: Repository, exclusive: bool, operation: str) -> None:
+    """`readonly_ok`: when the repository refuses the lock write as read-only, go on without a lock
+    (with one warning through `repo.warn`) instead of failing. Default: for a shared lock taken by
+    one of READ_ONLY_OPERATIONS. `unlocked` is then the reason; `name` stays None."""
+
+    def __init__(self, repo: Repository, exclusive: bool, operation: str, readonly_ok: bool | None = None) -> None:
         self.repo = repo
         self.exclusive = exclusive
         self.operation = operation
+        if readonly_ok is None:
+            readonly_ok = not exclusive and operation in READ_ONLY_OPERATIONS
+        self.readonly_ok = readonly_ok
+        self.unlocked: str | None = None
         self.name: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -98,7 +117,22 @@ class RepoLock:
 
     def acquire(self) -> RepoLock:
         # Write ours first, then look: two racing clients both see each other and back off.
-        self.name = self._write()
+        try:
+            self.name = self._write()
+        except AccessDenied as e:  # ReadOnlyRepository, or a 403 from a read-only credential or token
+            where = self.repo.backend.location
+            if not self.readonly_ok:
+                raise ReadOnlyRepository(
+                    f"{self.operation or 'this command'} needs to write to the repository at {where}, "
+                    f"which is read-only to us ({e})"
+                ) from None
+            self.unlocked = str(e)
+            self.repo.warn(
+                f"the repository at {where} is read-only to us: {self.operation} goes on without a lock "
+                "(a shared lock only keeps a concurrent `prune` from deleting data this command reads; "
+                "run no prune meanwhile)"
+            )
+            return self
         for name, lock in read_locks(self.repo):
             if name == self.name or lock is None or is_stale(lock):
                 continue
