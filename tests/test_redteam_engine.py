@@ -96,7 +96,6 @@ def test_check_of_tree_dag_with_one_bad_name_finishes(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="setting security.capability needs root")
-@pytest.mark.xfail(strict=True, reason="--no-owner/--no-special drop setuid/setgid but keep file capabilities")
 def test_no_owner_no_special_drop_file_capabilities(tmp_path):
     repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode(), kdf=FAST_KDF)
     h = Hostile(repo)

@@ -424,6 +424,51 @@ def test_no_owner_keeps_restoring_user_and_drops_setuid(local_repo, hostile, wor
     assert (os.lstat(owned / "f").st_uid, os.lstat(owned / "d").st_gid) == (12345, 54321)
 
 
+CAP_SETUID_EP = bytes.fromhex("0100000280000000000000000000000000000000")  # VFS_CAP_REVISION_2, cap_setuid=ep
+
+
+@pytest.mark.skipif(not ROOT, reason="security.* and trusted.* xattrs need root")
+@pytest.mark.parametrize(
+    "flags, kept",
+    [
+        ({}, {"security.capability", "security.selinux", "trusted.overlay.redirect", "user.note"}),
+        ({"no_owner": True}, {"security.selinux", "trusted.overlay.redirect", "user.note"}),
+        ({"no_special": True}, {"user.note"}),
+        ({"no_owner": True, "no_special": True}, {"user.note"}),
+    ],
+)
+def test_privileged_xattrs_go_with_setuid_bits(local_repo, hostile, world, tmp_path, flags, kept):
+    """Dropping setuid/setgid (--no-owner, --no-special) drops file capabilities too; --no-special
+    drops every security.* and trusted.* attribute (labels, overlayfs redirects)."""
+    _, _, target = world
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    try:
+        for k, v in ((b"security.capability", CAP_SETUID_EP), (b"security.selinux", b"x"), (b"trusted.t", b"1")):
+            os.setxattr(probe, k, v)
+    except OSError:
+        pytest.skip("this filesystem or security module does not take these xattrs")
+    xattrs = [
+        (b"security.capability", CAP_SETUID_EP),
+        (b"security.selinux", b"system_u:object_r:bin_t:s0\x00"),
+        (b"trusted.overlay.redirect", b"/etc/shadow"),
+        (b"user.note", b"v"),
+    ]
+    sid = hostile.snapshot(
+        [
+            hostile.file(b"x", b"#!/bin/sh\nid\n", mode=0o755, xattrs=xattrs),
+            hostile.dir(b"d", [], xattrs=xattrs[1:]),
+            Node(name=b"p", type=FIFO, mode=0o640, mtime_ns=MTIME, xattrs=xattrs[1:3]),  # no user.* on a fifo
+        ]
+    )
+    s = restore(local_repo, sid, target, **flags)
+    assert not s.errors, s.errors
+    assert {os.fsdecode(k) for k in os.listxattr(target / "x")} == kept
+    dir_kept = kept - {"security.capability"}
+    assert {os.fsdecode(k) for k in os.listxattr(target / "d")} == dir_kept
+    assert {os.fsdecode(k) for k in os.listxattr(target / "p", follow_symlinks=False)} == dir_kept - {"user.note"}
+
+
 def test_no_xattrs(local_repo, hostile, world, tmp_path):
     _, _, target = world
     probe = tmp_path / "probe"

@@ -131,6 +131,14 @@ EUID, EGID = os.geteuid(), os.getegid()
 SUID_SGID = stat.S_ISUID | stat.S_ISGID
 
 
+# File capabilities: privileges granted on exec, like setuid bits (and dropped with them).
+CAPABILITY_XATTR = b"security.capability"
+# Namespaces the kernel and security modules act on and only root may set: security.* (capabilities,
+# SELinux/SMACK/AppArmor labels — an exec transition into a privileged domain —, IMA/EVM) and
+# trusted.* (overlayfs redirect/metacopy, which make an overlay show another file's data).
+PRIVILEGED_XATTR_PREFIXES = (b"security.", b"trusted.")
+
+
 def restored_mode(node: Node, owner: bool = True, special: bool = True) -> int:
     """The permission bits to set. Without `special` setuid/setgid are dropped; without `owner` too,
     because they would then grant the restoring user's ids (as root: root's) instead of the owner's."""
@@ -140,6 +148,24 @@ def restored_mode(node: Node, owner: bool = True, special: bool = True) -> int:
     return mode
 
 
+def restored_xattrs(node: Node, owner: bool = True, special: bool = True) -> list[tuple[bytes, bytes]]:
+    """The extended attributes to set. Whenever setuid/setgid bits are dropped (see restored_mode)
+    the file capabilities go too: `security.capability` grants privileges on exec the same way.
+    Without `special` every privilege-bearing namespace is dropped (PRIVILEGED_XATTR_PREFIXES);
+    user.* and system.* (ACLs) stay."""
+    if owner and special:
+        return list(node.xattrs)
+    if not special:
+        return [(k, v) for k, v in node.xattrs if not _privileged_xattr(k)]
+    return [(k, v) for k, v in node.xattrs if k != CAPABILITY_XATTR]
+
+
+def _privileged_xattr(name) -> bool:
+    if not isinstance(name, bytes):
+        return True  # not a name a filesystem call accepts as ours: never set it
+    return name.startswith(PRIVILEGED_XATTR_PREFIXES)
+
+
 def apply_file_meta(
     fd: int, node: Node, warn, owned: bool = False, owner: bool = True, xattrs: bool = True, special: bool = True
 ) -> None:
@@ -147,14 +173,14 @@ def apply_file_meta(
 
     owned: the file was just created by us in a directory we created, so it already belongs to
     (EUID, EGID) and a chown to the same ids can be skipped. owner/xattrs: set those at all;
-    special: keep setuid/setgid bits (see restored_mode)."""
+    special: keep setuid/setgid bits and privilege-bearing xattrs (see restored_mode, restored_xattrs)."""
     if owner and IS_ROOT and not (owned and node.uid == EUID and node.gid == EGID):
         try:
             os.fchown(fd, node.uid, node.gid)
         except (OSError, OverflowError) as e:
             warn(f"cannot set owner: {_why(e)}")
     if xattrs:
-        for k, v in node.xattrs:
+        for k, v in restored_xattrs(node, owner, special):
             try:
                 os.setxattr(fd, k, v)
             except (OSError, ValueError) as e:
@@ -190,7 +216,7 @@ def apply_path_meta(
             except (OSError, OverflowError) as e:
                 warn(f"cannot set owner: {_why(e)}")
         if xattrs:
-            for k, v in node.xattrs:
+            for k, v in restored_xattrs(node, owner, special):
                 try:
                     os.setxattr(pinned, k, v)
                 except (OSError, ValueError) as e:
