@@ -367,3 +367,44 @@ def test_deployment_exposes_only_authenticated_s3(tmp_path):
         restore_ok(cli, src, tmp_path, "gateway")
     finally:
         w.stop()
+
+
+def test_backdated_tombstones_and_a_superseding_index_unlock_nothing(locked_repo, seaweed, tmp_path):
+    """With the password: a tombstone dated two months ago for every real snapshot, a fresh fake
+    "newest" snapshot, and an index file that supersedes every real one and names no pack. Lock
+    maintenance must still keep every real snapshot and pack locked, and say why."""
+    from cermin.backend.base import Kind
+    from cermin.engine.objectlock import find_needed
+    from cermin.format import records
+    from cermin.format.records import AuxRecord, IndexFile, Snapshot
+    from cermin.repo.indexfiles import read_index_view
+
+    cli, src = locked_repo
+    (src / "more.txt").write_text("second snapshot")
+    cli("backup", str(src))
+    repo = _open(cli)
+    real = sorted(n for n, _ in repo.backend.list(Kind.SNAPSHOT))
+    honest = find_needed(repo)
+    packs = {n for k, n in honest.objects if k is Kind.DATA}
+    newest = repo.load_snapshot(max(real, key=lambda n: repo.load_snapshot(n).time))
+    repo.save_snapshot(Snapshot(time=now_rfc3339(), tree=newest.tree, paths=newest.paths, hostname=newest.hostname))
+    old = (datetime.now(UTC) - timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for sid in real:
+        repo.save_object(Kind.AUX, records.encode(AuxRecord(type="forgotten", time=old, target=sid)))
+    view = read_index_view(repo)
+    repo.save_object(
+        Kind.INDEX, records.encode(IndexFile(packs=[], supersedes=[bytes.fromhex(n) for n in view.files]))
+    )
+
+    needed = find_needed(repo)
+    assert set(real) <= {n for k, n in needed.objects if k is Kind.SNAPSHOT}
+    assert packs <= {n for k, n in needed.objects if k is Kind.DATA}
+    assert sorted(needed.pending_forgets) == real and set(needed.hidden_by_index) == packs
+    rep = extend_locks(repo, dry_run=True)
+    assert any("tombstones" in w for w in rep.warnings) and any("no index file in force" in w for w in rep.warnings)
+
+
+def now_rfc3339() -> str:
+    from cermin.util import now_rfc3339 as now
+
+    return now()

@@ -29,7 +29,7 @@ from cermin.format.records import AuxRecord, Lock
 from cermin.repo import keys as keyslots
 from cermin.repo.lock import RepoLock, remove_stale_locks
 from cermin.repo.repository import Repository
-from cermin.repo.snapshots import list_snapshots, resolve, retained_snapshot_names
+from cermin.repo.snapshots import TOMBSTONE_GRACE, list_snapshots, resolve, retained_snapshot_names
 
 PW = PASSWORD.encode()
 
@@ -339,8 +339,12 @@ def test_forgotten_snapshots_under_lock_are_tombstoned(tmp_path):
     assert [r.id for r in list_snapshots(repo)] == [ids[2]]
     shown = list_snapshots(repo, include_forgotten=True)
     assert [(r.id, r.forgotten) for r in shown] == [(ids[0], True), (ids[1], True), (ids[2], False)]
-    assert retained_snapshot_names(repo) == [ids[2]]
-    snaps_locked = [n for k, n in needed_objects(repo) if k is Kind.SNAPSHOT]
+    # A tombstone unlocks nothing until it has stood for the grace (a stolen password must not
+    # unlock every snapshot at once); then the forgotten snapshots are no longer re-locked.
+    assert retained_snapshot_names(repo) == sorted(ids)
+    later = datetime.now(UTC) + timedelta(seconds=TOMBSTONE_GRACE + 60)
+    assert retained_snapshot_names(repo, now=later.timestamp()) == [ids[2]]
+    snaps_locked = [n for k, n in needed_objects(repo, now=later) if k is Kind.SNAPSHOT]
     assert snaps_locked == [ids[2]]
     forget(repo, policy=KeepPolicy(last=1))  # again: no second tombstone
     assert sum(1 for _ in repo.backend.list(Kind.AUX)) == 2

@@ -52,9 +52,6 @@ def test_library_caller_cannot_forget_protected_snapshot_by_passing_now(history)
     assert first in {n for n, _ in repo.backend.list(Kind.SNAPSHOT)}, "protected snapshot was forgotten"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="one authentic index file with `supersedes` drops every pack from lock maintenance"
-)
 def test_superseding_index_does_not_drop_packs_from_lock_maintenance(history):
     repo, _, _ = history
     before = {name for kind, name in needed_objects(repo) if kind is Kind.DATA}
@@ -67,7 +64,6 @@ def test_superseding_index_does_not_drop_packs_from_lock_maintenance(history):
     assert before <= after, f"{len(before - after)} packs the snapshots need would no longer be re-locked"
 
 
-@pytest.mark.xfail(strict=True, reason="a fresh snapshot in the same group lets tombstones hide the real newest")
 def test_tombstones_cannot_hide_the_real_newest_behind_a_fake_newer_snapshot(history):
     repo, first, second = history
     real = repo.load_snapshot(second)

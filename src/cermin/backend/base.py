@@ -62,6 +62,15 @@ class Capabilities:
     """Pack size for new repositories on this store."""
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """A temporary file an interrupted write left behind: never an object, never read."""
+
+    path: str  # relative to the repository root, e.g. "data/ab/.tmp-0123abcd-5e6f"
+    size: int
+    mtime: float  # when it was last written (seconds since the epoch, the storage's clock)
+
+
 @runtime_checkable
 class Backend(Protocol):
     location: str
@@ -103,6 +112,9 @@ class Backend(Protocol):
     def original_versions(self, kind: Kind) -> dict[str, tuple[str, int]]:
         """name -> (first version id, number of real versions) for every object of a kind."""
 
+    def first_written(self, kind: Kind) -> dict[str, float]:
+        """name -> storage time of each object's first version (caps.versions); else {}."""
+
     def hidden(self) -> list[str]:
         """Keys whose newest entry is a delete marker over real data (caps.versions); else []."""
 
@@ -118,6 +130,13 @@ class Backend(Protocol):
     def remove_many(self, items: list[tuple[Kind, str]]) -> str | None:
         """Remove all `items`: an approval request id when a server queued them (caps.batch_remove),
         None when they are gone. Missing objects are skipped; ObjectLocked propagates."""
+
+    def leftovers(self) -> list[Leftover]:
+        """Temporary files of interrupted writes (a directory's `.tmp-*` after a kill -9); [] on a
+        store whose writes are atomic (S3 single-shot puts, the server's own disk)."""
+
+    def remove_leftover(self, path: str) -> None:
+        """Remove one temporary file `leftovers` listed; gone already is fine. Never an object."""
 
 
 class BackendBase:
@@ -144,6 +163,9 @@ class BackendBase:
     def original_versions(self, kind: Kind) -> dict[str, tuple[str, int]]:
         return {n: ("", 1) for n, _ in self.list(kind)}  # type: ignore[attr-defined]
 
+    def first_written(self, kind: Kind) -> dict[str, float]:
+        return {}
+
     def hidden(self) -> list[str]:
         return []
 
@@ -167,6 +189,12 @@ class BackendBase:
             except ObjectNotFound:
                 pass
         return None
+
+    def leftovers(self) -> list[Leftover]:
+        return []
+
+    def remove_leftover(self, path: str) -> None:
+        pass
 
 
 def exists_by_size(backend: Backend, kind: Kind, name: str) -> bool:

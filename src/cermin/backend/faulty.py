@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from cermin.backend.base import Backend, Capabilities, Kind
+from cermin.backend.base import Backend, Capabilities, Kind, Leftover
 from cermin.errors import CerminError, TransientError
 
 
@@ -150,6 +150,9 @@ class FaultyBackend:
     def original_versions(self, kind: Kind) -> dict[str, tuple[str, int]]:
         return self._call("original_versions", self.inner.original_versions, kind)
 
+    def first_written(self, kind: Kind) -> dict[str, float]:
+        return self._call("first_written", self.inner.first_written, kind)
+
     def hidden(self) -> list[str]:
         return self._call("hidden", self.inner.hidden)
 
@@ -164,3 +167,9 @@ class FaultyBackend:
 
     def remove_many(self, items: list[tuple[Kind, str]]) -> str | None:
         return self._call("remove_many", self.inner.remove_many, list(items))
+
+    def leftovers(self) -> list[Leftover]:
+        return self._call("leftovers", self.inner.leftovers)
+
+    def remove_leftover(self, path: str) -> None:
+        return self._call("remove_leftover", self.inner.remove_leftover, path)

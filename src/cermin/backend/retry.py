@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from cermin.backend.base import Backend, Capabilities, Kind
+from cermin.backend.base import Backend, Capabilities, Kind, Leftover
 from cermin.errors import BackendUnavailable, ObjectExists, ObjectNotFound, TransientError
 
 
@@ -177,6 +177,9 @@ class RetryBackend:
     def original_versions(self, kind: Kind) -> dict[str, tuple[str, int]]:
         return self._run(self.inner.original_versions, kind)
 
+    def first_written(self, kind: Kind) -> dict[str, float]:
+        return self._run(self.inner.first_written, kind)
+
     def hidden(self) -> list[str]:
         return self._run(self.inner.hidden)
 
@@ -191,6 +194,12 @@ class RetryBackend:
 
     def remove_many(self, items: list[tuple[Kind, str]]) -> str | None:
         return self._run(self.inner.remove_many, list(items))
+
+    def leftovers(self) -> list[Leftover]:
+        return self._run(self.inner.leftovers)
+
+    def remove_leftover(self, path: str) -> None:
+        self._run(self.inner.remove_leftover, path)
 
 
 def unwrap(backend) -> Backend:

@@ -522,6 +522,15 @@ class S3Backend(BackendBase):
                 out[name] = (v["VersionId"], out.get(name, ("", 0))[1] + 1)
         return out
 
+    def first_written(self, kind: Kind) -> dict[str, float]:
+        """name -> the storage's time (POSIX seconds) of each object's first version: a date no
+        client can forge, unlike the dates inside records."""
+        out: dict[str, float] = {}
+        for page in self._pages(self._full_key(f"{kind.value}/")):
+            for v in page.get("Versions", []):  # newest first per key: the last one seen is the first
+                out[v["Key"].rsplit("/", 1)[-1]] = v["LastModified"].timestamp()
+        return out
+
     def list_versions_latest(self, kind: Kind):
         """(key, size) of every key under a kind that has a real version (hidden or not), with the
         size of its oldest version: the one cermin wrote."""

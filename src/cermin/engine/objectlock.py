@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cermin.backend.base import CONFIG_NAME, Kind
-from cermin.errors import UsageError
+from cermin.errors import CerminError, UsageError
+from cermin.format import records
+from cermin.format.index import iter_entries
 from cermin.repo.indexfiles import read_index_view
 from cermin.repo.repository import Repository
-from cermin.repo.snapshots import retained_snapshot_names
+from cermin.repo.snapshots import TOMBSTONE_GRACE, pending_tombstones, retained_snapshot_names
 
 DEPLOYMENT_WARNING = (
     "Object Lock holds only if the backup client can reach nothing but authenticated S3: the storage's "
@@ -42,7 +44,7 @@ class LockReport:
 
     @property
     def attacked(self) -> bool:
-        return bool(self.hidden or self.planted or self.missing)
+        return bool(self.hidden or self.planted or self.missing or self.warnings)
 
 
 def lock_backend(backend):
@@ -81,15 +83,79 @@ def policy_warnings(backend) -> list[str]:
     return out
 
 
-def needed_objects(repo: Repository) -> list[tuple[Kind, str]]:
+@dataclass
+class Needed:
+    objects: list[tuple[Kind, str]]
+    pending_forgets: list[str] = field(default_factory=list)  # tombstoned, still inside the grace
+    hidden_by_index: list[str] = field(default_factory=list)  # needed packs no index in force names
+    unreadable_trees: int = 0
+
+
+def needed_objects(repo: Repository, now: datetime | None = None) -> list[tuple[Kind, str]]:
+    return find_needed(repo, now).objects
+
+
+def find_needed(repo: Repository, now: datetime | None = None, grace: float | None = None) -> Needed:
+    """What must stay locked, computed from the snapshots, not from what index files claim.
+
+    Whoever holds the password can write an authentic index file that `supersedes` every real one
+    and names no pack: trusting the index files in force would then stop re-locking every pack. So
+    the packs to keep are found by walking the retained snapshots over the union of *all* readable
+    index files (superseded ones included), and every pack holding a copy of a blob they reach is
+    kept; if a tree cannot be read that way, every pack any index names is kept. Needed packs that
+    no index file in force names are evidence of such an attack (`hidden_by_index`)."""
+    from cermin.engine.reach import reach
+
+    backend = repo.backend
+    now_t = (now or datetime.now(UTC)).timestamp()
+    if grace is None:
+        grace = max(TOMBSTONE_GRACE, backend.lock.days * 86400 if backend.caps.retention and backend.lock else 0)
+    retained = retained_snapshot_names(repo, now_t, grace, backend.first_written(Kind.AUX))
+    out = Needed(objects=[(Kind.CONFIG, CONFIG_NAME)])
+    out.pending_forgets = pending_tombstones(repo, retained)
+    out.objects += [(Kind.KEY, n) for n, _ in backend.list(Kind.KEY)]
+    out.objects += [(Kind.SNAPSHOT, n) for n in retained]
+    out.objects += [(Kind.AUX, n) for n, _ in backend.list(Kind.AUX)]
+
     view = read_index_view(repo)
-    objs: list[tuple[Kind, str]] = [(Kind.CONFIG, CONFIG_NAME)]
-    objs += [(Kind.KEY, n) for n, _ in repo.backend.list(Kind.KEY)]
-    objs += [(Kind.SNAPSHOT, n) for n in retained_snapshot_names(repo)]  # not tombstoned or planted
-    objs += [(Kind.AUX, n) for n, _ in repo.backend.list(Kind.AUX)]
-    objs += [(Kind.INDEX, n) for n in view.files]
-    objs += [(Kind.DATA, p.hex()) for p in view.packs]
-    return objs
+    union: dict[bytes, list[bytes]] = {}  # pack id -> entries from every readable index file
+    files_of: dict[bytes, set[str]] = {}
+    for name in view.files + view.superseded:
+        try:
+            idx = repo.load_record(Kind.INDEX, name, records.index_decoder.decode)
+        except CerminError:
+            continue  # vanished or unreadable since the view was read: names nothing we can use
+        for p in idx.packs:
+            union.setdefault(p.id, []).append(p.blobs)
+            files_of.setdefault(p.id, set()).add(name)
+    shadow = Repository(repo.backend, repo.keys, repo.config, repo.secrets, repo.key_name)
+    for pid, entry_lists in union.items():
+        for blobs in entry_lists:
+            shadow.index.add_pack_bulk(pid, blobs)
+    shadow.index.build()
+    roots = []
+    for n in retained:
+        try:
+            roots.append(repo.load_snapshot(n).tree)
+        except CerminError:
+            continue  # damaged: kept locked itself, but it names nothing we can follow
+    r = reach(shadow, roots, tolerate_unreadable=True)
+    out.unreadable_trees = len(r.unreadable)
+    if r.unreadable:
+        packs = set(union)  # cannot tell what is needed: keep everything any index names
+    else:
+        wanted = r.blobs()
+        packs = {
+            pid
+            for pid, entry_lists in union.items()
+            if any(e.blob_id in wanted for blobs in entry_lists for e in iter_entries(blobs))
+        }
+    in_force = set(view.packs)
+    out.hidden_by_index = sorted(p.hex() for p in packs - in_force)
+    files = set(view.files) | {f for p in packs - in_force for f in files_of[p]}
+    out.objects += [(Kind.INDEX, n) for n in sorted(files)]
+    out.objects += [(Kind.DATA, p.hex()) for p in sorted(packs)]
+    return out
 
 
 def extend_locks(repo: Repository, now: datetime | None = None, dry_run: bool = False) -> LockReport:
@@ -102,7 +168,23 @@ def extend_locks(repo: Repository, now: datetime | None = None, dry_run: bool = 
     until = pol.retain_until(now)
     rep = LockReport(policy=pol.as_config(), until=until.isoformat(), warnings=policy_warnings(backend))
     versions: dict[Kind, dict[str, tuple[str, int]]] = {}
-    for kind, name in needed_objects(repo):
+    needed = find_needed(repo, now)
+    if needed.pending_forgets:
+        rep.warnings.append(
+            f"{len(needed.pending_forgets)} forgotten snapshot(s) stay locked until their tombstones are "
+            f"{pol.days} days old (a tombstone written with a stolen password must not unlock anything at once): "
+            + ", ".join(s[:8] for s in needed.pending_forgets[:10])
+        )
+    if needed.hidden_by_index:
+        rep.warnings.append(
+            f"{len(needed.hidden_by_index)} pack(s) that snapshots need are named by no index file in force "
+            "(an index file planted with the password may supersede the real ones): kept locked; run `cermin check`"
+        )
+    if needed.unreadable_trees:
+        rep.warnings.append(
+            f"{needed.unreadable_trees} tree(s) could not be read: every pack any index file names is kept locked"
+        )
+    for kind, name in needed.objects:
         if kind not in versions:  # one listing per kind, not one request per object
             versions[kind] = backend.original_versions(kind)
         rep.checked += 1

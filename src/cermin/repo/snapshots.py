@@ -204,12 +204,43 @@ def forgotten_ids(repo: Repository, now: float | None = None) -> set[str]:
     return set(hidden)
 
 
-def retained_snapshot_names(repo: Repository, now: float | None = None) -> list[str]:
-    """Snapshot files Object Lock maintenance must keep locked: all but the tombstoned ones (so they
-    lapse and can be deleted) and the planted ones. Damaged files stay: they may be ours."""
-    drop: set[str] = set()
-    list_snapshots(repo, on_foreign=drop.update, on_forgotten=drop.update, now=now)
-    return sorted(n for n, _ in repo.backend.list(Kind.SNAPSHOT) if n not in drop)
+TOMBSTONE_GRACE = 7 * 86400  # seconds a tombstone must stand before lock maintenance honours it
+
+
+def retained_snapshot_names(
+    repo: Repository,
+    now: float | None = None,
+    grace: float = TOMBSTONE_GRACE,
+    written_at: dict[str, float] | None = None,
+) -> list[str]:
+    """Snapshot files Object Lock maintenance must keep locked: all but the planted ones and the
+    tombstoned ones (so they lapse and can be deleted) — a tombstone only once it has stood for
+    `grace` seconds. Whoever holds the password can write tombstones for every real snapshot (and a
+    fresh fake one to be "the newest"); the grace keeps the real ones locked while `lock status`
+    shows the tombstones to the owner. Its start is the storage's own time of the record
+    (`written_at`: aux name -> first-version time), else the record's date. Damaged files stay."""
+    now_t = time.time() if now is None else now
+    foreign: set[str] = set()
+    forgotten: set[str] = set()
+    list_snapshots(repo, on_foreign=foreign.update, on_forgotten=forgotten.update, now=now)
+    if forgotten and grace > 0:
+        recs = aux_records(repo)
+        dead = tombstones(recs, now_t)
+        dated = {name: timestamp(rec.time) for name, rec in recs}
+        for sid in list(forgotten):
+            rec = dead.get(sid)
+            when = (written_at or {}).get(rec) if rec else None
+            when = dated.get(rec) if when is None and rec else when
+            if when is None or now_t - when < grace:
+                forgotten.discard(sid)
+    return sorted(n for n, _ in repo.backend.list(Kind.SNAPSHOT) if n not in foreign | forgotten)
+
+
+def pending_tombstones(repo: Repository, retained: list[str]) -> list[str]:
+    """Tombstoned snapshots still kept locked because their tombstone is younger than the grace."""
+    hidden: set[str] = set()
+    list_snapshots(repo, on_forgotten=hidden.update)
+    return sorted(hidden & set(retained))
 
 
 def _matches(s: Snapshot, hosts, tags, paths) -> bool:
