@@ -11,7 +11,7 @@ import errno
 import os
 import secrets
 
-from cermin.backend.base import CONFIG_NAME, BackendBase, Capabilities, Kind
+from cermin.backend.base import CONFIG_NAME, BackendBase, Capabilities, Kind, Leftover
 from cermin.errors import (
     CerminError,
     ObjectExists,
@@ -189,6 +189,45 @@ class LocalBackend(BackendBase):
 
     def exists(self, kind: Kind, name: str) -> bool:
         return os.path.exists(self._path(kind, name))
+
+    # ---- temporary files of interrupted writes ---------------------------------------------------
+    def leftovers(self) -> list[Leftover]:
+        """`.tmp-*` files in the root and every kind's directory: a write killed before its link."""
+        dirs = [""] + [k.value for k in _DIRS]
+        try:
+            dirs += [f"{Kind.DATA.value}/{d}" for d in sorted(os.listdir(os.path.join(self.root, Kind.DATA.value)))]
+        except OSError:
+            pass
+        out = []
+        for d in dirs:
+            try:
+                entries = list(os.scandir(os.path.join(self.root, d)))
+            except OSError:
+                continue
+            for e in entries:
+                if not e.name.startswith(".tmp-"):
+                    continue
+                try:
+                    if not e.is_file(follow_symlinks=False):
+                        continue
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # its write just finished
+                out.append(Leftover(f"{d}/{e.name}" if d else e.name, st.st_size, st.st_mtime))
+        return out
+
+    def remove_leftover(self, path: str) -> None:
+        parts = path.split("/")
+        if not parts[-1].startswith(".tmp-") or any(p in ("", ".", "..") for p in parts) or len(parts) > 3:
+            raise CerminError(f"not a temporary file of this repository: {path!r}")
+        full = os.path.join(self.root, *parts)
+        try:
+            os.unlink(full)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise _io_error(e, f"{path} in {self.root}") from None
+        _fsync_dir(os.path.dirname(full))
 
     def close(self) -> None:
         pass

@@ -10,6 +10,7 @@ the snapshots and paths that lose data.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,6 +76,13 @@ def parse_subset(spec: str | None) -> Callable[[list[bytes]], list[bytes]] | Non
         raise UsageError(f"bad --read-data-subset {spec!r}: use N% or n/m (1 <= n <= m)") from None
 
 
+def _age(seconds: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= n:
+            return f"{seconds / n:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 class _Unusable(CorruptObject):
     """A tree check does not even try to load (not indexed, or in a pack known to be lost)."""
 
@@ -114,6 +122,7 @@ class Checker:
         self._report_bad_names(snaps)
         self._check_aux()
         self._check_locks()
+        self._check_leftovers()
         return self.report
 
     # ---- index and packs -----------------------------------------------------------------------
@@ -411,6 +420,27 @@ class Checker:
                         "a tombstone dated so is ignored",
                         object=name,
                     )
+
+    def _check_leftovers(self) -> None:
+        """Temporary files of interrupted writes (a kill -9 during a pack write): harmless, never
+        read, but they take space; prune removes those not written for 30 minutes."""
+        temps = self.repo.backend.leftovers()
+        if not temps:
+            return
+        from cermin.engine.prune import LEFTOVER_AGE
+        from cermin.util import fmt_bytes
+
+        now = time.time()
+        oldest = max(0.0, now - min(t.mtime for t in temps))
+        young = sum(1 for t in temps if now - t.mtime <= LEFTOVER_AGE)
+        later = f"; {young} younger than {LEFTOVER_AGE / 60:.0f} minutes may be writes in progress" if young else ""
+        self._notice(
+            "temp_files",
+            f"{len(temps)} temporary files ({fmt_bytes(sum(t.size for t in temps))}) left by interrupted writes, "
+            f"the oldest {_age(oldest)} old: prune removes those not written for {LEFTOVER_AGE / 60:.0f} minutes"
+            f"{later}",
+            blobs=sorted(t.path for t in temps),
+        )
 
     def _check_locks(self) -> None:
         for name, lock in read_locks(self.repo):

@@ -9,6 +9,14 @@ checks clean and restores every kept snapshot:
 Prune holds the exclusive lock, so no backup can be deduplicating against a pack it deletes; it
 re-checks the lock is still fresh before deleting anything.
 
+Temporary files of interrupted writes (a local directory's `.tmp-*` after a kill -9) are removed
+too, but only those not written for LEFTOVER_AGE (the stale-lock age, 30 minutes). The exclusive
+lock alone does not make a younger one safe to remove: some writes take no lock (`--no-lock`, `key
+add`, the lock file of a client trying to take a lock right now) and a writer whose lock went stale
+may still be running. An older one can only belong to a writer stuck that long, whose lock is stale
+too; and removing a temporary file never damages an object: an object becomes visible only by a
+link to its final name, which fails (the write reports an error) if the temporary file is gone.
+
 On a backend with a two-person rule (`cermin serve`: it has `remove_many`), every deletion of the
 plan — old index files and packs — goes into ONE request a second admin approves; the result then
 carries its id (`approval`). The server hides the queued objects meanwhile and re-checks before it
@@ -17,6 +25,7 @@ deletes (see docs/server.md).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +33,7 @@ from cermin.backend.base import Kind
 from cermin.engine.reach import reach
 from cermin.engine.repack import RepackIncomplete, repack, rewrite_saver, wanted_entries
 from cermin.errors import CerminError, ObjectLocked, ObjectNotFound
+from cermin.repo import lock as repolock
 from cermin.repo.indexfiles import IndexView, read_index_view, replace_index, write_index
 from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
@@ -32,6 +42,15 @@ from cermin.repo.snapshots import list_snapshots
 
 class PruneAborted(CerminError):
     pass
+
+
+LEFTOVER_AGE = repolock.STALE  # seconds since a temporary file was last written before prune removes it
+
+
+def old_leftovers(repo: Repository, now: float | None = None) -> list:
+    """Temporary files of interrupted writes that prune may remove (see the module docstring)."""
+    now = time.time() if now is None else now
+    return [t for t in repo.backend.leftovers() if now - t.mtime > LEFTOVER_AGE]
 
 
 @dataclass
@@ -52,6 +71,8 @@ class PrunePlan:
     bytes_freed: int = 0  # estimate: size of deleted packs minus what repacking rewrites
     index_files: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)  # planted index/snapshot files: ignored, not deleted
+    temp_files: list[str] = field(default_factory=list)  # interrupted writes' temporary files, old enough
+    temp_bytes: int = 0
     # Internal state for execute(), not part of the JSON plan.
     _view: IndexView | None = None
     _used: set[bytes] | None = None
@@ -72,6 +93,8 @@ class PruneResult:
     approval: str | None = None  # request id when the deletions wait for a second admin
     packs_queued: int = 0  # packs in that request
     index_files_queued: int = 0
+    temp_files_removed: int = 0
+    temp_bytes_removed: int = 0
 
 
 def used_blobs(repo: Repository, on_foreign=None) -> set[bytes]:
@@ -91,8 +114,9 @@ def used_blobs(repo: Repository, on_foreign=None) -> set[bytes]:
     return used
 
 
-def plan_prune(repo: Repository, max_unused: float = 0.05) -> PrunePlan:
-    """max_unused: fraction of the used data size that may stay unused in kept packs."""
+def plan_prune(repo: Repository, max_unused: float = 0.05, now: float | None = None) -> PrunePlan:
+    """max_unused: fraction of the used data size that may stay unused in kept packs; `now`: the
+    clock temporary files are aged by (time.time())."""
     view = read_index_view(repo)
     if view.damaged:
         raise PruneAborted(f"{len(view.damaged)} index files are damaged: run `cermin repair index` first")
@@ -157,6 +181,10 @@ def plan_prune(repo: Repository, max_unused: float = 0.05) -> PrunePlan:
             unused_left -= dead
         else:
             plan.keep_packs.append(pid.hex())
+    leftovers = old_leftovers(repo, now)
+    plan.temp_files = sorted(t.path for t in leftovers)
+    plan.temp_bytes = sum(t.size for t in leftovers)
+    plan.bytes_freed += plan.temp_bytes
     plan._view, plan._used = view, used
     return plan
 
@@ -220,5 +248,15 @@ def execute_prune(
             pass
         except ObjectLocked:
             res.packs_locked += 1  # unindexed now; a later prune deletes it once its lock lapses
+    _remove_leftovers(repo, plan, res)
     repo.index = MasterIndex.from_packs(stays)
     return res
+
+def _remove_leftovers(repo: Repository, plan: PrunePlan, res: PruneResult) -> None:
+    """The plan's temporary files, aged when the plan was made (under the same exclusive lock)."""
+    sizes = {t.path: t.size for t in repo.backend.leftovers()}  # listed again: some may be gone
+    for path in plan.temp_files:
+        if path in sizes:
+            repo.backend.remove_leftover(path)
+            res.temp_files_removed += 1
+            res.temp_bytes_removed += sizes[path]
