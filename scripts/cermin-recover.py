@@ -7,21 +7,29 @@ directories, files (holes kept), symlinks, fifos, modes, owners (as root) and mt
 invalid names (empty, `.`, `..`, `/` or NUL inside), unknown types or repeated names are skipped as
 errors (exit 1), and nothing is created or changed through a symlink: restore stays in TARGET_DIR.
 
+Anyone who can write to the repository's storage can plant files in it, so one bad object never
+stops a recovery: key slots not named by the BLAKE3 of their bytes or with Argon2id parameters
+outside cermin's bounds are skipped unread, the others are tried cheapest first, and index or
+snapshot files that fail authentication or decoding are skipped, each with a warning on stderr.
+
     CERMIN_PASSWORD=... python3 cermin-recover.py REPO_DIR SNAPSHOT_ID_PREFIX|latest TARGET_DIR
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import errno
 import json
 import os
 import stat
 import struct
 import sys
+import time
 
 import blake3
 import zstandard
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
@@ -109,33 +117,87 @@ def object_cipher(enc_key: bytes, salt: bytes) -> AESGCM:
     return AESGCM(hkdf(enc_key, b"cermin/v1/object", salt))
 
 
-def payload(data: bytes) -> bytes:
+MAX_OBJECT_SIZE = 256 * 1024 * 1024  # largest plaintext of an index or snapshot file (FORMAT.md §5)
+
+
+def payload(data: bytes, limit: int = MAX_OBJECT_SIZE) -> bytes:
+    """codec byte || payload, decoded into at most `limit` bytes (a blob's declared length)."""
     if data[0] == 0:
+        if len(data) - 1 > limit:
+            raise ValueError(f"{len(data) - 1} bytes, more than the {limit} declared")
         return data[1:]
     if data[0] == 1:
-        return zstandard.ZstdDecompressor().decompress(data[1:])
+        size = zstandard.frame_content_size(data[1:])
+        if size > limit:  # zstandard would allocate the declared size up front
+            raise ValueError(f"zstd frame declares {size} bytes, more than the {limit} allowed")
+        return zstandard.ZstdDecompressor().decompress(data[1:], max_output_size=limit if size < 0 else 0)
     raise ValueError(f"unknown codec {data[0]}")
 
 
 def unseal(enc_key: bytes, data: bytes, aad: bytes) -> bytes:
+    if len(data) < 32 + 16:
+        raise ValueError(f"truncated ({len(data)} bytes)")
     return payload(object_cipher(enc_key, data[:32]).decrypt(bytes(12), data[32:], aad))
 
 
-def open_master_key(repo: str, password: bytes) -> bytes:
+def warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+# The Argon2id parameters a key slot may carry (cermin's format/crypto.py KDF_*, FORMAT.md §4): a slot
+# outside them is skipped unread, or a planted one with 2^31 iterations would hang the recovery.
+KDF_MEMORY_KIB = (1024, 4 * 1024 * 1024)
+KDF_ITERATIONS = (1, 64)
+KDF_LANES = (1, 16)
+KDF_SALT_LEN = (16, 64)
+WRAPPED_LEN = 12 + 32 + 16  # nonce, master key, tag
+
+
+def read_key_slot(path: str, name: str) -> dict:
+    """A key slot checked against its name (BLAKE3 of its bytes) and the KDF bounds (ValueError)."""
+    with open(path, "rb") as f:
+        data = f.read(1 << 20)
+    if blake3.blake3(data).hexdigest() != name:
+        raise ValueError("does not match its name (damaged or planted)")
+    kf = json.loads(data)
+    if not isinstance(kf, dict) or kf.get("version") != 1 or kf.get("kdf") != "argon2id":
+        raise ValueError("unknown key slot version or KDF")
+    for what, (lo, hi) in (("memory_kib", KDF_MEMORY_KIB), ("iterations", KDF_ITERATIONS), ("lanes", KDF_LANES)):
+        v = kf.get(what)
+        if type(v) is not int or not lo <= v <= hi:
+            raise ValueError(f"Argon2id {what}={v!r} is outside {lo}..{hi}")
+    kf["salt"], kf["wrapped"] = base64.b64decode(kf["salt"]), base64.b64decode(kf["wrapped"])
+    if not KDF_SALT_LEN[0] <= len(kf["salt"]) <= KDF_SALT_LEN[1] or len(kf["wrapped"]) != WRAPPED_LEN:
+        raise ValueError("salt or wrapped key of the wrong size")
+    return kf
+
+
+def open_master_key(repo: str, password: bytes, fits) -> tuple[bytes, object]:
+    """(master key, fits(master key)) from the first slot the password opens whose key fits the
+    repository (`fits` raises otherwise); valid slots are tried cheapest derivation first."""
+    slots = []
     for name in sorted(os.listdir(os.path.join(repo, "keys"))):
-        kf = json.load(open(os.path.join(repo, "keys", name)))
+        try:
+            slots.append((name, read_key_slot(os.path.join(repo, "keys", name), name)))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            warn(f"key slot {name[:12]}: {e}; skipped")
+    for name, kf in sorted(slots, key=lambda s: (s[1]["memory_kib"] * s[1]["iterations"], s[0])):
         kek = Argon2id(
-            salt=base64.b64decode(kf["salt"]),
+            salt=kf["salt"],
             length=32,
             iterations=kf["iterations"],
             lanes=kf["lanes"],
             memory_cost=kf["memory_kib"],
         ).derive(password)
-        wrapped = base64.b64decode(kf["wrapped"])
+        wrapped = kf["wrapped"]
         try:
-            return AESGCM(kek).decrypt(wrapped[:12], wrapped[12:], b"cermin/key")
-        except Exception:
+            master = AESGCM(kek).decrypt(wrapped[:12], wrapped[12:], b"cermin/key")
+        except InvalidTag:
             continue
+        try:
+            return master, fits(master)
+        except Exception as e:
+            warn(f"key slot {name[:12]} opens with this password but does not fit this repository ({e}); skipped")
     sys.exit("recover: wrong password")
 
 
@@ -145,17 +207,30 @@ class Repo:
         config = json.load(open(os.path.join(root, "config")))
         if config["version"] != 2:
             sys.exit(f"recover: format version {config['version']} is not 2")
-        self.enc = hkdf(open_master_key(root, password), b"cermin/v1/encryption")
         fields = {k: config.get(k, {} if k == "extra" else None) for k in ("version", "id", "created", "extra")}
         aad = b"cermin/config/" + json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-        secrets = unpack(unseal(self.enc, base64.b64decode(config["secrets"]), aad))
+        sealed = base64.b64decode(config["secrets"])
+
+        def fits(master: bytes):  # the config's secrets open under this key, or InvalidTag
+            enc = hkdf(master, b"cermin/v1/encryption")
+            return enc, unpack(unseal(enc, sealed, aad))
+
+        _, (self.enc, secrets) = open_master_key(root, password, fits)
         self.id_key = secrets["id_key"]
-        self.index = {}  # blob id -> (pack name, type, offset, length)
-        for name in os.listdir(os.path.join(root, "index")):
-            packs, *_ = unpack(unseal(self.enc, self._read("index", name), b"cermin/index"))
-            for pack_id, entries in packs:
-                for bid, t, off, ln, _raw in struct.iter_unpack("<32sBIII", entries):
-                    self.index.setdefault(bid, (pack_id.hex(), t, off, ln))
+        self.index = {}  # blob id -> (pack name, type, offset, length, raw length)
+        for name in sorted(os.listdir(os.path.join(root, "index"))):
+            try:
+                packs, *_ = unpack(unseal(self.enc, self._read("index", name), b"cermin/index"))
+                found = [
+                    (bid, (pack_id.hex(), t, off, ln, raw))
+                    for pack_id, entries in packs
+                    for bid, t, off, ln, raw in struct.iter_unpack("<32sBIII", entries)
+                ]
+            except Exception as e:  # planted or damaged: the other index files still count
+                warn(f"index/{name[:12]}: {describe(e)}; skipped")
+                continue
+            for bid, entry in found:
+                self.index.setdefault(bid, entry)
 
     def _read(self, kind: str, name: str) -> bytes:
         sub = os.path.join(kind, name[:2], name) if kind == "data" else os.path.join(kind, name)
@@ -165,28 +240,64 @@ class Repo:
         return data
 
     def blob(self, bid: bytes) -> bytes:
-        pack, t, off, ln = self.index[bid]
+        pack, t, off, ln, raw = self.index[bid]
         with open(os.path.join(self.root, "data", pack[:2], pack), "rb") as f:
             prefix = f.read(40)
             f.seek(off)
             ct = f.read(ln)
         if prefix[:8] != b"CRMNPACK":
             raise ValueError(f"pack {pack} has a bad magic")
-        plain = payload(object_cipher(self.enc, prefix[8:40]).decrypt(off.to_bytes(12, "big"), ct, bytes([t]) + bid))
+        plain = payload(
+            object_cipher(self.enc, prefix[8:40]).decrypt(off.to_bytes(12, "big"), ct, bytes([t]) + bid), raw
+        )
         if blake3.blake3(plain, key=self.id_key).digest() != bid:
             raise ValueError(f"blob {bid.hex()} does not match its id")
         return plain
 
     def snapshot(self, ref: str) -> dict:
-        names = os.listdir(os.path.join(self.root, "snapshots"))
-        snaps = {
-            n: unpack(unseal(self.enc, self._read("snapshots", n), b"cermin/snapshots"))
-            for n in names
-            if ref == "latest" or n.startswith(ref)
-        }
+        snaps = []
+        for n in sorted(os.listdir(os.path.join(self.root, "snapshots"))):
+            if ref != "latest" and not n.startswith(ref):
+                continue
+            try:
+                snap = unpack(unseal(self.enc, self._read("snapshots", n), b"cermin/snapshots"))
+                snaps.append((snap_time(snap), snap))
+            except Exception as e:  # planted or damaged: the other snapshots are still there
+                warn(f"snapshots/{n[:12]}: {describe(e)}; skipped")
         if not snaps:
-            sys.exit(f"recover: no snapshot matches {ref}")
-        return max(snaps.values(), key=lambda s: s["time"])
+            sys.exit(f"recover: no readable snapshot matches {ref}")
+        trusted = [s for s in snaps if s[0] <= time.time() + CLOCK_SKEW]
+        if len(trusted) < len(snaps):
+            warn(f"{len(snaps) - len(trusted)} snapshots are dated in the future (or undated): not taken as the newest")
+        return max(trusted or snaps, key=lambda s: s[0])[1]
+
+
+CLOCK_SKEW = 600.0  # seconds a snapshot may be dated ahead of this clock and still be the latest
+
+
+def snap_time(snap: dict) -> float:
+    """A snapshot's time (RFC 3339) in seconds since the epoch, +inf when it cannot be read (never
+    taken as recent); ValueError when the record is no snapshot at all."""
+    if not isinstance(snap, dict) or not isinstance(snap.get("tree"), bytes):
+        raise ValueError("not a snapshot record")
+    s = snap.get("time")
+    try:
+        if "." in s:  # Python 3.11 reads microseconds at most: trim nanoseconds
+            head, frac = s.split(".", 1)
+            digits = "".join(ch for ch in frac if ch.isdigit())
+            s = f"{head}.{digits[:6]}{frac[len(digits) :]}"
+        t = datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))
+        return (t if t.tzinfo else t.replace(tzinfo=datetime.UTC)).timestamp()
+    except (ValueError, TypeError, OverflowError):
+        return float("inf")
+
+
+def describe(e: Exception) -> str:
+    if isinstance(e, InvalidTag):
+        return "fails authentication (damaged, or planted by someone without the key)"
+    if isinstance(e, OSError):
+        return str(e)
+    return f"cannot be decoded ({type(e).__name__}: {e})"
 
 
 # ---- restoring (FORMAT.md §8): names are hostile input, symlinks are never followed -----------
@@ -240,6 +351,9 @@ def set_meta(fd_or_path, n: dict) -> None:
     os.utime(fd_or_path, ns=(mtime, mtime))
 
 
+BLOB_ERRORS = (OSError, ValueError, OverflowError, KeyError, TypeError, IndexError, InvalidTag, zstandard.ZstdError)
+
+
 def restore_tree(repo: Repo, tree_id: bytes, dfd: int, path: bytes) -> None:
     """Restore one tree's entries into the open directory dfd."""
     seen: set = set()
@@ -256,8 +370,11 @@ def restore_tree(repo: Repo, tree_id: bytes, dfd: int, path: bytes) -> None:
         p = path + b"/" + name
         try:
             restore_entry(repo, n, dfd, name, kind, p)
-        except (OSError, ValueError, OverflowError, KeyError, TypeError) as e:
-            error(p, f"cannot restore: {getattr(e, 'strerror', None) or e}")
+        except BLOB_ERRORS as e:  # one damaged blob or odd value costs this entry, not the recovery
+            error(
+                p,
+                f"cannot restore: {getattr(e, 'strerror', None) or (describe(e) if isinstance(e, InvalidTag) else e)}",
+            )
 
 
 def restore_entry(repo: Repo, n: dict, dfd: int, name: bytes, kind: str, p: bytes) -> None:
@@ -327,6 +444,8 @@ def main() -> None:
     tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     try:
         restore_tree(repo, snap["tree"], tfd, b"")
+    except BLOB_ERRORS as e:
+        sys.exit(f"recover: cannot read the snapshot's root directory: {describe(e)}")
     finally:
         os.close(tfd)
     if ERRORS:
