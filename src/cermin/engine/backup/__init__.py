@@ -26,6 +26,7 @@ from cermin.engine.observer import BackupObserver
 from cermin.errors import CerminError, UsageError
 from cermin.format import pack
 from cermin.format.records import Snapshot
+from cermin.repo import localstate
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
 from cermin.repo.snapshots import SnapshotRef, list_snapshots, resolve
@@ -148,6 +149,8 @@ class Backup:
             extra=extra,
         )
         snap_id = None if self.opts.dry_run else self.repo.save_snapshot(snap)
+        if snap_id is not None and self.opts.stdin is None:
+            localstate.remember_snapshot(self.repo.config.id, localstate.group_key(snap.hostname, snap.paths), snap_id)
         return BackupSummary(
             snapshot_id=snap_id,
             snapshot=snap,
@@ -184,14 +187,26 @@ class Backup:
             return None
         host = self.opts.hostname or socket.gethostname()
         paths = sorted({os.path.normpath(os.path.abspath(p)) for p in self.opts.paths})
+        # A parent's unchanged files are carried forward unread, so only a snapshot this client
+        # wrote itself may be one: whoever holds the password can plant a "newer" snapshot whose
+        # metadata matches the disk but whose contents are theirs. Without a record (a new client,
+        # a lost cache) there is no parent, and every file is read once.
+        own = set(localstate.own_snapshots(self.repo.config.id, localstate.group_key(host, paths)))
+        foreign = None
         for ref in reversed(list_snapshots(self.repo, hosts=(host,))):
-            # A snapshot dated beyond the clock-skew allowance is not trusted as the latest: a
-            # planted one would otherwise pass its file contents on to every later backup unread.
-            if ref.future:
+            if ref.future or sorted(ref.snapshot.paths) != paths or ref.snapshot.extra.get("repaired"):
                 continue
-            if sorted(ref.snapshot.paths) == paths and not ref.snapshot.extra.get("repaired"):
-                return ref
-        return None
+            if ref.id in own:
+                break
+            foreign = foreign or ref
+        else:
+            ref = None
+        if foreign is not None:
+            self.state.warn(
+                f"snapshot {foreign.id[:8]} is newer than any this client wrote for these paths: not used as "
+                "the parent, so its files are read again (`--parent` trusts it)"
+            )
+        return ref
 
 
 def run_backup(repo: Repository, opts: BackupOptions, progress: BackupProgress | None = None) -> BackupSummary:
