@@ -106,10 +106,6 @@ def test_no_owner_no_special_drop_file_capabilities(tmp_path):
     pytest.fail("a cap_setuid=ep file was restored although --no-owner --no-special were given")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a planted snapshot dated now (not only 2999) becomes the parent; its contents are carried forward",
-)
 def test_planted_present_dated_snapshot_does_not_pass_its_contents_to_the_next_backup(tmp_path):
     from cermin.engine.backup import BackupOptions, run_backup
     from cermin.format import pack

@@ -95,11 +95,9 @@ def unwrap(kf: KeyFile, password: bytes) -> bytes | None:
 
 # ---- the last slot used, remembered per repository ---------------------------------------------
 def cache_dir() -> str:
-    base = os.environ.get("CERMIN_CACHE_DIR")
-    if not base:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = os.path.join(xdg, "cermin")
-    return os.path.join(base, "keyslots")
+    from cermin.repo.localstate import cache_root
+
+    return os.path.join(cache_root(), "keyslots")
 
 
 def remembered_slot(repo_id: str) -> str | None:
