@@ -160,3 +160,24 @@ def test_cli_snapshots_counts_forgotten(initialized_cli, tmp_path):
     assert "1 snapshot(s)\n" in out and "2 snapshot(s) marked forgotten" in out  # the newest stays
     js = json.loads(cli("--json", "snapshots", "--forgotten").stdout)
     assert js["forgotten"] == 2 and [s.get("forgotten", False) for s in js["snapshots"]] == [True, True, False]
+
+
+def test_protection_date_is_bounded(tmp_path):
+    """`protect --until 9999-12-31` on Object Lock storage would pin the data for ever: refused."""
+    from datetime import UTC, datetime
+
+    import pytest
+    from repoutil import backup, make_source, small_repo
+
+    from cermin.backend.local import LocalBackend
+    from cermin.engine.protect import protect
+    from cermin.errors import UsageError
+    from cermin.repo.snapshots import resolve
+
+    src = tmp_path / "src"
+    make_source(src, files=2)
+    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
+    sid = backup(repo, src)
+    with pytest.raises(UsageError, match="at most"):
+        protect(repo, resolve(repo, sid), datetime(9999, 12, 31, tzinfo=UTC))
+    assert protect(repo, resolve(repo, sid), datetime(2099, 1, 1, tzinfo=UTC)).until.startswith("2099")

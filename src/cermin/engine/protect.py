@@ -6,16 +6,17 @@ password cannot lift one."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cermin.backend.base import Kind
 from cermin.engine.reach import file_blobs, walk_trees
+from cermin.engine.results import Line, answer
 from cermin.errors import UsageError
 from cermin.format import records
 from cermin.format.records import FILE, AuxRecord
 from cermin.repo.repository import Repository
 from cermin.repo.snapshots import SnapshotRef, aux_records, protected_until, timestamp
-from cermin.util import now_rfc3339
+from cermin.util import now_rfc3339, plural
 
 
 @dataclass
@@ -24,6 +25,22 @@ class ProtectResult:
     until: str
     record: str
     objects_locked: int = 0
+    exit_code = 0
+
+    def to_json(self) -> list[dict]:
+        return [
+            {
+                "message_type": "protected",
+                "snapshot": self.snapshot,
+                "until": self.until,
+                "record": self.record,
+                "objects_locked": self.objects_locked,
+            }
+        ]
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        extra = f"; Object Lock extended on {plural(self.objects_locked, 'object')}" if self.objects_locked else ""
+        return [answer(f"snapshot {self.snapshot[:8]} protected until {self.until}{extra}")]
 
 
 def protections(repo: Repository) -> dict[str, str]:
@@ -47,11 +64,18 @@ def _later(a: str, b: str) -> bool:
     return ta is not None and (tb is None or ta > tb)
 
 
+MAX_PROTECT_DAYS = 36500
+
+
 def protect(repo: Repository, ref: SnapshotRef, until: datetime) -> ProtectResult:
     if until.tzinfo is None:
         until = until.replace(tzinfo=UTC)
     if until <= datetime.now(UTC):
         raise UsageError("the protection date must lie in the future")
+    if until > datetime.now(UTC) + timedelta(days=MAX_PROTECT_DAYS):
+        # On Object Lock storage the date becomes COMPLIANCE retention nobody can shorten: a typo
+        # (year 9999) would pin the data and its storage bill for ever.
+        raise UsageError(f"a protection can last at most {MAX_PROTECT_DAYS} days (about 100 years)")
     until_s = until.strftime("%Y-%m-%dT%H:%M:%SZ")
     rec = AuxRecord(type="protection", time=now_rfc3339(), target=ref.id, data={"until": until_s})
     name = repo.save_object(Kind.AUX, records.encode(rec))
