@@ -43,6 +43,11 @@ def fmt_bytes(n: float) -> str:
     return f"{n} B"
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 pack', '2 packs', '0 packs'; irregular plurals given: plural(n, "match", "matches")."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
 def display_path(p: bytes) -> str:
     """Show a raw path; bytes that are not UTF-8 appear as \\xNN escapes."""
     return p.decode("utf-8", "backslashreplace")

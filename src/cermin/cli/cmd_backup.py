@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from cermin.cli.common import Output, elapsed, locked, open_repo, progress
-from cermin.errors import EXIT_INCOMPLETE, CerminError, UsageError
+from cermin.cli.common import Output, open_repo, reporter
+from cermin.errors import CerminError, UsageError
 
 
 def _read_exclude_files(files) -> list[str]:
@@ -81,14 +81,12 @@ def backup(
 
     Exits 3 when some files could not be read: the snapshot is saved and marked incomplete.
     """
-    from cermin.engine.backup import BackupOptions, BackupProgress, run_backup
-    from cermin.util import fmt_bytes
+    from cermin.engine import commands
+    from cermin.engine.backup import BackupOptions
 
     out = Output(g)
-    if use_stdin and paths:
-        raise UsageError("--stdin takes no paths")
-    if not use_stdin and not paths:
-        raise UsageError("give at least one path to back up (or --stdin)")
+    if use_stdin == bool(paths):
+        raise UsageError("--stdin takes no paths" if paths else "give at least one path to back up (or --stdin)")
     opts = BackupOptions(
         paths=[os.fsencode(p) for p in paths],
         excludes=list(excludes) + _read_exclude_files(exclude_files),
@@ -103,60 +101,6 @@ def backup(
         stdin_filename=stdin_filename,
         observers=[_file_printer(out)] if g.verbose and not g.quiet else [],
     )
-    repo = open_repo(g, load_index=False)
-    prog = BackupProgress()
-
-    def describe():
-        d = {"files_done": prog.files, "dirs_done": prog.dirs, "bytes_done": prog.bytes}
-        return d, f"[{elapsed(prog.start)}] {prog.files} files, {fmt_bytes(prog.bytes)} read"
-
-    with locked(g, repo, False, "backup"), progress(out, describe, "backup"):
-        repo.load_index()  # under the lock: no prune can remove what this index promises
-        summary = run_backup(repo, opts, prog)
-    for w in summary.warnings:
-        out.warn(w)
-    for e in summary.errors:
-        out.error_line(e)
-    s = summary.snapshot.summary
-    if out.json:
-        out.emit(
-            {
-                "message_type": "summary",
-                "snapshot_id": summary.snapshot_id,
-                "parent": summary.parent,
-                "dry_run": summary.dry_run,
-                "incomplete": summary.incomplete,
-                "files_new": s.files_new,
-                "files_changed": s.files_changed,
-                "files_unmodified": s.files_unmodified,
-                "dirs": s.dirs,
-                "other": s.other,
-                "errors": len(summary.errors),
-                "warnings": len(summary.warnings),
-                "changed_during_read": s.changed_during_read,
-                "total_files": s.total_files,
-                "total_bytes": s.total_bytes,
-                "bytes_read": s.bytes_read,
-                "data_blobs": s.data_blobs_added,
-                "tree_blobs": s.tree_blobs_added,
-                "data_added": s.data_added_raw,
-                "data_added_stored": s.data_added_stored,
-                "packs_written": summary.packs_written,
-                "bytes_uploaded": summary.bytes_uploaded,
-                "duration": round(summary.duration, 3),
-            }
-        )
-    else:
-        out.note(f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified")
-        out.note(f"Dirs:  {s.dirs}   other: {s.other}   errors: {len(summary.errors)}")
-        out.note(
-            f"Added to the repository: {fmt_bytes(s.data_added_stored)} stored "
-            f"({fmt_bytes(s.data_added_raw)} new data, {s.data_blobs_added} blobs, {summary.packs_written} packs)"
-        )
-        out.note(f"processed {s.total_files} files, {fmt_bytes(s.total_bytes)} in {summary.duration:.2f}s")
-        if summary.dry_run:
-            out.note("dry run: nothing was written")
-        else:
-            state = " (INCOMPLETE: some files could not be read)" if summary.incomplete else ""
-            out.note(f"snapshot {summary.snapshot_id[:8]} saved{state}")
-    return EXIT_INCOMPLETE if summary.incomplete else 0
+    with reporter(out) as progress:
+        summary = commands.backup(open_repo(g, load_index=False), opts, progress, no_lock=g.no_lock)
+    return out.render(summary)

@@ -151,33 +151,9 @@ def _tree_id(repo, ref: str) -> bytes:
 @click.pass_obj
 def stats(g, snapshot_ids, mode, hosts, tags):
     """Show sizes for the given snapshots (default: all)."""
-    import dataclasses
+    from cermin.engine import commands
 
-    from cermin.engine.stats import compute_stats
-    from cermin.repo import snapshots
-    from cermin.util import fmt_bytes
-
-    out = Output(g)
-    repo = open_repo(g)
-    if snapshot_ids:
-        refs = [snapshots.resolve(repo, s) for s in snapshot_ids]
-    else:
-        refs = snapshots.list_snapshots(repo, hosts=tuple(hosts), tags=tuple(tags))
-    st = compute_stats(repo, refs, mode)
-    if out.json:
-        out.emit({"message_type": "stats", **dataclasses.asdict(st)})
-        return
-    out.text(f"stats in {st.mode} mode over {st.snapshots} snapshot(s)")
-    out.text(f"  total files:      {st.total_files}")
-    out.text(f"  total size:       {fmt_bytes(st.total_size)}")
-    if st.mode in ("raw", "dedup"):
-        out.text(f"  unique blobs:     {st.blobs}")
-        out.text(f"  stored size:      {fmt_bytes(st.stored_size)}")
-        out.text(f"  compression:      {st.compression_ratio:.2f}x")
-    if st.mode == "dedup":
-        out.text(f"  restore size:     {fmt_bytes(st.restore_size)}")
-        out.text(f"  dedup ratio:      {st.dedup_ratio:.2f}x (restore size / unique data)")
-    out.text(f"  repository packs: {st.packs} ({fmt_bytes(st.repo_size)})")
+    return Output(g).render(commands.stats(open_repo(g), list(snapshot_ids), mode, hosts, tags))
 
 
 @click.command()
@@ -185,12 +161,6 @@ def stats(g, snapshot_ids, mode, hosts, tags):
 @click.pass_obj
 def unlock(g, remove_all):
     """Remove stale locks (or all locks with --remove-all)."""
-    from cermin.repo.lock import remove_stale_locks
+    from cermin.engine import commands
 
-    out = Output(g)
-    repo = open_repo(g, load_index=False)
-    removed = remove_stale_locks(repo, remove_all)
-    if out.json:
-        out.emit({"message_type": "unlock", "removed": removed})
-    else:
-        out.text(f"removed {len(removed)} lock(s)")
+    return Output(g).render(commands.unlock(open_repo(g, load_index=False), remove_all))

@@ -10,7 +10,7 @@ import shlex
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Iterator
 
 import click
 
@@ -84,18 +84,6 @@ def open_repo(g, load_index: bool = True):
     return repo
 
 
-@contextlib.contextmanager
-def locked(g, repo, exclusive: bool, operation: str):
-    """Hold a repository lock (none with --no-lock); yields the lock or None."""
-    if g.no_lock:
-        yield None
-        return
-    from cermin.repo.lock import RepoLock
-
-    with RepoLock(repo, exclusive, operation) as lock:
-        yield lock
-
-
 _write_lock = threading.Lock()
 
 
@@ -141,6 +129,33 @@ class Output:
         else:
             click.echo(f"warning: {line}", err=True)
 
+    def render(self, result) -> int:
+        """Print a result (cermin.engine.results): its JSON lines, or its text lines each where its
+        kind goes. Returns the result's exit code."""
+        from cermin.engine import results as r
+
+        if self.json:
+            for d in result.to_json():
+                if isinstance(d, str):  # a document with its own layout (cat)
+                    with _write_lock, stdout_errors():
+                        sys.stdout.write(d + "\n")
+                        sys.stdout.flush()
+                else:
+                    self.emit(d)
+            return result.exit_code
+        for kind, line in result.to_text(self.verbose):
+            if kind == r.ANSWER:
+                self.text(line)
+            elif kind == r.NOTE:
+                self.note(line)
+            elif kind == r.WARNING:
+                self.warn(line)
+            elif kind == r.ERROR:
+                self.error_line(line)
+            else:
+                click.echo(line, err=True)
+        return result.exit_code
+
     def error_line(self, line: str) -> None:
         if self.json:
             self.emit({"message_type": "error", "message": line})
@@ -148,41 +163,70 @@ class Output:
             click.echo(f"error: {line}", err=True)
 
 
-@contextlib.contextmanager
-def progress(out: Output, describe, kind: str):
-    """Run a status thread: a live line on a terminal, status JSON lines every second with --json.
+class _JsonStatus:
+    """--json: every progress event as a `status` line; sampled operations once a second."""
 
-    `describe()` returns (dict of counters, one-line text); it reads counters without locks.
-    """
-    tty = sys.stdout.isatty()
-    if out.quiet or (not out.json and not tty):
-        yield
-        return
-    stop = threading.Event()
+    interval = 1.0
 
-    def loop_json():
-        while not stop.wait(1.0):
-            d, _ = describe()
-            out.emit({"message_type": "status", "operation": kind, **d})
+    def __init__(self, out: Output) -> None:
+        self.out = out
 
-    def loop_tty():
+    def __call__(self, ev) -> None:
+        self.out.emit(ev.to_json())
+
+
+class _LiveLine:
+    """A terminal: one live line (rich), redrawn from the latest event, gone when the command ends."""
+
+    interval = 0.125
+
+    def __init__(self) -> None:
         from rich.console import Console
         from rich.live import Live
         from rich.text import Text
 
-        with Live(Text(""), console=Console(), refresh_per_second=8, transient=True) as live:
-            while not stop.wait(0.125):
-                live.update(Text(describe()[1]))
+        self._text = Text
+        self.live = Live(Text(""), console=Console(), refresh_per_second=8, transient=True)
 
-    t = threading.Thread(target=loop_json if out.json else loop_tty, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join()
+    def __call__(self, ev) -> None:
+        with _write_lock:
+            self.live.update(self._text(ev.to_text()))
 
 
-def elapsed(start: float) -> str:
-    s = int(time.monotonic() - start)
-    return f"{s // 60}:{s % 60:02d}"
+class _Lines:
+    """-v without a terminal: each phase message of a step-wise operation as a line."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+
+    def __call__(self, ev) -> None:
+        if ev.message:
+            self.out.text(ev.message)
+
+
+@contextlib.contextmanager
+def reporter(out: Output) -> Iterator:
+    """The one way progress is shown: a live line on a terminal, `status` lines with --json, phase
+    messages with -v otherwise, nothing with -q. Yields the Reporter to hand to the operation (or None)."""
+    if out.quiet:
+        yield None
+    elif out.json:
+        yield _JsonStatus(out)
+    elif sys.stdout.isatty():
+        live = _LiveLine()
+        with live.live:
+            yield live
+    else:
+        yield _Lines(out) if out.verbose else None
+
+
+class StdoutBytes:
+    """Binary standard output for data (dump): a failed write names standard output."""
+
+    def write(self, b) -> int:
+        with stdout_errors():
+            return sys.stdout.buffer.write(b)
+
+    def flush(self) -> None:
+        with stdout_errors():
+            sys.stdout.buffer.flush()

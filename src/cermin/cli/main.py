@@ -40,7 +40,7 @@ COMMANDS = {
     "diff": ("cermin.cli.cmd_browse", "diff", "Show differences between two snapshots."),
     "find": ("cermin.cli.cmd_browse", "find", "Find files in snapshots by name or path pattern."),
     "restore": ("cermin.cli.cmd_restore", "restore", "Restore a snapshot into a directory."),
-    "dump": ("cermin.cli.cmd_restore", "dump", "Write one file from a snapshot to stdout."),
+    "dump": ("cermin.cli.cmd_restore", "dump", "Write a file (or a directory as tar) from a snapshot to stdout."),
     "cat": ("cermin.cli.cmd_repo", "cat", "Print repository objects (for debugging)."),
     "stats": ("cermin.cli.cmd_repo", "stats", "Show repository and snapshot statistics."),
     "check": ("cermin.cli.cmd_maint", "check", "Verify the repository and name any damage."),

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
 from cermin.engine.reach import walk_trees
-from cermin.errors import CorruptObject, ForeignObject, ObjectNotFound, UsageError
+from cermin.engine.progress import Phases, Reporter
+from cermin.engine.results import Line, answer, fail
+from cermin.errors import EXIT_FATAL, CorruptObject, ForeignObject, ObjectNotFound, UsageError
 from cermin.format import index as fmt_index
 from cermin.format import records
 from cermin.format.names import escape_name, tree_problems, valid_nodes
@@ -27,7 +29,7 @@ from cermin.repo.lock import is_stale, read_locks
 from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
 from cermin.repo.snapshots import SnapshotRef, is_future, mark_forgotten
-from cermin.util import display_path
+from cermin.util import display_path, plural
 
 
 @dataclass
@@ -57,6 +59,58 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.errors
 
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else EXIT_FATAL
+
+    def to_json(self) -> list[dict]:
+        out: list[dict] = [
+            {"message_type": "error", "kind": p.kind, "message": p.message, "pack": p.pack, "object": p.object}
+            | {"blobs": p.blobs}
+            for p in self.errors
+        ]
+        out += [
+            {"message_type": "notice", "kind": p.kind, "message": p.message, "object": p.object} for p in self.notices
+        ]
+        out += [{"message_type": "affected", "snapshot": sid, "paths": paths} for sid, paths in self.affected.items()]
+        out.append(
+            {
+                "message_type": "summary",
+                "ok": self.ok,
+                "errors": len(self.errors),
+                "snapshots": self.snapshots,
+                "trees": self.trees,
+                "packs": self.packs,
+                "blobs": self.blobs,
+                "packs_read": self.packs_read,
+                "bytes_read": self.bytes_read,
+                "damaged_packs": self.damaged_packs,
+                "damaged_snapshots": self.damaged_snapshots,
+            }
+        )
+        return out
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        lines = [answer(f"notice: {p.message}") for p in self.notices]
+        for p in self.errors:
+            lines.append(answer(f"error: {p.message}"))
+            if p.blobs and verbose:
+                lines.append(answer("  blobs: " + ", ".join(b[:16] for b in p.blobs)))
+        for sid, paths in self.affected.items():
+            lines.append(answer(f"snapshot {sid[:8]} loses data in {plural(len(paths), 'path')}:"))
+            lines += [answer(f"  {path}") for path in paths[:50]]
+            if len(paths) > 50:
+                lines.append(answer(f"  ... and {len(paths) - 50} more (--json lists all)"))
+        read = f", read {plural(self.packs_read, 'pack')}" if self.packs_read else ""
+        counts = ", ".join(
+            plural(n, w) for n, w in ((self.snapshots, "snapshot"), (self.trees, "tree"), (self.packs, "pack"))
+        )
+        verdict = "no errors" if self.ok else f"{len(self.errors)} ERRORS"
+        lines.append(answer(f"checked {counts}, {plural(self.blobs, 'blob')}{read}: {verdict}"))
+        if not self.ok:
+            lines.append(fail(f"check found {plural(len(self.errors), 'problem')}; see `cermin repair --help`"))
+        return lines
 
 def parse_subset(spec: str | None) -> Callable[[list[bytes]], list[bytes]] | None:
     """'N%' (random sample) or 'n/m' (packs whose id falls into group n of m, for rotating checks)."""
@@ -105,19 +159,19 @@ class Checker:
     def _notice(self, kind: str, message: str, **kw) -> None:
         self.report.notices.append(Problem(kind, message, **kw))
 
-    def run(self, progress: Callable[[str], None] | None = None) -> CheckReport:
-        say = progress or (lambda _msg: None)
-        say("loading index")
+    def run(self, progress: Reporter | None = None) -> CheckReport:
+        say = Phases(progress, "check")
+        say("index", "loading index")
         self._check_index()
-        say("checking packs")
+        say("packs", "checking packs")
         self._check_packs()
-        say("checking snapshots and trees")
+        say("trees", "checking snapshots and trees")
         snaps = self._load_snapshots()
         self._check_trees(snaps)
         if self.read_data:
-            say("reading pack data")
+            say("read data", "reading pack data")
             self._read_data()
-        say("attributing damage")
+        say("attribute", "attributing damage")
         self._attribute(snaps)
         self._report_bad_names(snaps)
         self._check_aux()
@@ -456,6 +510,7 @@ class Checker:
 
 
 def run_check(
-    repo: Repository, read_data: bool = False, subset: str | None = None, progress: Callable[[str], None] | None = None
+    repo: Repository, read_data: bool = False, subset: str | None = None, progress: Reporter | None = None
 ) -> CheckReport:
     return Checker(repo, read_data, subset).run(progress)
+    """Check without taking a lock: the caller holds a shared one (`cermin.engine.commands.check` takes it)."""

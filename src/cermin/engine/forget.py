@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cermin.backend.base import Kind
-from cermin.errors import ApprovalRequired, CerminError, ObjectLocked, ObjectNotFound, UsageError
+from cermin.engine.results import STDERR, Line, answer, note, warning, warning_json
+from cermin.errors import EXIT_APPROVAL, ApprovalRequired, CerminError, ObjectLocked, ObjectNotFound, UsageError
 from cermin.format import records
 from cermin.format.records import AuxRecord
 from cermin.repo.repository import Repository
@@ -36,7 +37,7 @@ from cermin.repo.snapshots import (
     timestamp,
     tombstones,
 )
-from cermin.util import now_rfc3339
+from cermin.util import now_rfc3339, plural
 
 
 @dataclass
@@ -243,6 +244,83 @@ class ForgetResult:
     locked: list[str] = field(default_factory=list)  # under Object Lock: tombstoned instead
     dry_run: bool = False
     approval: str | None = None  # request id when a second admin must approve the removal
+    by_id: bool = False  # snapshots named by id, not chosen by a policy
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_APPROVAL if self.approval else 0
+
+    def to_json(self) -> list[dict]:
+        out: list[dict] = []
+        if self.by_id:
+            out += [{"message_type": "forget", "id": sid, "dry_run": self.dry_run} for sid in self.ids]
+        for g in self.groups:
+            out.append(
+                {
+                    "message_type": "forget_group",
+                    "group": dict(g.key),
+                    "keep": [{"id": d.ref.id, "time": d.ref.snapshot.time, "reasons": d.reasons} for d in g.keep],
+                    "remove": [{"id": d.ref.id, "time": d.ref.snapshot.time} for d in g.remove],
+                    "dry_run": self.dry_run,
+                }
+            )
+        if self.approval:
+            out.append(approval_json(self.approval, len(self.ids), self._what()))
+        elif not self.dry_run and self.locked:
+            out.append(warning_json(self._locked_warning()))
+        return out
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        lines: list[Line] = []
+        if self.dry_run:
+            lines.append(answer("dry run: nothing is removed"))
+        if self.by_id:
+            lines += [answer(f"{'would remove' if self.dry_run else 'remove'} {sid[:8]}") for sid in self.ids]
+        for g in self.groups:
+            lines.append(answer(f"group {group_text(g.key)}: keep {len(g.keep)}, remove {len(g.remove)}"))
+            for d in g.decisions:
+                what = "keep  " if d.keep else "remove"
+                lines.append(answer(f"  {what} {d.ref.short_id} {d.ref.snapshot.time[:19]}  {', '.join(d.reasons)}"))
+        if self.approval:
+            lines.append(approval_text(self.approval, len(self.ids), self._what()))
+        elif self.dry_run:
+            lines.append(answer(f"dry run: would remove {plural(len(self.ids), 'snapshot')}"))
+        else:
+            lines.append(note(f"removed {plural(len(self.removed), 'snapshot')}"))
+            if self.locked:
+                lines.append(warning(self._locked_warning()))
+        return lines
+
+    def _what(self) -> str:
+        return f"forgetting {plural(len(self.ids), 'snapshot')}"
+
+    def _locked_warning(self) -> str:
+        return (
+            f"{plural(len(self.locked), 'snapshot')} under Object Lock retention: marked forgotten (hidden, no "
+            "longer re-locked); their files stay until the retention lapses"
+        )
+
+
+def group_text(key: dict) -> str:
+    """A forget group for people: `host db1, paths /etc /home, tags (none)`."""
+    parts = []
+    for k, v in key.items():
+        if isinstance(v, (list, tuple)):
+            v = " ".join(v) if v else "(none)"
+        parts.append(f"{k} {v}")
+    return ", ".join(parts)
+
+
+def approval_json(rid: str, count: int, what: str) -> dict:
+    return {"message_type": "approval_required", "id": rid, "count": count, "what": what}
+
+
+def approval_text(rid: str, count: int, what: str) -> Line:
+    """A deletion queued on a server with a two-person rule: said on stderr (not an error), exit 20."""
+    return Line(
+        STDERR,
+        f"waiting for approval {rid}: {what} ({count} objects) needs a second admin (`cermin approvals approve {rid}`)",
+    )
 
 
 def forget(
@@ -264,7 +342,7 @@ def forget(
         if held:
             sid = sorted(held)[0]
             raise UsageError(f"snapshot {sid[:8]} is protected until {held[sid]}; it cannot be forgotten")
-        res = ForgetResult(ids, dry_run=dry_run)
+        res = ForgetResult(ids, dry_run=dry_run, by_id=True)
     else:
         if policy is None:
             raise UsageError("no snapshots and no retention policy given: refusing to forget anything")

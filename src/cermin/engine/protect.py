@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 from cermin.backend.base import Kind
 from cermin.engine.reach import file_blobs, walk_trees
+from cermin.engine.results import Line, answer
 from cermin.errors import UsageError
 from cermin.format import records
 from cermin.format.records import FILE, AuxRecord
 from cermin.repo.repository import Repository
 from cermin.repo.snapshots import SnapshotRef, aux_records, protected_until, timestamp
-from cermin.util import now_rfc3339
+from cermin.util import now_rfc3339, plural
 
 
 @dataclass
@@ -24,6 +25,22 @@ class ProtectResult:
     until: str
     record: str
     objects_locked: int = 0
+    exit_code = 0
+
+    def to_json(self) -> list[dict]:
+        return [
+            {
+                "message_type": "protected",
+                "snapshot": self.snapshot,
+                "until": self.until,
+                "record": self.record,
+                "objects_locked": self.objects_locked,
+            }
+        ]
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        extra = f"; Object Lock extended on {plural(self.objects_locked, 'object')}" if self.objects_locked else ""
+        return [answer(f"snapshot {self.snapshot[:8]} protected until {self.until}{extra}")]
 
 
 def protections(repo: Repository) -> dict[str, str]:

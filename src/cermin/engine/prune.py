@@ -26,10 +26,10 @@ deletes (see docs/server.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
+from cermin.engine.progress import Phases, Reporter
 from cermin.engine.reach import reach
 from cermin.engine.repack import RepackIncomplete, repack, rewrite_saver, wanted_entries
 from cermin.errors import CerminError, ObjectLocked, ObjectNotFound
@@ -190,21 +190,24 @@ def plan_prune(repo: Repository, max_unused: float = 0.05, now: float | None = N
 
 
 def execute_prune(
-    repo: Repository, plan: PrunePlan, lock=None, progress: Callable[[str], None] | None = None
+    repo: Repository, plan: PrunePlan, lock=None, progress: Reporter | None = None
 ) -> PruneResult:
-    say = progress or (lambda _m: None)
+    say = Phases(progress, "prune")  # the caller holds the exclusive lock (commands.prune takes it)
     view, used = plan._view, plan._used
     assert view is not None and used is not None, "execute a plan made by plan_prune"
     res = PruneResult(plan)
     saver = rewrite_saver(repo)
     live = wanted_entries(view, repo.index, used, [bytes.fromhex(n) for n in plan.repack_packs])
+    n = len(plan.repack_packs)
     try:
         repack(
             repo,
             saver,
             live,
             require_all=True,
-            progress=lambda i, _name: say(f"repacking {i + 1}/{len(plan.repack_packs)}"),
+            progress=lambda i, _name: say(
+                "repack", f"repacking {i + 1}/{len(plan.repack_packs)}", done=i + 1, total=n, unit="packs"
+            ),
         )
     except RepackIncomplete as e:
         raise PruneAborted(
@@ -219,7 +222,7 @@ def execute_prune(
     stays.update(saver.new_packs)
     if lock is not None:
         lock.ensure_fresh()
-    say("writing the new index")
+    say("index", "writing the new index")
     old_files = view.files + view.superseded
     if repo.backend.caps.batch_remove:  # two-person rule: one request for every deletion of this plan
         new_files = write_index(repo, stays, old_files)  # phase one; the old files are now superseded

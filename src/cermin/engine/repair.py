@@ -7,12 +7,13 @@ Typical order after `check` reports damage: `repair packs` -> `repair index` -> 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
+from cermin.engine.progress import Phases, Reporter
 from cermin.engine.repack import Repacker, rewrite_saver
+from cermin.engine.results import Line, answer, note, warning, warning_json
 from cermin.errors import CorruptObject, ForeignObject, ObjectNotFound, UsageError
 from cermin.format import index as fmt_index
 from cermin.format import pack, records
@@ -21,11 +22,24 @@ from cermin.repo.indexfiles import expected_pack_size, read_index_view, read_pac
 from cermin.repo.masterindex import MasterIndex
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
-from cermin.util import display_path, now_rfc3339
+from cermin.util import display_path, now_rfc3339, plural
 
 
 def _rebuild_memory_index(repo: Repository, packs: dict[bytes, bytes]) -> None:
     repo.index = MasterIndex.from_packs(packs)
+
+
+_PLANTED = (
+    "{n} object(s) fail authentication though named by their content ({shown}): planted without "
+    "the repository key; ignored and left in place (`cermin check` lists them)"
+)
+
+
+def _planted(names: list[str]) -> list[str]:
+    if not names:
+        return []
+    shown = ", ".join(n[:20] for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    return [_PLANTED.format(n=len(names), shown=shown)]
 
 
 # ---- repair index ---------------------------------------------------------------------------
@@ -37,6 +51,29 @@ class RepairIndexResult:
     index_files_written: list[str] = field(default_factory=list)
     index_files_removed: int = 0
     foreign: list[str] = field(default_factory=list)  # planted index files: ignored, left in place
+    exit_code = 0
+
+    def to_json(self) -> list[dict]:
+        summary = {
+            "message_type": "summary",
+            "packs_indexed": self.packs_indexed,
+            "packs_adopted": self.packs_adopted,
+            "packs_dropped": self.packs_dropped,
+            "index_files_written": len(self.index_files_written),
+            "index_files_removed": self.index_files_removed,
+        }
+        return [*map(warning_json, _planted([f"index/{n}" for n in self.foreign])), summary]
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        lines = [*map(warning, _planted([f"index/{n}" for n in self.foreign]))]
+        lines.append(
+            answer(
+                f"indexed {plural(self.packs_indexed, 'pack')} ({len(self.packs_adopted)} adopted, "
+                f"{len(self.packs_dropped)} unreadable left out); "
+                f"replaced {plural(self.index_files_removed, 'index file')}"
+            )
+        )
+        return lines
 
 
 def repair_index(repo: Repository, workers: int = 4) -> RepairIndexResult:
@@ -80,10 +117,35 @@ class RepairPacksResult:
     blobs_salvaged: int = 0
     blobs_lost: list[str] = field(default_factory=list)
     packs_written: int = 0
+    exit_code = 0
+
+    def to_json(self) -> list[dict]:
+        return [
+            {
+                "message_type": "summary",
+                "packs_checked": self.packs_checked,
+                "packs_salvaged": self.packs_salvaged,
+                "blobs_salvaged": self.blobs_salvaged,
+                "blobs_lost": self.blobs_lost,
+                "packs_written": self.packs_written,
+            }
+        ]
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        lines = [
+            answer(
+                f"checked {plural(self.packs_checked, 'pack')}: replaced "
+                f"{plural(len(self.packs_salvaged), 'damaged pack')}, salvaged {plural(self.blobs_salvaged, 'blob')}, "
+                f"lost {len(self.blobs_lost)}"
+            )
+        ]
+        if self.blobs_lost:
+            lines.append(note("run `cermin repair snapshots` to rewrite the snapshots that used the lost blobs"))
+        return lines
 
 
 def repair_packs(
-    repo: Repository, pack_ids: list[str] | None = None, workers: int = 2, progress: Callable[[str], None] | None = None
+    repo: Repository, pack_ids: list[str] | None = None, workers: int = 2, progress: Reporter | None = None
 ) -> RepairPacksResult:
     """Read packs (all, or the given ones); copy every readable blob of a damaged pack into new packs,
     index them, then delete the damaged pack. Missing packs are dropped from the index."""
@@ -99,6 +161,7 @@ def repair_packs(
             raise UsageError(f"pack {p[:12]} is in no index: run `cermin repair index` first (it adopts such packs)")
         targets.append(pid)
     targets = targets or sorted(view.packs)
+    say = Phases(progress, "repair packs")
     res = RepairPacksResult()
     damaged: list[bytes] = []
     saver = rewrite_saver(repo)
@@ -107,6 +170,7 @@ def repair_packs(
         for pid in targets:
             name = pid.hex()
             res.packs_checked += 1
+            say("read", done=res.packs_checked, total=len(targets), unit="packs")
             entries = list(view.entries(pid))
             if name not in present:
                 damaged.append(pid)
@@ -120,8 +184,7 @@ def repair_packs(
                 header_ok = False
             if not blobs.lost and header_ok and present[name] == expected_pack_size(view.packs.get(pid, b"")):
                 continue
-            if progress:
-                progress(f"salvaging pack {name[:12]}: {len(blobs.good)} readable, {len(blobs.lost)} damaged blobs")
+            say("salvage", f"salvaging pack {name[:12]}: {len(blobs.good)} readable, {len(blobs.lost)} damaged blobs")
             damaged.append(pid)
             res.packs_salvaged.append(name)
             res.blobs_salvaged += repacker.copy(blobs)
@@ -158,6 +221,35 @@ class RepairSnapshotsResult:
     unreadable_removed: list[str] = field(default_factory=list)
     originals_removed: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)  # planted snapshot files: ignored, left in place
+    forget: bool = False  # the originals were asked to be removed
+    exit_code = 0
+
+    def to_json(self) -> list[dict]:
+        out = [*map(warning_json, _planted([f"snapshots/{n}" for n in self.foreign]))]
+        out += [
+            {"message_type": "repaired", "original": s.original, "new": s.new, "removed_paths": s.removed_paths}
+            for s in self.repaired
+        ]
+        out.append(
+            {
+                "message_type": "summary",
+                "repaired": len(self.repaired),
+                "unreadable_removed": self.unreadable_removed,
+                "originals_removed": self.originals_removed,
+            }
+        )
+        return out
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        lines = [*map(warning, _planted([f"snapshots/{n}" for n in self.foreign]))]
+        for s in self.repaired:
+            new = f"-> {s.new[:8]}" if s.new else "nothing recoverable, removed"
+            lines.append(answer(f"snapshot {s.original[:8]} {new}: {plural(len(s.removed_paths), 'path')} left out"))
+            lines += [answer(f"  {p}") for p in s.removed_paths[:20]]
+        lines += [answer(f"removed unreadable snapshot file {n[:12]}") for n in self.unreadable_removed]
+        kept = "" if self.forget else "; originals kept (--forget removes them)"
+        lines.append(note(f"{plural(len(self.repaired), 'snapshot')} repaired{kept}"))
+        return lines
 
 
 class _TreeFixer:
@@ -225,7 +317,7 @@ def repair_snapshots(repo: Repository, forget_originals: bool = False) -> Repair
         raise UsageError(
             "the index is incomplete (damaged index files or packs in no index): run `cermin repair index` first"
         )
-    res = RepairSnapshotsResult()
+    res = RepairSnapshotsResult(forget=forget_originals)
     saver = BlobSaver(repo, builders=1)
     fixer = _TreeFixer(repo, saver)
     todo: list[tuple[str, Snapshot, bytes, list[bytes]]] = []

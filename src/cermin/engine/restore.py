@@ -27,14 +27,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cermin.engine import fsmeta
+from cermin.engine.progress import Progress, Reporter, Ticker
+from cermin.engine.results import Line, error, error_json, fail, note, warning, warning_json
 from cermin.engine.treewalk import bad_entry_message, find_node
-from cermin.errors import CerminError, UsageError
+from cermin.errors import EXIT_FATAL, CerminError, UsageError
 from cermin.format import pack
 from cermin.format.names import is_valid_name, valid_nodes
 from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, ID_LEN, SOCKET, SYMLINK, Node, Snapshot
 from cermin.repo.packcache import PackCache
 from cermin.repo.repository import Repository
-from cermin.util import display_path
+from cermin.util import display_path, fmt_bytes, plural
 
 BATCH_FILES = 64
 BATCH_BYTES = 8 * 1024 * 1024
@@ -75,6 +77,42 @@ class RestoreSummary:
     errors: list[str]
     duration: float
     invalid_entries: int = 0  # tree entries skipped for an invalid name or type, or a repeated name (in errors)
+    snapshot_id: str = ""
+    verify: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FATAL if self.errors else 0
+
+    def to_json(self) -> list[dict]:
+        summary = {
+            "message_type": "summary",
+            "snapshot_id": self.snapshot_id,
+            "target": self.target,
+            "files_restored": self.files,
+            "dirs_restored": self.dirs,
+            "other_restored": self.other,
+            "bytes_restored": self.bytes,
+            "files_verified": self.verified_files,
+            "invalid_entries": self.invalid_entries,
+            "errors": len(self.errors),
+            "duration": round(self.duration, 3),
+        }
+        return [*map(warning_json, self.warnings), *map(error_json, self.errors), summary]
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        lines = [*map(warning, self.warnings), *map(error, self.errors)]
+        lines.append(
+            note(
+                f"restored snapshot {self.snapshot_id[:8]} to {self.target}: {plural(self.files, 'file')}, "
+                f"{plural(self.dirs, 'dir')}, {fmt_bytes(self.bytes)} in {self.duration:.2f}s"
+            )
+        )
+        if self.verify:
+            lines.append(note(f"verified {plural(self.verified_files, 'file')}"))
+        if self.errors:
+            lines.append(fail(f"{plural(len(self.errors), 'entry', 'entries')} could not be restored"))
+        return lines
 
 
 class _Match:
@@ -434,6 +472,23 @@ def _remove_existing(dfd: int, name: bytes) -> None:
 
 
 def run_restore(
-    repo: Repository, snap: Snapshot, opts: RestoreOptions, progress: RestoreProgress | None = None
+    repo: Repository, snap: Snapshot, opts: RestoreOptions, progress: Reporter | None = None
 ) -> RestoreSummary:
-    return Restorer(repo, opts, progress).run(snap)
+    """Restore `snap`, its live counters sampled into `progress` events. Takes no lock: the caller holds
+    a shared one (`cermin.engine.commands.restore` takes it and loads the index under it)."""
+    r = Restorer(repo, opts)
+    c = r.progress
+
+    def sample(t: float) -> Progress:
+        return Progress(
+            operation="restore",
+            unit="files",
+            done=c.files,
+            total=c.total_files,
+            bytes_done=c.bytes,
+            bytes_total=c.total_bytes,
+            elapsed=t,
+        )
+
+    with Ticker(progress, sample):
+        return r.run(snap)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from cermin.backend.base import Kind
 from cermin.engine.reach import walk_trees
+from cermin.engine.results import Line, answer
 from cermin.format.records import FILE
 from cermin.repo.repository import Repository
 from cermin.repo.snapshots import SnapshotRef
+from cermin.util import fmt_bytes, plural
 
 
 @dataclass
@@ -24,6 +27,23 @@ class Stats:
     compression_ratio: float = 0.0
     restore_size: int = 0  # dedup mode: what restoring every snapshot would write
     dedup_ratio: float = 0.0  # dedup mode: restore size / unique raw data
+    exit_code = 0
+
+    def to_json(self) -> list[dict]:
+        return [{"message_type": "stats", **dataclasses.asdict(self)}]
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        rows = [f"stats in {self.mode} mode over {plural(self.snapshots, 'snapshot')}"]
+        rows += [f"  total files:      {self.total_files}", f"  total size:       {fmt_bytes(self.total_size)}"]
+        if self.mode in ("raw", "dedup"):
+            rows.append(f"  unique blobs:     {self.blobs}")
+            rows.append(f"  stored size:      {fmt_bytes(self.stored_size)}")
+            rows.append(f"  compression:      {self.compression_ratio:.2f}x")
+        if self.mode == "dedup":
+            rows.append(f"  restore size:     {fmt_bytes(self.restore_size)}")
+            rows.append(f"  dedup ratio:      {self.dedup_ratio:.2f}x (restore size / unique data)")
+        rows.append(f"  repository packs: {self.packs} ({fmt_bytes(self.repo_size)})")
+        return [answer(r) for r in rows]
 
 
 def compute_stats(repo: Repository, snaps: list[SnapshotRef], mode: str = "restore-size") -> Stats:

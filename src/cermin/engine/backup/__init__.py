@@ -23,14 +23,16 @@ from cermin.engine.backup.state import BackupState
 from cermin.engine.backup.trees import Trees
 from cermin.engine.backup.walker import Walker
 from cermin.engine.observer import BackupObserver
-from cermin.errors import CerminError, UsageError
+from cermin.engine.progress import Progress, Reporter, Ticker
+from cermin.engine.results import Line, error, error_json, note, warning, warning_json
+from cermin.errors import EXIT_INCOMPLETE, CerminError, UsageError
 from cermin.format import pack
 from cermin.format.records import Snapshot
 from cermin.repo import localstate
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
 from cermin.repo.snapshots import SnapshotRef, list_snapshots, resolve
-from cermin.util import display_path, now_rfc3339, username
+from cermin.util import display_path, fmt_bytes, now_rfc3339, plural, username
 
 __all__ = ["Backup", "BackupOptions", "BackupProgress", "BackupSummary", "run_backup"]
 
@@ -78,6 +80,61 @@ class BackupSummary:
     @property
     def incomplete(self) -> bool:
         return bool(self.errors)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INCOMPLETE if self.incomplete else 0
+
+    def to_json(self) -> list[dict]:
+        s = self.snapshot.summary
+        summary = {
+            "message_type": "summary",
+            "snapshot_id": self.snapshot_id,
+            "parent": self.parent,
+            "dry_run": self.dry_run,
+            "incomplete": self.incomplete,
+            "files_new": s.files_new,
+            "files_changed": s.files_changed,
+            "files_unmodified": s.files_unmodified,
+            "dirs": s.dirs,
+            "other": s.other,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "changed_during_read": s.changed_during_read,
+            "total_files": s.total_files,
+            "total_bytes": s.total_bytes,
+            "bytes_read": s.bytes_read,
+            "data_blobs": s.data_blobs_added,
+            "tree_blobs": s.tree_blobs_added,
+            "data_added": s.data_added_raw,
+            "data_added_stored": s.data_added_stored,
+            "packs_written": self.packs_written,
+            "bytes_uploaded": self.bytes_uploaded,
+            "duration": round(self.duration, 3),
+        }
+        return [*map(warning_json, self.warnings), *map(error_json, self.errors), summary]
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        s = self.snapshot.summary
+        lines = [*map(warning, self.warnings), *map(error, self.errors)]
+        lines.append(note(f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified"))
+        lines.append(note(f"Dirs:  {s.dirs}   other: {s.other}   errors: {len(self.errors)}"))
+        lines.append(
+            note(
+                f"Added to the repository: {fmt_bytes(s.data_added_stored)} stored "
+                f"({fmt_bytes(s.data_added_raw)} new data, {plural(s.data_blobs_added, 'data blob')}, "
+                f"{plural(s.tree_blobs_added, 'tree blob')}, {plural(self.packs_written, 'pack')})"
+            )
+        )
+        lines.append(
+            note(f"processed {plural(s.total_files, 'file')}, {fmt_bytes(s.total_bytes)} in {self.duration:.2f}s")
+        )
+        if self.dry_run:
+            lines.append(note("dry run: nothing was written"))
+        else:
+            state = " (INCOMPLETE: some files could not be read)" if self.incomplete else ""
+            lines.append(note(f"snapshot {(self.snapshot_id or '')[:8]} saved{state}"))
+        return lines
 
 
 class Backup:
@@ -209,5 +266,14 @@ class Backup:
         return ref
 
 
-def run_backup(repo: Repository, opts: BackupOptions, progress: BackupProgress | None = None) -> BackupSummary:
-    return Backup(repo, opts, progress).run()
+def run_backup(repo: Repository, opts: BackupOptions, progress: Reporter | None = None) -> BackupSummary:
+    """One backup, its live counters sampled into `progress` events. Takes no lock: the caller holds a
+    shared one (`cermin.engine.commands.backup` takes it and loads the index under it)."""
+    b = Backup(repo, opts)
+    c = b.progress
+
+    def sample(t: float) -> Progress:
+        return Progress(operation="backup", unit="files", done=c.files, dirs_done=c.dirs, bytes_done=c.bytes, elapsed=t)
+
+    with Ticker(progress, sample):
+        return b.run()
