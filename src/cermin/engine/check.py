@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
-from cermin.engine.reach import walk_trees
 from cermin.engine.progress import Phases, Reporter
+from cermin.engine.reach import walk_trees
 from cermin.engine.results import Line, answer, fail
 from cermin.errors import EXIT_FATAL, CorruptObject, ForeignObject, ObjectNotFound, UsageError
 from cermin.format import index as fmt_index
