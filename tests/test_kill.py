@@ -103,3 +103,40 @@ def test_two_backups_at_once_both_succeed(initialized_cli, tmp_path):
         path = s["paths"][0]
         assert_same_tree(path, out / path.lstrip("/"))
         shutil.rmtree(out)
+
+
+def _data_packs(repo: str) -> dict[str, int]:
+    out = {}
+    for d, _, files in os.walk(os.path.join(repo, "data")):
+        out.update({f: os.path.getsize(os.path.join(d, f)) for f in files if not f.startswith(".tmp-")})
+    return out
+
+
+def test_kill9_mid_backup_then_the_next_backup_reuses_the_packs_already_written(initialized_cli, tmp_path):
+    """Packs a killed backup made durable but never indexed are adopted by the next backup (from their
+    authenticated headers), not uploaded again."""
+    cli = initialized_cli
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"r{i:02d}").write_bytes(os.urandom(5 << 20))  # incompressible: 60 MiB, about 8 packs of 8 MiB
+    total = 60 << 20
+    p = start(cli, "backup", str(src))
+    while p.poll() is None and sum(_data_packs(cli.repo).values()) < total // 2:
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    left = _data_packs(cli.repo)
+    assert not os.listdir(os.path.join(cli.repo, "index")), "killed before any index file: the packs are unindexed"
+    assert sum(left.values()) >= total // 2 and not snapshots(cli)
+
+    cli("backup", str(src))
+    added = sum(s for n, s in _data_packs(cli.repo).items() if n not in left)
+    # Only what the killed run had not stored yet is uploaded (plus a tree pack and pack overhead).
+    assert added < total - sum(left.values()) + (1 << 20), (added, sum(left.values()))
+    r = cli("check", "--read-data")
+    out = r.stdout.decode() + r.stderr.decode()
+    assert "in no index" not in out and "more than one pack" not in out, out
+    s = snapshots(cli)[0]
+    cli("restore", s["id"], "--target", str(tmp_path / "out"))
+    assert_same_tree(src, tmp_path / "out" / str(src).lstrip("/"))

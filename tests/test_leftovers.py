@@ -110,3 +110,37 @@ def test_prune_keeps_a_temp_file_in_flight_and_removes_old_ones_everywhere(tmp_p
     else:
         raise AssertionError("removed a non-temporary path")
     assert (root / "config").exists()
+
+
+def test_a_backup_adopts_authenticated_unindexed_packs_only(tmp_path):
+    import blake3
+
+    from cermin.backend.base import Kind
+    from cermin.engine.backup import BackupOptions, run_backup
+
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode(), kdf=FAST_KDF)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(2_000_000))
+    repo.load_index()
+    first = run_backup(repo, BackupOptions(paths=[os.fsencode(src)], workers=2))
+    assert first.bytes_uploaded > 2_000_000
+    # As if interrupted before its index and snapshot: durable packs that no index file names.
+    for kind in (Kind.INDEX, Kind.SNAPSHOT):
+        for name, _ in list(repo.backend.list(kind)):
+            repo.backend.remove(kind, name)
+    written = {n for n, _ in repo.backend.list(Kind.DATA)}
+    planted = os.urandom(5000)  # a storage credential without the key: a "pack" under its own hash
+    planted_name = blake3.blake3(planted).hexdigest()
+    repo.backend.save(Kind.DATA, planted_name, planted)
+
+    r = Repository.open(repo.backend, PASSWORD.encode())
+    r.load_index()
+    assert set(r.unindexed_packs) == written | {planted_name}
+    s = run_backup(r, BackupOptions(paths=[os.fsencode(src)], workers=2))
+    assert s.bytes_uploaded == 0 and s.packs_written == 0, "everything was adopted, nothing uploaded again"
+    assert [w for w in r.warnings if "not adopted" in w and planted_name[:12] in w]
+    r2 = Repository.open(repo.backend, PASSWORD.encode())
+    r2.load_index()
+    assert set(r2.unindexed_packs) == {planted_name}, "the adopted packs are named by an index file"
+    assert {p.hex() for p in r2.index.packs} == written

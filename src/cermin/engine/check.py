@@ -213,7 +213,7 @@ class Checker:
             self._notice(
                 "packs_unindexed",
                 f"{len(unindexed)} packs are in no index (left by interrupted "
-                f"backups or prune; prune removes them, `repair index` adopts them)",
+                f"backups or prune; the next backup or `repair index` adopts them, prune removes them)",
                 blobs=unindexed,
             )
 

@@ -8,10 +8,11 @@ leaves both, which only duplicates entries.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cermin.backend.base import Kind
-from cermin.errors import CorruptObject, ForeignObject, ObjectLocked, ObjectNotFound
+from cermin.errors import CerminError, CorruptObject, ForeignObject, ObjectLocked, ObjectNotFound
 from cermin.format import index as fmt_index
 from cermin.format import pack, records
 from cermin.format.index import IndexEntry
@@ -160,6 +161,72 @@ def _fetch_pack_header(repo: Repository, pack_name: str, size: int | None, what:
             raise CorruptObject(f"{what} is shorter than its listed size")
     cipher = pack.pack_cipher(repo.keys, prefix, what)
     return pack.decode_header(cipher, header_ct, start, what)
+
+
+@dataclass
+class Adopted:
+    """What `adopt_packs` took over."""
+
+    packs: list[str] = field(default_factory=list)
+    blobs: int = 0
+    bytes: int = 0  # pack bytes that need not be uploaded again
+    refused: dict[str, str] = field(default_factory=dict)  # pack -> why it was left alone
+    index_files: list[str] = field(default_factory=list)
+
+
+def adopt_packs(
+    repo: Repository, unindexed: dict[str, int] | None = None, write: bool = True, workers: int = 4
+) -> Adopted:
+    """Index the packs that storage holds but no index file names: an interrupted backup's packs,
+    durable and named by their content, whose index file was never written. A backup calls this
+    first, so it deduplicates against them instead of uploading the same blobs again.
+
+    As `repair index` adopts packs, but only these, and only from their own header: authenticated
+    with the repository key and validated (read_pack_header: one tail read per pack, never the
+    data), and only when the pack has exactly the size its entries imply. Anything else (planted,
+    truncated, damaged) is left alone in `refused`: check names it, prune removes it. With `write`
+    the adopted packs are named by a new index file BEFORE they enter the in-memory index, so a
+    snapshot never depends on a pack no index names. `unindexed`: name -> size, as load_index saw
+    it (repo.unindexed_packs); listed here when not given."""
+    if unindexed is None:
+        unindexed = repo.unindexed_packs
+    if unindexed is None:
+        known = {p.hex() for p in repo.index.packs}
+        unindexed = {n: size for n, size in repo.backend.list(Kind.DATA) if n not in known}
+    res = Adopted()
+    todo = []
+    for name, size in sorted(unindexed.items()):
+        if len(name) != 64 or name.strip("0123456789abcdef"):
+            res.refused[name] = "not a pack name"
+        else:
+            todo.append((name, size))
+
+    def header(item: tuple[str, int]):
+        name, size = item
+        try:
+            return name, size, fmt_index.pack_entries(read_pack_header(repo, name, size)), None
+        except CerminError as e:  # damaged or planted, or unreadable now: not adopted this time
+            return name, size, None, str(e)
+
+    found: dict[bytes, bytes] = {}
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        for name, size, blobs, err in ex.map(header, todo):
+            if blobs is None:
+                res.refused[name] = err or "unreadable"
+            elif expected_pack_size(blobs) != size:
+                res.refused[name] = f"pack {name[:12]} has {size} bytes, its header implies {expected_pack_size(blobs)}"
+            else:
+                found[bytes.fromhex(name)] = blobs
+                res.packs.append(name)
+                res.blobs += len(blobs) // fmt_index.ENTRY.size
+                res.bytes += size
+    if found and write:
+        res.index_files = write_index(repo, found, [])
+    for pid, blobs in found.items():
+        repo.index.add_pack(pid, blobs)
+    if repo.unindexed_packs is not None:
+        repo.unindexed_packs = {n: unindexed[n] for n in res.refused}
+    return res
 
 
 def read_pack_blobs(repo: Repository, pack_name: str, entries) -> tuple[dict[bytes, bytes], dict[bytes, str]]:

@@ -59,6 +59,9 @@ class Repository:
         self.index = MasterIndex()
         self.index_files: list[str] = []
         self.skipped_index_files: dict[str, str] = {}  # index file -> why it was left out
+        # Packs in storage that no index file in force names (name -> size), as seen by load_index:
+        # an interrupted backup's durable packs, which the next backup adopts (indexfiles.adopt_packs).
+        self.unindexed_packs: dict[str, int] | None = None
         self.warnings: list[str] = []
         self.on_warning: Callable[[str], None] | None = None
         self._blob_id = crypto.keyed_hasher(secrets.id_key)
@@ -239,7 +242,7 @@ class Repository:
                 self.warn(f"index file {name[:12]} skipped: {idx}; run `cermin check`")
             else:
                 loaded.append((name, idx))
-        present = {n for n, _ in self.backend.list(Kind.DATA)}  # listed after the index files
+        present = dict(self.backend.list(Kind.DATA))  # listed after the index files
         missing: set[bytes] = set()
         # A file superseded by another present file is ignored: prune could not delete it (e.g.
         # under Object Lock), and the packs it names may be gone.
@@ -253,6 +256,8 @@ class Repository:
                     continue
                 self.index.add_pack_bulk(p.id, p.blobs)
             self.index_files.append(name)
+        indexed = {p.hex() for p in self.index.packs}
+        self.unindexed_packs = {n: size for n, size in present.items() if n not in indexed}
         if missing:
             first = min(missing).hex()[:12]
             self.warn(

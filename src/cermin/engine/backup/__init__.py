@@ -168,6 +168,7 @@ class Backup:
         s = st.sum
         s.backup_start = now_rfc3339()
         parent = self._find_parent()
+        self.adopted = self._adopt_unindexed()
         try:
             if self.opts.stdin is not None:
                 name = os.fsencode(self.opts.stdin_filename)
@@ -236,6 +237,20 @@ class Backup:
         out = sorted(set(out))
         # Drop a path already covered by another given path.
         return [p for p in out if not any(p != q and p.startswith(q.rstrip(b"/") + b"/") for q in out)]
+
+    def _adopt_unindexed(self):
+        """Reuse what an interrupted backup left durable: packs in no index are indexed from their
+        own authenticated headers before anything is stored, so their blobs are not uploaded again."""
+        from cermin.repo.indexfiles import adopt_packs
+
+        adopted = adopt_packs(self.repo, write=not self.opts.dry_run)
+        if adopted.refused:
+            first = min(adopted.refused)
+            self.repo.warn(
+                f"{len(adopted.refused)} pack(s) in no index were not adopted ({first[:12]}: "
+                f"{adopted.refused[first]}); `cermin check` names them, `cermin prune` removes them"
+            )
+        return adopted
 
     def _find_parent(self) -> SnapshotRef | None:
         if self.opts.parent:
