@@ -1,4 +1,4 @@
-"""Red-team reproductions against `cermin serve` (issue 14 review), xfail(strict) until fixed.
+"""Red-team reproductions against `cermin serve` (issue 14 review); both fixed (they were xfail(strict)).
 Scripts: /tmp/redteam/server/attack_lock_owner.py, attack_lock_quota.py."""
 
 from __future__ import annotations
@@ -9,14 +9,10 @@ import subprocess
 import time
 
 import blake3
-import pytest
 import urllib3
 from conftest import ServeProcess, cermin_exe
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the lock owner record is written before the write-once link: a 409 re-upload steals it"
-)
 def test_reuploading_anothers_lock_does_not_make_it_yours(tmp_path):
     srv = ServeProcess(str(tmp_path / "root"))
     try:
@@ -39,9 +35,6 @@ def test_reuploading_anothers_lock_does_not_make_it_yours(tmp_path):
         srv.stop()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lock files are not counted against --quota-bytes (a read token may fill the disk)"
-)
 def test_lock_files_count_against_the_quota(tmp_path):
     root = str(tmp_path / "root")
     s = socket.socket()

@@ -319,3 +319,132 @@ def test_client_warns_about_tokens_over_plain_http_to_another_host():
     assert "plain http" in HttpBackend("http://192.0.2.1:9/t", token="x").warnings[0]
     assert not HttpBackend("http://127.0.0.1:9/t", token="x").warnings
     assert not HttpBackend("https://192.0.2.1:9/t", token="x").warnings
+
+
+# ---- red-team review after issue 14: lock size and quota, audit bounds, config, Range ---------------
+def test_a_refused_reupload_leaves_the_lock_with_its_owner(served):
+    name = f"lo-{uuid.uuid4().hex[:8]}"
+    victim, attacker = served.token(name, "backup"), served.token(name, "read")
+    http = urllib3.PoolManager()
+    base = f"{served.url(name)}/locks"
+    lock = os.urandom(300)
+    assert _post(http, base, victim, lock).status == 201
+    h = {"Authorization": f"Bearer {attacker}"}
+    copy = http.request("GET", f"{base}/{file_id(lock)}", headers=h).data  # clients read others' locks
+    assert copy == lock
+    assert _post(http, base, attacker, copy).status == 409
+    assert http.request("DELETE", f"{base}/{file_id(lock)}", headers=h).status == 403
+    before = len(audit_lines(served))
+    r = http.request("DELETE", f"{base}/{file_id(lock)}", headers={"Authorization": f"Bearer {victim}"})
+    assert r.status == 204
+    log = audit_lines(served)[before:]
+    assert log[-1]["token"] == victim.split("_")[1] and "removed by its owner" in log[-1]["reason"]
+
+
+def test_lock_objects_are_small_and_count_against_the_quota(tmp_path):
+    srv = Serve(str(tmp_path / "root"), "--quota-bytes", "100KiB")
+    try:
+        tok, reader = srv.token("q", "backup"), srv.token("q", "read")
+        http = urllib3.PoolManager()
+        base = srv.url("q")
+        # a lock is a sealed record of a few hundred bytes: anything over 64 KiB is refused, announced
+        # or streamed (chunked, no Content-Length)
+        big = os.urandom((64 << 10) + 1)
+        assert _post(http, f"{base}/locks", reader, big).status == 413
+        r = http.request(
+            "POST",
+            f"{base}/locks/{file_id(big)}",
+            body=iter([big[: 32 << 10], big[32 << 10 :]]),
+            headers={"Authorization": f"Bearer {reader}"},
+            chunked=True,
+        )
+        assert r.status == 413
+        assert _post(http, f"{base}/data", tok, os.urandom(90 << 10)).status == 201
+        assert _post(http, f"{base}/locks", reader, os.urandom(20 << 10)).status == 507  # 110 KiB > 100 KiB
+        lock = os.urandom(5 << 10)
+        assert _post(http, f"{base}/locks", reader, lock).status == 201  # 95 KiB
+        assert _post(http, f"{base}/data", tok, os.urandom(8 << 10)).status == 507  # the lock takes its room
+        h = {"Authorization": f"Bearer {reader}"}
+        assert http.request("DELETE", f"{base}/locks/{file_id(lock)}", headers=h).status == 204
+        assert _post(http, f"{base}/data", tok, os.urandom(8 << 10)).status == 201  # its room given back
+    finally:
+        srv.stop()
+    # and after a restart, locks already on disk are counted too
+    srv = Serve(str(tmp_path / "root"), "--quota-bytes", "100KiB")
+    try:
+        http = urllib3.PoolManager()
+        tok = srv.token("q", "read")
+        assert _post(http, f"{srv.url('q')}/locks", tok, os.urandom(4 << 10)).status == 507  # 98 + 4 > 100
+        assert _post(http, f"{srv.url('q')}/locks", tok, os.urandom(1 << 10)).status == 201
+    finally:
+        srv.stop()
+
+
+def test_an_authenticated_tokens_refusals_add_little_to_the_audit_log(served):
+    name = f"au-{uuid.uuid4().hex[:8]}"
+    noisy, other = served.token(name, "read"), served.token(name, "read")
+    http = urllib3.PoolManager()
+    base = served.url(name)
+    before = len(audit_lines(served))
+    h = {"Authorization": f"Bearer {noisy}"}
+    for _ in range(100):
+        assert http.request("GET", f"{base}/data/{'x' * 64}", headers=h).status == 400  # bad name
+        assert http.request("DELETE", f"{base}/data/{'a' * 64}", headers=h).status == 403  # role may not
+    added = audit_lines(served)[before:]
+    assert 10 <= len(added) <= 40, len(added)
+    assert all(a["token"] == noisy.split("_")[1] for a in added)
+    # another token's refusal is still written
+    r = http.request("DELETE", f"{base}/data/{'a' * 64}", headers={"Authorization": f"Bearer {other}"})
+    assert r.status == 403
+    assert audit_lines(served)[-1]["token"] == other.split("_")[1]
+
+
+def test_config_cannot_be_deleted_on_any_path(served, tmp_path):
+    from cermin.backend.base import Kind
+    from cermin.server.app import Server
+    from cermin.server.approvals import StaleRequest
+
+    name = f"cf-{uuid.uuid4().hex[:8]}"
+    admin = served.token(name, "admin")
+    http_cli(served, name, admin)("init")
+    http = urllib3.PoolManager()
+    h = {"Authorization": f"Bearer {admin}"}
+    base = served.url(name)
+    for path in ("config/config", "config/" + "ab" * 32):
+        assert http.request("DELETE", f"{base}/{path}", headers=h).status == 403
+    r = http.request("POST", f"{base}/_delete", body=b'{"objects": [["config", "config"]]}', headers=h)
+    assert r.status == 400
+    assert json.loads(http.request("GET", f"{base}/_approvals", headers=h).data) == []
+    assert http.request("GET", f"{base}/config/config", headers=h).status == 200
+    # a request naming config queued by an older server is closed, not executed
+    srv = Server(str(tmp_path / "root"))
+    srv.backend("t").create()
+    with open(srv.backend("t")._path(Kind.CONFIG, "config"), "wb") as f:
+        f.write(b"config")
+    req = srv.approvals.request("t", "delete", {"config": ["config"]}, "a")
+    with pytest.raises(StaleRequest):
+        srv._execute(srv.state("t"), "t", req)
+    assert os.path.exists(os.path.join(srv.backend("t").root, "config"))
+
+
+def test_absurd_ranges_are_answered_not_crashed(served):
+    name = f"rg-{uuid.uuid4().hex[:8]}"
+    tok = served.token(name, "backup")
+    http = urllib3.PoolManager()
+    body = os.urandom(1000)
+    assert _post(http, f"{served.url(name)}/data", tok, body).status == 201
+    url = f"{served.url(name)}/data/{file_id(body)}"
+    auth = {"Authorization": f"Bearer {tok}"}
+    huge = "9" * 5000
+    r = http.request("GET", url, headers={**auth, "Range": f"bytes={huge}-"})
+    assert r.status == 416 and r.headers["content-range"] == "bytes */1000"
+    r = http.request("GET", url, headers={**auth, "Range": f"bytes={huge}-{huge}"})
+    assert r.status == 416
+    r = http.request("GET", url, headers={**auth, "Range": f"bytes=10-{huge}"})  # to the end
+    assert r.status == 206 and r.data == body[10:]
+    r = http.request("GET", url, headers={**auth, "Range": f"bytes=-{huge}"})  # the whole object
+    assert r.status == 206 and r.data == body
+    r = http.request("GET", url, headers={**auth, "Range": "bytes=" + "0" * 5000 + "5-9"})  # leading zeros
+    assert r.status == 206 and r.data == body[5:10]
+    r = http.request("GET", url, headers={**auth, "Range": "bytes=" + "1" * 100_000 + "-"})
+    assert r.status in (400, 416, 431)

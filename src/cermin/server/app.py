@@ -5,9 +5,11 @@ HTTP API (every request carries `Authorization: Bearer <token>`):
   HEAD   /{tenant}/{kind}/{name}      size in Content-Length
   GET    /{tenant}/{kind}/{name}      bytes (Range: bytes=a-b supported)
   POST   /{tenant}/{kind}/{name}      create; 409 if it exists; the name must be the BLAKE3 of the body;
-                                      413 over --max-object-size, 507 over the tenant's quota
+                                      413 over --max-object-size (locks: over 64 KiB), 507 over the
+                                      tenant's quota (locks count)
   DELETE /{tenant}/locks/{name}       only the token that created the lock, or an admin (audited)
-  DELETE /{tenant}/{kind}/{name}      admin: queued until a second admin approves (202 + request id)
+  DELETE /{tenant}/{kind}/{name}      admin: queued until a second admin approves (202 + request id);
+                                      never config (403: only deleting the tenant removes it)
   POST   /{tenant}/_delete            admin: {"objects": [[kind, name], ...]} -> ONE request (202 + id)
   DELETE /{tenant}/                   delete the tenant's repository (admin + a second admin)
   GET    /{tenant}/_approvals         requests with what they delete, who asked and when (admin)
@@ -21,8 +23,10 @@ otherwise it is closed as "stale" and must be planned again. During execution th
 frozen: no object or lock can be created.
 
 All disk I/O runs in worker threads; uploads stream to a temporary file (hashed on the way), are
-checked, then hard-linked to their final name (write-once). Refused requests are written to the
-audit log (JSON lines) with the token id, never the token; unauthenticated ones are rate-limited.
+checked, then hard-linked to their final name (write-once). A lock's owner record is written only
+by the request whose link created the lock (a 409 re-upload of its bytes changes nothing). Refused
+requests are written to the audit log (JSON lines) with the token id, never the token; rate-limited
+per client address (unauthenticated) or per token.
 """
 
 from __future__ import annotations
@@ -57,11 +61,14 @@ ALLOWED = {
 }
 MAX_OBJECT_SIZE = 128 << 20  # larger than any pack
 MAX_LOCKS = 64  # lock files per tenant (each client holds 1, 2 while refreshing)
+MAX_LOCK_SIZE = 64 << 10  # a sealed Lock record is a few hundred bytes
+MAX_RANGE_DIGITS = 18  # a Range number longer than this is beyond any object (and int() would refuse it)
 LOCK_FRESH = 1800.0  # seconds: a lock written more recently may belong to a running client
 CHANGE_KINDS = (Kind.INDEX, Kind.SNAPSHOT, Kind.AUX)  # what may reference objects a request deletes
 AUDIT_FIELD = 256  # characters kept of client-supplied fields in the audit log
 AUDIT_ANON_PER_MIN = 20  # unauthenticated refusals logged per client address and minute
 AUDIT_ANON_TOTAL_PER_MIN = 200
+AUDIT_TOKEN_PER_MIN = 30  # refusals (and routine own-lock removals) logged per token and minute
 WRITE_BUF = 1 << 20
 
 
@@ -108,7 +115,8 @@ class TenantState:
     backend: LocalBackend
     gate: RWLock = field(default_factory=RWLock)
     mutex: threading.Lock = field(default_factory=threading.Lock)
-    usage: tuple[int, int] | None = None  # (bytes, objects) without locks; computed on first need
+    locks: threading.Lock = field(default_factory=threading.Lock)  # lock link + owner record, removal
+    usage: tuple[int, int] | None = None  # (bytes, objects), locks included; computed on first need
     changed_ns: dict = field(default_factory=dict)  # kind -> last creation seen by this process (ns)
 
 
@@ -138,7 +146,7 @@ class Server:
         self.max_object_size = max_object_size
         self.quota_bytes, self.quota_objects, self.max_locks = quota_bytes, quota_objects, max_locks
         self._audit_lock = threading.Lock()
-        self._anon: dict[str, list] = {}  # remote -> [window start, lines, suppressed]
+        self._rate: dict[tuple[str, str], list] = {}  # (addr|token, id) -> [window start, lines, suppressed]
         self._anon_total = [0.0, 0]
         self._tenants: dict[str, TenantState] = {}
         self._tenants_lock = threading.Lock()
@@ -154,10 +162,14 @@ class Server:
         return self.state(tenant).backend
 
     # ---- audit ----------------------------------------------------------------------------------
-    def audit(self, request: Request, status: int, reason: str, token_id: str = "") -> None:
+    def audit(self, request: Request, status: int, reason: str, token_id: str = "", throttle: bool = False) -> None:
+        """Append one line. Refusals (and `throttle`d routine lines) are rate-limited: per client
+        address without a token, per token with one; what is dropped is counted in a later line."""
         remote = (request.client.host if request.client else "")[:64]
-        if not token_id and status == 401 and not self._anon_allowed(remote):
-            return
+        if status >= 400 or throttle:
+            key = ("token", token_id[:32]) if token_id else ("addr", remote)
+            if not self._allowed(key):
+                return
         rec = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "remote": remote,
@@ -178,33 +190,38 @@ class Server:
             finally:
                 os.close(fd)
 
-    def _anon_allowed(self, remote: str) -> bool:
-        """At most AUDIT_ANON_PER_MIN lines per address and minute (and a global cap); what is
-        suppressed is summed up in one line when the address is next logged."""
+    def _allowed(self, key: tuple[str, str]) -> bool:
+        """At most AUDIT_ANON_PER_MIN lines per address and minute without a token (200 in all), and
+        AUDIT_TOKEN_PER_MIN per token; what is suppressed is summed up in one line when the address
+        or token is next logged."""
         now = time.time()
+        anon = key[0] == "addr"
+        limit = AUDIT_ANON_PER_MIN if anon else AUDIT_TOKEN_PER_MIN
         with self._audit_lock:
             if now - self._anon_total[0] > 60:
                 self._anon_total = [now, 0]
-            if len(self._anon) > 10_000:
-                self._anon = {k: v for k, v in self._anon.items() if now - v[0] <= 60}
-                if len(self._anon) > 10_000:
-                    self._anon.clear()
-            slot = self._anon.setdefault(remote, [now, 0, 0])
+            if len(self._rate) > 10_000:
+                self._rate = {k: v for k, v in self._rate.items() if now - v[0] <= 60}
+                if len(self._rate) > 10_000:
+                    self._rate.clear()
+            slot = self._rate.setdefault(key, [now, 0, 0])
             suppressed = 0
             if now - slot[0] > 60:
                 suppressed, slot[:] = slot[2], [now, 0, 0]
-            if slot[1] >= AUDIT_ANON_PER_MIN or self._anon_total[1] >= AUDIT_ANON_TOTAL_PER_MIN:
+            if slot[1] >= limit or (anon and self._anon_total[1] >= AUDIT_ANON_TOTAL_PER_MIN):
                 slot[2] += 1
                 return False
             slot[1] += 1
-            self._anon_total[1] += 1
+            if anon:
+                self._anon_total[1] += 1
         if suppressed:
+            who = "unauthenticated requests" if anon else "refusals or own-lock removals of this token"
             self._append(
                 {
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "remote": remote,
-                    "status": 401,
-                    "reason": f"{suppressed} more unauthenticated requests not logged (rate limit)",
+                    "remote" if anon else "token": key[1],
+                    "status": 401 if anon else 0,
+                    "reason": f"{suppressed} more {who} not logged (rate limit)",
                 }
             )
         return True
@@ -291,6 +308,11 @@ class Server:
             self.audit(request, 400, "bad object name", entry.id)
             return JSONResponse({"error": "bad kind or object name"}, 400)
         assert kind is not None
+        if method == "DELETE" and kind is Kind.CONFIG:
+            self.audit(request, 403, "config cannot be deleted (only with the whole tenant)", entry.id)
+            return JSONResponse(
+                {"error": "the config cannot be deleted: without it the repository is lost (delete the tenant)"}, 403
+            )
         backend = self.backend(tenant)
         try:
             if method in ("GET", "HEAD"):
@@ -318,11 +340,12 @@ class Server:
             m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
             if m is None or (not m[1] and not m[2]):
                 return Response(status_code=416, headers={"content-range": f"bytes */{size}"})
+            first, last = _range_number(m[1]), _range_number(m[2])
             if m[1]:
-                start = int(m[1])
-                end = min(int(m[2]), size - 1) if m[2] else size - 1
+                start = first
+                end = min(last, size - 1) if m[2] else size - 1
             else:  # suffix: the last N bytes
-                start, end = max(0, size - int(m[2])), size - 1
+                start, end = max(0, size - last), size - 1
             if start >= size or end < start:
                 return Response(status_code=416, headers={"content-range": f"bytes */{size}"})
             data = backend.load(kind, name, start, end - start + 1)
@@ -342,21 +365,43 @@ class Server:
         except (OSError, ValueError, AttributeError):
             return ""
 
-    def _remove_lock(self, request: Request, tenant: str, entry: TokenEntry, name: str) -> Response:
-        owner = self.lock_owner(tenant, name)
-        if entry.id != owner and entry.role != "admin":
-            self.audit(request, 403, f"lock {name[:12]} belongs to token {owner or '(unknown)'}", entry.id)
-            return JSONResponse({"error": "this lock was created by another token (an admin can remove it)"}, 403)
-        backend = self.backend(tenant)
+    def _write_owner(self, tenant: str, name: str, entry: TokenEntry) -> None:
+        """Record the lock's creator. Called only by the request whose link created the lock, so a
+        re-upload of the same bytes (409) never touches it; replaces a leftover record atomically."""
+        owner = self._owner_path(tenant, name)
+        d = os.path.dirname(owner)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        tmp = os.path.join(d, f".tmp-{name[:16]}-{secrets.token_hex(6)}")
         try:
-            backend.remove(Kind.LOCK, name)
-        except ObjectNotFound:
-            return JSONResponse({"error": "not found"}, 404)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(self._owner_path(tenant, name))
-        who = "its owner" if entry.id == owner else f"admin (owner {owner or 'unknown'})"
-        self.audit(request, 204, f"lock {name[:12]} removed by {who}", entry.id)
+            with open(tmp, "x") as f:
+                json.dump({"token": entry.id, "role": entry.role, "time": time.time()}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, owner)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        _fsync_dir(d)
+
+    def _remove_lock(self, request: Request, tenant: str, entry: TokenEntry, name: str) -> Response:
+        st = self.state(tenant)
+        with st.locks:  # not while the same lock is being created and its owner recorded
+            owner = self.lock_owner(tenant, name)
+            if entry.id != owner and entry.role != "admin":
+                self.audit(request, 403, f"lock {name[:12]} belongs to token {owner or '(unknown)'}", entry.id)
+                return JSONResponse({"error": "this lock was created by another token (an admin can remove it)"}, 403)
+            try:
+                size = st.backend.size(Kind.LOCK, name)
+                st.backend.remove(Kind.LOCK, name)
+            except ObjectNotFound:
+                return JSONResponse({"error": "not found"}, 404)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._owner_path(tenant, name))
+            self._unreserve(st, size)
+        mine = entry.id == owner
+        who = "its owner" if mine else f"admin (owner {owner or 'unknown'})"
+        self.audit(request, 204, f"lock {name[:12]} removed by {who}", entry.id, throttle=mine)
         return Response(status_code=204)
 
     # ---- uploads: streamed to disk, checked, then linked (write-once) --------------------------------
@@ -370,14 +415,15 @@ class Server:
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or len(length) > 18):
                 raise _refused(400, "bad Content-Length", entry)
-            if length is not None and int(length) > self.max_object_size:
-                raise _refused(413, f"object larger than the server's limit of {self.max_object_size} bytes", entry)
+            limit = min(MAX_LOCK_SIZE, self.max_object_size) if kind is Kind.LOCK else self.max_object_size
+            if length is not None and int(length) > limit:
+                raise _refused(413, _too_large(kind, limit), entry)
             if self.bad_name(kind, name):
                 raise _refused(400, "bad object name", entry)
             assert kind is not None
             st = self.state(tenant)
             await run_in_threadpool(self._precheck, st, tenant, kind, name, int(length or 0), entry)
-            tmp, size, digest = await self._receive(request, st.backend, kind, name, entry)
+            tmp, size, digest = await self._receive(request, st.backend, kind, name, entry, limit)
             if kind is not Kind.CONFIG and digest != name:
                 raise _refused(400, "content does not match its name", entry)
             return await run_in_threadpool(self._commit, request, st, tenant, kind, name, tmp, size, entry)
@@ -406,7 +452,6 @@ class Server:
                 raise _refused(
                     429, f"too many lock files ({n}); an admin can remove stale ones (`cermin unlock`)", entry
                 )
-            return
         if self.quota_bytes or self.quota_objects:
             used_bytes, used_objects = self._usage(st)
             if self.quota_objects and used_objects + 1 > self.quota_objects:
@@ -418,16 +463,16 @@ class Server:
         with st.mutex:
             if st.usage is None:
                 b = n = 0
-                for k in Kind:
-                    if k is Kind.LOCK:
-                        continue
+                for k in Kind:  # locks included: they take disk space too
                     for _name, size in st.backend.list(k):
                         b += size
                         n += 1
                 st.usage = (b, n)
             return st.usage
 
-    async def _receive(self, request: Request, backend: LocalBackend, kind: Kind, name: str, entry: TokenEntry):
+    async def _receive(
+        self, request: Request, backend: LocalBackend, kind: Kind, name: str, entry: TokenEntry, limit: int
+    ):
         """Stream the body into a temporary file next to its final name, hashing on the way; refuse
         as soon as it passes the size limit (chunked bodies have no Content-Length to check first)."""
         import blake3
@@ -449,10 +494,8 @@ class Server:
             try:
                 async for chunk in request.stream():
                     size += len(chunk)
-                    if size > self.max_object_size:
-                        raise _refused(
-                            413, f"object larger than the server's limit of {self.max_object_size} bytes", entry
-                        )
+                    if size > limit:
+                        raise _refused(413, _too_large(kind, limit), entry)
                     buf += chunk
                     if len(buf) >= WRITE_BUF:
                         data, buf = bytes(buf), bytearray()
@@ -480,13 +523,8 @@ class Server:
     ) -> Response:
         final = st.backend._path(kind, name)
         with st.gate.shared():  # not while an approved deletion executes
-            if kind is Kind.LOCK:
-                owner = self._owner_path(tenant, name)
-                os.makedirs(os.path.dirname(owner), mode=0o700, exist_ok=True)
-                with open(owner, "w") as f:
-                    json.dump({"token": entry.id, "role": entry.role, "time": time.time()}, f)
             with st.mutex:
-                if st.usage is not None and kind is not Kind.LOCK:
+                if st.usage is not None:
                     b, n = st.usage
                     if (self.quota_objects and n + 1 > self.quota_objects) or (
                         self.quota_bytes and b + size > self.quota_bytes
@@ -496,26 +534,40 @@ class Server:
             try:
                 os.chmod(tmp, 0o400)
                 os.utime(tmp)  # its creation time, for the approval re-check
-                os.link(tmp, final)
+                if kind is Kind.LOCK:
+                    self._link_lock(st, tenant, name, tmp, final, entry)
+                else:
+                    os.link(tmp, final)
                 _fsync_dir(os.path.dirname(final))
             except FileExistsError:
-                self._unreserve(st, kind, size)
+                self._unreserve(st, size)
                 if self.is_hidden(tenant, kind, name):  # needed again: the queued deletion dies
                     ids = self.approvals.cancel_for(tenant, kind.value, name, f"{kind.value}/{name} uploaded again")
                     self.audit(request, 201, f"re-upload cancelled queued deletion {','.join(ids)}", entry.id)
                     return Response(status_code=201)
                 raise _refused(409, "object exists (write-once)", entry) from None
             except OSError as e:
-                self._unreserve(st, kind, size)
+                self._unreserve(st, size)
                 raise CerminError(f"cannot store {kind.value}/{name[:12]}: {e.strerror or e}") from None
             if kind in CHANGE_KINDS:
                 st.changed_ns[kind] = time.time_ns()
         return Response(status_code=201)
 
+    def _link_lock(self, st: TenantState, tenant: str, name: str, tmp: str, final: str, entry: TokenEntry) -> None:
+        """Create the lock (FileExistsError if it exists: its owner record stays as it is), then
+        record this token as its owner; if that fails, the lock goes again."""
+        with st.locks:
+            os.link(tmp, final)
+            try:
+                self._write_owner(tenant, name, entry)
+            except BaseException:
+                _unlink(final)
+                raise
+
     @staticmethod
-    def _unreserve(st: TenantState, kind: Kind, size: int) -> None:
+    def _unreserve(st: TenantState, size: int) -> None:
         with st.mutex:
-            if st.usage is not None and kind is not Kind.LOCK:
+            if st.usage is not None:
                 st.usage = (st.usage[0] - size, st.usage[1] - 1)
 
     # ---- deletions: one request per plan, executed after a second admin approves ------------------
@@ -633,6 +685,9 @@ class Server:
                 st.usage, st.changed_ns = None, {}
             self.approvals.drop_tenant(tenant, r.id)
             return
+        bad = set(r.objects) - {Kind.DATA.value, Kind.INDEX.value, Kind.SNAPSHOT.value, Kind.KEY.value, Kind.AUX.value}
+        if bad:  # e.g. config, queued by an older server: deleting it loses the repository
+            raise StaleRequest(f"{', '.join(sorted(bad))} cannot be deleted this way (only with the whole tenant)")
         with st.gate.exclusive():  # no object or lock is created while we check and delete
             self._recheck(st, r)
             freed = n = 0
@@ -693,6 +748,17 @@ def _refused(status: int, message: str, entry: TokenEntry | None = None) -> Refu
     e = Refused(status, message)
     e.token_id = entry.id if entry else ""  # type: ignore[attr-defined]
     return e
+
+
+def _too_large(kind: Kind, limit: int) -> str:
+    what = "a lock file" if kind is Kind.LOCK else "object"
+    return f"{what} larger than the server's limit of {limit} bytes"
+
+
+def _range_number(digits: str) -> int:
+    """A Range bound; one too long to be an offset in any object counts as 'beyond the end'."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= MAX_RANGE_DIGITS else 1 << 62
 
 
 def _clip(s: str, n: int = AUDIT_FIELD) -> str:
