@@ -187,7 +187,12 @@ def adopt_packs(
     truncated, damaged) is left alone in `refused`: check names it, prune removes it. With `write`
     the adopted packs are named by a new index file BEFORE they enter the in-memory index, so a
     snapshot never depends on a pack no index names. `unindexed`: name -> size, as load_index saw
-    it (repo.unindexed_packs); listed here when not given."""
+    it (repo.unindexed_packs); listed here when not given.
+
+    A concurrent backup's finished packs may be adopted too, before that backup indexes them: the
+    pack is then named by two index files, which readers merge (harmless). Prune cannot run meanwhile
+    (it needs the exclusive lock), so it never deletes a pack while a backup adopts it. Cost: one
+    header read per unindexed pack; a refused pack is read again by each backup until prune removes it."""
     if unindexed is None:
         unindexed = repo.unindexed_packs
     if unindexed is None:
