@@ -537,6 +537,40 @@ def test_check_names_snapshot_tree_and_bad_name(local_repo, hostile):
     assert sid in report.affected
 
 
+@pytest.mark.parametrize("depth", [2, 40])
+def test_check_names_a_few_paths_through_a_dag_of_repeated_trees(local_repo, hostile, depth):
+    """Each tree names its two subdirectories `a` and `b` after the same tree below: 2^depth paths
+    reach the bottom tree, which holds a bad name and a file whose data is lost. check names every
+    path while there are few, then EXAMPLE_PATHS of them and how many more (no walk of 2^40)."""
+    from cermin.engine.check import EXAMPLE_PATHS
+
+    nodes = [
+        hostile.file(b"..", b"bad\n"),
+        Node(name=b"lost", type=FILE, size=5, content=os.urandom(32), mode=0o644, mtime_ns=MTIME),
+    ]
+    for _ in range(depth):
+        nodes = [hostile.dir(b"a", nodes), hostile.dir(b"b", nodes)]
+    sid = hostile.snapshot(nodes)
+    local_repo.load_index()
+    report = run_check(local_repo)
+    kinds = sorted(p.kind for p in report.errors)
+    assert kinds == ["blobs_missing", "tree_damaged"], [p.message for p in report.errors]
+    named = next(p.message for p in report.errors if p.kind == "tree_damaged")
+    paths = 2**depth
+    lost = report.affected[sid]
+    shown = min(paths, EXAMPLE_PATHS)
+    assert len([p for p in lost if p.endswith("/lost")]) == shown
+    assert len([p for p in lost if p.endswith("/'..' (invalid entry, not restored)")]) == shown
+    if paths <= EXAMPLE_PATHS:
+        assert {p for p in lost if p.endswith("/lost")} == {"/a/a/lost", "/a/b/lost", "/b/a/lost", "/b/b/lost"}
+        assert len(lost) == 2 * paths and not any("more" in p for p in lost)
+        assert named.count(f"snapshot {sid[:12]} at /") == 4 and "more" not in named
+    else:
+        assert sum(f"and {paths - EXAMPLE_PATHS} more paths" in p for p in lost) == 2, lost
+        assert len(lost) == 2 * EXAMPLE_PATHS + 2
+        assert named.count(f"snapshot {sid[:12]} at /") == 5 and f"and {paths - 5} more" in named
+
+
 def test_check_clean_snapshot_has_no_name_problems(local_repo, hostile):
     hostile.snapshot(good_entries(hostile))
     local_repo.load_index()
@@ -568,7 +602,7 @@ def test_ls_find_diff_dump_refuse_bad_names(initialized_cli):
     assert "error: /: invalid entry 'f': duplicate name" in err
     assert "Traceback" not in err
     r = cli("find", "pwn", "-s", sid, ok=False)
-    assert r.returncode == 1 and "0 match(es)" in r.stdout.decode()
+    assert r.returncode == 1 and "0 matches" in r.stdout.decode()
     r = cli("diff", clean, sid, ok=False)
     assert r.returncode == 1 and "pwn" not in r.stdout.decode() and "+    /f" in r.stdout.decode()
     r = cli("dump", sid, "/../pwn", ok=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -139,6 +140,82 @@ def _age(seconds: float) -> str:
 
 class _Unusable(CorruptObject):
     """A tree check does not even try to load (not indexed, or in a pack known to be lost)."""
+
+
+# Paths named per damaged tree (or tree with bad names) per snapshot root. Trees may repeat: a DAG
+# of n trees each naming the next twice has 2^n paths, so past this many only the number is given.
+EXAMPLE_PATHS = 10
+
+
+class _PathsFrom:
+    """The paths from one root tree down to the trees `edges` leads to: how many reach each tree and
+    up to `limit` of them (breadth first, so the shortest). edges(tree) -> [(name, subtree)], the
+    entries worth following. Each tree is expanded at most `limit` times: the work is bounded by
+    limit x edges, never by the number of paths. Paths are kept as (parent, name) links and joined
+    only for the trees asked about."""
+
+    def __init__(self, root: bytes, edges: Callable[[bytes], list[tuple[bytes, bytes]]], limit: int = EXAMPLE_PATHS):
+        out: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        stack = [root]
+        while stack:
+            t = stack.pop()
+            if t not in out:
+                out[t] = es = edges(t)
+                stack.extend(c for _, c in es if c not in out)
+        # how many paths: trees in topological order (trees are named by their content: no cycles)
+        indeg = dict.fromkeys(out, 0)
+        for es in out.values():
+            for _, c in es:
+                indeg[c] += 1
+        self._count = dict.fromkeys(out, 0)
+        self._count[root] = 1
+        ready = [t for t, d in indeg.items() if d == 0]
+        while ready:
+            t = ready.pop()
+            for _, c in out[t]:
+                self._count[c] += self._count[t]
+                indeg[c] -= 1
+                if indeg[c] == 0:
+                    ready.append(c)
+        # example paths, breadth first; None is the root
+        self._found: dict[bytes, list] = {root: [None]}
+        queue: deque = deque([(root, None)])
+        while queue:
+            t, link = queue.popleft()
+            for name, c in out[t]:
+                found = self._found.setdefault(c, [])
+                if len(found) < limit:
+                    found.append((link, name))
+                    queue.append((c, found[-1]))
+
+    def trees(self) -> list[bytes]:
+        return list(self._count)
+
+    def count(self, tid: bytes) -> int:
+        return self._count.get(tid, 0)
+
+    def examples(self, tid: bytes) -> list[bytes]:
+        """Up to `limit` paths to `tid` (b'' is the root)."""
+        paths = []
+        for link in self._found.get(tid, []):
+            parts = []
+            while link is not None:
+                link, name = link
+                parts.append(name)
+            paths.append(b"".join(b"/" + n for n in reversed(parts)))
+        return paths
+
+
+def _more_paths(example: bytes, more: int) -> str:
+    return f"... and {more} more paths to directories identical to {display_path(example or b'/')} (repeated subtrees)"
+
+
+def _by_root(snaps: list[SnapshotRef]) -> dict[bytes, list[str]]:
+    """Snapshot ids by root tree: snapshots of unchanged data share one walk."""
+    out: dict[bytes, list[str]] = {}
+    for ref in snaps:
+        out.setdefault(ref.snapshot.tree, []).append(ref.id)
+    return out
 
 
 class Checker:
@@ -384,28 +461,37 @@ class Checker:
                     )
             return has_bad[root]
 
-        for ref in snaps:
+        def edges(tid: bytes) -> list[tuple[bytes, bytes]]:
+            if tid in self.bad_trees:
+                return []
+            return [(n.name, n.subtree) for n in self.repo.load_tree(tid).nodes if n.type == DIR and has_bad[n.subtree]]
+
+        # Bounded however often trees repeat: each damaged tree or file is named by at most
+        # EXAMPLE_PATHS paths per snapshot root, then counted.
+        for root, sids in _by_root(snaps).items():
+            if not tree_has_bad(root):
+                continue
+            reached = _PathsFrom(root, edges)
             paths: list[str] = []
-            stack = [(b"", ref.snapshot.tree)]
-            while stack:
-                prefix, tid = stack.pop()
-                if not tree_has_bad(tid):
-                    continue
+            for tid in reached.trees():
+                examples = reached.examples(tid)
                 if tid in self.bad_trees:
-                    paths.append(display_path(prefix or b"/") + ("/" if prefix else "") + " (whole directory)")
-                    continue
-                for n in self.repo.load_tree(tid).nodes:
-                    p = prefix + b"/" + n.name
-                    if n.type == DIR:
-                        stack.append((p, n.subtree))
-                    elif n.type == FILE and file_is_bad(n):
-                        paths.append(display_path(p))
+                    paths += [display_path(p or b"/") + ("/" if p else "") + " (whole directory)" for p in examples]
+                else:
+                    lost = [n.name for n in self.repo.load_tree(tid).nodes if n.type == FILE and file_is_bad(n)]
+                    if not lost:
+                        continue
+                    paths += [display_path(p + b"/" + name) for p in examples for name in lost]
+                if reached.count(tid) > len(examples):
+                    paths.append(_more_paths(examples[0], reached.count(tid) - len(examples)))
             if paths:
-                self.report.affected[ref.id] = sorted(paths)
+                for sid in sids:
+                    self.report.affected[sid] = sorted(paths)
 
     def _report_bad_names(self, snaps: list[SnapshotRef]) -> None:
         """Trees with entries restore must skip (invalid name or type, repeated name): one error per
-        entry, naming the snapshots and paths that reach the tree. Only walks towards such trees."""
+        entry, naming the snapshots and (at most EXAMPLE_PATHS per snapshot) paths that reach the
+        tree, and how many more. Only walks towards such trees, each at most EXAMPLE_PATHS times."""
         if not self.bad_names:
             return
         below: dict[bytes, bool] = {}  # tree id -> a tree with bad names is at or below it
@@ -428,21 +514,26 @@ class Checker:
                     below[tid] = tid in self.bad_names or any(below[n.subtree] for n in subdirs(tid))
             return below[root]
 
-        where: dict[bytes, list[tuple[str, bytes]]] = {}  # tree id -> (snapshot id, directory path)
-        for ref in snaps:
-            stack = [(b"", ref.snapshot.tree)]
-            while stack:
-                prefix, tid = stack.pop()
-                if not reaches(tid):
-                    continue
+        def edges(tid: bytes) -> list[tuple[bytes, bytes]]:
+            return [(n.name, n.subtree) for n in subdirs(tid) if below[n.subtree]]
+
+        # tree id -> (snapshot id, number of paths, example directory paths)
+        where: dict[bytes, list[tuple[str, int, list[bytes]]]] = {}
+        for root, sids in _by_root(snaps).items():
+            if not reaches(root):
+                continue
+            reached = _PathsFrom(root, edges)
+            for tid in reached.trees():
                 if tid in self.bad_names:
-                    where.setdefault(tid, []).append((ref.id, prefix or b"/"))
-                stack.extend((prefix + b"/" + n.name, n.subtree) for n in subdirs(tid))
+                    found = (reached.count(tid), [p or b"/" for p in reached.examples(tid)])
+                    where.setdefault(tid, []).extend((sid, *found) for sid in sids)
         for tid, entries in sorted(self.bad_names.items()):
             places = where.get(tid, [])
-            shown = ", ".join(f"snapshot {sid[:12]} at {display_path(p)}" for sid, p in places[:5])
-            if len(places) > 5:
-                shown += f" and {len(places) - 5} more"
+            total = sum(n for _, n, _ in places)
+            first = [(sid, p) for sid, _, examples in places[:5] for p in examples][:5]
+            shown = ", ".join(f"snapshot {sid[:12]} at {display_path(p)}" for sid, p in first)
+            if total > len(first):
+                shown += f" and {total - len(first)} more"
             for name, why in entries:
                 self._error(
                     "tree_damaged",
@@ -450,10 +541,13 @@ class Checker:
                     f"invalid entry {escape_name(name)}: {why}; restore skips it",
                     object=tid.hex(),
                 )
-            for sid, p in places:
+            for sid, n, examples in places:
                 lost = self.report.affected.setdefault(sid, [])
-                base = display_path(p).rstrip("/")
-                lost.extend(f"{base}/{escape_name(name)} (invalid entry, not restored)" for name, _ in entries)
+                for p in examples:
+                    base = display_path(p).rstrip("/")
+                    lost.extend(f"{base}/{escape_name(name)} (invalid entry, not restored)" for name, _ in entries)
+                if n > len(examples):
+                    lost.append(_more_paths(examples[0], n - len(examples)))
                 lost.sort()
 
     def _check_aux(self) -> None:
