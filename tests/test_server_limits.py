@@ -250,8 +250,10 @@ def test_tenant_quotas(tmp_path):
         src.mkdir()
         (src / "f").write_bytes(os.urandom(400 << 10))
         cli("init")
+        t = time.monotonic()
         r = cli("backup", str(src), ok=False)
-        assert r.returncode != 0 and b"quota" in r.stderr and b"Traceback" not in r.stderr
+        assert r.returncode == 1 and b"quota" in r.stderr and b"Traceback" not in r.stderr
+        assert time.monotonic() - t < 30, "over quota is permanent: not retried for a minute and a half"
     finally:
         srv.stop()
     srv = Serve(str(tmp_path / "root2"), "--quota-objects", "2")
@@ -260,6 +262,19 @@ def test_tenant_quotas(tmp_path):
         http = urllib3.PoolManager()
         codes = [_post(http, f"{srv.url('q')}/index", tok, os.urandom(50)).status for _ in range(3)]
         assert codes == [201, 201, 507]
+    finally:
+        srv.stop()
+    # A tenant exactly at its quota: read-only work goes on without a lock (even a lock file no
+    # longer fits); writes stop at once with one line.
+    srv = Serve(str(tmp_path / "root3"), "--quota-objects", "2")
+    try:
+        cli = http_cli(srv, "q", srv.token("q", "backup"))
+        cli("init")  # config and one key slot: the quota is reached
+        r = cli("check")
+        assert b"without a lock" in r.stderr and b"quota" in r.stderr, r.stderr
+        t = time.monotonic()
+        r = cli("backup", str(src), ok=False)
+        assert r.returncode == 1 and b"quota" in r.stderr and time.monotonic() - t < 30, r.stderr
     finally:
         srv.stop()
 

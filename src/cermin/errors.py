@@ -73,6 +73,12 @@ class AccessDenied(CerminError):
     """The storage refused the credentials or the operation (permanent: retrying cannot help)."""
 
 
+class StorageFull(AccessDenied):
+    """The storage refused a write for space: a tenant over its quota on `cermin serve` (507). Permanent
+    until someone frees space or raises the quota, so never retried; read-only work goes on without
+    a lock, as on a read-only repository."""
+
+
 class ReadOnlyRepository(AccessDenied):
     """The storage refused a write because the repository is read-only to us: a read-only mount
     (EROFS), a directory we may not write (EACCES/EPERM), a read-only credential or token (403).

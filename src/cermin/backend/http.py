@@ -17,6 +17,7 @@ from cermin.errors import (
     ObjectExists,
     ObjectNotFound,
     RepositoryExists,
+    StorageFull,
     TransientError,
     UsageError,
 )
@@ -79,6 +80,8 @@ class HttpBackend(BackendBase):
                     f"TLS with {self.location} failed (set CERMIN_CACERT for a private CA): {e}".splitlines()[0]
                 ) from None
             raise TransientError(f"cannot reach the repository server at {self.location}: {e}") from None
+        if r.status == 507:
+            raise StorageFull(f"the repository server refused {method} {_path(url)}: {_msg(r)}")
         if r.status >= 500 or r.status in (408, 429):
             raise TransientError(f"the repository server answered {r.status} to {method} {_path(url)}: {_msg(r)}")
         if r.status == 401:
