@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from cermin.backend.base import Kind
 from cermin.engine.reach import walk_trees
 from cermin.engine.results import Line, answer
-from cermin.format.records import FILE
+from cermin.format.records import DIR, FILE
 from cermin.repo.repository import Repository
 from cermin.repo.snapshots import SnapshotRef
 from cermin.util import fmt_bytes, plural
@@ -70,17 +70,20 @@ def compute_stats(repo: Repository, snaps: list[SnapshotRef], mode: str = "resto
                     st.total_files += 1
     else:  # what a restore of each snapshot writes: shared subtrees count each time they appear
         for ref in snaps:
-            for _, nodes, _ in walk_trees(repo, [ref.snapshot.tree], dedup=False):
+            for nodes, times in _trees_with_path_counts(repo, ref.snapshot.tree):
                 for n in nodes:
                     if n.type != FILE:
                         continue
-                    key = (ref.id, n.device, n.inode) if n.links > 1 else None
-                    if key is not None and key in seen_files:
-                        continue
-                    if key is not None:
+                    if n.links > 1:  # hard links: one file however often it appears
+                        key = (ref.id, n.device, n.inode)
+                        if key in seen_files:
+                            continue
                         seen_files.add(key)
-                    st.total_files += 1
-                    st.total_size += n.size
+                        st.total_files += 1
+                        st.total_size += n.size
+                    else:
+                        st.total_files += times
+                        st.total_size += n.size * times
     if mode == "raw":
         for bid in seen_blobs:
             loc = repo.index.lookup(bid)
@@ -93,3 +96,36 @@ def compute_stats(repo: Repository, snaps: list[SnapshotRef], mode: str = "resto
         st.packs += 1
         st.repo_size += size
     return st
+
+
+def _trees_with_path_counts(repo: Repository, root: bytes):
+    """(entries, number of paths reaching the tree) for every distinct tree below `root`. Counted
+    over the tree DAG, each tree loaded once: a hostile snapshot whose trees reuse each other
+    (41 trees, 2^40 paths) costs 41 loads, not 2^40."""
+    order: list[bytes] = []
+    children: dict[bytes, list[bytes]] = {}
+    nodes_of: dict[bytes, list] = {}
+    for tid, nodes, _ in walk_trees(repo, [root]):  # each distinct tree once, parents before children
+        order.append(tid)
+        nodes_of[tid] = nodes
+        children[tid] = [n.subtree for n in nodes if n.type == DIR]
+    # Reverse post-order of a DFS is a topological order (trees are content-addressed: no cycles).
+    post: list[bytes] = []
+    done: set[bytes] = set()
+    stack: list[tuple[bytes, bool]] = [(root, False)]
+    while stack:
+        tid, expanded = stack.pop()
+        if expanded:
+            post.append(tid)
+            continue
+        if tid in done or tid not in nodes_of:
+            continue
+        done.add(tid)
+        stack.append((tid, True))
+        stack.extend((c, False) for c in children[tid] if c not in done)
+    count: dict[bytes, int] = {root: 1}
+    for tid in reversed(post):
+        times = count.get(tid, 0)
+        for c in children[tid]:
+            count[c] = count.get(c, 0) + times
+    return [(nodes_of[tid], count.get(tid, 0)) for tid in order]
