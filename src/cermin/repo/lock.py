@@ -151,14 +151,20 @@ class RepoLock:
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH):
-            try:
-                new = self._write()
-            except CerminError:
-                continue
-            with self._mutex:
-                old, self.name = self.name, new
-            if old:
-                self._remove(old)
+            self.refresh()
+
+    def refresh(self) -> bool:
+        """Rewrite the lock (a new object, then the old one removed); False when the write failed
+        (the next refresh tries again; `ensure_fresh` stops destructive work before it goes stale)."""
+        try:
+            new = self._write()
+        except CerminError:
+            return False
+        with self._mutex:
+            old, self.name = self.name, new
+        if old:
+            self._remove(old)
+        return True
 
     def _remove(self, name: str) -> None:
         try:
