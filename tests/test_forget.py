@@ -157,7 +157,7 @@ def test_cli_snapshots_counts_forgotten(initialized_cli, tmp_path):
     repo = Repository.open(LocalBackend(cli.repo), b"correct horse battery staple")
     write_tombstones(repo, ids)  # as forget does when storage refuses the deletion
     out = cli("snapshots").stdout.decode()
-    assert "1 snapshot(s)\n" in out and "2 snapshot(s) marked forgotten" in out  # the newest stays
+    assert "1 snapshot\n" in out and "2 snapshots marked forgotten" in out  # the newest stays
     js = json.loads(cli("--json", "snapshots", "--forgotten").stdout)
     assert js["forgotten"] == 2 and [s.get("forgotten", False) for s in js["snapshots"]] == [True, True, False]
 

@@ -397,7 +397,7 @@ def test_cli_reports_planted_objects_and_keeps_working(initialized_cli, tmp_path
     r = cli("backup", str(src))
     assert f"index file {idx[:12]} skipped" in r.stderr.decode()
     r = cli("snapshots")
-    assert snap[:8] in r.stderr.decode() and b"2 snapshot(s)" in r.stdout
+    assert snap[:8] in r.stderr.decode() and b"2 snapshots" in r.stdout
     cli("restore", "latest", "--target", str(tmp_path / "out"))
     cli("forget", "--keep-last", "1", "--prune")
     out = [json.loads(x) for x in cli("--json", "check").stdout.splitlines()]

@@ -39,23 +39,9 @@ def key():
 @click.pass_obj
 def key_list(g):
     """List key slots; * marks the one in use."""
-    from cermin.repo.keyops import list_keys
+    from cermin.engine import commands
 
-    out = Output(g)
-    for k in list_keys(open_repo(g, load_index=False)):
-        if out.json:
-            out.emit(
-                {
-                    "message_type": "key",
-                    "id": k.id,
-                    "current": k.current,
-                    "created": k.created,
-                    "hostname": k.hostname,
-                    "username": k.username,
-                }
-            )
-        else:
-            out.text(f"{'*' if k.current else ' '} {k.id[:12]}  {k.created[:19]}  {k.username}@{k.hostname}")
+    return Output(g).render(commands.key_list(open_repo(g, load_index=False)))
 
 
 @key.command("add")
@@ -63,12 +49,10 @@ def key_list(g):
 @click.pass_obj
 def key_add(g, new_password_file):
     """Add a key slot for a new password."""
-    from cermin.repo.keyops import add_key
+    from cermin.engine import commands
 
-    out = Output(g)
     repo = open_repo(g, load_index=False)
-    name = add_key(repo, _new_password(new_password_file))
-    out.emit({"message_type": "key_added", "id": name}) if out.json else out.text(f"added key {name[:12]}")
+    return Output(g).render(commands.key_add(repo, _new_password(new_password_file)))
 
 
 @key.command("remove")
@@ -76,11 +60,9 @@ def key_add(g, new_password_file):
 @click.pass_obj
 def key_remove(g, key_id):
     """Remove a key slot (never the one in use)."""
-    from cermin.repo.keyops import remove_key
+    from cermin.engine import commands
 
-    out = Output(g)
-    name = remove_key(open_repo(g, load_index=False), key_id)
-    out.emit({"message_type": "key_removed", "id": name}) if out.json else out.text(f"removed key {name[:12]}")
+    return Output(g).render(commands.key_remove(open_repo(g, load_index=False), key_id))
 
 
 @key.command("passwd")
@@ -88,11 +70,7 @@ def key_remove(g, key_id):
 @click.pass_obj
 def key_passwd(g, new_password_file):
     """Change the password of the key slot in use."""
-    from cermin.repo.keyops import change_password
+    from cermin.engine import commands
 
-    out = Output(g)
     repo = open_repo(g, load_index=False)
-    name = change_password(repo, _new_password(new_password_file))
-    out.emit({"message_type": "key_changed", "id": name}) if out.json else out.text(
-        f"password changed (key {name[:12]})"
-    )
+    return Output(g).render(commands.key_passwd(repo, _new_password(new_password_file)))

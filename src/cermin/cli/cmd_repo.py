@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from cermin.cli.common import Output, backend_of, open_repo, read_password, stdout_errors
-from cermin.errors import ObjectNotFound, UsageError
+from cermin.cli.common import Output, backend_of, open_repo, read_password
 
 
 @click.command()
@@ -32,29 +29,14 @@ from cermin.errors import ObjectNotFound, UsageError
 @click.pass_obj
 def init(g, lock_days, lock_mode, maintenance_days):
     """Create a new repository at -r/--repo."""
-    from cermin.repo.repository import Repository
-
-    out = Output(g)
-    backend = backend_of(g)
     from cermin.backend.local import LocalBackend
+    from cermin.engine import commands
 
+    backend = backend_of(g)
     if isinstance(backend, LocalBackend):
         backend.check_creatable()  # before asking for a password twice
-    extra = {}
-    if lock_days is not None:
-        from cermin.engine.objectlock import new_lock_policy
-
-        extra["object_lock"] = new_lock_policy(backend, lock_days, lock_mode, maintenance_days)
-    repo = Repository.init(backend, read_password(g, "new repository password: ", confirm=True), extra=extra)
-    if out.json:
-        out.emit({"message_type": "initialized", "id": repo.config.id, "repository": backend.location})
-    else:
-        out.note(f"created cermin repository {repo.config.id[:10]} at {backend.location}")
-        out.note("Keep the password safe: without it the data cannot be recovered.")
-    if lock_days is not None:
-        from cermin.engine.objectlock import DEPLOYMENT_WARNING
-
-        out.warn(DEPLOYMENT_WARNING)
+    password = lambda: read_password(g, "new repository password: ", confirm=True)  # noqa: E731
+    return Output(g).render(commands.init(backend, password, lock_days, lock_mode, maintenance_days))
 
 
 @click.command()
@@ -63,78 +45,9 @@ def init(g, lock_days, lock_mode, maintenance_days):
 @click.pass_obj
 def cat(g, what, object_id):
     """Print a repository object as JSON: config, snapshot ID, tree ID, index ID, key ID, blob ID."""
-    from cermin.backend.base import Kind
-    from cermin.format import records
-    from cermin.repo import snapshots
-    from cermin.util import display_path
+    from cermin.engine import browse
 
-    repo = open_repo(g, load_index=what in ("tree", "blob"))
-    if what == "config":
-        c, s = repo.config, repo.secrets
-        obj = {
-            "version": c.version,
-            "id": c.id,
-            "created": c.created,
-            "chunker": {"min": s.chunker_min, "avg": s.chunker_avg, "max": s.chunker_max},
-            "pack_size": s.pack_size,
-            "compression_level": s.compression_level,
-        }
-    elif not object_id:
-        raise UsageError(f"cat {what} needs an ID")
-    elif what in ("index", "blob") and not _is_hex_id(object_id):
-        raise _bad_id(what, object_id)
-    elif what == "snapshot":
-        obj = snapshots.snapshot_json(snapshots.resolve(repo, object_id))
-    elif what == "tree":
-        from cermin.engine.treewalk import node_json
-
-        tid = _tree_id(repo, object_id)
-        obj = {"id": tid.hex(), "nodes": [node_json(b"/" + n.name, n) for n in repo.load_tree(tid).nodes]}
-    elif what == "index":
-        idx = records.index_decoder.decode(repo.load_object(Kind.INDEX, object_id))
-        from cermin.format import index as fmt_index
-
-        obj = {
-            "packs": [
-                {
-                    "id": p.id.hex(),
-                    "blobs": [
-                        {"id": b.hex(), "type": t, "offset": o, "length": ln, "raw_length": r}
-                        for b, t, o, ln, r in fmt_index.iter_entries(p.blobs)
-                    ],
-                }
-                for p in idx.packs
-            ]
-        }
-    elif what == "key":
-        from cermin.repo.keyops import resolve_key
-
-        name = resolve_key(repo, object_id)
-        obj = json.loads(repo.backend.load(Kind.KEY, name))
-    else:
-        data = repo.load_blob(bytes.fromhex(object_id))
-        obj = {"id": object_id, "length": len(data), "text": display_path(data[:4096])}
-    with stdout_errors():
-        click.echo(json.dumps(obj, indent=None if g.json else 2))
-
-
-def _bad_id(what: str, object_id: str) -> ObjectNotFound:
-    """A malformed id names no object: exit 1, like an unknown snapshot id in every other command."""
-    return ObjectNotFound(f"no {what} with id {object_id!r} (expected 64 hex digits)")
-
-
-def _is_hex_id(s: str) -> bool:
-    return len(s) == 64 and all(c in "0123456789abcdef" for c in s.lower())
-
-
-def _tree_id(repo, ref: str) -> bytes:
-    from cermin.repo import snapshots
-
-    if len(ref) == 64:
-        if not _is_hex_id(ref):
-            raise _bad_id("tree", ref)
-        return bytes.fromhex(ref)
-    return snapshots.resolve(repo, ref).snapshot.tree  # a snapshot id gives its root tree
+    return Output(g).render(browse.cat(open_repo(g, load_index=what in ("tree", "blob")), what, object_id))
 
 
 @click.command()

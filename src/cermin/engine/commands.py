@@ -399,3 +399,99 @@ def stats(repo: Repository, snapshot_ids: list[str], mode: str, hosts=(), tags=(
     else:
         refs = snapshots.list_snapshots(repo, hosts=tuple(hosts), tags=tuple(tags))
     return compute_stats(repo, refs, mode)
+
+
+# ---- init and key slots ------------------------------------------------------------------------
+@dataclass
+class Initialized:
+    id: str
+    location: str
+    object_lock: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 0
+
+    def _warnings(self) -> list[str]:
+        from cermin.engine.objectlock import DEPLOYMENT_WARNING
+
+        return [DEPLOYMENT_WARNING] if self.object_lock else []
+
+    def to_json(self) -> list[dict]:
+        line = {"message_type": "initialized", "id": self.id, "repository": self.location}
+        return [line, *map(warning_json, self._warnings())]
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        return [
+            note(f"created cermin repository {self.id[:10]} at {self.location}"),
+            note("Keep the password safe: without it the data cannot be recovered."),
+            *map(warning, self._warnings()),
+        ]
+
+
+def init(backend, password, lock_days: int | None = None, lock_mode: str = "compliance", maintenance_days=7):
+    """A new repository on `backend` (with an Object Lock policy when lock_days is given). `password`:
+    bytes, or a function asked only once the policy is known to be possible."""
+    from cermin.engine.objectlock import new_lock_policy
+
+    extra = {}
+    if lock_days is not None:
+        extra["object_lock"] = new_lock_policy(backend, lock_days, lock_mode, maintenance_days)
+    repo = Repository.init(backend, password() if callable(password) else password, extra=extra)
+    return Initialized(repo.config.id, backend.location, lock_days is not None)
+
+
+@dataclass
+class KeyList:
+    keys: list  # KeyInfo
+    exit_code = 0
+
+    def to_json(self) -> list[dict]:
+        fields = ("id", "current", "created", "hostname", "username")
+        return [{"message_type": "key", **{f: getattr(k, f) for f in fields}} for k in self.keys]
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        return [
+            answer(f"{'*' if k.current else ' '} {k.id[:12]}  {k.created[:19]}  {k.username}@{k.hostname}")
+            for k in self.keys
+        ]
+
+
+@dataclass
+class KeyChanged:
+    """`key add` / `key remove` / `key passwd`: message_type key_added / key_removed / key_changed."""
+
+    message_type: str
+    id: str
+    exit_code = 0
+
+    def to_json(self) -> list[dict]:
+        return [{"message_type": self.message_type, "id": self.id}]
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        said = {"key_added": "added key {}", "key_removed": "removed key {}"}
+        return [answer(said.get(self.message_type, "password changed (key {})").format(self.id[:12]))]
+
+
+def key_list(repo: Repository) -> KeyList:
+    from cermin.repo.keyops import list_keys
+
+    return KeyList(list_keys(repo))
+
+
+def key_add(repo: Repository, new_password: bytes) -> KeyChanged:
+    from cermin.repo.keyops import add_key
+
+    return KeyChanged("key_added", add_key(repo, new_password))
+
+
+def key_remove(repo: Repository, key_id: str) -> KeyChanged:
+    from cermin.repo.keyops import remove_key
+
+    return KeyChanged("key_removed", remove_key(repo, key_id))
+
+
+def key_passwd(repo: Repository, new_password: bytes) -> KeyChanged:
+    from cermin.repo.keyops import change_password
+
+    return KeyChanged("key_changed", change_password(repo, new_password))
