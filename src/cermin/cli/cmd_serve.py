@@ -37,17 +37,6 @@ def serve(
     if ctx.invoked_subcommand is not None:
         ctx.obj.serve_root = root
         return
-    if not root:
-        raise UsageError("--root is required")
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"bad --listen {listen!r}: use HOST:PORT")
-    if bool(tls_cert) != bool(tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
-    import uvicorn
-
-    from cermin.server.app import build_app
-
     limits = {
         "max_object_size": _size(max_object_size, "--max-object-size"),
         "quota_bytes": _size(quota_bytes, "--quota-bytes"),
@@ -56,18 +45,29 @@ def serve(
     }
     if limits["max_object_size"] <= 0:
         raise UsageError("--max-object-size must be positive")
+    host, port = _listen(root, listen, tls_cert, tls_key)
+    import uvicorn
+
+    from cermin.server.app import build_app
+
+    app = build_app(root, float(approval_window), **limits)
+    tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key}
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, **tls)
+
+
+def _listen(root, listen: str, tls_cert, tls_key) -> tuple[str, int]:
+    """Check the serve options and say where it listens (on stderr): (host, port)."""
+    if not root:
+        raise UsageError("--root is required")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"bad --listen {listen!r}: use HOST:PORT")
+    if bool(tls_cert) != bool(tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
     click.echo(f"cermin serve: {root} on {'https' if tls_cert else 'http'}://{listen}", err=True)
     if not tls_cert and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo("cermin serve: warning: plain http on a non-loopback address: tokens travel unencrypted", err=True)
-    uvicorn.run(
-        build_app(root, float(approval_window), **limits),
-        host=host,
-        port=int(port),
-        log_level="warning",
-        ssl_certfile=tls_cert,
-        ssl_keyfile=tls_key,
-        access_log=False,
-    )
+    return host, int(port)
 
 
 _UNITS = {
