@@ -46,6 +46,7 @@ def test_text_line():
     assert Progress(operation="check", message="checking packs", elapsed=61).to_text() == "[1:01] check: checking packs"
     line = Progress(operation="restore", unit="files", done=2, total=4, bytes_done=2048).to_text()
     assert line == "[0:00] restore: 2/4 files, 2.00 KiB"
+    assert Progress(operation="backup", unit="files", done=1).to_text() == "[0:00] backup: 1 file"
 
 
 def test_backup_and_restore_sample_their_counters(local_repo, tmp_path):

@@ -51,7 +51,7 @@ class Progress(msgspec.Struct, kw_only=True):
 
     def to_text(self) -> str:
         """One status line for a terminal."""
-        from cermin.util import fmt_bytes
+        from cermin.util import fmt_bytes, plural
 
         s = int(self.elapsed)
         head = f"[{s // 60}:{s % 60:02d}] {self.operation}"
@@ -59,7 +59,8 @@ class Progress(msgspec.Struct, kw_only=True):
             return f"{head}: {self.message}"
         parts = [self.phase] if self.phase else []
         if self.unit:
-            parts.append(f"{self.done}/{self.total} {self.unit}" if self.total else f"{self.done} {self.unit}")
+            one = self.unit[:-1] if self.unit.endswith("s") else self.unit
+            parts.append(f"{self.done}/{self.total} {self.unit}" if self.total else plural(self.done, one, self.unit))
         if self.bytes_done or self.bytes_total:
             b = fmt_bytes(self.bytes_done)
             parts.append(f"{b} of {fmt_bytes(self.bytes_total)}" if self.bytes_total else b)
