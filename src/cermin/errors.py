@@ -101,9 +101,9 @@ class ApprovalRequired(CerminError):
 
     def __init__(self, request_id: str, count: int = 1, what: str = "") -> None:
         self.request_id, self.count = request_id, count
+        what = what or f"deleting {count} object" + ("" if count == 1 else "s")
         super().__init__(
-            f"waiting for approval {request_id}: {what or f'deleting {count} object(s)'} needs a second admin "
-            f"(`cermin approvals approve {request_id}`)"
+            f"waiting for approval {request_id}: {what} needs a second admin (`cermin approvals approve {request_id}`)"
         )
 
 

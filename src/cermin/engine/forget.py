@@ -207,7 +207,7 @@ def remove_snapshots(repo: Repository, ids: list[str], now: datetime | None = No
     if repo.backend.caps.batch_remove and ids:  # a server with a two-person rule
         rid = repo.backend.remove_many([(Kind.SNAPSHOT, sid) for sid in ids])  # ONE request for all of them
         if rid is not None:
-            raise ApprovalRequired(rid, len(ids), f"forgetting {len(ids)} snapshot(s)")
+            raise ApprovalRequired(rid, len(ids), f"forgetting {plural(len(ids), 'snapshot')}")
         return [], []
     removed, locked = [], []
     for sid in ids:

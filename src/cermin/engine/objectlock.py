@@ -22,6 +22,7 @@ from cermin.format.index import iter_entries
 from cermin.repo.indexfiles import read_index_view
 from cermin.repo.repository import Repository
 from cermin.repo.snapshots import TOMBSTONE_GRACE, pending_tombstones, retained_snapshot_names
+from cermin.util import plural
 
 DEPLOYMENT_WARNING = (
     "Object Lock holds only if the backup client can reach nothing but authenticated S3: the storage's "
@@ -77,7 +78,7 @@ def policy_warnings(backend) -> list[str]:
         )
     if backend.planted_config:
         out.append(
-            f"{backend.planted_config} newer version(s) of `config` were written by someone else; cermin "
+            f"written by someone else: {plural(backend.planted_config, 'newer version')} of `config`; cermin "
             "ignores them and uses the config it wrote (evidence of an attack with the storage credential)"
         )
     return out
@@ -171,18 +172,18 @@ def extend_locks(repo: Repository, now: datetime | None = None, dry_run: bool = 
     needed = find_needed(repo, now)
     if needed.pending_forgets:
         rep.warnings.append(
-            f"{len(needed.pending_forgets)} forgotten snapshot(s) stay locked until their tombstones are "
+            f"kept locked: {plural(len(needed.pending_forgets), 'forgotten snapshot')}, until their tombstones are "
             f"{pol.days} days old (a tombstone written with a stolen password must not unlock anything at once): "
             + ", ".join(s[:8] for s in needed.pending_forgets[:10])
         )
     if needed.hidden_by_index:
         rep.warnings.append(
-            f"{len(needed.hidden_by_index)} pack(s) that snapshots need are named by no index file in force "
+            f"named by no index file in force: {plural(len(needed.hidden_by_index), 'pack')} that snapshots need "
             "(an index file planted with the password may supersede the real ones): kept locked; run `cermin check`"
         )
     if needed.unreadable_trees:
         rep.warnings.append(
-            f"{needed.unreadable_trees} tree(s) could not be read: every pack any index file names is kept locked"
+            f"unreadable: {plural(needed.unreadable_trees, 'tree')}; every pack any index file names is kept locked"
         )
     for kind, name in needed.objects:
         if kind not in versions:  # one listing per kind, not one request per object

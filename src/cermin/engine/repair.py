@@ -30,7 +30,7 @@ def _rebuild_memory_index(repo: Repository, packs: dict[bytes, bytes]) -> None:
 
 
 _PLANTED = (
-    "{n} object(s) fail authentication though named by their content ({shown}): planted without "
+    "failing authentication though named by their content: {n} ({shown}), planted without "
     "the repository key; ignored and left in place (`cermin check` lists them)"
 )
 
@@ -39,7 +39,7 @@ def _planted(names: list[str]) -> list[str]:
     if not names:
         return []
     shown = ", ".join(n[:20] for n in names[:5]) + (", ..." if len(names) > 5 else "")
-    return [_PLANTED.format(n=len(names), shown=shown)]
+    return [_PLANTED.format(n=plural(len(names), "object"), shown=shown)]
 
 
 # ---- repair index ---------------------------------------------------------------------------

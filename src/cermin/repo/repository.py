@@ -26,7 +26,7 @@ from cermin.format.crypto import MasterKeys
 from cermin.format.records import FORMAT_VERSION, Config, RepoSecrets, Snapshot, Tree
 from cermin.repo import keys as keyslots
 from cermin.repo.masterindex import MasterIndex
-from cermin.util import now_rfc3339
+from cermin.util import now_rfc3339, plural
 
 # Local disks: 8 MiB packs halve the memory a backup holds in packs being filled and uploaded.
 # Object stores (S3, the HTTP server) set 16 MiB: fewer requests, per shared/DESIGN.md.
@@ -261,7 +261,7 @@ class Repository:
         if missing:
             first = min(missing).hex()[:12]
             self.warn(
-                f"{len(missing)} pack(s) named by the index are missing ({first}...); their blobs are treated "
+                f"missing: {plural(len(missing), 'pack')} named by the index ({first}...); their blobs are treated "
                 "as absent; run `cermin check`"
             )
         self.index.build()

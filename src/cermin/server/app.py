@@ -51,6 +51,7 @@ from cermin.backend.local import LocalBackend, _fsync_dir
 from cermin.errors import CerminError, ObjectNotFound
 from cermin.server.approvals import HIDDEN_KINDS, ApprovalStore, StaleRequest
 from cermin.server.auth import TENANT_RE, TokenEntry, TokenStore
+from cermin.util import plural
 
 KINDS = {k.value: k for k in Kind}
 READ, WRITE, LOCK, DESTROY, ADMIN = "read", "write", "lock", "destroy", "admin"
@@ -710,8 +711,8 @@ class Server:
         fresh = [n for n, _ in st.backend.list(Kind.LOCK) if now - _mtime(st.backend, Kind.LOCK, n) < LOCK_FRESH]
         if fresh:
             raise ValueError(
-                f"the repository is in use ({len(fresh)} lock(s) held): approve again when no client is working "
-                "(or remove stale locks with an admin token: `cermin unlock`)"
+                f"the repository is in use ({plural(len(fresh), 'lock')} held): approve again when no client is "
+                "working (or remove stale locks with an admin token: `cermin unlock`)"
             )
         kinds = set(r.objects)
         if kinds & set(HIDDEN_KINDS):  # packs or index files: anything new may reference them

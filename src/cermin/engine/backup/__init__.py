@@ -247,7 +247,7 @@ class Backup:
         if adopted.refused:
             first = min(adopted.refused)
             self.repo.warn(
-                f"{len(adopted.refused)} pack(s) in no index were not adopted ({first[:12]}: "
+                f"not adopted: {plural(len(adopted.refused), 'pack')} in no index ({first[:12]}: "
                 f"{adopted.refused[first]}); `cermin check` names them, `cermin prune` removes them"
             )
         return adopted
