@@ -60,7 +60,6 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.errors
 
-
     @property
     def exit_code(self) -> int:
         return 0 if self.ok else EXIT_FATAL
@@ -112,6 +111,7 @@ class CheckReport:
         if not self.ok:
             lines.append(fail(f"check found {plural(len(self.errors), 'problem')}; see `cermin repair --help`"))
         return lines
+
 
 def parse_subset(spec: str | None) -> Callable[[list[bytes]], list[bytes]] | None:
     """'N%' (random sample) or 'n/m' (packs whose id falls into group n of m, for rotating checks)."""
@@ -606,5 +606,5 @@ class Checker:
 def run_check(
     repo: Repository, read_data: bool = False, subset: str | None = None, progress: Reporter | None = None
 ) -> CheckReport:
-    return Checker(repo, read_data, subset).run(progress)
     """Check without taking a lock: the caller holds a shared one (`cermin.engine.commands.check` takes it)."""
+    return Checker(repo, read_data, subset).run(progress)

@@ -189,9 +189,7 @@ def plan_prune(repo: Repository, max_unused: float = 0.05, now: float | None = N
     return plan
 
 
-def execute_prune(
-    repo: Repository, plan: PrunePlan, lock=None, progress: Reporter | None = None
-) -> PruneResult:
+def execute_prune(repo: Repository, plan: PrunePlan, lock=None, progress: Reporter | None = None) -> PruneResult:
     say = Phases(progress, "prune")  # the caller holds the exclusive lock (commands.prune takes it)
     view, used = plan._view, plan._used
     assert view is not None and used is not None, "execute a plan made by plan_prune"
@@ -254,6 +252,7 @@ def execute_prune(
     _remove_leftovers(repo, plan, res)
     repo.index = MasterIndex.from_packs(stays)
     return res
+
 
 def _remove_leftovers(repo: Repository, plan: PrunePlan, res: PruneResult) -> None:
     """The plan's temporary files, aged when the plan was made (under the same exclusive lock)."""
