@@ -321,7 +321,7 @@ class Checker:
             # trees may be gone from the index; they are deleted once their lock lapses.
             self._notice(
                 "snapshots_forgotten",
-                f"{len(forgotten)} forgotten snapshot(s) wait for their Object Lock to lapse; not checked",
+                f"waiting for their Object Lock to lapse: {plural(len(forgotten), 'forgotten snapshot')}; not checked",
                 blobs=forgotten,
             )
             refs = [r for r in refs if not r.forgotten]
