@@ -113,3 +113,17 @@ def test_dump_of_a_directory_is_a_tar(initialized_cli, tmp_path):
     assert cli("dump", "latest", str(src / "d" / "a")).stdout == b"A" * 5000
     r = cli("dump", "latest", str(src / "d" / "l"), ok=False)
     assert r.returncode == 1 and b"is a symlink" in r.stderr
+
+
+def test_prune_reports_the_temporary_files_it_removed(initialized_cli, tmp_path):
+    cli = initialized_cli
+    two_snapshots(cli, tmp_path)
+    tmp = os.path.join(cli.repo, "data", ".tmp-killed")
+    with open(tmp, "wb") as f:
+        f.write(b"x" * 1000)
+    os.utime(tmp, (1, 1))  # long before the 30-minute bound
+    r = cli("prune", "--dry-run")
+    assert "temporary files of interrupted writes: 1 (1000 B)" in r.stdout.decode()
+    out = jl(cli("--json", "prune"))
+    assert out[-1]["message_type"] == "summary" and out[-1]["temp_files_removed"] == 1
+    assert out[-1]["temp_bytes_removed"] == 1000 and not os.path.exists(tmp)

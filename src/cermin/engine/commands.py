@@ -180,6 +180,7 @@ class PruneOutcome:
             return [*out, approval_json(r.approval, r.packs_queued + r.index_files_queued, self._what())]
         summary = {"packs_written": r.packs_written, "bytes_written": r.bytes_written}
         summary |= {"packs_deleted": r.packs_deleted, "bytes_deleted": r.bytes_deleted}
+        summary |= {"temp_files_removed": r.temp_files_removed, "temp_bytes_removed": r.temp_bytes_removed}
         return [*out, {"message_type": "summary", **summary}]
 
     def _what(self) -> str:
@@ -207,6 +208,8 @@ class PruneOutcome:
                 f"delete unindexed {len(p.unindexed_packs)}"
             )
         )
+        if p.temp_files:
+            lines.append(say(f"temporary files of interrupted writes: {len(p.temp_files)} ({fmt_bytes(p.temp_bytes)})"))
         lines.append(say(f"frees about {fmt_bytes(p.bytes_freed)} of {fmt_bytes(p.total_bytes)}"))
         if r is None:
             return lines
@@ -218,6 +221,9 @@ class PruneOutcome:
                 f"wrote {plural(r.packs_written, 'pack')} ({fmt_bytes(r.bytes_written)})"
             )
         )
+        if r.temp_files_removed:
+            n = plural(r.temp_files_removed, "temporary file")
+            lines.append(answer(f"removed {n} of interrupted writes ({fmt_bytes(r.temp_bytes_removed)})"))
         return lines
 
 
