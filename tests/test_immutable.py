@@ -392,9 +392,7 @@ def test_backdated_tombstones_and_a_superseding_index_unlock_nothing(locked_repo
     for sid in real:
         repo.save_object(Kind.AUX, records.encode(AuxRecord(type="forgotten", time=old, target=sid)))
     view = read_index_view(repo)
-    repo.save_object(
-        Kind.INDEX, records.encode(IndexFile(packs=[], supersedes=[bytes.fromhex(n) for n in view.files]))
-    )
+    repo.save_object(Kind.INDEX, records.encode(IndexFile(packs=[], supersedes=[bytes.fromhex(n) for n in view.files])))
 
     needed = find_needed(repo)
     assert set(real) <= {n for k, n in needed.objects if k is Kind.SNAPSHOT}

@@ -128,7 +128,7 @@ class RepoLock:
                 ) from None
             self.unlocked = str(e)
             self.repo.warn(
-                f"cannot write a lock to the repository at {where} ({e}): {self.operation} goes on without a lock "
+                f"the repository at {where} is read-only to us or full ({e}): {self.operation} goes on without a lock "
                 "(a shared lock only keeps a concurrent `prune` from deleting data this command reads; "
                 "run no prune meanwhile)"
             )
