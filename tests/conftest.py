@@ -114,7 +114,7 @@ def s3_location(seaweed, bucket: str, name: str) -> str:
 class ServeProcess:
     """A real `cermin serve` process on a free loopback port."""
 
-    def __init__(self, root: str, window: int = 3600) -> None:
+    def __init__(self, root: str, window: int = 3600, *extra: str) -> None:
         import socket
         import time
 
@@ -124,9 +124,9 @@ class ServeProcess:
         self.port = s.getsockname()[1]
         s.close()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
+        listen = ["--listen", f"127.0.0.1:{self.port}", "--approval-window", str(window)]
         self.proc = subprocess.Popen(
-            cermin_exe()
-            + ["serve", "--root", root, "--listen", f"127.0.0.1:{self.port}", "--approval-window", str(window)],
+            cermin_exe() + ["serve", "--root", root, *listen, *extra],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

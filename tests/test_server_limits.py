@@ -26,27 +26,7 @@ class Serve(ServeProcess):
     """ServeProcess with extra `cermin serve` options."""
 
     def __init__(self, root: str, *extra: str) -> None:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.root, self.port = root, s.getsockname()[1]
-        s.close()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
-        self.proc = subprocess.Popen(
-            [*cermin_exe(), "serve", "--root", root, "--listen", f"127.0.0.1:{self.port}", *extra],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(self.proc.stderr.read().decode()) from None
-                time.sleep(0.1)
-        raise RuntimeError("cermin serve did not start")
+        super().__init__(root, 3600, *extra)
 
 
 @pytest.fixture
