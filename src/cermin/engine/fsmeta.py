@@ -174,19 +174,26 @@ def apply_file_meta(
     owned: the file was just created by us in a directory we created, so it already belongs to
     (EUID, EGID) and a chown to the same ids can be skipped. owner/xattrs: set those at all;
     special: keep setuid/setgid bits and privilege-bearing xattrs (see restored_mode, restored_xattrs)."""
-    if owner and IS_ROOT and not (owned and node.uid == EUID and node.gid == EGID):
+    chown = owner and not (owned and node.uid == EUID and node.gid == EGID)
+    _set_meta(fd, node, warn, chown, owner, xattrs, special)
+
+
+def _set_meta(target, node: Node, warn, chown: bool, owner: bool, xattrs: bool, special: bool) -> None:
+    """Owner, xattrs, mode, mtime on `target`: an open fd, or an O_PATH fd's /proc/self/fd path —
+    never a name that could be swapped for a symlink. Mode after chown, which clears setuid bits."""
+    if chown and IS_ROOT:
         try:
-            os.fchown(fd, node.uid, node.gid)
+            os.chown(target, node.uid, node.gid)
         except (OSError, OverflowError) as e:
             warn(f"cannot set owner: {_why(e)}")
     if xattrs:
         for k, v in restored_xattrs(node, owner, special):
             try:
-                os.setxattr(fd, k, v)
+                os.setxattr(target, k, v)
             except (OSError, ValueError) as e:
                 warn(f"cannot set xattr {k.decode('utf-8', 'backslashreplace')}: {_why(e)}")
-    os.fchmod(fd, restored_mode(node, owner, special))  # after chown, which clears setuid bits
-    os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+    os.chmod(target, restored_mode(node, owner, special))
+    os.utime(target, ns=(node.mtime_ns, node.mtime_ns))
 
 
 def apply_path_meta(
@@ -209,20 +216,7 @@ def apply_path_meta(
     try:
         if node_type(os.fstat(fd).st_mode) != node.type:
             raise OSError(errno.ESTALE, "entry was replaced while it was restored")
-        pinned = b"/proc/self/fd/%d" % fd
-        if owner and IS_ROOT:
-            try:
-                os.chown(pinned, node.uid, node.gid)
-            except (OSError, OverflowError) as e:
-                warn(f"cannot set owner: {_why(e)}")
-        if xattrs:
-            for k, v in restored_xattrs(node, owner, special):
-                try:
-                    os.setxattr(pinned, k, v)
-                except (OSError, ValueError) as e:
-                    warn(f"cannot set xattr {k.decode('utf-8', 'backslashreplace')}: {_why(e)}")
-        os.chmod(pinned, restored_mode(node, owner, special))
-        os.utime(pinned, ns=(node.mtime_ns, node.mtime_ns))
+        _set_meta(b"/proc/self/fd/%d" % fd, node, warn, owner, owner, xattrs, special)
     finally:
         os.close(fd)
 
