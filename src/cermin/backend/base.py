@@ -206,3 +206,24 @@ def exists_by_size(backend: Backend, kind: Kind, name: str) -> bool:
         return True
     except ObjectNotFound:
         return False
+
+
+class BackendWrapper:
+    """A backend around another one (fault injection, retries): the wrapped store's attributes show
+    through; subclasses forward each call in their own way."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.location = inner.location
+
+    @property
+    def caps(self) -> Capabilities:
+        return self.inner.caps
+
+    @property
+    def lock(self):
+        return self.inner.lock
+
+    @property
+    def planted_config(self) -> int:
+        return self.inner.planted_config

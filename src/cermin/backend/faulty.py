@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from cermin.backend.base import Backend, Capabilities, Kind, Leftover
+from cermin.backend.base import Backend, BackendWrapper, Kind, Leftover
 from cermin.errors import CerminError, TransientError
 
 
@@ -31,12 +31,11 @@ class BackendCrashed(InjectedFault):
     """The process "died": permanent, never retried."""
 
 
-class FaultyBackend:
+class FaultyBackend(BackendWrapper):
     def __init__(
         self, inner: Backend, mode: str | None = None, at: int = 0, only: str | None = None, crash_after: bool = False
     ) -> None:
-        self.inner = inner
-        self.location = inner.location
+        super().__init__(inner)
         self.mode = mode
         self.at = at
         self.only = only
@@ -72,18 +71,6 @@ class FaultyBackend:
         if hit and self.mode == "crash" and self.crash_after:
             self.dead = True
             raise BackendCrashed(f"injected crash after {op} (call {self.calls})")
-
-    @property
-    def caps(self) -> Capabilities:
-        return self.inner.caps
-
-    @property
-    def lock(self):
-        return self.inner.lock
-
-    @property
-    def planted_config(self) -> int:
-        return self.inner.planted_config
 
     def _call(self, op: str, fn, *args):
         hit = self._before(op)

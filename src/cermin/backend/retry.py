@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from cermin.backend.base import Backend, Capabilities, Kind, Leftover
+from cermin.backend.base import Backend, BackendWrapper, Kind, Leftover
 from cermin.errors import BackendUnavailable, ObjectExists, ObjectNotFound, TransientError
 
 
@@ -60,7 +60,7 @@ LONG = RetryPolicy(attempts=10, initial=0.5, max_delay=16.0, total=90.0)
 PROBE = RetryPolicy(attempts=3, initial=0.5, max_delay=1.0, total=10.0)
 
 
-class RetryBackend:
+class RetryBackend(BackendWrapper):
     """Retries TransientError of `inner` within a bounded budget; everything else passes through.
 
     `sleep`, `clock` and `jitter` (a float in [0, 1)) are injectable for tests."""
@@ -74,26 +74,12 @@ class RetryBackend:
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self.inner = inner
-        self.location = inner.location
+        super().__init__(inner)
         self.policy = policy
         self.probe = probe
         self._sleep, self._clock, self._jitter = sleep, clock, jitter
         self.answered = probe is None  # has the endpoint answered anything yet?
         self.retries = 0  # transient failures retried, over every call (for tests and diagnostics)
-
-    # ---- attributes of the wrapped backend ----------------------------------------------------------
-    @property
-    def caps(self) -> Capabilities:
-        return self.inner.caps
-
-    @property
-    def lock(self):
-        return self.inner.lock
-
-    @property
-    def planted_config(self) -> int:
-        return self.inner.planted_config
 
     # ---- the loop -----------------------------------------------------------------------------------
     def _run(self, fn: Callable, *args, lost_answer: Callable[[Exception], bool] | None = None):
