@@ -8,7 +8,7 @@ import threading
 
 import pytest
 from conftest import s3_location
-from repoutil import backup, make_source, mutate_source, reopen, restores_identically, small_repo
+from helpers import backup, make_source, mutate_source, reopen, restores_identically, small_repo
 
 from cermin.backend.base import CONFIG_NAME, Kind
 from cermin.backend.http import HttpBackend

@@ -7,7 +7,7 @@ import os
 
 import pytest
 from conftest import reopen
-from treeutil import allocated_bytes, assert_same_tree, make_rich_tree
+from helpers import allocated_bytes, assert_same_tree, make_rich_tree
 
 from cermin.backend.base import Kind
 from cermin.engine import fsread

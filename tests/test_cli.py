@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 
-from treeutil import assert_same_tree, make_rich_tree
+from helpers import assert_same_tree, make_rich_tree
 
 
 def repo_bytes(path) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from repoutil import backup, make_source, mutate_source, reopen, restores_identically, small_repo
+from helpers import backup, make_source, mutate_source, reopen, restores_identically, small_repo
 
 from cermin.backend.base import Kind
 from cermin.backend.faulty import FaultyBackend

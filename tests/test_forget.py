@@ -167,7 +167,7 @@ def test_protection_date_is_bounded(tmp_path):
     from datetime import UTC, datetime
 
     import pytest
-    from repoutil import backup, make_source, small_repo
+    from helpers import backup, make_source, small_repo
 
     from cermin.backend.local import LocalBackend
     from cermin.engine.protect import protect

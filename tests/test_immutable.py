@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import Cli, s3_location
-from repoutil import make_source
-from treeutil import assert_same_tree
+from helpers import assert_same_tree, make_source
 
 from cermin.backend.s3 import S3Backend
 from cermin.engine.objectlock import extend_locks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from repoutil import small_repo
+from helpers import small_repo
 
 from cermin.backend.base import Kind
 from cermin.backend.memory import MemoryBackend

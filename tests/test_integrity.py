@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from repoutil import (
+from helpers import (
     backup,
     blob_users,
     damage,

@@ -12,7 +12,7 @@ import subprocess
 import time
 
 from conftest import PASSWORD, cermin_exe
-from treeutil import assert_same_tree
+from helpers import assert_same_tree
 
 
 def write_source(root, seed: int, files: int = 60) -> None:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 from conftest import FAST_KDF, PASSWORD
-from repoutil import backup, make_source, mutate_source, restores_identically, small_repo
+from helpers import backup, make_source, mutate_source, restores_identically, small_repo
 
 from cermin.backend.base import Kind
 from cermin.backend.local import LocalBackend

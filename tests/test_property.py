@@ -7,9 +7,9 @@ import shutil
 import tempfile
 
 from conftest import FAST_KDF
+from helpers import assert_same_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from treeutil import assert_same_tree
 
 from cermin.backend.memory import MemoryBackend
 from cermin.engine.backup import BackupOptions, run_backup

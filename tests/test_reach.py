@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from repoutil import backup, make_source, mutate_source, small_repo
+from helpers import backup, make_source, mutate_source, small_repo
 
 from cermin.backend.memory import MemoryBackend
 from cermin.engine.reach import file_blobs, reach, walk_trees

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from conftest import PASSWORD
-from treeutil import make_rich_tree
+from helpers import make_rich_tree
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "cermin-recover.py")
 
@@ -44,7 +44,7 @@ def test_recover_script_stays_inside_target(local_repo, tmp_path):
     """A hostile snapshot: `..`, a name with '/', NUL, a duplicate of a symlink to the outside, and a
     symlink to the outside already in the target. The script restores the rest, exits 1 naming each
     invalid entry, and changes nothing outside the target."""
-    from test_restore_hostile import Hostile, assert_good_restored, fs_state, good_entries
+    from helpers import Hostile, assert_good_restored, fs_state, good_entries
 
     world = tmp_path / "world"
     outside, target = world / "outside", world / "target"

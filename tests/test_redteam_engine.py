@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import FAST_KDF, PASSWORD, cermin_exe
-from repoutil import backup, make_source, mutate_source, small_repo
-from test_restore_hostile import Hostile
+from helpers import Hostile, backup, make_source, mutate_source, small_repo
 
 from cermin.backend.base import Kind
 from cermin.backend.local import LocalBackend

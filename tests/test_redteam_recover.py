@@ -13,7 +13,7 @@ import time
 
 import pytest
 from conftest import PASSWORD
-from repoutil import SMALL, backup, make_source, small_repo
+from helpers import SMALL, backup, make_source, small_repo
 
 from cermin.backend.base import Kind
 from cermin.backend.local import LocalBackend

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from repoutil import (
+from helpers import (
     backup,
     make_source,
     mutate_source,

@@ -7,92 +7,21 @@ was created, removed or changed."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 
 import pytest
 from conftest import PASSWORD
+from helpers import MTIME, Hostile, assert_good_restored, fs_state, good_entries
 
 from cermin.engine import fsmeta
 from cermin.engine.check import run_check
 from cermin.engine.restore import RestoreOptions, Restorer, run_restore
-from cermin.format import pack, records
 from cermin.format.names import check_node_name, escape_name, is_valid_name, tree_problems, valid_nodes
-from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Snapshot, Tree
-from cermin.repo.saver import BlobSaver
-from cermin.util import now_rfc3339
+from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 
 ROOT = os.geteuid() == 0
-MTIME = 1_600_000_000_000_000_000
-
-
-class Hostile:
-    """Writes trees and snapshots with whatever entries the attacker wants."""
-
-    def __init__(self, repo) -> None:
-        self.repo = repo
-        self.saver = BlobSaver(repo, builders=1)
-        self.trees: dict[bytes, bytes] = {}  # tree id -> first entry name (to find trees in tests)
-
-    def file(self, name: bytes, data: bytes = b"content\n", **kw) -> Node:
-        bid = self.repo.blob_id(data)
-        self.saver.save(pack.DATA, bid, data)
-        kw.setdefault("mode", 0o644)
-        kw.setdefault("mtime_ns", MTIME)
-        return Node(name=name, type=FILE, size=len(data), content=bid, **kw)
-
-    def dir(self, name: bytes, nodes: list[Node], **kw) -> Node:
-        kw.setdefault("mode", 0o755)
-        return Node(name=name, type=DIR, subtree=self.tree(nodes), mtime_ns=MTIME, **kw)
-
-    @staticmethod
-    def symlink(name: bytes, target) -> Node:
-        return Node(name=name, type=SYMLINK, target=os.fsencode(target), mode=0o777, mtime_ns=MTIME)
-
-    def tree(self, nodes: list[Node]) -> bytes:
-        data = records.encode(Tree(nodes=nodes))
-        tid = self.repo.blob_id(data)
-        self.saver.save(pack.TREE, tid, data)
-        return tid
-
-    def snapshot(self, nodes: list[Node]) -> str:
-        tid = self.tree(nodes)
-        self.saver.flush()
-        self.saver.close()
-        self.saver = BlobSaver(self.repo, builders=1)
-        return self.repo.save_snapshot(Snapshot(time=now_rfc3339(), tree=tid, paths=[b"/hostile"]))
-
-
-def fs_state(root: str, skip: str | None = None) -> dict:
-    """Every entry under root (root included) with type, mode, owner, size, times, links and content."""
-    out = {}
-    for d, dirs, files in os.walk(root):
-        if skip is not None and os.path.abspath(d) == os.path.abspath(skip):
-            dirs[:] = []
-            continue
-        for name in [None, *files, *dirs]:
-            p = d if name is None else os.path.join(d, name)
-            if skip is not None and os.path.abspath(p) == os.path.abspath(skip):
-                continue
-            st = os.lstat(p)
-            extra = None
-            if stat.S_ISLNK(st.st_mode):
-                extra = os.readlink(p)
-            elif stat.S_ISREG(st.st_mode):
-                extra = hashlib.sha256(open(p, "rb").read()).hexdigest()
-            out[os.path.relpath(p, root)] = (
-                st.st_mode,
-                st.st_uid,
-                st.st_gid,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-                st.st_nlink,
-                extra,
-            )
-    return out
 
 
 @pytest.fixture
@@ -123,15 +52,6 @@ def restore(repo, sid: str, target, **opts):
 
 def listing(target) -> set[str]:
     return {os.path.relpath(os.path.join(d, n), target) for d, ds, fs in os.walk(target) for n in ds + fs}
-
-
-def good_entries(h: Hostile) -> list[Node]:
-    return [h.file(b"good", b"good file\n"), h.dir(b"gooddir", [h.file(b"inner", b"inner file\n")])]
-
-
-def assert_good_restored(target) -> None:
-    assert (target / "good").read_bytes() == b"good file\n"
-    assert (target / "gooddir" / "inner").read_bytes() == b"inner file\n"
 
 
 # ---- the validator ---------------------------------------------------------------------------

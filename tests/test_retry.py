@@ -7,7 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from repoutil import backup, make_source, reopen, restores_identically, small_repo
+from helpers import backup, make_source, reopen, restores_identically, small_repo
 from seaweed import free_ports
 
 from cermin.backend.base import Kind

@@ -12,8 +12,7 @@ import uuid
 import pytest
 import urllib3
 from conftest import PASSWORD, Cli, ServeProcess, cermin_exe
-from repoutil import make_source
-from treeutil import assert_same_tree
+from helpers import assert_same_tree, make_source
 
 
 def jl(r):

@@ -7,9 +7,8 @@ import json
 import uuid
 
 import urllib3
-from repoutil import make_source
+from helpers import assert_same_tree, make_source
 from test_server import http_cli, jl
-from treeutil import assert_same_tree
 
 
 def _pending(cli) -> list[dict]:

@@ -15,9 +15,8 @@ import uuid
 import pytest
 import urllib3
 from conftest import ServeProcess, cermin_exe
-from repoutil import make_source
+from helpers import assert_same_tree, make_source
 from test_server import audit_lines, http_cli, jl
-from treeutil import assert_same_tree
 
 from cermin.format.crypto import file_id
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from conftest import FAST_KDF, PASSWORD
-from test_restore_hostile import Hostile
+from helpers import Hostile
 
 from cermin.backend.local import LocalBackend
 from cermin.engine.stats import compute_stats
