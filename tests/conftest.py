@@ -79,6 +79,20 @@ def local_repo(tmp_path):
     return repo
 
 
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A cache directory (key-slot choice, pack cache) of the test's own."""
+    monkeypatch.setenv("CERMIN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def hostile(local_repo):
+    """Writes hostile trees and snapshots into local_repo (helpers.Hostile)."""
+    from helpers import Hostile
+
+    return Hostile(local_repo)
+
+
 def reopen(repo: Repository) -> Repository:
     r = Repository.open(repo.backend, PASSWORD.encode())
     r.load_index()

@@ -11,7 +11,10 @@ import stat
 from conftest import FAST_KDF, PASSWORD
 
 from cermin.backend.base import Kind
+from cermin.backend.local import LocalBackend
 from cermin.engine.backup import BackupOptions, run_backup
+from cermin.engine.check import run_check
+from cermin.engine.repair import repair_index, repair_packs, repair_snapshots
 from cermin.engine.restore import RestoreOptions, run_restore
 from cermin.format import pack, records
 from cermin.format.index import IndexEntry
@@ -19,7 +22,7 @@ from cermin.format.records import DIR, FILE, SYMLINK, Node, Snapshot, Tree
 from cermin.repo.indexfiles import read_index_view
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
-from cermin.repo.snapshots import list_snapshots
+from cermin.repo.snapshots import list_snapshots, resolve
 from cermin.util import now_rfc3339
 
 SMALL = dict(kdf=FAST_KDF, chunker_params=(16 * 1024, 64 * 1024, 256 * 1024), pack_size=256 * 1024)
@@ -305,3 +308,63 @@ def good_entries(h: Hostile) -> list[Node]:
 def assert_good_restored(target) -> None:
     assert (target / "good").read_bytes() == b"good file\n"
     assert (target / "gooddir" / "inner").read_bytes() == b"inner file\n"
+
+
+def do_backup(repo, *paths, **kw):
+    return run_backup(repo, BackupOptions(paths=[os.fsencode(p) for p in paths], **kw))
+
+
+def do_restore(repo, snap_id, target, **kw):
+    return run_restore(repo, resolve(repo, snap_id).snapshot, RestoreOptions(target=str(target), **kw))
+
+
+def thirty_snapshots(base, sources: dict) -> tuple[str, list[str]]:
+    """30 snapshots of a changing tree in base/repo; returns (repo dir, [snapshot ids]). Copies of the
+    source as the last two snapshots saw it are kept in `sources` (by snapshot id: (source, copy))."""
+    import shutil
+
+    src = base / "src"
+    make_source(src, files=16)
+    repo = small_repo(LocalBackend(str(base / "repo")))
+    snaps = [backup(repo, src)]
+    for step in range(29):
+        mutate_source(src, step)
+        snaps.append(backup(repo, src))
+        if step >= 27:
+            shutil.copytree(src, base / f"src-{snaps[-1]}", symlinks=True)
+            sources[snaps[-1]] = (src, base / f"src-{snaps[-1]}")
+    return str(base / "repo"), snaps
+
+
+def fresh_copy(history, tmp_path) -> tuple:
+    import shutil
+
+    repo_dir, snaps = history
+    dst = tmp_path / "repo"
+    shutil.copytree(repo_dir, dst)
+    return reopen(LocalBackend(str(dst))), snaps
+
+
+def clean(repo) -> bool:
+    r = run_check(repo, read_data=True)
+    return r.ok
+
+
+def full_repair(repo):
+    repair_packs(repo)
+    repair_index(repo)
+    repair_snapshots(repo, forget_originals=True)
+
+
+def gallery_repo(tmp_path):
+    src = tmp_path / "src"
+    make_source(src, files=10)
+    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
+    s1 = backup(repo, src)
+    mutate_source(src, 1)
+    s2 = backup(repo, src)
+    return repo, src, s1, s2
+
+
+def error_kinds(report):
+    return {p.kind for p in report.errors}

@@ -6,24 +6,16 @@ import io
 import os
 
 import pytest
-from conftest import reopen
-from helpers import allocated_bytes, assert_same_tree, make_rich_tree
+from conftest import FAST_KDF, PASSWORD, reopen
+from helpers import allocated_bytes, assert_same_tree, do_backup, do_restore, make_rich_tree
 
 from cermin.backend.base import Kind
+from cermin.backend.local import LocalBackend
 from cermin.engine import fsread
 from cermin.engine.backup import BackupOptions, run_backup
 from cermin.engine.backup import filesaver as filesaver_mod
-from cermin.engine.restore import RestoreOptions, run_restore
 from cermin.engine.treewalk import diff_trees, walk
-from cermin.repo.snapshots import list_snapshots, resolve
-
-
-def do_backup(repo, *paths, **kw):
-    return run_backup(repo, BackupOptions(paths=[os.fsencode(p) for p in paths], **kw))
-
-
-def do_restore(repo, snap_id, target, **kw):
-    return run_restore(repo, resolve(repo, snap_id).snapshot, RestoreOptions(target=str(target), **kw))
+from cermin.repo.repository import Repository
 
 
 def test_rich_tree_roundtrip(local_repo, tmp_path):
@@ -99,28 +91,6 @@ def test_excludes_caches_and_dry_run(local_repo, tmp_path):
     assert not names & {b"a.tmp", b"logs", b"l", b"big"}
 
 
-def test_restore_subtree_include_exclude(local_repo, tmp_path):
-    src = tmp_path / "src"
-    os.makedirs(src / "a" / "b")
-    (src / "a" / "b" / "x.conf").write_bytes(b"x")
-    (src / "a" / "y.txt").write_bytes(b"y")
-    (src / "z.conf").write_bytes(b"z")
-    sid = do_backup(local_repo, src).snapshot_id
-    base = str(src)
-    do_restore(local_repo, sid, tmp_path / "sub", subpath=os.fsencode(base + "/a"))
-    assert sorted(os.listdir(tmp_path / "sub")) == ["b", "y.txt"]
-    do_restore(local_repo, sid, tmp_path / "inc", includes=["*.conf"])
-    got = sorted(
-        os.path.relpath(os.path.join(d, f), tmp_path / "inc") for d, _, fs in os.walk(tmp_path / "inc") for f in fs
-    )
-    assert [g.rsplit("/", 1)[1] for g in got] == ["x.conf", "z.conf"]
-    do_restore(local_repo, sid, tmp_path / "exc", excludes=["b"])
-    assert not os.path.exists(tmp_path / "exc" / base.lstrip("/") / "a" / "b")
-    assert os.path.exists(tmp_path / "exc" / base.lstrip("/") / "a" / "y.txt")
-    do_restore(local_repo, sid, tmp_path / "one", subpath=os.fsencode(base + "/a/y.txt"))
-    assert os.listdir(tmp_path / "one") == ["y.txt"]
-
-
 def test_stdin_backup(local_repo, tmp_path):
     data = os.urandom(2_000_000)
     s = run_backup(local_repo, BackupOptions(stdin=io.BytesIO(data), stdin_filename="db.sql"))
@@ -186,17 +156,6 @@ def test_symlink_loops_are_stored_not_followed(local_repo, tmp_path):
     assert os.readlink(out / "a") == "b" and os.readlink(out / "d" / "up") == ".."
 
 
-def test_snapshots_listed_and_resolved(local_repo, tmp_path):
-    src = tmp_path / "src"
-    os.makedirs(src)
-    ids = [do_backup(local_repo, src, tags=[f"t{i}"]).snapshot_id for i in range(3)]
-    refs = list_snapshots(local_repo)
-    assert [r.id for r in refs] == ids
-    assert resolve(local_repo, "latest").id == ids[-1]
-    assert resolve(local_repo, ids[1][:8]).id == ids[1]
-    assert [r.id for r in list_snapshots(local_repo, tags=("t1",))] == [ids[1]]
-
-
 def test_unreadable_file_skipped_with_error(local_repo, tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root reads anything; covered by the CLI test that drops privileges")
@@ -208,77 +167,35 @@ def test_unreadable_file_skipped_with_error(local_repo, tmp_path):
     assert s.snapshot.incomplete and "secret" in s.errors[0]
 
 
-def _bind(path) -> None:
-    """Make a Unix socket at path, however long (bound under a short name, then renamed)."""
-    import socket
+def test_a_backup_adopts_authenticated_unindexed_packs_only(tmp_path):
+    import blake3
 
-    d = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(f"/proc/self/fd/{d}/t")
-        s.close()
-        os.rename("t", os.path.basename(path), src_dir_fd=d, dst_dir_fd=d)
-    finally:
-        os.close(d)
+    from cermin.backend.base import Kind
+    from cermin.engine.backup import BackupOptions, run_backup
 
-
-def test_unix_sockets_are_recreated_with_metadata(local_repo, tmp_path):
-    import stat
-
-    src = tmp_path / "src"
-    deep = src / ("d" * 120) / ("e" * 120)  # paths far beyond sun_path's 108 bytes
-    deep.mkdir(parents=True)
-    socks = [src / "s.sock", deep / ("long-socket-name-" + "x" * 200)]
-    for i, p in enumerate(socks):
-        _bind(str(p))
-        os.chmod(p, 0o640 - 0o100 * i)
-        os.utime(p, ns=(1_600_000_000_123_456_789 + i, 1_600_000_000_123_456_789 + i))
-    s = do_backup(local_repo, src)
-    repo = reopen(local_repo)
-    out = tmp_path / "out"
-    for _ in range(2):  # the second time over what the first created
-        r = do_restore(repo, s.snapshot_id, out)
-        assert not r.errors and not r.warnings, (r.errors, r.warnings)
-        for i, p in enumerate(socks):
-            st = os.lstat(out / str(p).lstrip("/"))
-            assert stat.S_ISSOCK(st.st_mode), p
-            assert stat.S_IMODE(st.st_mode) == 0o640 - 0o100 * i
-            assert st.st_mtime_ns == 1_600_000_000_123_456_789 + i
-        assert not [n for _, _, fs in os.walk(out) for n in fs if n.startswith(".cermin-sock-")]
-
-
-def test_socket_restore_never_follows_a_planted_symlink(local_repo, tmp_path):
-    import stat
-
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode(), kdf=FAST_KDF)
     src = tmp_path / "src"
     src.mkdir()
-    _bind(str(src / "sock"))
-    s = do_backup(local_repo, src)
-    repo = reopen(local_repo)
-    outside = tmp_path / "outside"
-    outside.write_bytes(b"keep")
-    os.chmod(outside, 0o600)
-    out = tmp_path / "out"
-    where = out / str(src).lstrip("/")
-    where.mkdir(parents=True)
-    os.symlink(outside, where / "sock")
-    r = do_restore(repo, s.snapshot_id, out)
-    assert not r.errors, r.errors
-    assert stat.S_ISSOCK(os.lstat(where / "sock").st_mode)
-    assert outside.read_bytes() == b"keep" and stat.S_IMODE(os.stat(outside).st_mode) == 0o600
+    (src / "f").write_bytes(os.urandom(2_000_000))
+    repo.load_index()
+    first = run_backup(repo, BackupOptions(paths=[os.fsencode(src)], workers=2))
+    assert first.bytes_uploaded > 2_000_000
+    # As if interrupted before its index and snapshot: durable packs that no index file names.
+    for kind in (Kind.INDEX, Kind.SNAPSHOT):
+        for name, _ in list(repo.backend.list(kind)):
+            repo.backend.remove(kind, name)
+    written = {n for n, _ in repo.backend.list(Kind.DATA)}
+    planted = os.urandom(5000)  # a storage credential without the key: a "pack" under its own hash
+    planted_name = blake3.blake3(planted).hexdigest()
+    repo.backend.save(Kind.DATA, planted_name, planted)
 
-
-def test_socket_that_cannot_be_made_is_a_warning(local_repo, tmp_path, monkeypatch):
-    from cermin.engine import fsmeta
-
-    src = tmp_path / "src"
-    src.mkdir()
-    _bind(str(src / "sock"))
-    (src / "f").write_bytes(b"f")
-    s = do_backup(local_repo, src)
-    repo = reopen(local_repo)
-    monkeypatch.setattr(fsmeta, "proc_path", lambda d, n: b"/nonexistent-proc/" + n)  # as without /proc
-    r = do_restore(repo, s.snapshot_id, tmp_path / "out")
-    assert not r.errors and [w for w in r.warnings if "sock: socket not restored" in w]
-    assert (tmp_path / "out" / str(src).lstrip("/") / "f").read_bytes() == b"f"
-    assert not os.path.lexists(tmp_path / "out" / str(src).lstrip("/") / "sock")
+    r = Repository.open(repo.backend, PASSWORD.encode())
+    r.load_index()
+    assert set(r.unindexed_packs) == written | {planted_name}
+    s = run_backup(r, BackupOptions(paths=[os.fsencode(src)], workers=2))
+    assert s.bytes_uploaded == 0 and s.packs_written == 0, "everything was adopted, nothing uploaded again"
+    assert [w for w in r.warnings if "not adopted" in w and planted_name[:12] in w]
+    r2 = Repository.open(repo.backend, PASSWORD.encode())
+    r2.load_index()
+    assert set(r2.unindexed_packs) == {planted_name}, "the adopted packs are named by an index file"
+    assert {p.hex() for p in r2.index.packs} == written

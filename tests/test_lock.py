@@ -3,18 +3,28 @@ lock and with one warning; writes stop with one line naming the read-only reposi
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 
 import pytest
 from conftest import FAST_KDF, PASSWORD, cermin_exe
 
+from cermin.backend.base import Kind
+from cermin.backend.local import LocalBackend
 from cermin.backend.memory import MemoryBackend
-from cermin.errors import AccessDenied, ReadOnlyRepository
-from cermin.repo.lock import RepoLock
+from cermin.errors import (
+    AccessDenied,
+    ReadOnlyRepository,
+    RepositoryLocked,
+)
+from cermin.format.records import Lock
+from cermin.repo.lock import RepoLock, read_locks
 from cermin.repo.repository import Repository
+from cermin.util import now_rfc3339
 
 READS = {
     "restore": "restore latest --target {tmp}/restored",
@@ -71,7 +81,6 @@ def test_read_only_work_on_a_read_only_mount_just_works(initialized_cli, tmp_pat
     cli("backup", str(src))
     (src / "b.txt").write_text("world\n")
     cli("backup", str(src))
-    import json
 
     ids = [s["id"] for s in json.loads(cli("--json", "snapshots").stdout)["snapshots"]]
     fmt = {"tmp": tmp_path, "src": src, "s0": ids[0], "s1": ids[1]}
@@ -119,3 +128,62 @@ def test_a_read_only_credential_reads_without_a_lock_and_refuses_writes():
         RepoLock(repo, True, "prune").acquire()
     with pytest.raises(ReadOnlyRepository):  # an exclusive lock never goes on without one
         RepoLock(repo, True, "check", readonly_ok=False).acquire()
+
+
+def test_locks_exclusive_conflicts_and_release(mem_repo):
+    with RepoLock(mem_repo, False, "backup"):
+        with RepoLock(mem_repo, False, "backup"):  # shared locks coexist
+            assert len(read_locks(mem_repo)) == 2
+        with pytest.raises(RepositoryLocked):
+            RepoLock(mem_repo, True, "prune").acquire()
+    assert read_locks(mem_repo) == []
+    with RepoLock(mem_repo, True, "prune"):
+        with pytest.raises(RepositoryLocked, match="exclusively"):
+            RepoLock(mem_repo, False, "backup").acquire()
+
+
+def test_lock_refresh_and_staleness(mem_repo):
+    import time as _time
+
+    from cermin.repo import lock as lockmod
+
+    lk = RepoLock(mem_repo, False, "backup").acquire()
+    first = lk.name
+    assert lk.refresh(), "one refresh step, as the holder's thread runs every REFRESH seconds"
+    assert lk.name != first, "the lock is rewritten while held"
+    names = [n for n, _ in read_locks(mem_repo)]
+    assert names == [lk.name], "the previous lock object is removed"
+    lk.release()
+    assert read_locks(mem_repo) == []
+    now = _time.time()
+    fresh = Lock(time=now_rfc3339(), exclusive=True, hostname="other-host", pid=1)
+    assert not lockmod.is_stale(fresh, now)
+    assert lockmod.is_stale(fresh, now + lockmod.STALE + 1)
+    dead = Lock(time=now_rfc3339(), exclusive=True, hostname=socket.gethostname(), pid=2**22 + 12345)
+    assert lockmod.is_stale(dead, now), "a lock of a dead process on this host is stale at once"
+
+
+def test_prune_refuses_while_a_backup_holds_its_lock(tmp_path):
+    import subprocess
+
+    from conftest import Cli
+
+    cli = Cli(str(tmp_path / "r"), {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")})
+    cli("init")
+    repo = Repository.open(LocalBackend(cli.repo), PASSWORD.encode())
+    with RepoLock(repo, False, "backup"):
+        r = cli("prune", ok=False, stdin=subprocess.DEVNULL)
+        assert r.returncode == 11 and b"locked" in r.stderr
+        lk = RepoLock(repo, True, "prune")
+        with pytest.raises(RepositoryLocked):
+            lk.acquire()
+    cli("prune")
+
+
+def test_ensure_fresh_stops_destructive_work(mem_repo):
+    lk = RepoLock(mem_repo, True, "prune").acquire()
+    lk.ensure_fresh()
+    mem_repo.backend.remove(Kind.LOCK, lk.name)  # someone ran `unlock --remove-all`
+    with pytest.raises(RepositoryLocked):
+        lk.ensure_fresh()
+    lk.release()

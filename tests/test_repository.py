@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 from conftest import FAST_KDF, PASSWORD
@@ -16,16 +15,12 @@ from cermin.errors import (
     CorruptObject,
     ObjectExists,
     RepositoryExists,
-    RepositoryLocked,
     RepositoryNotFound,
     UnsupportedVersion,
     WrongPassword,
 )
-from cermin.format.records import Lock
 from cermin.repo import keyops
-from cermin.repo.lock import RepoLock, read_locks
 from cermin.repo.repository import Repository
-from cermin.util import now_rfc3339
 
 
 def test_open_with_right_and_wrong_password(local_repo):
@@ -118,62 +113,3 @@ def test_damaged_object_detected_by_name(local_repo):
     open(path, "wb").write(bytes(data))
     with pytest.raises(CorruptObject, match="damaged"):
         local_repo.load_object(Kind.SNAPSHOT, name)
-
-
-def test_locks_exclusive_conflicts_and_release(mem_repo):
-    with RepoLock(mem_repo, False, "backup"):
-        with RepoLock(mem_repo, False, "backup"):  # shared locks coexist
-            assert len(read_locks(mem_repo)) == 2
-        with pytest.raises(RepositoryLocked):
-            RepoLock(mem_repo, True, "prune").acquire()
-    assert read_locks(mem_repo) == []
-    with RepoLock(mem_repo, True, "prune"):
-        with pytest.raises(RepositoryLocked, match="exclusively"):
-            RepoLock(mem_repo, False, "backup").acquire()
-
-
-def test_lock_refresh_and_staleness(mem_repo):
-    import time as _time
-
-    from cermin.repo import lock as lockmod
-
-    lk = RepoLock(mem_repo, False, "backup").acquire()
-    first = lk.name
-    assert lk.refresh(), "one refresh step, as the holder's thread runs every REFRESH seconds"
-    assert lk.name != first, "the lock is rewritten while held"
-    names = [n for n, _ in read_locks(mem_repo)]
-    assert names == [lk.name], "the previous lock object is removed"
-    lk.release()
-    assert read_locks(mem_repo) == []
-    now = _time.time()
-    fresh = Lock(time=now_rfc3339(), exclusive=True, hostname="other-host", pid=1)
-    assert not lockmod.is_stale(fresh, now)
-    assert lockmod.is_stale(fresh, now + lockmod.STALE + 1)
-    dead = Lock(time=now_rfc3339(), exclusive=True, hostname=socket.gethostname(), pid=2**22 + 12345)
-    assert lockmod.is_stale(dead, now), "a lock of a dead process on this host is stale at once"
-
-
-def test_prune_refuses_while_a_backup_holds_its_lock(tmp_path):
-    import subprocess
-
-    from conftest import Cli
-
-    cli = Cli(str(tmp_path / "r"), {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")})
-    cli("init")
-    repo = Repository.open(LocalBackend(cli.repo), PASSWORD.encode())
-    with RepoLock(repo, False, "backup"):
-        r = cli("prune", ok=False, stdin=subprocess.DEVNULL)
-        assert r.returncode == 11 and b"locked" in r.stderr
-        lk = RepoLock(repo, True, "prune")
-        with pytest.raises(RepositoryLocked):
-            lk.acquire()
-    cli("prune")
-
-
-def test_ensure_fresh_stops_destructive_work(mem_repo):
-    lk = RepoLock(mem_repo, True, "prune").acquire()
-    lk.ensure_fresh()
-    mem_repo.backend.remove(Kind.LOCK, lk.name)  # someone ran `unlock --remove-all`
-    with pytest.raises(RepositoryLocked):
-        lk.ensure_fresh()
-    lk.release()
