@@ -501,3 +501,16 @@ def key_passwd(repo: Repository, new_password: bytes) -> KeyChanged:
     from cermin.repo.keyops import change_password
 
     return KeyChanged("key_changed", change_password(repo, new_password))
+
+
+# ---- mirror ------------------------------------------------------------------------------------
+def mirror(src: Repository, dst: Repository, opts, progress: Reporter | None = None, no_lock: bool = False):
+    """Copy the snapshots of `src` (A) that `dst` (B) lacks, per MirrorOptions -> MirrorResult.
+
+    A shared lock on A ("mirror-source": read-only, so a read token or a read-only mount goes on
+    without one) keeps prune in A from deleting packs being read; a shared lock on B keeps B's
+    prune from deleting packs the copy deduplicates against. Nothing is written to A."""
+    from cermin.engine.mirror import mirror as run
+
+    with repo_lock(src, False, "mirror-source", no_lock), repo_lock(dst, False, "mirror", no_lock):
+        return run(src, dst, opts, progress)

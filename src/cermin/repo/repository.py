@@ -79,7 +79,12 @@ class Repository:
         chunker_params: tuple[int, int, int] | None = None,
         chunker_seed: int | None = None,
         extra: dict | None = None,
+        secrets_from: Repository | None = None,
     ) -> Repository:
+        """A new repository with its own master key and key slot. `secrets_from`: another (open)
+        repository whose blob-id key and chunker parameters the new one takes (FORMAT.md §2,
+        `init --copy-chunker-params-from`): blobs then keep their ids between the two, so a mirror
+        copies trees unchanged and deduplicates against what it already holds."""
         if (extra or {}).get("object_lock") is not None and not backend.caps.retention:
             raise UsageError("an Object Lock policy needs an S3 repository (s3:...)")
         _configure(backend, extra or {})
@@ -94,6 +99,11 @@ class Repository:
             chunker_max=mx,
             pack_size=pack_size or backend.caps.default_pack_size,
         )
+        if secrets_from is not None:
+            f = secrets_from.secrets
+            secrets.id_key, secrets.chunker_seed = f.id_key, f.chunker_seed
+            secrets.chunker_min, secrets.chunker_avg, secrets.chunker_max = f.chunker_min, f.chunker_avg, f.chunker_max
+            secrets.compression_level = f.compression_level
         # Round-trip `extra` through JSON so the AAD is computed over exactly what readers will see.
         config = Config(
             version=FORMAT_VERSION,

@@ -1,0 +1,471 @@
+"""The tenant mirror: copy snapshots of repository A, with everything they reach, into repository B.
+
+A and B have their own master keys and passwords. Every blob is authenticated on read from A
+(AEAD with A's keys, its id over the content, within its declared length) and encrypted anew for B.
+Nothing is ever written to A, and nothing is ever deleted in B (B has its own retention).
+
+Two ways B can name blobs (FORMAT.md §2):
+- B made with `init --copy-chunker-params-from A` shares A's blob-id key and chunker parameters:
+  blobs keep their ids, only those B's index lacks travel (through `repack`), trees are copied as
+  they are;
+- any other B: each file's data is read from A, cut again with B's chunker and stored under B's ids,
+  and trees are rewritten bottom-up with B's ids (slower: every file of a copied snapshot is read
+  from A; no deduplication between A's ids and B's).
+
+Order, for crash safety: all blobs of a snapshot go through B's BlobSaver, `flush()` makes them
+durable (packs, then index files), and only then is B's snapshot written — a copy of A's record
+with every field kept and `extra["origin"] = {"repository": A's id, "snapshot": A's snapshot id}`.
+A rerun after an interruption adopts B's unindexed packs (`adopt_packs`) and skips the snapshots B
+already has, so it re-sends at most the packs that were not finished.
+
+A is not trusted: a planted or damaged snapshot, tree or blob of A is skipped and reported (the
+snapshot that needs it is not written to B), never copied. Every run ends with a `mirror_run` aux
+record in B (FORMAT.md §10a) that `mirror status` reads from B alone.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from cermin.backend.base import Kind
+from cermin.engine.progress import Phases, Reporter
+from cermin.engine.results import Line, answer, note, warning, warning_json
+from cermin.errors import CerminError, CorruptObject, ObjectNotFound
+from cermin.format import pack, records
+from cermin.format.names import escape_name
+from cermin.format.records import DIR, FILE, ID_LEN, AuxRecord, Snapshot, Tree
+from cermin.repo.repository import Repository
+from cermin.repo.saver import BlobSaver
+from cermin.repo.snapshots import SnapshotRef, list_snapshots, resolve
+from cermin.util import fmt_bytes, now_rfc3339, plural
+
+AUX_MIRROR_RUN = "mirror_run"
+EXIT_INCOMPLETE = 3  # as backup's: the run finished, but some snapshots could not be copied
+
+
+@dataclass
+class MirrorOptions:
+    hosts: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    paths: tuple[bytes, ...] = ()
+    snapshot_ids: list[str] = field(default_factory=list)  # explicit selection (ids, prefixes, 'latest')
+    dry_run: bool = False
+
+
+@dataclass
+class MirrorResult:
+    source: str  # A's location, credentials stripped
+    source_id: str
+    target: str
+    target_id: str
+    same_ids: bool  # B shares A's blob-id key: blobs and trees copied as they are
+    selected: int = 0  # snapshots of A selected
+    present: int = 0  # of those, already in B
+    copied: list[tuple[str, str]] = field(default_factory=list)  # (A snapshot id, B snapshot id)
+    to_copy: list[str] = field(default_factory=list)  # dry run: A snapshot ids that would be copied
+    skipped: dict[str, str] = field(default_factory=dict)  # A snapshot id -> why it was not copied
+    blobs_copied: int = 0
+    bytes_copied: int = 0  # plaintext bytes of the blobs B received (dry run: would receive)
+    packs_written: int = 0
+    bytes_uploaded: int = 0
+    adopted_packs: int = 0
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INCOMPLETE if self.skipped else 0
+
+    def _notes(self) -> list[str]:
+        out = list(self.warnings)
+        if not self.same_ids:
+            out.append(
+                "the target names blobs with its own key (not made with `init --copy-chunker-params-from`): "
+                "files are re-chunked and trees rewritten; slower, and no deduplication with the source's ids"
+            )
+        out += [f"snapshot {sid[:8]} of the source not copied: {why}" for sid, why in sorted(self.skipped.items())]
+        return out
+
+    def to_json(self) -> list[dict]:
+        out = [*map(warning_json, self._notes())]
+        out.append(
+            {
+                "message_type": "mirror_summary",
+                "dry_run": self.dry_run,
+                "source": self.source,
+                "source_id": self.source_id,
+                "target": self.target,
+                "target_id": self.target_id,
+                "same_ids": self.same_ids,
+                "snapshots_selected": self.selected,
+                "snapshots_present": self.present,
+                "snapshots_copied": len(self.copied),
+                "snapshots_to_copy": self.to_copy if self.dry_run else [a for a, _ in self.copied],
+                "copied": [{"source": a, "target": b} for a, b in self.copied],
+                "skipped": self.skipped,
+                "blobs_copied": self.blobs_copied,
+                "bytes_copied": self.bytes_copied,
+                "packs_written": self.packs_written,
+                "bytes_uploaded": self.bytes_uploaded,
+                "adopted_packs": self.adopted_packs,
+            }
+        )
+        return out
+
+    def to_text(self, verbose: int = 0) -> list[Line]:
+        lines = [*map(warning, self._notes())]
+        if self.dry_run:
+            lines.append(answer("dry run: nothing is written"))
+            lines.append(
+                answer(
+                    f"would copy {plural(len(self.to_copy), 'snapshot')} of {self.selected} selected "
+                    f"({self.present} already in the target), about {fmt_bytes(self.bytes_copied)} of new data"
+                )
+            )
+            lines += [note(f"  {sid[:8]}") for sid in self.to_copy] if verbose else []
+            return lines
+        if self.adopted_packs:
+            lines.append(note(f"adopted {plural(self.adopted_packs, 'pack')} of an interrupted run"))
+        for a, b in self.copied if verbose else []:
+            lines.append(note(f"copied {a[:8]} -> {b[:8]}"))
+        lines.append(
+            answer(
+                f"copied {plural(len(self.copied), 'snapshot')} of {self.selected} selected "
+                f"({self.present} already in the target): {plural(self.blobs_copied, 'blob')}, "
+                f"{fmt_bytes(self.bytes_copied)} new, {plural(self.packs_written, 'pack')} "
+                f"({fmt_bytes(self.bytes_uploaded)}) written"
+            )
+        )
+        return lines
+
+
+def strip_credentials(location: str) -> str:
+    """A repository location fit for a record: no user:password@, no query string or fragment."""
+    prefix = ""
+    rest = location
+    if rest.startswith("s3:"):
+        prefix, rest = "s3:", rest[3:]
+    try:
+        u = urlsplit(rest)
+    except ValueError:
+        return prefix + rest.split("@")[-1]
+    if not u.scheme or not u.netloc:
+        return location
+    host = u.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    netloc = host + (f":{port}" if port else "")
+    return prefix + urlunsplit((u.scheme, netloc, u.path, "", ""))
+
+
+def origin_of(snap: Snapshot) -> tuple[str, str] | None:
+    o = snap.extra.get("origin") if isinstance(snap.extra, dict) else None
+    if isinstance(o, dict) and isinstance(o.get("repository"), str) and isinstance(o.get("snapshot"), str):
+        return o["repository"], o["snapshot"]
+    return None
+
+
+def origin_chain(snap: Snapshot, limit: int = 32) -> list[tuple[str, str]]:
+    """Where a snapshot came from, nearest first: its origin, that one's upstream, ... (a mirror of
+    a mirror). Malformed links end the chain."""
+    out: list[tuple[str, str]] = []
+    o = snap.extra.get("origin") if isinstance(snap.extra, dict) else None
+    while isinstance(o, dict) and len(out) < limit:
+        repo, sid = o.get("repository"), o.get("snapshot")
+        if not isinstance(repo, str) or not isinstance(sid, str):
+            break
+        out.append((repo, sid))
+        o = o.get("upstream")
+    return out
+
+
+class _BlobStream(io.RawIOBase):
+    """A file's data read blob by blob from the source (each one verified), for re-chunking."""
+
+    def __init__(self, src: Repository, ids: list[bytes]) -> None:
+        self.src = src
+        self.ids = iter(ids)
+        self.buf = b""
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self.pos >= len(self.buf):
+            bid = next(self.ids, None)
+            if bid is None:
+                return 0
+            self.buf, self.pos = self.src.load_blob(bid, pack.DATA), 0
+        n = min(len(b), len(self.buf) - self.pos)
+        b[:n] = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+class SourceDamage(CerminError):
+    """Something a snapshot of the source needs cannot be read from it (damaged, missing, planted)."""
+
+
+class Mirror:
+    def __init__(self, src: Repository, dst: Repository, opts: MirrorOptions, progress: Reporter | None) -> None:
+        self.src = src
+        self.dst = dst
+        self.opts = opts
+        self.phase = Phases(progress, "mirror")
+        self.same_ids = src.secrets.id_key == dst.secrets.id_key
+        self.res = MirrorResult(
+            source=strip_credentials(src.backend.location),
+            source_id=src.config.id,
+            target=strip_credentials(dst.backend.location),
+            target_id=dst.config.id,
+            same_ids=self.same_ids,
+            dry_run=opts.dry_run,
+        )
+        self.saver: BlobSaver | None = None
+        self._view = None
+        self._rewritten: dict[bytes, bytes] = {}  # source tree id -> target tree id (this run)
+        self._contents: dict[bytes, bytes] = {}  # source file content -> target content (this run)
+
+    # ---- selection ---------------------------------------------------------------------------
+    def select(self) -> list[SnapshotRef]:
+        src, o = self.src, self.opts
+
+        def planted(names):
+            self.warn(f"{plural(len(names), 'planted snapshot file')} in the source ignored ({names[0][:12]}...)")
+
+        def damaged(names):
+            n = plural(len(names), "damaged snapshot file")
+            self.warn(f"{n} in the source cannot be copied ({names[0][:12]}...)")
+
+        if o.snapshot_ids:
+            refs, seen = [], set()
+            for sid in o.snapshot_ids:
+                ref = resolve(src, sid, o.hosts, o.tags, o.paths)
+                if ref.id not in seen:
+                    seen.add(ref.id)
+                    refs.append(ref)
+            refs.sort(key=lambda r: (r.snapshot.time, r.id))
+            return refs
+        return list_snapshots(src, o.hosts, o.tags, o.paths, on_unreadable=damaged, on_foreign=planted)
+
+    def present_in_target(self) -> tuple[set[tuple[str, str]], set[str]]:
+        """(origins of B's snapshots, B's own snapshot ids). Tombstoned ones count as present: a
+        snapshot forgotten in B is not copied again."""
+        refs = list_snapshots(self.dst, include_forgotten=True)
+        return {o for r in refs if (o := origin_of(r.snapshot)) is not None}, {r.id for r in refs}
+
+    def warn(self, msg: str) -> None:
+        self.res.warnings.append(msg)
+
+    # ---- the run -----------------------------------------------------------------------------
+    def run(self) -> MirrorResult:
+        res = self.res
+        src, dst = self.src, self.dst
+        self.phase("index", "loading the indexes")
+        dst.load_index()
+        if not self.opts.dry_run:
+            from cermin.repo.indexfiles import adopt_packs
+
+            adopted = adopt_packs(dst)
+            res.adopted_packs = len(adopted.packs)
+            if adopted.refused:
+                self.warn(f"target: {plural(len(adopted.refused), 'pack')} in no index not adopted; run `cermin check`")
+        src.load_index()
+        refs = self.select()
+        res.selected = len(refs)
+        origins, own = self.present_in_target()
+        todo = []
+        for r in refs:
+            chain = [(src.config.id, r.id), *origin_chain(r.snapshot)]
+            if any(o in origins or (o[0] == dst.config.id and o[1] in own) for o in chain):
+                res.present += 1
+            else:
+                todo.append(r)
+        if self.opts.dry_run:
+            res.to_copy = [r.id for r in todo]
+            if self.same_ids:
+                res.bytes_copied = self._dry_run_bytes(todo)
+            return res
+        self.saver = BlobSaver(dst)
+        try:
+            for i, ref in enumerate(todo):
+                self.phase(
+                    "snapshots",
+                    f"snapshot {ref.short_id} ({i + 1}/{len(todo)})",
+                    done=i,
+                    total=len(todo),
+                    unit="snapshots",
+                    bytes_done=res.bytes_copied,
+                )
+                self.copy_snapshot(ref)
+        finally:
+            saver, self.saver = self.saver, None
+            res.packs_written += saver.packs_written
+            res.bytes_uploaded += saver.bytes_uploaded
+            saver.close()
+        self.phase("snapshots", "done", done=len(todo), total=len(todo), unit="snapshots", bytes_done=res.bytes_copied)
+        return res
+
+    def copy_snapshot(self, ref: SnapshotRef) -> None:
+        snap = ref.snapshot
+        if not isinstance(snap.tree, bytes) or len(snap.tree) != ID_LEN:
+            self.res.skipped[ref.id] = "its root tree id is malformed"
+            return
+        try:
+            tree = self._copy_same(snap.tree) if self.same_ids else self._rewrite(snap.tree)
+        except SourceDamage as e:
+            self.res.skipped[ref.id] = str(e)
+            return
+        self.saver.flush()  # everything the snapshot references is durable in B before B names it
+        extra = dict(snap.extra) if isinstance(snap.extra, dict) else {}
+        origin = {"repository": self.src.config.id, "snapshot": ref.id}
+        if (up := extra.get("origin")) is not None:
+            origin["upstream"] = up  # A is itself a mirror: keep where it came from
+        extra["origin"] = origin
+        copy = msgspec.structs.replace(snap, tree=tree, extra=extra)
+        self.res.copied.append((ref.id, self.dst.save_snapshot(copy)))
+
+    # ---- same blob ids: copy what B lacks, as it is ------------------------------------------
+    def _copy_same(self, root: bytes) -> bytes:
+        from cermin.engine.reach import reach
+        from cermin.engine.repack import Repacker, wanted_entries
+        from cermin.repo.indexfiles import read_index_view
+
+        r = reach(self.src, [root], tolerate_unreadable=True)
+        if r.unreadable:
+            tid, why = next(iter(sorted(r.unreadable.items())))
+            raise SourceDamage(f"{plural(len(r.unreadable), 'tree')} cannot be read (tree {tid.hex()[:12]}: {why})")
+        saver = self.saver
+        wanted = {b for b in r.blobs() if b not in saver}
+        if not wanted:
+            return root
+        missing = [b for b in wanted if self.src.index.lookup(b) is None]
+        if missing:
+            raise SourceDamage(f"{plural(len(missing), 'blob')} missing from the source ({min(missing).hex()[:12]}...)")
+        if self._view is None:
+            self._view = read_index_view(self.src)
+        packs = {self.src.index.lookup(b).pack_id for b in wanted}
+        rp = Repacker(self.src, saver)
+        for name, entries in wanted_entries(self._view, self.src.index, wanted, sorted(packs)):
+            rp.repack(name, entries)
+        self.res.blobs_copied += rp.result.blobs_copied
+        self.res.bytes_copied += rp.result.bytes_copied
+        if rp.result.lost:
+            bid, why = min(rp.result.lost.items())
+            raise SourceDamage(f"{plural(len(rp.result.lost), 'blob')} cannot be read ({bid.hex()[:12]}: {why})")
+        return root
+
+    def _dry_run_bytes(self, refs: list[SnapshotRef]) -> int:
+        from cermin.engine.reach import reach
+
+        r = reach(self.src, [x.snapshot.tree for x in refs if len(x.snapshot.tree) == ID_LEN], tolerate_unreadable=True)
+        total = 0
+        for b in r.blobs():
+            if b not in self.dst.index:
+                loc = self.src.index.lookup(b)
+                total += loc.raw_length if loc is not None else 0
+        return total
+
+    # ---- other blob ids: re-chunk files, rewrite trees bottom-up -----------------------------
+    def _save(self, blob_type: int, data: bytes) -> bytes:
+        bid = self.dst.blob_id(data)
+        r = self.saver.save(blob_type, bid, data)
+        if r.new:
+            self.res.blobs_copied += 1
+            self.res.bytes_copied += len(data)
+        return bid
+
+    def _load_tree(self, tid: bytes) -> Tree:
+        try:
+            return self.src.load_tree(tid)
+        except (CorruptObject, ObjectNotFound) as e:
+            raise SourceDamage(f"tree {tid.hex()[:12]} cannot be read: {e}") from None
+
+    def _rewrite(self, root: bytes) -> bytes:
+        """The target id of the source tree `root`, every tree below it rewritten first (iterative:
+        any depth)."""
+        done = self._rewritten
+        stack: list[tuple[bytes, bool]] = [(root, False)]
+        while stack:
+            tid, ready = stack.pop()
+            if tid in done:
+                continue
+            nodes = self._load_tree(tid).nodes
+            if not ready:
+                stack.append((tid, True))
+                stack.extend((n.subtree, False) for n in nodes if n.type == DIR and n.subtree not in done)
+                continue
+            out = []
+            for n in nodes:
+                if n.type == DIR:
+                    if n.subtree not in done:
+                        raise SourceDamage(f"directory {escape_name(n.name)}: its tree cannot be read")
+                    n = msgspec.structs.replace(n, subtree=done[n.subtree])
+                elif n.type == FILE and n.content:
+                    n = msgspec.structs.replace(n, content=self._rechunk(n.name, n.content))
+                out.append(n)
+            done[tid] = self._save(pack.TREE, records.encode(Tree(nodes=out)))
+        return done[root]
+
+    def _rechunk(self, name: bytes, content: bytes) -> bytes:
+        hit = self._contents.get(content)
+        if hit is not None:
+            return hit
+        if len(content) % ID_LEN:
+            raise SourceDamage(f"file {escape_name(name)}: malformed content list")
+        ids = [content[i : i + ID_LEN] for i in range(0, len(content), ID_LEN)]
+        out: list[bytes] = []
+        try:
+            for ch in self.dst.make_chunker().cut_stream(io.BufferedReader(_BlobStream(self.src, ids), 1 << 20)):
+                out.append(self._save(pack.DATA, bytes(ch.data)))
+        except (CorruptObject, ObjectNotFound) as e:
+            raise SourceDamage(f"file {escape_name(name)}: {e}") from None
+        new = b"".join(out)
+        self._contents[content] = new
+        return new
+
+
+def write_run_record(src: Repository, dst: Repository, ok: bool, copied: int, nbytes: int, error: str) -> str | None:
+    """The `mirror_run` aux record (FORMAT.md §10a); None when it cannot be written (B unreachable)."""
+    rec = AuxRecord(
+        type=AUX_MIRROR_RUN,
+        time=now_rfc3339(),
+        target=src.config.id,
+        data={
+            "ok": ok,
+            "snapshots_copied": copied,
+            "bytes_copied": nbytes,
+            "error": " ".join(error.split())[:500],
+            "source": strip_credentials(src.backend.location),
+        },
+    )
+    try:
+        return dst.save_object(Kind.AUX, records.encode(rec))
+    except Exception:  # noqa: BLE001 - the run's own error is what matters
+        return None
+
+
+def mirror(src: Repository, dst: Repository, opts: MirrorOptions, progress: Reporter | None = None) -> MirrorResult:
+    """Copy the selected snapshots of `src` that `dst` lacks (callers hold the locks). Every run that
+    writes ends with a `mirror_run` record in `dst`, also when it fails (then the error propagates)."""
+    m = Mirror(src, dst, opts, progress)
+    try:
+        res = m.run()
+    except BaseException as e:
+        if not opts.dry_run:
+            msg = str(e) or type(e).__name__
+            write_run_record(src, dst, False, len(m.res.copied), m.res.bytes_copied, msg)
+        raise
+    if not opts.dry_run:
+        err = "; ".join(f"{sid[:8]}: {why}" for sid, why in sorted(res.skipped.items()))
+        write_run_record(src, dst, not res.skipped, len(res.copied), res.bytes_copied, err)
+    return res

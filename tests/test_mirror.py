@@ -1,0 +1,384 @@
+"""The tenant mirror (`cermin mirror`, engine/mirror.py): copying snapshots of A into B."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from conftest import FAST_KDF, PASSWORD
+from helpers import SMALL, Hostile, backup, do_backup, good_entries, make_source, reopen, restores_identically
+
+from cermin.backend.base import Kind
+from cermin.backend.faulty import FaultyBackend
+from cermin.backend.local import LocalBackend
+from cermin.backend.memory import MemoryBackend
+from cermin.engine import commands
+from cermin.engine.check import run_check
+from cermin.engine.mirror import AUX_MIRROR_RUN, MirrorOptions, mirror, strip_credentials
+from cermin.errors import CerminError
+from cermin.format import crypto, pack
+from cermin.repo.repository import Repository
+from cermin.repo.snapshots import aux_records, list_snapshots
+
+PW = PASSWORD.encode()
+KINDS = (Kind.DATA, Kind.INDEX, Kind.SNAPSHOT, Kind.KEY, Kind.AUX, Kind.CONFIG)
+
+
+def new_repo(backend=None, secrets_from=None) -> Repository:
+    backend = backend or MemoryBackend()
+    return Repository.init(backend, PW, secrets_from=secrets_from, **SMALL)
+
+
+def history(tmp_path, repo: Repository, steps: int = 2) -> tuple[str, list[tuple[str, str]]]:
+    """Back up a source tree `steps` times (one file changed each time); returns (source path,
+    [(snapshot id, copy of the tree as backed up)])."""
+    src = str(tmp_path / "src")
+    make_source(src, files=8)
+    out = []
+    for i in range(steps):
+        if i:
+            with open(os.path.join(src, "a", f"step{i}.dat"), "wb") as f:
+                f.write(os.urandom(30_000))
+            with open(os.path.join(src, "c", "f3.dat"), "ab") as f:
+                f.write(b"changed %d\n" % i)
+        sid = backup(repo, src)
+        copy = str(tmp_path / f"as-of-{i}")
+        shutil.copytree(src, copy, symlinks=True)
+        out.append((sid, copy))
+    return src, out
+
+
+def listing(backend) -> dict:
+    return {k: sorted(backend.list(k)) for k in KINDS}
+
+
+def assert_mirror_restores(tmp_path, a: Repository, b: Repository, src: str, snaps) -> None:
+    """Every snapshot of A is in B once, and restores from B exactly as it was backed up."""
+    by_origin = {r.snapshot.extra["origin"]["snapshot"]: r.id for r in list_snapshots(b)}
+    assert sorted(by_origin) == sorted(sid for sid, _ in snaps)
+    for i, (sid, copy) in enumerate(snaps):
+        restores_identically(b, by_origin[sid], src, tmp_path / f"restore-{os.urandom(4).hex()}-{i}", copy)
+
+
+def test_init_copy_chunker_params_shares_ids_not_keys():
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    assert b.secrets.id_key == a.secrets.id_key
+    assert (b.secrets.chunker_seed, b.secrets.chunker_min, b.secrets.chunker_avg, b.secrets.chunker_max) == (
+        a.secrets.chunker_seed,
+        a.secrets.chunker_min,
+        a.secrets.chunker_avg,
+        a.secrets.chunker_max,
+    )
+    assert b.keys.master != a.keys.master and b.config.id != a.config.id
+    # and it survives reopening (the secrets are sealed in B's config)
+    assert Repository.open(b.backend, PW).secrets.id_key == a.secrets.id_key
+
+
+def test_same_key_mirror_copies_trees_unchanged_and_restores(tmp_path):
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    src, snaps = history(tmp_path, a, 2)
+    res = mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    assert res.same_ids and len(res.copied) == 2 and not res.skipped and res.exit_code == 0
+    b = reopen(b.backend)
+    a = reopen(a.backend)
+    for asid, bsid in res.copied:
+        assert b.load_snapshot(bsid).tree == a.load_snapshot(asid).tree
+    assert run_check(b, read_data=True).ok
+    assert_mirror_restores(tmp_path, a, b, src, snaps)
+    # a second run copies nothing
+    again = mirror(a, reopen(b.backend), MirrorOptions())
+    assert again.copied == [] and again.present == 2 and again.bytes_copied == 0
+
+
+def test_incremental_mirror_moves_about_one_files_data(tmp_path):
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    src = str(tmp_path / "src")
+    make_source(src, files=12)
+    backup(a, src)
+    first = mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    assert first.bytes_copied > 500_000
+    with open(os.path.join(src, "c", "one.dat"), "wb") as f:
+        f.write(os.urandom(20_000))
+    backup(reopen(a.backend), src)
+    second = mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    assert len(second.copied) == 1 and second.present == 1
+    assert 20_000 <= second.bytes_copied < 40_000  # the new file and a few trees
+
+
+def test_different_key_rechunks_and_still_restores(tmp_path):
+    a = new_repo()
+    b = Repository.init(MemoryBackend(), PW, kdf=FAST_KDF, chunker_params=(8 * 1024, 32 * 1024, 128 * 1024))
+    src, snaps = history(tmp_path, a, 2)
+    res = mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    assert not res.same_ids and len(res.copied) == 2
+    assert any("re-chunked" in w for w in res._notes())
+    b = reopen(b.backend)
+    for asid, bsid in res.copied:
+        assert b.load_snapshot(bsid).tree != a.load_snapshot(asid).tree
+    assert run_check(b, read_data=True).ok
+    assert_mirror_restores(tmp_path, a, b, src, snaps)
+    assert mirror(reopen(a.backend), b, MirrorOptions()).copied == []
+
+
+def test_origin_and_every_field_travel(tmp_path):
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    src = tmp_path / "src"
+    make_source(str(src), files=3)
+    extra = {"protected_until": "2099-01-01T00:00:00Z", "guard": {"verdict": "clean", "score": 0.1}, "drill": [1, 2]}
+    s = do_backup(a, str(src), tags=["db", "nightly"], hostname="web-1", extra=extra, workers=2)
+    res = mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    ((asid, bsid),) = res.copied
+    orig = a.load_snapshot(asid)
+    copy = reopen(b.backend).load_snapshot(bsid)
+    assert copy.extra.pop("origin") == {"repository": a.config.id, "snapshot": s.snapshot_id}
+    assert copy == orig  # time, host, paths, tags, parent, summary, extra: all of it
+
+
+def test_mirror_of_a_mirror_is_not_copied_back_and_keeps_its_upstream(tmp_path):
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    c = new_repo(secrets_from=a)
+    src = tmp_path / "src"
+    make_source(str(src), files=3)
+    backup(a, src)
+    mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    # C from A, then C from B: B's copy is the same snapshot of A, so it is not copied again
+    mirror(reopen(a.backend), reopen(c.backend), MirrorOptions())
+    res = mirror(reopen(b.backend), reopen(c.backend), MirrorOptions())
+    assert res.copied == [] and res.present == 1
+    # D from B: the origin is B, and A's origin travels along as upstream
+    d = new_repo(secrets_from=a)
+    res = mirror(reopen(b.backend), reopen(d.backend), MirrorOptions())
+    origin = reopen(d.backend).load_snapshot(res.copied[0][1]).extra["origin"]
+    assert origin["repository"] == b.config.id and origin["upstream"]["repository"] == a.config.id
+    # and mirroring D back into A copies nothing (its upstream is A's own snapshot)
+    assert mirror(reopen(d.backend), reopen(a.backend), MirrorOptions()).copied == []
+
+
+def test_mirror_alone_restores_after_source_is_deleted(tmp_path):
+    a = new_repo(LocalBackend(str(tmp_path / "A")))
+    b = new_repo(LocalBackend(str(tmp_path / "B")), secrets_from=a)
+    src, snaps = history(tmp_path, a, 2)
+    mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    ids = {sid for sid, _ in snaps}
+    a_id = a.config.id
+    shutil.rmtree(tmp_path / "A")
+    b = reopen(LocalBackend(str(tmp_path / "B")))
+    assert {r.snapshot.extra["origin"]["snapshot"] for r in list_snapshots(b)} == ids
+    assert all(r.snapshot.extra["origin"]["repository"] == a_id for r in list_snapshots(b))
+    assert run_check(b, read_data=True).ok
+    by_origin = {r.snapshot.extra["origin"]["snapshot"]: r.id for r in list_snapshots(b)}
+    for i, (sid, copy) in enumerate(snaps):
+        restores_identically(b, by_origin[sid], src, tmp_path / f"r{i}", copy)
+
+
+def test_nothing_is_written_to_the_source_and_a_run_record_is_kept(tmp_path):
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    history(tmp_path, a, 1)
+    before = listing(a.backend)
+    res = commands.mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    assert len(res.copied) == 1
+    assert listing(a.backend) == before
+    assert list(a.backend.list(Kind.LOCK)) == [] and list(b.backend.list(Kind.LOCK)) == []
+    ((name, rec),) = [(n, r) for n, r in aux_records(reopen(b.backend)) if r.type == AUX_MIRROR_RUN]
+    assert rec.target == a.config.id
+    assert rec.data == {
+        "ok": True,
+        "snapshots_copied": 1,
+        "bytes_copied": res.bytes_copied,
+        "error": "",
+        "source": a.backend.location,
+    }
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    history(tmp_path, a, 2)
+    before = listing(b.backend)
+    res = mirror(reopen(a.backend), reopen(b.backend), MirrorOptions(dry_run=True))
+    assert len(res.to_copy) == 2 and res.copied == [] and res.bytes_copied > 0
+    assert listing(b.backend) == before
+
+
+def test_selection_by_host_tag_and_id(tmp_path):
+    a = new_repo()
+    src = tmp_path / "src"
+    make_source(str(src), files=2)
+    s1 = do_backup(a, str(src), hostname="h1", tags=["x"], workers=2).snapshot_id
+    s2 = do_backup(a, str(src), hostname="h2", workers=2).snapshot_id
+    s3 = do_backup(a, str(src), hostname="h2", tags=["x"], workers=2).snapshot_id
+
+    def copied(**kw):
+        b = new_repo(secrets_from=a)
+        return {x for x, _ in mirror(reopen(a.backend), b, MirrorOptions(**kw)).copied}
+
+    assert copied(hosts=("h1",)) == {s1}
+    assert copied(tags=("x",)) == {s1, s3}
+    assert copied(snapshot_ids=[s2[:10]]) == {s2}
+    assert copied() == {s1, s2, s3}
+
+
+def assert_only_name_problems(report) -> None:
+    """The hostile names travel as they are (a mirror is faithful); check names them in B as it does
+    in A, and finds nothing else: every blob is there and reads back."""
+    assert report.errors and all(p.kind == "tree_damaged" and "name" in p.message for p in report.errors), (
+        report.to_json()
+    )
+    assert not report.damaged_packs
+
+
+def test_hostile_source_does_not_break_the_mirror(tmp_path):
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    src, snaps = history(tmp_path, a, 1)
+    h = Hostile(a)
+    bad = [h.file(b"..", b"escape\n"), h.file(b"x/y", b"slash\n"), h.file(b"dup", b"1"), h.file(b"dup", b"2")]
+    hostile = h.snapshot(good_entries(h) + bad)
+    # a planted snapshot file (no key) and a snapshot whose data is gone
+    junk = os.urandom(200)
+    a.backend.save(Kind.SNAPSHOT, crypto.file_id(junk), junk)
+    h2 = Hostile(a)
+    lost_data = os.urandom(5000)
+    broken = h2.snapshot([h2.file(b"lost", lost_data)])
+    lost_blob = a.blob_id(lost_data)
+    # drop the pack holding the lost blob from A's storage
+    a2 = reopen(a.backend)
+    a.backend.remove(Kind.DATA, a2.index.lookup(lost_blob).pack_id.hex())
+    res = mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    assert {x for x, _ in res.copied} == {snaps[0][0], hostile}
+    assert set(res.skipped) == {broken} and res.exit_code == 3
+    assert any("planted" in w for w in res.warnings)
+    b = reopen(b.backend)
+    assert_only_name_problems(run_check(b, read_data=True))
+    target = tmp_path / "hostile-restore"
+    from helpers import assert_good_restored, do_restore
+
+    bsid = dict(res.copied)[hostile]
+    do_restore(b, bsid, target)
+    assert_good_restored(target)
+    assert not (tmp_path / "escape").exists()
+    ((_, rec),) = [(n, r) for n, r in aux_records(b) if r.type == AUX_MIRROR_RUN]
+    assert rec.data["ok"] is False and broken[:8] in rec.data["error"]
+
+
+def test_different_key_hostile_source(tmp_path):
+    a = new_repo()
+    b = new_repo()
+    h = Hostile(a)
+    sid = h.snapshot(good_entries(h) + [h.file(b"..", b"escape\n"), h.file(b"a\x00b", b"nul\n")])
+    res = mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    assert [x for x, _ in res.copied] == [sid]
+    b = reopen(b.backend)
+    assert_only_name_problems(run_check(b, read_data=True))
+    from helpers import assert_good_restored, do_restore
+
+    do_restore(b, res.copied[0][1], tmp_path / "t")
+    assert_good_restored(tmp_path / "t")
+
+
+def test_strip_credentials():
+    assert strip_credentials("s3:http://key:secret@127.0.0.1:9000/bkt/p?x=1") == "s3:http://127.0.0.1:9000/bkt/p"
+    assert strip_credentials("https://u:tok@host/repo/a") == "https://host/repo/a"
+    assert strip_credentials("/srv/backup/repo") == "/srv/backup/repo"
+
+
+# ---- resumable: a fault at every Nth call of a run, then a resumed run ---------------------------
+def _sweep_source(tmp_path):
+    a = new_repo()
+    src, snaps = history(tmp_path, a, 2)
+    return a, src, snaps
+
+
+def _faulty_run(a: Repository, inner, mode: str, at: int, crash_after: bool = False) -> bool:
+    fb = FaultyBackend(inner, mode=mode, at=at, crash_after=crash_after)
+    try:
+        b = Repository.open(fb, PW)
+        commands.mirror(reopen(a.backend), b, MirrorOptions())
+    except CerminError:
+        return True
+    return fb.fired
+
+
+@pytest.mark.parametrize("same_key", [True, False], ids=["same-key", "rechunk"])
+@pytest.mark.parametrize(("mode", "crash_after"), [("fail", False), ("crash", False), ("crash", True)])
+def test_fault_sweep_then_resume(tmp_path, same_key, mode, crash_after):
+    a, src, snaps = _sweep_source(tmp_path)
+    # how many backend calls a clean run makes
+    probe_inner = MemoryBackend()
+    new_repo(probe_inner, secrets_from=a if same_key else None)
+    probe = FaultyBackend(probe_inner)
+    commands.mirror(reopen(a.backend), Repository.open(probe, PW), MirrorOptions())
+    calls = probe.calls
+    clean_bytes = sum(size for _, size in probe_inner.list(Kind.DATA))
+    assert calls > 10
+    step = max(1, calls // 12)
+    restored = False
+    for at in range(1, calls + 1, step):
+        inner = MemoryBackend()
+        new_repo(inner, secrets_from=a if same_key else None)
+        _faulty_run(a, inner, mode, at, crash_after)
+        uploaded_before = sum(size for _, size in inner.list(Kind.DATA))
+        res = commands.mirror(reopen(a.backend), reopen(inner), MirrorOptions())
+        assert not res.skipped
+        b = reopen(inner)
+        report = run_check(b, read_data=True)
+        assert report.ok, (at, report.to_json())
+        by_origin = {r.snapshot.extra["origin"]["snapshot"]: r for r in list_snapshots(b)}
+        assert sorted(by_origin) == sorted(sid for sid, _ in snaps), at
+        if same_key:
+            for sid, _ in snaps:
+                assert by_origin[sid].snapshot.tree == a.load_snapshot(sid).tree
+        # the resumed run did not send again what was durable: both runs together uploaded about
+        # what one clean run does (pack headers of a different split aside)
+        assert uploaded_before + res.bytes_uploaded <= clean_bytes + 16 * 1024, at
+        if not restored or at + step > calls:  # full restores: the first and the last point
+            assert_mirror_restores(tmp_path, a, b, src, snaps)
+            restored = True
+        runs = [r for _, r in aux_records(b) if r.type == AUX_MIRROR_RUN]
+        assert runs and any(r.data["ok"] for r in runs)
+
+
+def test_full_disk_during_upload_then_resume(tmp_path):
+    """A backend error on a pack upload (ENOSPC) stops the run; the rerun finishes it."""
+    a, src, snaps = _sweep_source(tmp_path)
+    inner = MemoryBackend()
+    new_repo(inner, secrets_from=a)
+
+    class Full(FaultyBackend):
+        def save(self, kind, name, data):
+            if kind is Kind.DATA:
+                if self.packs >= 1:
+                    raise OSError(28, "No space left on device")
+                self.packs += 1
+            return self.inner.save(kind, name, data)
+
+    full = Full(inner)
+    full.packs = 0
+
+    with pytest.raises(OSError):
+        commands.mirror(reopen(a.backend), Repository.open(full, PW), MirrorOptions())
+    runs = [r for _, r in aux_records(reopen(inner)) if r.type == AUX_MIRROR_RUN]
+    assert runs[0].data["ok"] is False and "No space" in runs[0].data["error"]
+    res = commands.mirror(reopen(a.backend), reopen(inner), MirrorOptions())
+    assert len(res.copied) == 2 and res.adopted_packs == 1
+    b = reopen(inner)
+    assert run_check(b, read_data=True).ok
+    assert_mirror_restores(tmp_path, a, b, src, snaps)
+
+
+def test_pack_blob_payloads_are_reencrypted(tmp_path):
+    """Same ids, different keys: no pack of A is byte-identical to a pack of B (encrypted anew)."""
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    history(tmp_path, a, 1)
+    mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+    pa = {a.backend.load(Kind.DATA, n)[: pack.PREFIX_LEN] for n, _ in a.backend.list(Kind.DATA)}
+    pb = {b.backend.load(Kind.DATA, n)[: pack.PREFIX_LEN] for n, _ in b.backend.list(Kind.DATA)}
+    assert pa and pb and not pa & pb
