@@ -8,15 +8,18 @@ import os
 import random
 import stat
 
+import msgspec
 from conftest import FAST_KDF, PASSWORD
 
 from cermin.backend.base import Kind
 from cermin.backend.local import LocalBackend
+from cermin.backend.memory import MemoryBackend
 from cermin.engine.backup import BackupOptions, run_backup
 from cermin.engine.check import run_check
 from cermin.engine.repair import repair_index, repair_packs, repair_snapshots
 from cermin.engine.restore import RestoreOptions, run_restore
-from cermin.format import pack, records
+from cermin.errors import ObjectLocked
+from cermin.format import crypto, pack, records
 from cermin.format.index import IndexEntry
 from cermin.format.records import DIR, FILE, SYMLINK, Node, Snapshot, Tree
 from cermin.repo.indexfiles import read_index_view
@@ -105,7 +108,6 @@ def repo_sharing_ids(src: Repository, backend) -> Repository:
     """A new repository (own master key, pack keys, password slot) whose blob ids are those of `src`:
     what a mirror of `src` is. Made by re-sealing its config with `src`'s id key (write-once storage
     allows it only because the repository is brand new and its config is replaced before use)."""
-    import msgspec
 
     from cermin.backend.base import CONFIG_NAME
     from cermin.format import crypto, pack, records
@@ -318,6 +320,17 @@ def do_restore(repo, snap_id, target, **kw):
     return run_restore(repo, resolve(repo, snap_id).snapshot, RestoreOptions(target=str(target), **kw))
 
 
+def two_backups(tmp_path, files: int) -> tuple:
+    """A local repository with two backups of a changing source: (repo, src, first id, second id)."""
+    src = tmp_path / "src"
+    make_source(src, files=files)
+    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
+    first = backup(repo, src)
+    mutate_source(src, 1)
+    second = backup(repo, src)
+    return repo, src, first, second
+
+
 def thirty_snapshots(base, sources: dict) -> tuple[str, list[str]]:
     """30 snapshots of a changing tree in base/repo; returns (repo dir, [snapshot ids]). Copies of the
     source as the last two snapshots saw it are kept in `sources` (by snapshot id: (source, copy))."""
@@ -368,3 +381,33 @@ def gallery_repo(tmp_path):
 
 def error_kinds(report):
     return {p.kind for p in report.errors}
+
+
+def plant(backend, kind: Kind, data: bytes) -> str:
+    """What a storage credential or backup token can do: any bytes, under their own content hash."""
+    name = crypto.file_id(data)
+    backend.save(kind, name, data)
+    return name
+
+
+# ---- future-dated records ---------------------------------------------------------------------
+def future_copy(repo: Repository, sid: str, when: str = "2999-01-01T00:00:00.000000000Z") -> str:
+    snap = repo.load_snapshot(sid)
+    snap.time = when
+    return repo.save_snapshot(snap)
+
+
+# ---- tombstones under Object Lock -------------------------------------------------------------
+class LockedSnapshots(MemoryBackend):
+    """Storage that refuses to delete snapshot files, as S3 does under a compliance lock."""
+
+    def remove(self, kind: Kind, name: str) -> None:
+        if kind is Kind.SNAPSHOT:
+            raise ObjectLocked(f"{kind.value}/{name} is locked")
+        super().remove(kind, name)
+
+
+def records_now() -> str:
+    from cermin.util import now_rfc3339
+
+    return now_rfc3339()

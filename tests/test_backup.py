@@ -7,15 +7,29 @@ import os
 
 import pytest
 from conftest import FAST_KDF, PASSWORD, reopen
-from helpers import allocated_bytes, assert_same_tree, do_backup, do_restore, make_rich_tree
+from helpers import (
+    allocated_bytes,
+    assert_same_tree,
+    backup,
+    do_backup,
+    do_restore,
+    make_rich_tree,
+    make_source,
+    restores_identically,
+    small_repo,
+)
 
 from cermin.backend.base import Kind
 from cermin.backend.local import LocalBackend
 from cermin.engine import fsread
 from cermin.engine.backup import BackupOptions, run_backup
 from cermin.engine.backup import filesaver as filesaver_mod
+from cermin.engine.restore import RestoreOptions, run_restore
 from cermin.engine.treewalk import diff_trees, walk
+from cermin.format import pack, records
+from cermin.format.records import Snapshot
 from cermin.repo.repository import Repository
+from cermin.util import now_rfc3339
 
 
 def test_rich_tree_roundtrip(local_repo, tmp_path):
@@ -199,3 +213,59 @@ def test_a_backup_adopts_authenticated_unindexed_packs_only(tmp_path):
     r2.load_index()
     assert set(r2.unindexed_packs) == {planted_name}, "the adopted packs are named by an index file"
     assert {p.hex() for p in r2.index.packs} == written
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_index_naming_missing_packs_is_not_trusted_for_dedup(tmp_path):
+    src = tmp_path / "src"
+    make_source(src, files=8)
+    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
+    backup(repo, src)
+    data_dir = os.path.join(repo.backend.root, "data")
+    victim = sorted(os.path.join(d, f) for d, _, fs in os.walk(data_dir) for f in fs)[0]
+    os.unlink(victim)  # the index still names it
+    repo = reopen(repo)
+    snap = backup(repo, src)  # must store again what the lost pack held, not refer to it
+    restores_identically(reopen(repo), snap, src, tmp_path / "restore")
+    assert any("missing" in w for w in repo.warnings)
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_planted_present_dated_snapshot_does_not_pass_its_contents_to_the_next_backup(tmp_path):
+    """Red-team reproduction (issue 14 review)."""
+    from cermin.engine.backup import BackupOptions, run_backup
+    from cermin.format.records import DIR, FILE, Node, Tree
+    from cermin.repo.saver import BlobSaver
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "authorized_keys").write_bytes(b"ssh-ed25519 AAAA owner\n")
+    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
+    real = repo.load_snapshot(backup(repo, src))
+    saver = BlobSaver(repo, builders=1)
+    evil = b"ssh-ed25519 EVIL attack"  # same size, same metadata: only the content differs
+
+    def rewrite(tree_id: bytes) -> bytes:
+        nodes = []
+        for n in repo.load_tree(tree_id).nodes:
+            fields = {f: getattr(n, f) for f in n.__struct_fields__}
+            if n.type == DIR:
+                n = Node(**fields | {"subtree": rewrite(n.subtree)})
+            elif n.type == FILE and n.name == b"authorized_keys":
+                bid = repo.blob_id(evil)
+                saver.save(pack.DATA, bid, evil)
+                n = Node(**fields | {"content": bid})
+            nodes.append(n)
+        data = records.encode(Tree(nodes=nodes))
+        tid = repo.blob_id(data)
+        saver.save(pack.TREE, tid, data)
+        return tid
+
+    tid = rewrite(real.tree)
+    saver.flush()
+    saver.close()
+    repo.save_snapshot(Snapshot(time=now_rfc3339(), tree=tid, paths=real.paths, hostname=real.hostname))
+    new = run_backup(repo, BackupOptions(paths=[os.fsencode(str(src))], workers=1)).snapshot_id
+    run_restore(repo, repo.load_snapshot(new), RestoreOptions(target=str(tmp_path / "out"), workers=1))
+    restored = (tmp_path / "out" / str(src).lstrip("/") / "authorized_keys").read_bytes()
+    assert restored == b"ssh-ed25519 AAAA owner\n", f"the new backup holds the planted content {restored!r}"

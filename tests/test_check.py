@@ -4,10 +4,13 @@ entry names, stale locks; subsets cover every pack."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
+from conftest import FAST_KDF, PASSWORD, cermin_exe
 from helpers import (
     MTIME,
+    Hostile,
     blob_users,
     clean,
     damage,
@@ -26,6 +29,7 @@ from cermin.engine.check import run_check
 from cermin.format import pack, records
 from cermin.format.records import DIR, FILE, Lock, Node
 from cermin.repo.lock import remove_stale_locks
+from cermin.repo.repository import Repository
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +149,22 @@ def test_check_clean_snapshot_has_no_name_problems(local_repo, hostile):
     hostile.snapshot(good_entries(hostile))
     local_repo.load_index()
     assert run_check(local_repo).ok
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_check_of_tree_dag_with_one_bad_name_finishes(tmp_path):
+    """Red-team reproduction (issue 14 review)."""
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode(), kdf=FAST_KDF)
+    h = Hostile(repo)
+    nodes = [h.file(b"..", b"bad\n"), h.file(b"f", b"x\n")]
+    for _ in range(40):
+        nodes = [h.dir(b"a", nodes), h.dir(b"b", nodes)]
+    h.snapshot(nodes)
+    env = dict(os.environ, CERMIN_PASSWORD=PASSWORD)
+    try:
+        r = subprocess.run(
+            cermin_exe() + ["-r", str(tmp_path / "repo"), "check"], capture_output=True, env=env, timeout=20
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("check still running after 20 s (41 trees)")
+    assert r.returncode == 1

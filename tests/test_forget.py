@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from helpers import (
+    LockedSnapshots,
+    backup,
+    future_copy,
+    make_source,
+    mutate_source,
+    records_now,
+    reopen,
+    restores_identically,
+    small_repo,
+    two_backups,
+)
 
-from cermin.engine.forget import KeepPolicy, apply_policy, plan_forget, subtract_duration
+from cermin.backend.base import Kind
+from cermin.backend.local import LocalBackend
+from cermin.engine.forget import (
+    KeepPolicy,
+    apply_policy,
+    forget,
+    plan_forget,
+    remove_snapshots,
+    subtract_duration,
+    write_tombstones,
+)
+from cermin.engine.objectlock import needed_objects
+from cermin.engine.protect import protect
+from cermin.engine.prune import execute_prune, plan_prune
 from cermin.errors import UsageError
-from cermin.format.records import Snapshot
-from cermin.repo.snapshots import SnapshotRef
+from cermin.format import records
+from cermin.format.records import AuxRecord, Snapshot
+from cermin.repo.repository import Repository
+from cermin.repo.snapshots import TOMBSTONE_GRACE, SnapshotRef, list_snapshots, resolve, retained_snapshot_names
 from cermin.util import ns_to_rfc3339
+
+
+@pytest.fixture
+def redteam_history(tmp_path):
+    repo, _src, first, second = two_backups(tmp_path, files=4)
+    return repo, first, second
+
+
+@pytest.fixture
+def history(tmp_path):
+    return two_backups(tmp_path, files=8)
+
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -100,7 +140,6 @@ def test_durations():
 
 def test_protect_command_blocks_forget_and_cannot_be_shortened(initialized_cli, tmp_path):
     import json
-    import os
 
     cli = initialized_cli
     src = tmp_path / "src"
@@ -141,11 +180,9 @@ def test_future_dated_snapshot_counts_for_nothing():
 
 def test_cli_snapshots_counts_forgotten(initialized_cli, tmp_path):
     import json
-    import os
 
     from cermin.backend.local import LocalBackend
     from cermin.engine.forget import write_tombstones
-    from cermin.repo.repository import Repository
 
     cli = initialized_cli
     src = tmp_path / "src"
@@ -169,7 +206,6 @@ def test_protection_date_is_bounded(tmp_path):
     import pytest
     from helpers import backup, make_source, small_repo
 
-    from cermin.backend.local import LocalBackend
     from cermin.engine.protect import protect
     from cermin.errors import UsageError
     from cermin.repo.snapshots import resolve
@@ -181,3 +217,95 @@ def test_protection_date_is_bounded(tmp_path):
     with pytest.raises(UsageError, match="at most"):
         protect(repo, resolve(repo, sid), datetime(9999, 12, 31, tzinfo=UTC))
     assert protect(repo, resolve(repo, sid), datetime(2099, 1, 1, tzinfo=UTC)).until.startswith("2099")
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_future_snapshot_does_not_move_keep_within(history):
+    repo, _src, first, second = history
+    planted = future_copy(repo, second)
+    groups = plan_forget(list_snapshots(repo), KeepPolicy(within="1d"))
+    assert [d.ref.id for g in groups for d in g.remove] == []
+    assert forget(repo, policy=KeepPolicy(within="1d"), dry_run=True).ids == []
+    res = forget(repo, policy=KeepPolicy(last=1))
+    assert sorted(res.removed) == [first]  # the real newest is "last", not the one from 2999
+    assert {r.id for r in list_snapshots(repo)} == {second, planted}
+
+
+# ---- protection in the engine -----------------------------------------------------------------
+@pytest.mark.usefixtures("own_cache")
+def test_library_callers_cannot_forget_a_protected_snapshot(history):
+    repo, _src, first, second = history
+    protect(repo, resolve(repo, first), datetime.now(UTC) + timedelta(days=30))
+    with pytest.raises(UsageError, match="protected until"):
+        remove_snapshots(repo, [first, second])
+    assert repo.backend.exists(Kind.SNAPSHOT, first) and repo.backend.exists(Kind.SNAPSHOT, second)
+    with pytest.raises(UsageError, match="protected until"):
+        forget(repo, [first[:8]])
+    res = forget(repo, policy=KeepPolicy(last=1))  # protections loaded by the engine itself
+    assert res.removed == [] and repo.backend.exists(Kind.SNAPSHOT, first)
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_forgotten_snapshots_under_lock_are_tombstoned(tmp_path):
+    src = tmp_path / "src"
+    make_source(src, files=4)
+    repo = small_repo(LockedSnapshots())
+    ids = []
+    for step in range(3):
+        mutate_source(src, step)
+        ids.append(backup(repo, src))
+    res = forget(repo, policy=KeepPolicy(last=1))
+    assert sorted(res.locked) == sorted(ids[:2]) and not res.removed
+    assert [r.id for r in list_snapshots(repo)] == [ids[2]]
+    shown = list_snapshots(repo, include_forgotten=True)
+    assert [(r.id, r.forgotten) for r in shown] == [(ids[0], True), (ids[1], True), (ids[2], False)]
+    # A tombstone unlocks nothing until it has stood for the grace (a stolen password must not
+    # unlock every snapshot at once); then the forgotten snapshots are no longer re-locked.
+    assert retained_snapshot_names(repo) == sorted(ids)
+    later = datetime.now(UTC) + timedelta(seconds=TOMBSTONE_GRACE + 60)
+    assert retained_snapshot_names(repo, now=later.timestamp()) == [ids[2]]
+    snaps_locked = [n for k, n in needed_objects(repo, now=later) if k is Kind.SNAPSHOT]
+    assert snaps_locked == [ids[2]]
+    forget(repo, policy=KeepPolicy(last=1))  # again: no second tombstone
+    assert sum(1 for _ in repo.backend.list(Kind.AUX)) == 2
+    plan = plan_prune(repo)
+    assert plan.used_blobs > 0
+    execute_prune(repo, plan)
+    restores_identically(reopen(repo.backend), ids[2], src, tmp_path / "r")
+
+    # "revived" cancels a tombstone
+    rec = AuxRecord(type="revived", time=records_now(), target=ids[1])
+    repo.save_object(Kind.AUX, records.encode(rec))
+    assert [r.id for r in list_snapshots(repo)] == [ids[1], ids[2]]
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_tombstones_never_hide_the_newest_or_a_protected_snapshot(tmp_path):
+    src = tmp_path / "src"
+    make_source(src, files=4)
+    repo = small_repo(LockedSnapshots())
+    ids = []
+    for step in range(3):
+        mutate_source(src, step)
+        ids.append(backup(repo, src))
+    repo.load_index()
+    protect(repo, resolve(repo, ids[0]), datetime.now(UTC) + timedelta(days=30))
+    write_tombstones(repo, ids)  # what anyone with the password could do
+    assert [r.id for r in list_snapshots(repo)] == [ids[0], ids[2]]
+    future = AuxRecord(type="forgotten", time="2999-01-01T00:00:00Z", target=ids[1])
+    repo.save_object(Kind.AUX, records.encode(future))
+    rec = AuxRecord(type="revived", time=records_now(), target=ids[1])
+    repo.save_object(Kind.AUX, records.encode(rec))
+    assert [r.id for r in list_snapshots(repo)] == ids, "a tombstone dated in the future cannot outlast revival"
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_library_caller_cannot_forget_protected_snapshot_by_passing_now(redteam_history):
+    """Red-team reproduction (issue 14 review)."""
+    repo, first, _ = redteam_history
+    protect(repo, resolve(repo, first), datetime.now(UTC) + timedelta(days=365))
+    try:
+        forget(repo, [first], now=datetime(2999, 1, 1, tzinfo=UTC))
+    except Exception:
+        pass
+    assert first in {n for n, _ in repo.backend.list(Kind.SNAPSHOT)}, "protected snapshot was forgotten"

@@ -9,6 +9,7 @@ import shlex
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import FAST_KDF, PASSWORD, cermin_exe
@@ -21,8 +22,9 @@ from cermin.errors import (
     ReadOnlyRepository,
     RepositoryLocked,
 )
+from cermin.format import records
 from cermin.format.records import Lock
-from cermin.repo.lock import RepoLock, read_locks
+from cermin.repo.lock import RepoLock, read_locks, remove_stale_locks
 from cermin.repo.repository import Repository
 from cermin.util import now_rfc3339
 
@@ -187,3 +189,20 @@ def test_ensure_fresh_stops_destructive_work(mem_repo):
     with pytest.raises(RepositoryLocked):
         lk.ensure_fresh()
     lk.release()
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_future_lock_blocks_nothing_and_plain_unlock_removes_it(mem_repo):
+    lock = Lock(time="2999-01-01T00:00:00Z", exclusive=True, hostname="elsewhere", pid=1, operation="prune")
+    name = mem_repo.save_object(Kind.LOCK, records.encode(lock))
+    with RepoLock(mem_repo, False, "backup"):
+        pass
+    assert remove_stale_locks(mem_repo) == [name]
+    # A lock only slightly ahead (within the allowance) is honoured.
+    now = datetime.now(UTC) + timedelta(minutes=5)
+    near = Lock(time=now.strftime("%Y-%m-%dT%H:%M:%SZ"), exclusive=True, hostname="elsewhere", pid=1)
+    mem_repo.save_object(Kind.LOCK, records.encode(near))
+    from cermin.errors import RepositoryLocked
+
+    with pytest.raises(RepositoryLocked):
+        RepoLock(mem_repo, False, "backup").acquire()

@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Cli, s3_location
-from helpers import assert_same_tree, make_source
+from conftest import FAST_KDF, PASSWORD, Cli, cermin_exe, s3_location
+from helpers import assert_same_tree, make_source, two_backups
 
+from cermin.backend.base import Kind
+from cermin.backend.local import LocalBackend
 from cermin.backend.s3 import S3Backend
-from cermin.engine.objectlock import extend_locks
+from cermin.engine.objectlock import extend_locks, needed_objects
+from cermin.format import records
+from cermin.format.records import AuxRecord, Snapshot
+from cermin.repo.indexfiles import read_index_view
+from cermin.repo.repository import Repository
+from cermin.repo.snapshots import retained_snapshot_names
+from cermin.util import now_rfc3339
+
+
+@pytest.fixture
+def redteam_history(tmp_path):
+    repo, _src, first, second = two_backups(tmp_path, files=4)
+    return repo, first, second
 
 
 def s3cli(seaweed, tmp_path, bucket="locked") -> Cli:
@@ -104,7 +119,6 @@ def test_attacks_with_the_clients_own_credentials(locked_repo, seaweed, tmp_path
 
 def test_lock_extend_touches_only_what_needs_it(locked_repo, seaweed, tmp_path):
     cli, src = locked_repo
-    from conftest import PASSWORD
 
     from cermin.repo.repository import Repository
 
@@ -129,7 +143,6 @@ def test_protect_extends_object_lock_to_the_date(locked_repo):
     assert out["objects_locked"] >= 2
     backend = S3Backend(cli.repo)
     from cermin.backend.base import Kind
-    from cermin.repo.repository import Repository
 
     Repository.read_config(backend)  # applies the lock policy to the backend
     assert backend.retention(Kind.SNAPSHOT, snap) >= datetime(2027, 6, 1, tzinfo=UTC)
@@ -139,10 +152,9 @@ def test_protect_extends_object_lock_to_the_date(locked_repo):
 def test_server_dying_mid_upload_breaks_no_acknowledged_snapshot(tmp_path):
     """A private SeaweedFS is killed while a backup uploads, and comes back 3 s later on the same
     data: the client retries with backoff and finishes; nothing acknowledged is lost."""
-    import subprocess
     import time
 
-    from conftest import PASSWORD, cermin_exe
+    from conftest import PASSWORD
     from seaweed import ACCESS_KEY, SECRET_KEY, Weed
 
     w = Weed(str(tmp_path / "weed")).start()
@@ -200,7 +212,6 @@ def _s3_key_prefix(cli: Cli) -> str:
 
 
 def _open(cli: Cli):
-    from conftest import PASSWORD
 
     from cermin.repo.repository import Repository
 
@@ -235,7 +246,6 @@ def test_planted_config_version_without_the_policy_is_ignored(locked_repo, seawe
     snaps = jl(cli("--json", "snapshots"))[0]["snapshots"]
     newest = max(snaps, key=lambda s: s["time"])["id"]
     backend = S3Backend(cli.repo)
-    from cermin.repo.repository import Repository
 
     Repository.read_config(backend)
     assert backend.lock is not None and backend.lock.days == 30
@@ -286,7 +296,6 @@ def test_delete_marker_on_config_and_keys_does_not_lock_the_owner_out(locked_rep
 
 def test_lock_policy_is_validated_wherever_it_is_loaded(seaweed, tmp_path):
     from cermin.errors import CorruptObject, UsageError
-    from cermin.repo.repository import Repository
 
     backend = S3Backend("s3:http://127.0.0.1:1/nowhere/x")
     for bad in ({"days": 0}, {"days": 1}, {"days": "30"}, {"days": 30, "mode": "none"}, [], {"days": 10**9}):
@@ -297,7 +306,6 @@ def test_lock_policy_is_validated_wherever_it_is_loaded(seaweed, tmp_path):
     assert r.returncode == 2 and b"governance" in r.stderr and b"compliance" in r.stderr
     with pytest.raises(CorruptObject):  # the engine refuses too, not only the command
         Repository.init(S3Backend(cli.repo), b"pw", extra={"object_lock": {"days": 0, "mode": "compliance"}})
-    from cermin.backend.local import LocalBackend
 
     with pytest.raises(UsageError):
         Repository.init(LocalBackend(str(tmp_path / "l")), b"pw", extra={"object_lock": {"days": 30}})
@@ -305,9 +313,7 @@ def test_lock_policy_is_validated_wherever_it_is_loaded(seaweed, tmp_path):
 
 def test_config_fields_are_authenticated(tmp_path):
     """Editing a plaintext config field (say, removing the lock policy) makes the repository refuse."""
-    from conftest import FAST_KDF, PASSWORD
 
-    from cermin.backend.local import LocalBackend
     from cermin.errors import CorruptObject
     from cermin.repo.repository import Repository
 
@@ -401,7 +407,26 @@ def test_backdated_tombstones_and_a_superseding_index_unlock_nothing(locked_repo
     assert any("tombstones" in w for w in rep.warnings) and any("no index file in force" in w for w in rep.warnings)
 
 
-def now_rfc3339() -> str:
-    from cermin.util import now_rfc3339 as now
+@pytest.mark.usefixtures("own_cache")
+def test_superseding_index_does_not_drop_packs_from_lock_maintenance(redteam_history):
+    """Red-team reproduction (issue 14 review)."""
+    repo, _, _ = redteam_history
+    before = {name for kind, name in needed_objects(repo) if kind is Kind.DATA}
+    view = read_index_view(repo)
+    # the attacker holds the password: an index file that names no pack and supersedes every real one
+    repo.save_object(
+        Kind.INDEX, records.encode(records.IndexFile(packs=[], supersedes=[bytes.fromhex(n) for n in view.files]))
+    )
+    after = {name for kind, name in needed_objects(repo) if kind is Kind.DATA}
+    assert before <= after, f"{len(before - after)} packs the snapshots need would no longer be re-locked"
 
-    return now()
+
+@pytest.mark.usefixtures("own_cache")
+def test_tombstones_cannot_hide_the_real_newest_behind_a_fake_newer_snapshot(redteam_history):
+    """Red-team reproduction (issue 14 review)."""
+    repo, first, second = redteam_history
+    real = repo.load_snapshot(second)
+    repo.save_snapshot(Snapshot(time=now_rfc3339(), tree=real.tree, paths=real.paths, hostname=real.hostname))
+    for sid in (first, second):
+        repo.save_object(Kind.AUX, records.encode(AuxRecord(type="forgotten", time=now_rfc3339(), target=sid)))
+    assert second in retained_snapshot_names(repo), "the newest real snapshot is no longer kept locked"

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import pytest
+from helpers import plant, reopen, two_backups
 
+from cermin.backend.base import Kind
 from cermin.errors import CorruptObject
-from cermin.format import crypto, index, pack
+from cermin.format import crypto, index, pack, records
 from cermin.format.crypto import MasterKeys
+from cermin.repo.snapshots import list_snapshots
+
+
+@pytest.fixture
+def history(tmp_path):
+    return two_backups(tmp_path, files=8)
 
 
 def test_seal_roundtrip_and_tamper_detection():
@@ -153,3 +162,58 @@ def test_argon2id_is_deterministic_and_salted():
     assert a == crypto.argon2id(b"pw", b"s" * 32, p)
     assert a != crypto.argon2id(b"pw", b"t" * 32, p)
     assert len(a) == 32
+
+
+# ---- decompression bombs ----------------------------------------------------------------------
+def _bomb(declared: int) -> bytes:
+    """A zstd frame whose header declares `declared` bytes of content (8-byte size field)."""
+    payload = b"x" * 100
+    return (
+        b"\x28\xb5\x2f\xfd"
+        + bytes([0xE0])
+        + struct.pack("<Q", declared)
+        + struct.pack("<I", 1 | (len(payload) << 3))[:3]
+        + payload
+    )
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_bomb_in_blob_is_refused_by_its_declared_length(mem_repo):
+    repo = mem_repo
+    data = b"hello"
+    bid = repo.blob_id(data)
+    b = pack.PackBuilder(repo.keys)
+    b.add(pack.DATA, bid, b"\x01" + _bomb(1 << 40), len(data))
+    entries = list(b.entries)
+    pack_bytes = b.finish()
+    pid = crypto.file_id(pack_bytes)
+    repo.backend.save(Kind.DATA, pid, pack_bytes)
+    from cermin.format import index as fmt_index
+
+    repo.save_index([records.IndexPack(bytes.fromhex(pid), fmt_index.pack_entries(entries))])
+    repo = reopen(repo.backend)
+    with pytest.raises(CorruptObject, match="declares"):
+        repo.load_blob(bid)
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_bomb_in_index_and_snapshot_objects_is_skipped(history):
+    repo, _src, first, second = history
+    for kind in (Kind.INDEX, Kind.SNAPSHOT):
+        data = crypto.seal(repo.keys, b"\x01" + _bomb(1 << 40), b"cermin/" + kind.value.encode())
+        plant(repo.backend, kind, data)
+    repo = reopen(repo.backend)
+    assert any("declares" in w for w in repo.warnings)
+    assert {r.id for r in list_snapshots(repo)} == {first, second}
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_decompress_caps_frames_without_a_size():
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (4 << 20))
+    with pytest.raises(CorruptObject):
+        pack.decompress(b"\x01" + frame, "x", 1 << 20)
+    assert len(pack.decompress(b"\x01" + frame, "x", 4 << 20)) == 4 << 20
+    with pytest.raises(CorruptObject):
+        pack.decompress(b"\x00" + b"a" * 10, "x", 9)

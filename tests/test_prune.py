@@ -5,20 +5,22 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 from conftest import FAST_KDF, PASSWORD
-from helpers import (
-    gallery_repo,
-    reopen,
-    restores_identically,
-)
+from helpers import gallery_repo, reopen, restores_identically, two_backups
 
 from cermin.backend.local import LocalBackend
 from cermin.engine.check import run_check
-from cermin.engine.prune import LEFTOVER_AGE, execute_prune, plan_prune
+from cermin.engine.prune import LEFTOVER_AGE, PruneAborted, execute_prune, plan_prune
 from cermin.format import pack
 from cermin.repo.indexfiles import read_index_view
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
+
+
+@pytest.fixture
+def history(tmp_path):
+    return two_backups(tmp_path, files=8)
 
 
 def test_prune_keeps_a_temp_file_in_flight_and_removes_old_ones_everywhere(tmp_path):
@@ -70,3 +72,16 @@ def test_gallery_duplicate_blobs_and_prune(tmp_path):
     r = run_check(repo, read_data=True)
     assert r.ok and not any(p.kind == "duplicate_blobs" for p in r.notices)
     restores_identically(repo, s2, src, tmp_path / "out")
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_damaged_snapshot_still_stops_prune(history):
+    """Only objects that prove they are foreign are ignored: a damaged file of ours may hold data."""
+    repo, _src, first, _second = history
+    path = os.path.join(repo.backend.root, "snapshots", first)
+    os.chmod(path, 0o600)
+    data = bytearray(open(path, "rb").read())
+    data[-1] ^= 1
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(PruneAborted, match="cannot be read"):
+        plan_prune(reopen(repo.backend))

@@ -12,12 +12,14 @@ import os
 import stat
 
 import pytest
-from conftest import PASSWORD, reopen
+from conftest import FAST_KDF, PASSWORD, reopen
 from helpers import MTIME, Hostile, assert_good_restored, do_backup, do_restore, fs_state, good_entries
 
+from cermin.backend.local import LocalBackend
 from cermin.engine import fsmeta
 from cermin.engine.restore import RestoreOptions, Restorer, run_restore
 from cermin.format.records import BLOCKDEV, CHARDEV, FIFO, Node
+from cermin.repo.repository import Repository
 
 ROOT = os.geteuid() == 0
 
@@ -506,3 +508,20 @@ def test_socket_that_cannot_be_made_is_a_warning(local_repo, tmp_path, monkeypat
     assert not r.errors and [w for w in r.warnings if "sock: socket not restored" in w]
     assert (tmp_path / "out" / str(src).lstrip("/") / "f").read_bytes() == b"f"
     assert not os.path.lexists(tmp_path / "out" / str(src).lstrip("/") / "sock")
+
+
+@pytest.mark.usefixtures("own_cache")
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting security.capability needs root")
+def test_no_owner_no_special_drop_file_capabilities(tmp_path):
+    """Red-team reproduction (issue 14 review)."""
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode(), kdf=FAST_KDF)
+    h = Hostile(repo)
+    cap = bytes.fromhex("0100000280000000000000000000000000000000")  # cap_setuid=ep
+    sid = h.snapshot([h.file(b"x", b"#!/bin/sh\nid\n", mode=0o755, xattrs=[(b"security.capability", cap)])])
+    t = tmp_path / "t"
+    run_restore(repo, repo.load_snapshot(sid), RestoreOptions(target=str(t), workers=1, no_owner=True, no_special=True))
+    try:
+        os.getxattr(t / "x", "security.capability")
+    except OSError:
+        return
+    pytest.fail("a cap_setuid=ep file was restored although --no-owner --no-special were given")
