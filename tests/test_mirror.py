@@ -382,3 +382,43 @@ def test_pack_blob_payloads_are_reencrypted(tmp_path):
     pa = {a.backend.load(Kind.DATA, n)[: pack.PREFIX_LEN] for n, _ in a.backend.list(Kind.DATA)}
     pb = {b.backend.load(Kind.DATA, n)[: pack.PREFIX_LEN] for n, _ in b.backend.list(Kind.DATA)}
     assert pa and pb and not pa & pb
+
+
+# ---- the command ---------------------------------------------------------------------------------
+def _json_lines(r) -> list[dict]:
+    import json
+
+    return [json.loads(ln) for ln in r.stdout.decode().splitlines() if ln.strip()]
+
+
+def test_cli_init_copy_params_and_mirror(cli, tmp_path):
+    src = tmp_path / "src"
+    make_source(str(src), files=4)
+    a = cli.repo
+    cli("init")
+    cli("backup", str(src), "--tag", "t1")
+    cli("backup", str(src), "--host", "other")
+    b = str(tmp_path / "B")
+    env = {"CERMIN_FROM_PASSWORD": PASSWORD}
+    r = cli("-r", b, "init", "--copy-chunker-params-from", a, "--json", password="b-pass", env=env)
+    assert _json_lines(r)[0]["copied_chunker_params"] is True
+    r = cli("mirror", "--from", a, "--to", b, "--dry-run", "--json", password="b-pass", env=env)
+    (summary,) = [d for d in _json_lines(r) if d["message_type"] == "mirror_summary"]
+    assert summary["dry_run"] and len(summary["snapshots_to_copy"]) == 2 and summary["same_ids"]
+    # one snapshot by id, then the rest by filter
+    first = summary["snapshots_to_copy"][0]
+    r = cli("mirror", "--from", a, "--to", b, "--json", first[:10], password="b-pass", env=env)
+    (summary,) = [d for d in _json_lines(r) if d["message_type"] == "mirror_summary"]
+    assert summary["snapshots_copied"] == 1 and summary["copied"][0]["source"] == first
+    r = cli("mirror", "--from", a, "--to", b, "--host", "other", password="b-pass", env=env)
+    assert "copied 1 snapshot of 1 selected" in r.stdout.decode()
+    r = cli("-r", b, "snapshots", "--json", password="b-pass")
+    assert len(r.stdout.strip().splitlines()) >= 1
+    bb = Repository.open(LocalBackend(b), b"b-pass")
+    assert len(list_snapshots(bb)) == 2
+    # no source password: a usage error, nothing tried with the target's password
+    r = cli("mirror", "--from", a, "--to", b, password="b-pass", ok=False)
+    assert r.returncode == 2 and b"CERMIN_FROM_PASSWORD" in r.stderr
+    # a wrong source password: exit 12
+    r = cli("mirror", "--from", a, "--to", b, password="b-pass", ok=False, env={"CERMIN_FROM_PASSWORD": "nope"})
+    assert r.returncode == 12

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cermin.cli.common import Output, backend_of, open_repo, read_password
+from cermin.cli.common import FromRepo, Output, backend_of, from_options, open_repo, read_password
 
 
 @click.command()
@@ -26,8 +26,18 @@ from cermin.cli.common import Output, backend_of, open_repo, read_password
     metavar="DAYS",
     help="How often `cermin lock extend` will run; the lock must outlast it plus a margin.",
 )
+@click.option(
+    "--copy-chunker-params-from",
+    "copy_from",
+    metavar="REPO",
+    help="Take the chunker parameters and blob-id key of REPO (its password via --from-password-*): "
+    "a mirror of REPO then copies blobs and trees as they are (see docs/mirror.md).",
+)
+@from_options
 @click.pass_obj
-def init(g, lock_days, lock_mode, maintenance_days):
+def init(
+    g, lock_days, lock_mode, maintenance_days, copy_from, from_password_file, from_password_command, from_token_file
+):
     """Create a new repository at -r/--repo."""
     from cermin.backend.local import LocalBackend
     from cermin.engine import commands
@@ -35,8 +45,13 @@ def init(g, lock_days, lock_mode, maintenance_days):
     backend = backend_of(g)
     if isinstance(backend, LocalBackend):
         backend.check_creatable()  # before asking for a password twice
+    source = None
+    if copy_from:
+        source = FromRepo(copy_from, from_password_file, from_password_command, from_token_file).open(Output(g))
     password = lambda: read_password(g, "new repository password: ", confirm=True)  # noqa: E731
-    return Output(g).render(commands.init(backend, password, lock_days, lock_mode, maintenance_days))
+    return Output(g).render(
+        commands.init(backend, password, lock_days, lock_mode, maintenance_days, secrets_from=source)
+    )
 
 
 @click.command()

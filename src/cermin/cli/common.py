@@ -230,3 +230,76 @@ class StdoutBytes:
     def flush(self) -> None:
         with stdout_errors():
             sys.stdout.buffer.flush()
+
+
+# ---- a second repository (the source of `mirror`, `init --copy-chunker-params-from`) -----------
+class FromRepo:
+    """Where the *source* repository A is and how to open it: its own password (--from-password-file,
+    --from-password-command, CERMIN_FROM_PASSWORD) and, for http(s), its own token
+    (--from-token-file, CERMIN_FROM_TOKEN; default: the usual CERMIN_TOKEN / CERMIN_TOKEN_FILE)."""
+
+    def __init__(self, location, password_file=None, password_command=None, token_file=None) -> None:
+        self.repo = location
+        self.password_file = password_file
+        self.password_command = password_command
+        self.token_file = token_file
+
+    def password(self) -> bytes:
+        env = os.environ.get("CERMIN_FROM_PASSWORD")
+        if not self.password_file and not self.password_command and env is not None:
+            return _checked(env.encode(), "CERMIN_FROM_PASSWORD")
+        if self.password_file or self.password_command:
+            return read_password(self)
+        if not sys.stdin.isatty():  # never CERMIN_PASSWORD: that one is the target's
+            raise UsageError(
+                "no password for the source repository: set CERMIN_FROM_PASSWORD, --from-password-file "
+                "or --from-password-command"
+            )
+        return prompt_password("source repository password: ", False)
+
+    def backend(self):
+        from cermin.backend import open_backend
+
+        loc = self.repo
+        token = None
+        if self.token_file:
+            try:
+                with open(self.token_file, encoding="utf-8") as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise CerminError(f"cannot read token file {self.token_file}: {e.strerror}") from None
+        token = token or os.environ.get("CERMIN_FROM_TOKEN")
+        if token and loc.startswith(("http://", "https://")):
+            from cermin.backend.http import HttpBackend
+            from cermin.backend.retry import RetryBackend
+
+            return RetryBackend(HttpBackend(loc, token))
+        return open_backend(loc)
+
+    def open(self, out: Output | None = None):
+        from cermin.repo.repository import Repository
+
+        backend = self.backend()
+        config = Repository.read_config(backend)
+        repo = Repository.open(backend, self.password(), config)
+        if out is not None:
+            for w in repo.warnings:
+                out.warn(f"source: {w}")
+            repo.on_warning = lambda w: out.warn(f"source: {w}")
+        return repo
+
+
+def from_options(f):
+    """The options naming the source repository's password and token (mirror, init)."""
+    f = click.option(
+        "--from-token-file",
+        type=click.Path(dir_okay=False),
+        help="http(s) source: read its token from this file (or CERMIN_FROM_TOKEN).",
+    )(f)
+    f = click.option("--from-password-command", help="Run this command for the source repository's password.")(f)
+    f = click.option(
+        "--from-password-file",
+        type=click.Path(dir_okay=False),
+        help="Read the source repository's password from this file (or CERMIN_FROM_PASSWORD).",
+    )(f)
+    return f

@@ -413,6 +413,7 @@ class Initialized:
     id: str
     location: str
     object_lock: bool = False
+    shares_ids: bool = False  # made with --copy-chunker-params-from
 
     @property
     def exit_code(self) -> int:
@@ -425,26 +426,38 @@ class Initialized:
 
     def to_json(self) -> list[dict]:
         line = {"message_type": "initialized", "id": self.id, "repository": self.location}
+        if self.shares_ids:
+            line["copied_chunker_params"] = True
         return [line, *map(warning_json, self._warnings())]
 
     def to_text(self, verbose: int = 0) -> list[Line]:
         return [
             note(f"created cermin repository {self.id[:10]} at {self.location}"),
+            *([note("chunker parameters and blob ids shared with the source repository")] if self.shares_ids else []),
             note("Keep the password safe: without it the data cannot be recovered."),
             *map(warning, self._warnings()),
         ]
 
 
-def init(backend, password, lock_days: int | None = None, lock_mode: str = "compliance", maintenance_days=7):
+def init(
+    backend,
+    password,
+    lock_days: int | None = None,
+    lock_mode: str = "compliance",
+    maintenance_days=7,
+    secrets_from: Repository | None = None,
+):
     """A new repository on `backend` (with an Object Lock policy when lock_days is given). `password`:
-    bytes, or a function asked only once the policy is known to be possible."""
+    bytes, or a function asked only once the policy is known to be possible. `secrets_from`: an open
+    repository whose chunker parameters and blob-id key the new one shares (a mirror of it)."""
     from cermin.engine.objectlock import new_lock_policy
 
     extra = {}
     if lock_days is not None:
         extra["object_lock"] = new_lock_policy(backend, lock_days, lock_mode, maintenance_days)
-    repo = Repository.init(backend, password() if callable(password) else password, extra=extra)
-    return Initialized(repo.config.id, backend.location, lock_days is not None)
+    pw = password() if callable(password) else password
+    repo = Repository.init(backend, pw, extra=extra, secrets_from=secrets_from)
+    return Initialized(repo.config.id, backend.location, lock_days is not None, secrets_from is not None)
 
 
 @dataclass

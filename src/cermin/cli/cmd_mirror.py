@@ -1,0 +1,117 @@
+"""`cermin mirror`: copy the snapshots of one repository (--from A) into another (--to B)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from cermin.cli.common import FromRepo, Output, from_options, open_repo, reporter
+from cermin.errors import UsageError
+
+
+class _Target:
+    """The Globals of B: `--to` names it, its password comes by the usual options."""
+
+    def __init__(self, g, location: str) -> None:
+        self.__dict__.update(vars(g))
+        self.repo = location
+
+
+def _from_to(source: str | None, target: str | None) -> tuple[str, str]:
+    if not source:
+        raise UsageError("give the source repository with --from")
+    if not target:
+        raise UsageError("give the target repository with --to")
+    return source, target
+
+
+class MirrorGroup(click.Group):
+    """`mirror [OPTIONS] [SNAPSHOT...]` and, next to it, `mirror status|verify ...`: positional words
+    are snapshot ids unless the first one names a subcommand."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        takes_value = {
+            n
+            for p in self.params
+            if isinstance(p, click.Option) and not p.is_flag
+            for n in (*p.opts, *p.secondary_opts)
+        }
+        words, rest, i = [], [], 0
+        while i < len(args):
+            tok = args[i]
+            if tok == "--":
+                words += args[i + 1 :]
+                break
+            if tok.startswith("-") and tok != "-":
+                n = 1 if tok in takes_value else 0
+                rest += args[i : i + 1 + n]
+                i += 1 + n
+                continue
+            if not words and tok in self.commands:  # a subcommand: click parses the rest
+                return super().parse_args(ctx, rest + args[i:])
+            words.append(tok)
+            i += 1
+        ctx.meta["mirror.snapshot_ids"] = words
+        return super().parse_args(ctx, rest)
+
+
+@click.group(cls=MirrorGroup, invoke_without_command=True)
+@click.option("--from", "source", metavar="REPO", help="The repository to copy from (A): only read.")
+@click.option("--to", "target", metavar="REPO", help="The repository to copy into (B): its password as usual.")
+@from_options
+@click.option("--host", "hosts", multiple=True, help="Only snapshots of this host (repeatable).")
+@click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag; 'a,b' needs both (repeatable).")
+@click.option("--path", "paths", multiple=True, help="Only snapshots that include this path (repeatable).")
+@click.option("-n", "--dry-run", is_flag=True, help="Say what would be copied; write nothing.")
+@click.argument("snapshot_ids", nargs=-1)
+@click.pass_context
+def mirror(
+    ctx,
+    source,
+    target,
+    from_password_file,
+    from_password_command,
+    from_token_file,
+    hosts,
+    tags,
+    paths,
+    dry_run,
+    snapshot_ids,
+):
+    """Copy every snapshot of --from (or SNAPSHOT_IDS, or those matching --host/--tag/--path) that
+    --to lacks, with everything it references. Nothing is written to --from; nothing is deleted in --to.
+
+    Exits 3 when some snapshots of the source could not be copied (damaged there): the others are.
+    """
+    if ctx.invoked_subcommand is not None:
+        # `mirror status` / `mirror verify` (engine/mirrorstatus.py: mirror_status(src, dst),
+        # mirror_verify(src, dst, read_data)) are registered below with @mirror.command(); they
+        # read --from/--to from ctx.params of this group.
+        return None
+    from cermin.engine import commands
+    from cermin.engine.mirror import MirrorOptions
+
+    g = ctx.obj
+    out = Output(g)
+    a_loc, b_loc = _from_to(source, target)
+    src = FromRepo(a_loc, from_password_file, from_password_command, from_token_file).open(out)
+    dst = open_repo(_Target(g, b_loc), load_index=False)
+    opts = MirrorOptions(
+        hosts=tuple(hosts),
+        tags=tuple(tags),
+        paths=tuple(os.fsencode(p) for p in paths),
+        snapshot_ids=list(ctx.meta.get("mirror.snapshot_ids", [])),
+        dry_run=dry_run,
+    )
+    try:
+        with reporter(out) as progress:
+            result = commands.mirror(src, dst, opts, progress, no_lock=g.no_lock)
+    finally:
+        src.close()
+        dst.close()
+    return out.render(result)
+
+
+# `cermin mirror status` and `cermin mirror verify` go here (@mirror.command("status"), ...).
