@@ -57,7 +57,12 @@ class MirrorGroup(click.Group):
         return super().parse_args(ctx, rest)
 
 
-@click.group(cls=MirrorGroup, invoke_without_command=True)
+@click.group(
+    cls=MirrorGroup,
+    invoke_without_command=True,
+    options_metavar="[OPTIONS] [SNAPSHOT...]",
+    subcommand_metavar="| COMMAND [ARGS]...",
+)
 @click.option("--from", "source", metavar="REPO", help="The repository to copy from (A): only read.")
 @click.option("--to", "target", metavar="REPO", help="The repository to copy into (B): its password as usual.")
 @from_options
@@ -65,7 +70,6 @@ class MirrorGroup(click.Group):
 @click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag; 'a,b' needs both (repeatable).")
 @click.option("--path", "paths", multiple=True, help="Only snapshots that include this path (repeatable).")
 @click.option("-n", "--dry-run", is_flag=True, help="Say what would be copied; write nothing.")
-@click.argument("snapshot_ids", nargs=-1)
 @click.pass_context
 def mirror(
     ctx,
@@ -78,10 +82,10 @@ def mirror(
     tags,
     paths,
     dry_run,
-    snapshot_ids,
 ):
-    """Copy every snapshot of --from (or SNAPSHOT_IDS, or those matching --host/--tag/--path) that
-    --to lacks, with everything it references. Nothing is written to --from; nothing is deleted in --to.
+    """Copy every snapshot of --from (or the SNAPSHOTs given, or those matching --host/--tag/--path)
+    that --to lacks, with everything it references. Nothing is written to --from; nothing is
+    deleted in --to.
 
     Exits 3 when some snapshots of the source could not be copied (damaged there): the others are.
     """
