@@ -143,6 +143,105 @@ def damage(path: str, how: str, offset: int | None = None) -> None:
         f.write(bytes(data))
 
 
+def do_backup(repo, *paths, **kw):
+    return run_backup(repo, BackupOptions(paths=[os.fsencode(p) for p in paths], **kw))
+
+
+def do_restore(repo, snap_id, target, **kw):
+    return run_restore(repo, resolve(repo, snap_id).snapshot, RestoreOptions(target=str(target), **kw))
+
+
+def two_backups(tmp_path, files: int) -> tuple:
+    """A local repository with two backups of a changing source: (repo, src, first id, second id)."""
+    src = tmp_path / "src"
+    make_source(src, files=files)
+    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
+    first = backup(repo, src)
+    mutate_source(src, 1)
+    second = backup(repo, src)
+    return repo, src, first, second
+
+
+def thirty_snapshots(base, sources: dict) -> tuple[str, list[str]]:
+    """30 snapshots of a changing tree in base/repo; returns (repo dir, [snapshot ids]). Copies of the
+    source as the last two snapshots saw it are kept in `sources` (by snapshot id: (source, copy))."""
+    import shutil
+
+    src = base / "src"
+    make_source(src, files=16)
+    repo = small_repo(LocalBackend(str(base / "repo")))
+    snaps = [backup(repo, src)]
+    for step in range(29):
+        mutate_source(src, step)
+        snaps.append(backup(repo, src))
+        if step >= 27:
+            shutil.copytree(src, base / f"src-{snaps[-1]}", symlinks=True)
+            sources[snaps[-1]] = (src, base / f"src-{snaps[-1]}")
+    return str(base / "repo"), snaps
+
+
+def fresh_copy(history, tmp_path) -> tuple:
+    import shutil
+
+    repo_dir, snaps = history
+    dst = tmp_path / "repo"
+    shutil.copytree(repo_dir, dst)
+    return reopen(LocalBackend(str(dst))), snaps
+
+
+def clean(repo) -> bool:
+    r = run_check(repo, read_data=True)
+    return r.ok
+
+
+def full_repair(repo):
+    repair_packs(repo)
+    repair_index(repo)
+    repair_snapshots(repo, forget_originals=True)
+
+
+def gallery_repo(tmp_path):
+    src = tmp_path / "src"
+    make_source(src, files=10)
+    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
+    s1 = backup(repo, src)
+    mutate_source(src, 1)
+    s2 = backup(repo, src)
+    return repo, src, s1, s2
+
+
+def error_kinds(report):
+    return {p.kind for p in report.errors}
+
+
+def plant(backend, kind: Kind, data: bytes) -> str:
+    """What a storage credential or backup token can do: any bytes, under their own content hash."""
+    name = crypto.file_id(data)
+    backend.save(kind, name, data)
+    return name
+
+
+def future_copy(repo: Repository, sid: str, when: str = "2999-01-01T00:00:00.000000000Z") -> str:
+    snap = repo.load_snapshot(sid)
+    snap.time = when
+    return repo.save_snapshot(snap)
+
+
+def records_now() -> str:
+    from cermin.util import now_rfc3339
+
+    return now_rfc3339()
+
+
+class LockedSnapshots(MemoryBackend):
+    """Storage that refuses to delete snapshot files, as S3 does under a compliance lock."""
+
+    def remove(self, kind: Kind, name: str) -> None:
+        if kind is Kind.SNAPSHOT:
+            raise ObjectLocked(f"{kind.value}/{name} is locked")
+        super().remove(kind, name)
+
+
 # ---- source trees -----------------------------------------------------------------------------
 def make_rich_tree(root: str) -> None:
     """A tree with the metadata cermin must round-trip (run as root for devices and ownership)."""
@@ -310,104 +409,3 @@ def good_entries(h: Hostile) -> list[Node]:
 def assert_good_restored(target) -> None:
     assert (target / "good").read_bytes() == b"good file\n"
     assert (target / "gooddir" / "inner").read_bytes() == b"inner file\n"
-
-
-def do_backup(repo, *paths, **kw):
-    return run_backup(repo, BackupOptions(paths=[os.fsencode(p) for p in paths], **kw))
-
-
-def do_restore(repo, snap_id, target, **kw):
-    return run_restore(repo, resolve(repo, snap_id).snapshot, RestoreOptions(target=str(target), **kw))
-
-
-def two_backups(tmp_path, files: int) -> tuple:
-    """A local repository with two backups of a changing source: (repo, src, first id, second id)."""
-    src = tmp_path / "src"
-    make_source(src, files=files)
-    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
-    first = backup(repo, src)
-    mutate_source(src, 1)
-    second = backup(repo, src)
-    return repo, src, first, second
-
-
-def thirty_snapshots(base, sources: dict) -> tuple[str, list[str]]:
-    """30 snapshots of a changing tree in base/repo; returns (repo dir, [snapshot ids]). Copies of the
-    source as the last two snapshots saw it are kept in `sources` (by snapshot id: (source, copy))."""
-    import shutil
-
-    src = base / "src"
-    make_source(src, files=16)
-    repo = small_repo(LocalBackend(str(base / "repo")))
-    snaps = [backup(repo, src)]
-    for step in range(29):
-        mutate_source(src, step)
-        snaps.append(backup(repo, src))
-        if step >= 27:
-            shutil.copytree(src, base / f"src-{snaps[-1]}", symlinks=True)
-            sources[snaps[-1]] = (src, base / f"src-{snaps[-1]}")
-    return str(base / "repo"), snaps
-
-
-def fresh_copy(history, tmp_path) -> tuple:
-    import shutil
-
-    repo_dir, snaps = history
-    dst = tmp_path / "repo"
-    shutil.copytree(repo_dir, dst)
-    return reopen(LocalBackend(str(dst))), snaps
-
-
-def clean(repo) -> bool:
-    r = run_check(repo, read_data=True)
-    return r.ok
-
-
-def full_repair(repo):
-    repair_packs(repo)
-    repair_index(repo)
-    repair_snapshots(repo, forget_originals=True)
-
-
-def gallery_repo(tmp_path):
-    src = tmp_path / "src"
-    make_source(src, files=10)
-    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
-    s1 = backup(repo, src)
-    mutate_source(src, 1)
-    s2 = backup(repo, src)
-    return repo, src, s1, s2
-
-
-def error_kinds(report):
-    return {p.kind for p in report.errors}
-
-
-def plant(backend, kind: Kind, data: bytes) -> str:
-    """What a storage credential or backup token can do: any bytes, under their own content hash."""
-    name = crypto.file_id(data)
-    backend.save(kind, name, data)
-    return name
-
-
-# ---- future-dated records ---------------------------------------------------------------------
-def future_copy(repo: Repository, sid: str, when: str = "2999-01-01T00:00:00.000000000Z") -> str:
-    snap = repo.load_snapshot(sid)
-    snap.time = when
-    return repo.save_snapshot(snap)
-
-
-# ---- tombstones under Object Lock -------------------------------------------------------------
-class LockedSnapshots(MemoryBackend):
-    """Storage that refuses to delete snapshot files, as S3 does under a compliance lock."""
-
-    def remove(self, kind: Kind, name: str) -> None:
-        if kind is Kind.SNAPSHOT:
-            raise ObjectLocked(f"{kind.value}/{name} is locked")
-        super().remove(kind, name)
-
-
-def records_now() -> str:
-    from cermin.util import now_rfc3339
-
-    return now_rfc3339()

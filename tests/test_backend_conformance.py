@@ -1,5 +1,5 @@
-"""One conformance suite for every backend: memory, local directory, S3 on real SeaweedFS (plain and
-with Object Lock). Then a whole backup / check / restore / prune cycle on each."""
+"""Cross-cutting (every backend/ driver): one conformance suite for every backend: memory, local directory, S3
+on real SeaweedFS (plain and with Object Lock). Then a whole backup / check / restore / prune cycle on each."""
 
 from __future__ import annotations
 

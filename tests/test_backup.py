@@ -1,4 +1,5 @@
-"""Backup and restore through the library: metadata round trip, change detection, filters."""
+"""engine/backup/ (walker, file saver, trees): metadata round trip, change detection, filters, dedup,
+pack adoption, and a planted snapshot passing nothing to the next backup."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Bad input through the real command: one clear line, the documented exit code, nothing lost."""
+"""Cross-cutting (the CLI end to end): bad input through the real command: one clear line, the documented exit
+code, nothing lost."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Lock policy lives in the engine: a library caller (the agent, the dashboard) gets the same
-refusals as the command, without the CLI."""
+"""engine/commands.py: lock policy lives in the engine: a library caller (the agent, the dashboard) gets the
+same refusals as the command, without the CLI."""
 
 from __future__ import annotations
 

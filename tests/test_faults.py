@@ -1,6 +1,7 @@
-"""Crash safety by fault injection: sweep a failure, a crash or a corrupted write over every backend
-call of backup, prune and repair. Afterwards check is clean (or names exactly the injected damage)
-and every snapshot acknowledged before the fault restores byte-for-byte."""
+"""Cross-cutting (backend/faulty.py against the engine): crash safety by fault injection: sweep a failure, a
+crash or a corrupted write over every backend call of backup, prune and repair. Afterwards check is clean
+(or names exactly the injected damage) and every snapshot acknowledged before the fault restores byte-for-
+byte."""
 
 from __future__ import annotations
 

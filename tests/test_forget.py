@@ -1,4 +1,5 @@
-"""Retention policies: which snapshots each --keep-* option keeps, and why."""
+"""engine/forget.py: which snapshots each --keep-* option keeps and why; protection, tombstones under
+Object Lock, future-dated snapshots."""
 
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ from cermin.repo.repository import Repository
 PW = PASSWORD.encode()
 
 
-# ---- key slots --------------------------------------------------------------------------------
 def _slot(master: bytes, password: bytes, **fields) -> bytes:
     kf = keyslots.make_keyfile(master, password, FAST_KDF)
     for k, v in fields.items():

@@ -1,5 +1,5 @@
-"""kill -9 the real command at seeded random moments during backup and prune; afterwards the
-repository checks clean and every snapshot restores byte-for-byte."""
+"""Cross-cutting (the CLI end to end): kill -9 the real command at seeded random moments during backup and
+prune; afterwards the repository checks clean and every snapshot restores byte-for-byte."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""What interrupted runs leave behind: temporary files of a write killed before its link (check
-names them, prune removes the old ones only), and packs written but never indexed (the next backup
-adopts them instead of uploading their data again)."""
+"""backend/local.py: the temporary file of a write killed before its link is left behind; check names
+it and prune removes it once it is old (prune's own cases: test_prune.py)."""
 
 from __future__ import annotations
 

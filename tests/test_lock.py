@@ -1,5 +1,6 @@
-"""A read-only repository (a read-only mount, as root too): read-only work just works, without a
-lock and with one warning; writes stop with one line naming the read-only repository."""
+"""repo/lock.py: shared and exclusive locks, refresh, staleness, future-dated locks; and a read-only repository
+(a read-only mount, as root too): read-only work just works, without a lock and with one warning; writes
+stop with one line naming the read-only repository."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The compact blob index: bulk-built and incremental parts agree, first location wins."""
+"""repo/masterindex.py: the compact blob index: bulk-built and incremental parts agree, first location wins."""
 
 from __future__ import annotations
 

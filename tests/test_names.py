@@ -8,7 +8,6 @@ from cermin.format.names import check_node_name, escape_name, is_valid_name, tre
 from cermin.format.records import DIR, FIFO, FILE, SYMLINK, Node
 
 
-# ---- the validator ---------------------------------------------------------------------------
 def test_name_validator():
     for bad in (b"", b".", b"..", b"a/b", b"/abs", b"../x", b"a\x00b", b"/", b"x/"):
         assert not is_valid_name(bad)

@@ -1,5 +1,5 @@
-"""The immutable tier on real SeaweedFS: with the very credentials cermin uses, deleting, overwriting,
-hiding or shortening the retention of locked objects is refused or harmless."""
+"""engine/objectlock.py and the immutable tier on real SeaweedFS: with the very credentials cermin uses,
+deleting, overwriting, hiding or shortening the retention of locked objects is refused or harmless."""
 
 from __future__ import annotations
 

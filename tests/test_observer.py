@@ -1,5 +1,5 @@
-"""Backup observers: which events a backup sends, with what data, from which threads, and what
-an observer's finish, mark or failure does to the snapshot."""
+"""engine/observer.py: backup observers: which events a backup sends, with what data, from which threads, and
+what an observer's finish, mark or failure does to the snapshot."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Format layer: AEAD sealing, packs, compression, index records."""
+"""format/pack.py: packs, compression, hostile headers and decompression bombs."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""One planted object blocks nothing: objects put into a repository by someone holding a storage
-credential or a backup token (not the key), key slots with hostile parameters, decompression bombs,
-future-dated records, and forget/protection policy enforced by the engine (issue 14)."""
+"""Cross-cutting (open, backup, forget, prune, check, repair, CLI): planted index, snapshot and aux objects
+(put in by someone holding a storage credential or a backup token, not the key) block nothing. The
+per-module cases of issue 14 (key slots, bombs, future-dated records, protection, tombstones) are in
+test_keys, test_pack, test_snapshots, test_forget, test_lock, test_prune and test_backup."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""One typed progress stream: every long operation reports `Progress` events to one Reporter."""
+"""engine/progress.py: one typed progress stream: every long operation reports `Progress` events to one
+Reporter."""
 
 from __future__ import annotations
 

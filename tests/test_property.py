@@ -1,4 +1,5 @@
-"""Property: any tree, with all the metadata cermin records, restores byte-for-byte."""
+"""Cross-cutting property test (backup and restore): any tree, with all the metadata cermin records, restores
+byte-for-byte."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The stand-alone recovery script restores a snapshot using only FORMAT.md and three libraries."""
+"""scripts/cermin-recover.py: the stand-alone recovery script restores a snapshot using only FORMAT.md
+and three libraries, and planted objects do not stop it (red-team reproductions, issue 14 review)."""
 
 from __future__ import annotations
 

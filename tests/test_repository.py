@@ -1,4 +1,4 @@
-"""Repository open/init, key slots, config validation and write-once objects."""
+"""repo/repository.py: open/init, config validation and write-once objects."""
 
 from __future__ import annotations
 

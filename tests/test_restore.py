@@ -1,9 +1,10 @@
-"""Restore of a snapshot written by an attacker who holds the password never writes outside its target.
+"""engine/restore.py: subtrees, filters and sockets; and restore of a snapshot written by an attacker who holds
+the password never writes outside its target.
 
-The hostile snapshots are built through the library exactly as a backup writes them (BlobSaver packs
-tree and data blobs, then a Snapshot record is saved); only the names, types and links are chosen
-by the attacker. Every test watches a directory next to the target and asserts that nothing in it
-was created, removed or changed."""
+The hostile snapshots are built through the library exactly as a backup writes them (BlobSaver packs tree
+and data blobs, then a Snapshot record is saved); only the names, types and links are chosen by the
+attacker. Every test watches a directory next to the target and asserts that nothing in it was created,
+removed or changed."""
 
 from __future__ import annotations
 

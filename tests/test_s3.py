@@ -1,4 +1,4 @@
-"""The S3 backend's behaviour when it is misconfigured: no credentials, nobody listening."""
+"""backend/s3.py: the S3 backend's behaviour when it is misconfigured: no credentials, nobody listening."""
 
 from __future__ import annotations
 

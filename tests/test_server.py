@@ -1,5 +1,5 @@
-"""Attacks on `cermin serve` with a stolen backup token, the two-person rule, and a load test, all
-against a real server process on 127.0.0.1."""
+"""server/ (`cermin serve` end to end): attacks with a stolen backup token, the two-person rule, and a load
+test, all against a real server process on 127.0.0.1."""
 
 from __future__ import annotations
 

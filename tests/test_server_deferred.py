@@ -1,5 +1,5 @@
-"""Deferred deletions through `cermin serve` never delete data that became needed, and approvals show
-what they approve. Real server process, real CLI, honest admins."""
+"""server/ (`cermin serve` end to end): deferred deletions through `cermin serve` never delete data that became
+needed, and approvals show what they approve. Real server process, real CLI, honest admins."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`cermin serve` against a stolen or careless credential: lock ownership, read tokens holding their
-own locks, approvals that show what they approve, size limits, quotas, audit bounds, file modes and
-the token store. Every test talks to a real server process on 127.0.0.1."""
+"""server/ (`cermin serve` end to end) against a stolen or careless credential: lock ownership, read tokens
+holding their own locks, approvals that show what they approve, size limits, quotas, audit bounds, file
+modes and the token store. Every test talks to a real server process on 127.0.0.1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Statistics: restore size over trees that reuse each other (a legit dedup, or a hostile DAG)."""
+"""engine/stats.py: restore size over trees that reuse each other (a legit dedup, or a hostile DAG)."""
 
 from __future__ import annotations
 
