@@ -422,3 +422,95 @@ def test_cli_init_copy_params_and_mirror(cli, tmp_path):
     # a wrong source password: exit 12
     r = cli("mirror", "--from", a, "--to", b, password="b-pass", ok=False, env={"CERMIN_FROM_PASSWORD": "nope"})
     assert r.returncode == 12
+
+
+def test_read_only_source_goes_on_without_a_lock(tmp_path):
+    from cermin.backend.base import BackendWrapper
+    from cermin.errors import AccessDenied
+
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    history(tmp_path, a, 1)
+
+    class ReadOnly(BackendWrapper):
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def save(self, kind, name, data):
+            raise AccessDenied("read-only (403)")
+
+        def remove(self, kind, name):
+            raise AccessDenied("read-only (403)")
+
+    before = listing(a.backend)
+    src = Repository.open(ReadOnly(a.backend), PW)
+    res = commands.mirror(src, reopen(b.backend), MirrorOptions())
+    assert len(res.copied) == 1
+    assert any("read-only" in w and "without a lock" in w for w in src.warnings)
+    assert listing(a.backend) == before
+    # the target must be writable: a read-only target is refused, not skipped
+    with pytest.raises(AccessDenied):
+        commands.mirror(
+            reopen(a.backend), Repository.open(ReadOnly(new_repo(secrets_from=a).backend), PW), MirrorOptions()
+        )
+
+
+# ---- real services -------------------------------------------------------------------------------
+def test_local_to_s3_object_lock_then_pull_over_serve_with_a_read_token(seaweed, served, cli, tmp_path):
+    """local A -> SeaweedFS S3 B with Object Lock; then C at the tenant pulls from A served by
+    `cermin serve` with a read token (which cannot write into A)."""
+    from conftest import s3_location
+
+    src = tmp_path / "src"
+    make_source(str(src), files=5)
+    a = cli.repo
+    cli("init")
+    cli("backup", str(src))
+    env = {"CERMIN_FROM_PASSWORD": PASSWORD}
+    b = s3_location(seaweed, "locked", "mirror")
+    cli("-r", b, "init", "--object-lock", "30", "--copy-chunker-params-from", a, password="b-pass", env=env)
+    r = cli("mirror", "--from", a, "--to", b, "--json", password="b-pass", env=env)
+    (summary,) = [d for d in _json_lines(r) if d["message_type"] == "mirror_summary"]
+    assert summary["snapshots_copied"] == 1 and summary["same_ids"]
+    with open(src / "c" / "new.dat", "wb") as f:
+        f.write(os.urandom(10_000))
+    cli("backup", str(src))
+    r = cli("mirror", "--from", a, "--to", b, "--json", password="b-pass", env=env)
+    (summary,) = [d for d in _json_lines(r) if d["message_type"] == "mirror_summary"]
+    assert summary["snapshots_copied"] == 1 and summary["bytes_copied"] < 40_000
+    cli("-r", b, "check", "--read-data", password="b-pass")
+    out = tmp_path / "out-b"
+    cli("-r", b, "restore", "latest", "--target", str(out), "--verify", password="b-pass")
+    from helpers import assert_same_tree
+
+    assert_same_tree(src, out / str(src).lstrip("/"))
+
+    # pull mode: A behind `cermin serve`, the tenant holds only a read token
+    tenant = f"t{os.urandom(4).hex()}"
+    admin = served.token(tenant, "admin")
+    read = served.token(tenant, "read")
+    url = served.url(tenant)
+    cli("-r", url, "init", env={"CERMIN_TOKEN": admin})
+    cli("-r", url, "backup", str(src), env={"CERMIN_TOKEN": admin})
+    token_file = tmp_path / "read-token"
+    token_file.write_text(read + "\n")
+    c = str(tmp_path / "C")
+    cli(
+        "-r",
+        c,
+        "init",
+        "--copy-chunker-params-from",
+        url,
+        "--from-token-file",
+        str(token_file),
+        password="c-pass",
+        env=env,
+    )
+    r = cli("mirror", "--from", url, "--from-token-file", str(token_file), "--to", c, password="c-pass", env=env)
+    assert b"copied 1 snapshot" in r.stdout
+    # the read token cannot write into A
+    r = cli("-r", url, "backup", str(src), env={"CERMIN_TOKEN": read}, ok=False)
+    assert r.returncode != 0
+    out = tmp_path / "out-c"
+    cli("-r", c, "restore", "latest", "--target", str(out), "--verify", password="c-pass")
+    assert_same_tree(src, out / str(src).lstrip("/"))
