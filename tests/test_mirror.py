@@ -514,3 +514,27 @@ def test_local_to_s3_object_lock_then_pull_over_serve_with_a_read_token(seaweed,
     out = tmp_path / "out-c"
     cli("-r", c, "restore", "latest", "--target", str(out), "--verify", password="c-pass")
     assert_same_tree(src, out / str(src).lstrip("/"))
+
+
+def test_a_hundred_snapshots_mirrored_incrementally():
+    import io
+
+    from cermin.engine.backup import BackupOptions, run_backup
+
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    seen = 0
+    for batch in range(4):
+        for i in range(25):
+            n = batch * 25 + i
+            data = (b"line %d\n" % n) * 200 + os.urandom(64)
+            opts = BackupOptions(stdin=io.BytesIO(data), stdin_filename=f"f{n % 7}", hostname=f"h{n % 3}", workers=2)
+            run_backup(a, opts)
+        res = mirror(reopen(a.backend), reopen(b.backend), MirrorOptions())
+        assert len(res.copied) == 25 and res.present == seen
+        seen += 25
+    b = reopen(b.backend)
+    assert len(list_snapshots(b)) == 100
+    assert run_check(b, read_data=True).ok
+    runs = [r for _, r in aux_records(b) if r.type == AUX_MIRROR_RUN]
+    assert len(runs) == 4 and all(r.data["ok"] and r.data["snapshots_copied"] == 25 for r in runs)
