@@ -424,6 +424,35 @@ def test_cli_init_copy_params_and_mirror(cli, tmp_path):
     assert r.returncode == 12
 
 
+def test_cli_mirror_status_and_verify(cli, tmp_path):
+    """`mirror status` shows the lag (with --from, or from the target alone) and `mirror verify`
+    proves the copies; group options may come before or after the subcommand name."""
+    src = tmp_path / "src"
+    make_source(str(src), files=3)
+    a, b = cli.repo, str(tmp_path / "B")
+    env = {"CERMIN_FROM_PASSWORD": PASSWORD}
+    cli("init")
+    cli("backup", str(src))
+    cli("-r", b, "init", "--copy-chunker-params-from", a, password="b-pass", env=env)
+    cli("mirror", "--from", a, "--to", b, password="b-pass", env=env)
+    (src / "new.txt").write_text("after the mirror")
+    cli("backup", str(src))
+    r = cli("mirror", "status", "--from", a, "--to", b, "--json", password="b-pass", env=env)
+    lines = _json_lines(r)
+    (group,) = [d for d in lines if d["message_type"] == "mirror_status"]
+    assert group["lag_snapshots"] == 1 and group["bytes_to_copy"] > 0
+    (runs,) = [d for d in lines if d["message_type"] == "mirror_runs"]
+    assert runs["last_success"] and not runs["failing"]
+    r = cli("mirror", "--to", b, "status", "--json", password="b-pass")  # from B alone
+    assert [d for d in _json_lines(r) if d["message_type"] == "mirror_status"][0]["lag_snapshots"] is None
+    cli("mirror", "--from", a, "--to", b, password="b-pass", env=env)
+    r = cli("mirror", "--from", a, "--to", b, "status", password="b-pass", env=env)
+    assert r.returncode == 0
+    r = cli("mirror", "verify", "--from", a, "--to", b, "--read-data", "--json", password="b-pass", env=env)
+    verdicts = [d for d in _json_lines(r) if d["message_type"] == "mirror_verify"]
+    assert len(verdicts) == 2 and all(v["status"] == "ok" for v in verdicts)
+
+
 def test_read_only_source_goes_on_without_a_lock(tmp_path):
     from cermin.backend.base import BackendWrapper
     from cermin.errors import AccessDenied

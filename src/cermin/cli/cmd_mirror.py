@@ -50,11 +50,31 @@ class MirrorGroup(click.Group):
                 i += 1 + n
                 continue
             if not words and tok in self.commands:  # a subcommand: click parses the rest
-                return super().parse_args(ctx, rest + args[i:])
+                return super().parse_args(ctx, rest + self._hoist(args[i + 1 :], takes_value) + [tok] + self._sub)
             words.append(tok)
             i += 1
         ctx.meta["mirror.snapshot_ids"] = words
         return super().parse_args(ctx, rest)
+
+    def _hoist(self, args: list[str], takes_value: set[str]) -> list[str]:
+        """`mirror status --from A --to B`: this group's options after the subcommand name move in
+        front of it; the subcommand's own stay in `self._sub`."""
+        mine = {n for p in self.params if isinstance(p, click.Option) for n in (*p.opts, *p.secondary_opts)}
+        hoisted, self._sub, i = [], [], 0
+        while i < len(args):
+            tok = args[i]
+            name = tok.split("=", 1)[0]
+            if tok == "--":
+                self._sub += args[i:]
+                break
+            if name in mine:
+                n = 1 if tok in takes_value else 0
+                hoisted += args[i : i + 1 + n]
+                i += 1 + n
+                continue
+            self._sub.append(tok)
+            i += 1
+        return hoisted
 
 
 @click.group(
@@ -118,4 +138,51 @@ def mirror(
     return out.render(result)
 
 
-# `cermin mirror status` and `cermin mirror verify` go here (@mirror.command("status"), ...).
+def _parent(ctx):
+    p = ctx.parent.params
+    return (
+        p["source"],
+        p["target"],
+        FromRepo(p["source"], p["from_password_file"], p["from_password_command"], p["from_token_file"])
+        if p["source"]
+        else None,
+    )
+
+
+@mirror.command("status")
+@click.option("--source-id", metavar="ID", help="Without --from: only the mirror runs of this source repository.")
+@click.pass_context
+def mirror_status(ctx, source_id):
+    """How far --to lags behind --from: per host and path set the newest snapshot on each side, the
+    lag in time, snapshots and bytes, and the last mirror runs. Without --from, from --to alone."""
+    from cermin.engine import commands
+
+    g, out = ctx.obj, Output(ctx.obj)
+    source, target, a = _parent(ctx)
+    dst = open_repo(_Target(g, _from_to("-", target)[1]), load_index=False)
+    src = a.open(out) if a is not None else None
+    try:
+        return out.render(commands.mirror_status(src, dst, source_id))
+    finally:
+        dst.close()
+        if src is not None:
+            src.close()
+
+
+@mirror.command("verify")
+@click.option("--read-data", is_flag=True, help="Also read and authenticate every blob of the copies in --to.")
+@click.pass_context
+def mirror_verify(ctx, read_data):
+    """Prove that every snapshot --to mirrored from --from restores the same tree (names, metadata
+    and contents), without writing anything to disk. Exits 1 when a copy differs."""
+    from cermin.engine import commands
+
+    g, out = ctx.obj, Output(ctx.obj)
+    source, target, a = _parent(ctx)
+    _from_to(source, target)
+    src, dst = a.open(out), open_repo(_Target(g, target), load_index=False)
+    try:
+        return out.render(commands.mirror_verify(src, dst, read_data, no_lock=g.no_lock))
+    finally:
+        src.close()
+        dst.close()

@@ -527,3 +527,19 @@ def mirror(src: Repository, dst: Repository, opts, progress: Reporter | None = N
 
     with repo_lock(src, False, "mirror-source", no_lock), repo_lock(dst, False, "mirror", no_lock):
         return run(src, dst, opts, progress)
+
+
+def mirror_status(src: Repository | None, dst: Repository, source_id: str | None = None):
+    """How far B is behind A (or, with src None, what B alone says of its mirror runs). Takes no
+    lock: like `snapshots`, it only lists and reads records."""
+    from cermin.engine.mirrorstatus import mirror_status as run
+
+    return run(src, dst, source_id=source_id)
+
+
+def mirror_verify(src: Repository, dst: Repository, read_data: bool = False, no_lock: bool = False):
+    """Prove every snapshot B mirrored from A restores the same tree, without writing to disk."""
+    from cermin.engine.mirrorstatus import mirror_verify as run
+
+    with repo_lock(src, False, "mirror-source", no_lock), repo_lock(dst, False, "mirror verify", no_lock):
+        return run(src, dst, read_data)

@@ -37,7 +37,7 @@ STALE = 1800.0
 # Operations that write nothing but their lock: on a read-only repository they run without one.
 READ_ONLY_OPERATIONS = frozenset(
     {"restore", "dump", "check", "ls", "snapshots", "diff", "find", "stats", "cat", "mount", "key list"}
-    | {"mirror-source"}  # the source side of `mirror`: it only reads A
+    | {"mirror-source", "mirror verify"}  # the source side of `mirror` only reads A; verify reads both
 )
 
 
