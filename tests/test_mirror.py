@@ -345,6 +345,81 @@ def test_fault_sweep_then_resume(tmp_path, same_key, mode, crash_after):
         assert runs and any(r.data["ok"] for r in runs)
 
 
+def _damaged_objects(backend) -> set[str]:
+    """Names of content-addressed objects whose bytes no longer match their name."""
+    return {
+        n
+        for k in (Kind.DATA, Kind.INDEX, Kind.SNAPSHOT, Kind.AUX)
+        for n, _ in backend.list(k)
+        if crypto.file_id(backend.load(k, n)) != n
+    }
+
+
+@pytest.mark.parametrize("same_key", [True, False], ids=["same-key", "rechunk"])
+@pytest.mark.parametrize("mode", ["truncate", "flip"])
+def test_damaging_save_sweep_then_resume(tmp_path, same_key, mode):
+    """B silently stores one object damaged (truncated, or a bit flipped) and reports success: at
+    every save of a run, then a resumed run. B checks clean or names exactly the damaged object,
+    and every snapshot in B restores exactly."""
+    a, src, snaps = _sweep_source(tmp_path)
+    probe_inner = MemoryBackend()
+    new_repo(probe_inner, secrets_from=a if same_key else None)
+    probe = FaultyBackend(probe_inner, only="save")
+    commands.mirror(reopen(a.backend), Repository.open(probe, PW), MirrorOptions())
+    saves = probe.calls
+    assert saves >= 5
+    for at in range(1, saves + 1):
+        inner = MemoryBackend()
+        new_repo(inner, secrets_from=a if same_key else None)
+        fb = FaultyBackend(inner, mode=mode, at=at, only="save")
+        try:
+            commands.mirror(reopen(a.backend), Repository.open(fb, PW), MirrorOptions())
+        except CerminError:
+            pass
+        assert fb.fired, at
+        res = commands.mirror(reopen(a.backend), reopen(inner), MirrorOptions())
+        assert not res.skipped, at
+        damaged = _damaged_objects(inner)
+        assert len(damaged) <= 1, at
+        b = reopen(inner)
+        report = run_check(b, read_data=True)
+        if not report.ok:
+            assert damaged, (at, report.to_json())
+            (name,) = damaged
+            for p in report.errors:
+                assert name[:12] in f"{p.pack} {p.object} {p.message}", (at, report.to_json())
+        assert_mirror_restores(tmp_path, a, b, src, snaps)
+
+
+def test_resume_does_not_adopt_a_damaged_unindexed_pack(tmp_path):
+    """A pack an interrupted run left unindexed, whose header is intact but whose data was damaged in
+    storage, is not adopted by the next run (its blobs are sent again) and is reported."""
+    a, src, snaps = _sweep_source(tmp_path)
+    inner = MemoryBackend()
+    new_repo(inner, secrets_from=a)
+
+    class CrashAfterFirstPack(FaultyBackend):
+        def save(self, kind, name, data):
+            if kind is Kind.DATA and list(self.inner.list(Kind.DATA)):
+                raise OSError(5, "the process died")
+            return self.inner.save(kind, name, data)
+
+    with pytest.raises(OSError):
+        commands.mirror(reopen(a.backend), Repository.open(CrashAfterFirstPack(inner), PW), MirrorOptions())
+    ((name, _),) = inner.list(Kind.DATA)
+    data = bytearray(inner.load(Kind.DATA, name))
+    data[pack.PREFIX_LEN + 10] ^= 0x01  # inside the first blob: the header still authenticates
+    inner.remove(Kind.DATA, name)
+    inner.save(Kind.DATA, name, bytes(data))
+    res = commands.mirror(reopen(a.backend), reopen(inner), MirrorOptions())
+    assert res.adopted_packs == 0 and res.damaged_in_target == [f"data/{name}"]
+    assert any(name[:12] in w for w in res._notes())
+    b = reopen(inner)
+    report = run_check(b, read_data=True)
+    assert all(name[:12] in f"{p.pack} {p.object} {p.message}" for p in report.errors), report.to_json()
+    assert_mirror_restores(tmp_path, a, b, src, snaps)
+
+
 def test_full_disk_during_upload_then_resume(tmp_path):
     """A backend error on a pack upload (ENOSPC) stops the run; the rerun finishes it."""
     a, src, snaps = _sweep_source(tmp_path)

@@ -54,6 +54,17 @@ class ForeignObject(CorruptObject):
     backup token), so it is never damage of something cermin wrote. Readers skip and report it."""
 
 
+class StoredDamaged(CerminError):
+    """A save reported success but reading the object back gave other bytes (a silently truncated or
+    bit-flipped write). Raised by backend/verifying.py; the object stays (nothing is overwritten or
+    deleted), the caller stores its content again under a new name."""
+
+    def __init__(self, message: str, kind=None, name: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+
+
 class ObjectNotFound(CerminError):
     pass
 

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from cermin.backend.base import Kind
+from cermin.backend.verifying import VerifyingBackend
 from cermin.engine.progress import Phases, Reporter
 from cermin.engine.results import Line, answer, note, warning, warning_json
 from cermin.errors import CerminError, CorruptObject, ObjectNotFound
@@ -73,6 +74,7 @@ class MirrorResult:
     packs_written: int = 0
     bytes_uploaded: int = 0
     adopted_packs: int = 0
+    damaged_in_target: list[str] = field(default_factory=list)  # "kind/name" stored damaged in B, not used
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
 
@@ -88,6 +90,12 @@ class MirrorResult:
                 "files are re-chunked and trees rewritten; slower, and no deduplication with the source's ids"
             )
         out += [f"snapshot {sid[:8]} of the source not copied: {why}" for sid, why in sorted(self.skipped.items())]
+        if self.damaged_in_target:
+            out.append(
+                f"target: {plural(len(self.damaged_in_target), 'object')} stored damaged and not used "
+                f"({', '.join(n.split('/')[0] + '/' + n.split('/')[1][:12] for n in self.damaged_in_target)}): "
+                "their content was stored again; `cermin check` names them, `prune` removes them"
+            )
         return out
 
     def to_json(self) -> list[dict]:
@@ -112,6 +120,7 @@ class MirrorResult:
                 "packs_written": self.packs_written,
                 "bytes_uploaded": self.bytes_uploaded,
                 "adopted_packs": self.adopted_packs,
+                "damaged_in_target": self.damaged_in_target,
             }
         )
         return out
@@ -275,7 +284,7 @@ class Mirror:
         if not self.opts.dry_run:
             from cermin.repo.indexfiles import adopt_packs
 
-            adopted = adopt_packs(dst)
+            adopted = adopt_packs(dst, unindexed=self._intact_unindexed())
             res.adopted_packs = len(adopted.packs)
             if adopted.refused:
                 self.warn(f"target: {plural(len(adopted.refused), 'pack')} in no index not adopted; run `cermin check`")
@@ -314,6 +323,24 @@ class Mirror:
             saver.close()
         self.phase("snapshots", "done", done=len(todo), total=len(todo), unit="snapshots", bytes_done=res.bytes_copied)
         return res
+
+    def _intact_unindexed(self) -> dict[str, int]:
+        """B's unindexed packs (left by an interrupted run) whose bytes hash to their name: a pack
+        stored damaged with an intact header would otherwise be adopted and its blobs count as
+        present. One read of each such pack (they exist only after an interruption)."""
+        from cermin.format import crypto
+
+        out = {}
+        for name, size in sorted((self.dst.unindexed_packs or {}).items()):
+            try:
+                data = self.dst.backend.load(Kind.DATA, name)
+            except ObjectNotFound:
+                continue
+            if crypto.file_id(data) == name:
+                out[name] = size
+            else:
+                self.res.damaged_in_target.append(f"data/{name}")
+        return out
 
     def copy_snapshot(self, ref: SnapshotRef) -> None:
         snap = ref.snapshot
@@ -458,14 +485,26 @@ def mirror(src: Repository, dst: Repository, opts: MirrorOptions, progress: Repo
     """Copy the selected snapshots of `src` that `dst` lacks (callers hold the locks). Every run that
     writes ends with a `mirror_run` record in `dst`, also when it fails (then the error propagates)."""
     m = Mirror(src, dst, opts, progress)
-    try:
-        res = m.run()
-    except BaseException as e:
-        if not opts.dry_run:
-            msg = str(e) or type(e).__name__
-            write_run_record(src, dst, False, len(m.res.copied), m.res.bytes_copied, msg)
-        raise
+    plain = dst.backend
     if not opts.dry_run:
-        err = "; ".join(f"{sid[:8]}: {why}" for sid, why in sorted(res.skipped.items()))
-        write_run_record(src, dst, not res.skipped, len(res.copied), res.bytes_copied, err)
+        # Everything written to B is read back: a store that acknowledges a write and keeps other
+        # bytes (truncated, a flipped bit) must not leave B naming damaged data (backend/verifying.py).
+        dst.backend = VerifyingBackend(plain)
+    try:
+        try:
+            res = m.run()
+        except BaseException as e:
+            if not opts.dry_run:
+                msg = str(e) or type(e).__name__
+                write_run_record(src, dst, False, len(m.res.copied), m.res.bytes_copied, msg)
+            raise
+        finally:
+            if isinstance(dst.backend, VerifyingBackend):
+                m.res.damaged_in_target += [f"{k.value}/{n}" for k, n in dst.backend.damaged]
+                dst.backend.damaged.clear()
+        if not opts.dry_run:
+            err = "; ".join(f"{sid[:8]}: {why}" for sid, why in sorted(res.skipped.items()))
+            write_run_record(src, dst, not res.skipped, len(res.copied), res.bytes_copied, err)
+    finally:
+        dst.backend = plain
     return res

@@ -13,10 +13,11 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cermin.backend.base import Kind
+from cermin.errors import StoredDamaged
 from cermin.format import crypto, pack
 from cermin.format import index as fmt_index
 from cermin.format.records import IndexPack
-from cermin.repo.repository import Repository
+from cermin.repo.repository import SAVE_ATTEMPTS, Repository
 
 INDEX_EVERY_PACKS = 64
 INDEX_EVERY_BLOBS = 100_000  # many small blobs: write index files sooner, keep memory flat
@@ -69,6 +70,7 @@ class BlobSaver:
         self.added = {pack.DATA: 0, pack.TREE: 0}
         self.raw_added = 0  # data blobs only
         self.stored_added = 0
+        self.damaged_packs: list[str] = []  # stored damaged and replaced by a new pack (verifying backend)
 
     def __contains__(self, blob_id: bytes) -> bool:
         return (not self.ignore_index and blob_id in self.repo.index) or blob_id in self._pending
@@ -116,7 +118,7 @@ class BlobSaver:
             data = builder.finish()
             name = crypto.file_id(data)
             if not self.dry_run:
-                self.repo.backend.save(Kind.DATA, name, data)
+                entries, data, name = self._store(entries, data, name)
             pack_id = bytes.fromhex(name)
             blobs = fmt_index.encode_entries(entries)
             if not self.ignore_index:
@@ -143,6 +145,30 @@ class BlobSaver:
             raise
         finally:
             self._inflight.release()
+
+    def _store(self, entries, data: bytes, name: str):
+        """Upload a pack. When a verifying backend finds it stored damaged (backend/verifying.py),
+        the damaged object stays, unindexed, and the same blobs go into a new pack (a new salt: a new
+        name), rebuilt from the intact bytes still in memory, up to SAVE_ATTEMPTS times."""
+        for attempt in range(SAVE_ATTEMPTS):
+            try:
+                self.repo.backend.save(Kind.DATA, name, data)
+                return entries, data, name
+            except StoredDamaged:
+                if attempt + 1 == SAVE_ATTEMPTS:
+                    raise
+                with self._lock:
+                    self.damaged_packs.append(name)
+            cipher = pack.pack_cipher(self.repo.keys, data[: pack.PREFIX_LEN], f"pack {name[:12]}")
+            b = pack.PackBuilder(self.repo.keys)
+            for e in entries:
+                ct = data[e.offset : e.offset + e.length]
+                payload = pack.open_blob(cipher, e.offset, e.type, e.blob_id, ct, f"pack {name[:12]}")
+                b.add(e.type, e.blob_id, payload, e.raw_length)
+            entries = b.entries
+            data = b.finish()
+            name = crypto.file_id(data)
+        raise AssertionError("unreachable")
 
     def flush(self) -> None:
         """Write out partly filled packs, wait for every upload, write the remaining index."""
