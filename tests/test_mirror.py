@@ -528,6 +528,48 @@ def test_cli_mirror_status_and_verify(cli, tmp_path):
     assert len(verdicts) == 2 and all(v["status"] == "ok" for v in verdicts)
 
 
+def test_cli_global_options_anywhere_in_mirror(cli, tmp_path):
+    """Global options (`--json`, `-q`, `--password-file`) work after snapshot ids and in every
+    position of `mirror`, `mirror status` and `mirror verify`."""
+    src = tmp_path / "src"
+    make_source(str(src), files=2)
+    a, b = cli.repo, str(tmp_path / "B")
+    env = {"CERMIN_FROM_PASSWORD": PASSWORD}
+    pw = tmp_path / "b-pass"
+    pw.write_text("b-pass\n")
+    cli("init")
+    cli("backup", str(src))
+    cli("backup", str(src), "--host", "other")
+    cli("-r", b, "init", "--copy-chunker-params-from", a, password="b-pass", env=env)
+    r = cli("mirror", "--from", a, "--to", b, "--dry-run", "--json", password="b-pass", env=env)
+    first, second = [d for d in _json_lines(r) if d["message_type"] == "mirror_summary"][0]["snapshots_to_copy"]
+
+    def summary(r):
+        (s,) = [d for d in _json_lines(r) if d["message_type"] == "mirror_summary"]
+        return s
+
+    # after a snapshot id: a flag and a global option with a value
+    r = cli("mirror", "--from", a, "--to", b, first[:10], "--json", "--password-file", str(pw), password=None, env=env)
+    assert summary(r)["copied"][0]["source"] == first
+    # the id first, options around it
+    r = cli("mirror", second[:10], "--from", a, "-q", "--to", b, "--json", password="b-pass", env=env)
+    assert summary(r)["copied"][0]["source"] == second
+    for args in (
+        ("mirror", "status", "--from", a, "--to", b, "--json"),
+        ("mirror", "--json", "--from", a, "status", "--to", b),
+        ("mirror", "--from", a, "--to", b, "status", "--password-file", str(pw), "--json"),
+    ):
+        r = cli(*args, password=None if str(pw) in args else "b-pass", env=env)
+        assert [d for d in _json_lines(r) if d["message_type"] == "mirror_status"], args
+    for args in (
+        ("mirror", "verify", "--from", a, "--json", "--to", b, "--read-data"),
+        ("mirror", "--from", a, "--to", b, "verify", "--read-data", "--json"),
+    ):
+        r = cli(*args, password="b-pass", env=env)
+        verdicts = [d for d in _json_lines(r) if d["message_type"] == "mirror_verify"]
+        assert len(verdicts) == 2 and all(v["status"] == "ok" for v in verdicts), args
+
+
 def test_read_only_source_goes_on_without_a_lock(tmp_path):
     from cermin.backend.base import BackendWrapper
     from cermin.errors import AccessDenied

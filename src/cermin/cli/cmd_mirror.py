@@ -28,7 +28,13 @@ def _from_to(source: str | None, target: str | None) -> tuple[str, str]:
 
 class MirrorGroup(click.Group):
     """`mirror [OPTIONS] [SNAPSHOT...]` and, next to it, `mirror status|verify ...`: positional words
-    are snapshot ids unless the first one names a subcommand."""
+    are snapshot ids unless the first one names a subcommand. Global options (`--json`, `-q`,
+    `--password-file`, ...) may come anywhere, after snapshot ids too: cli/main.py hoists them,
+    walking past the words (`words_are_arguments`) and knowing this group's options below its
+    subcommands (`options_after_subcommand`)."""
+
+    words_are_arguments = True
+    options_after_subcommand = True
 
     def parse_args(self, ctx, args):
         args = list(args)

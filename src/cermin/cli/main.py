@@ -112,12 +112,15 @@ def hoist_globals(group: click.Group, ctx: click.Context | None, args: list[str]
     Walks the arguments the way click will parse them: values of the command's own options are
     skipped (`--exclude --json` excludes a file named '--json'), nested groups (`key list`) are
     followed, and nothing after `--` moves (a file literally named --json stays an argument). An
-    option the command defines itself is the command's."""
+    option the command defines itself is the command's. A group with `words_are_arguments` (mirror:
+    `mirror --from A --to B SNAP --json`) takes words that name no subcommand as its arguments, and
+    the walk goes on past them."""
     hoisted: list[str] = []
     rest: list[str] = []
     cmd: click.Command = group
     own: set[str] = set()  # the group's own options are the globals
     values = {n: 1 for n, v in GLOBAL_OPTIONS.items() if v}
+    in_args = False  # past the first argument word of a group whose words are arguments
     i = 0
     while i < len(args):
         tok = args[i]
@@ -140,14 +143,21 @@ def hoist_globals(group: click.Group, ctx: click.Context | None, args: list[str]
             continue
         rest.append(tok)
         i += 1
-        if isinstance(cmd, click.Group):  # tok names a subcommand
+        if isinstance(cmd, click.Group) and not in_args:  # tok names a subcommand
             sub = cmd.get_command(ctx, tok)
             if sub is None:
+                if getattr(cmd, "words_are_arguments", False):
+                    in_args = True  # `mirror [OPTIONS] SNAPSHOT...`: words are arguments, keep walking
+                    continue
                 rest += args[i:]  # unknown command: click reports it
                 break
+            # A group that takes its own options after the subcommand name (`mirror status --from A`)
+            # keeps them known below it, so their values are skipped as values.
+            inherited = _option_names(cmd) if getattr(cmd, "options_after_subcommand", False) else (set(), {})
             cmd = sub
             names, values = _option_names(sub)
-            own = names
+            own = names | inherited[0]
+            values = {**inherited[1], **values}
     return hoisted + rest
 
 
