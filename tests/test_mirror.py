@@ -139,6 +139,31 @@ def test_origin_and_every_field_travel(tmp_path):
     assert copy == orig  # time, host, paths, tags, parent, summary, extra: all of it
 
 
+def test_snapshots_listing_shows_the_origin(tmp_path):
+    """`cermin snapshots` on B marks mirrored snapshots with the origin's short id (`-v`: and the
+    source repository id); JSON carries a top-level `origin` (null for a snapshot of B's own)."""
+    from cermin.engine.browse import snapshots
+
+    a = new_repo()
+    b = new_repo(secrets_from=a)
+    src = tmp_path / "src"
+    make_source(str(src), files=2)
+    asid = backup(a, src)
+    ((_, bsid),) = mirror(reopen(a.backend), reopen(b.backend), MirrorOptions()).copied
+    own = backup(reopen(b.backend), src)
+    listing_ = snapshots(reopen(b.backend))
+    (js,) = [d for d in listing_.to_json() if d["message_type"] == "snapshots"]
+    by_id = {d["id"]: d for d in js["snapshots"]}
+    assert by_id[bsid]["origin"] == {"repository": a.config.id, "snapshot": asid}
+    assert by_id[own]["origin"] is None
+    text = [ln.text for ln in listing_.to_text()]
+    (mirrored,) = [t for t in text if t.startswith(bsid[:8])]
+    (mine,) = [t for t in text if t.startswith(own[:8])]
+    assert mirrored.endswith(f"<- {asid[:8]}") and "<-" not in mine
+    (mirrored_v,) = [ln.text for ln in listing_.to_text(verbose=1) if ln.text.startswith(bsid[:8])]
+    assert f"<- {asid[:8]} (from repository {a.config.id})" in mirrored_v
+
+
 def test_mirror_of_a_mirror_is_not_copied_back_and_keeps_its_upstream(tmp_path):
     a = new_repo()
     b = new_repo(secrets_from=a)
@@ -488,7 +513,11 @@ def test_cli_init_copy_params_and_mirror(cli, tmp_path):
     r = cli("mirror", "--from", a, "--to", b, "--host", "other", password="b-pass", env=env)
     assert "copied 1 snapshot of 1 selected" in r.stdout.decode()
     r = cli("-r", b, "snapshots", "--json", password="b-pass")
-    assert len(r.stdout.strip().splitlines()) >= 1
+    (listed,) = [d for d in _json_lines(r) if d["message_type"] == "snapshots"]
+    assert {d["origin"]["snapshot"] for d in listed["snapshots"]} >= {first}
+    assert all(d["origin"]["repository"] == summary["source_id"] for d in listed["snapshots"])
+    r = cli("-r", b, "snapshots", password="b-pass")
+    assert f"<- {first[:8]}" in r.stdout.decode()
     bb = Repository.open(LocalBackend(b), b"b-pass")
     assert len(list_snapshots(bb)) == 2
     # no source password: a usage error, nothing tried with the target's password

@@ -33,7 +33,12 @@ class SnapshotList:
     def to_json(self) -> list[dict]:
         from cermin.repo.snapshots import snapshot_json
 
-        snaps = [snapshot_json(r) for r in self.refs]
+        snaps = []
+        for r in self.refs:
+            d = snapshot_json(r)
+            o = _origin(r.snapshot)
+            d["origin"] = {"repository": o[0], "snapshot": o[1]} if o else None
+            snaps.append(d)
         return [
             *map(warning_json, self.warnings),
             {"message_type": "snapshots", "snapshots": snaps, "forgotten": len(self.hidden)},
@@ -48,6 +53,8 @@ class SnapshotList:
             flag = " (incomplete)" if s.incomplete else ""
             flag += " (dated in the future: not trusted)" if r.future else ""
             flag += " (forgotten)" if r.forgotten else ""
+            if (o := _origin(s)) is not None:  # a mirrored snapshot: where it came from
+                flag += f" <- {o[1][:8]}" + (f" (from repository {_shown(o[0])})" if verbose else "")
             paths_txt = ", ".join(p.decode("utf-8", "backslashreplace") for p in s.paths)
             lines.append(
                 answer(
@@ -61,6 +68,20 @@ class SnapshotList:
             n = plural(len(self.hidden), "snapshot")
             lines.append(note(f"{n} marked forgotten, kept until their Object Lock lapses ({shown})"))
         return lines
+
+
+def _origin(snap) -> tuple[str, str] | None:
+    """(source repository id, source snapshot id) of a mirrored snapshot, validated as `mirror
+    status` does (engine/mirrorstatus.py), or None."""
+    from cermin.engine.mirrorstatus import origin_of
+
+    return origin_of(snap)
+
+
+def _shown(text: str) -> str:
+    from cermin.engine.mirrorstatus import _text
+
+    return _text(text, 64)
 
 
 def snapshots(repo: Repository, hosts=(), tags=(), paths=(), latest: int = 0, forgotten: bool = False) -> SnapshotList:
