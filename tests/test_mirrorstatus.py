@@ -11,7 +11,7 @@ import random
 import msgspec
 import pytest
 from conftest import PASSWORD
-from helpers import reopen, repo_sharing_ids, small_repo
+from helpers import pack_entries, reopen, repo_sharing_ids, small_repo
 
 from cermin.backend.base import Kind
 from cermin.backend.memory import MemoryBackend
@@ -332,11 +332,11 @@ def test_verify_finds_missing_and_damaged_blobs_in_the_mirror(ab):
     mirror_copy(a, b, s1)
     b = reopen(b.backend)
     objs = b.backend.objects
-    data_packs = sorted(k for k in objs if k[0] is Kind.DATA)
-    # damage one byte in the middle of a data pack's first blob: only reading it finds it
-    victim = data_packs[0]
+    # damage one byte in the middle of a data (not tree) pack's first blob: only reading it finds it
+    name, entries = sorted((n, es) for n, es in pack_entries(b).items() if es[0].type == pack.DATA)[0]
+    victim = (Kind.DATA, name)
     raw = bytearray(objs[victim])
-    raw[40 + 20] ^= 0x01
+    raw[entries[0].offset + entries[0].length // 2] ^= 0x01
     objs[victim] = bytes(raw)
     rep = mirror_verify(a, b)
     assert rep.ok  # the index has every blob; nothing was read
