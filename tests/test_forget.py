@@ -246,8 +246,8 @@ def test_library_callers_cannot_forget_a_protected_snapshot(history):
     assert res.removed == [] and repo.backend.exists(Kind.SNAPSHOT, first)
 
 
-@pytest.mark.usefixtures("own_cache")
-def test_forgotten_snapshots_under_lock_are_tombstoned(tmp_path):
+def _locked_history(tmp_path):
+    """Three snapshots of a changing tree in a store whose snapshot files cannot be deleted."""
     src = tmp_path / "src"
     make_source(src, files=4)
     repo = small_repo(LockedSnapshots())
@@ -255,6 +255,12 @@ def test_forgotten_snapshots_under_lock_are_tombstoned(tmp_path):
     for step in range(3):
         mutate_source(src, step)
         ids.append(backup(repo, src))
+    return src, repo, ids
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_forgotten_snapshots_under_lock_are_tombstoned(tmp_path):
+    src, repo, ids = _locked_history(tmp_path)
     res = forget(repo, policy=KeepPolicy(last=1))
     assert sorted(res.locked) == sorted(ids[:2]) and not res.removed
     assert [r.id for r in list_snapshots(repo)] == [ids[2]]
@@ -282,13 +288,7 @@ def test_forgotten_snapshots_under_lock_are_tombstoned(tmp_path):
 
 @pytest.mark.usefixtures("own_cache")
 def test_tombstones_never_hide_the_newest_or_a_protected_snapshot(tmp_path):
-    src = tmp_path / "src"
-    make_source(src, files=4)
-    repo = small_repo(LockedSnapshots())
-    ids = []
-    for step in range(3):
-        mutate_source(src, step)
-        ids.append(backup(repo, src))
+    _src, repo, ids = _locked_history(tmp_path)
     repo.load_index()
     protect(repo, resolve(repo, ids[0]), datetime.now(UTC) + timedelta(days=30))
     write_tombstones(repo, ids)  # what anyone with the password could do
