@@ -8,7 +8,11 @@ here, not in a command, because the agent and the dashboard call this library di
   snapshot dated 2999 must neither count as "last" nor move the `--keep-within` window), and the
   window is measured back from the newest trusted snapshot, never from after now;
 - a snapshot the storage refuses to delete (Object Lock) gets a "forgotten" aux record (tombstone)
-  so listings, prune and lock maintenance stop treating it as live and it can lapse.
+  so listings, prune and lock maintenance stop treating it as live and it can lapse;
+- the guard (cermin.guard.verdict): the newest clean snapshot of each host/paths group is never
+  removed (if none is clean: the newest one made before the guard), and while an alarm is open in a
+  group only clean snapshots count toward the keep rules — suspicious and infected ones are kept
+  without using up a slot (docs/guard.md).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cermin.backend.base import Kind
 from cermin.engine.results import STDERR, Line, answer, note, warning, warning_json
@@ -29,6 +34,7 @@ from cermin.repo.snapshots import (
     AUX_FORGOTTEN,
     CLOCK_SKEW,
     SnapshotRef,
+    _matches,
     aux_records,
     is_protected,
     list_snapshots,
@@ -38,6 +44,9 @@ from cermin.repo.snapshots import (
     tombstones,
 )
 from cermin.util import now_rfc3339, plural
+
+if TYPE_CHECKING:
+    from cermin.guard.verdict import GuardView
 
 
 @dataclass
@@ -119,25 +128,39 @@ def group_key(ref: SnapshotRef, group_by: tuple[str, ...]) -> tuple:
     return tuple(parts)
 
 
-def apply_policy(refs: list[SnapshotRef], policy: KeepPolicy, now: datetime | None = None) -> list[Decision]:
-    """Decisions for one group; `refs` in any order, decisions newest first."""
+def apply_policy(
+    refs: list[SnapshotRef], policy: KeepPolicy, now: datetime | None = None, guard: GuardView | None = None
+) -> list[Decision]:
+    """Decisions for one group; `refs` in any order, decisions newest first. With `guard`, the newest
+    clean snapshot of each host/paths group is kept, and a snapshot that is not clean while an alarm
+    is open in its group is kept without counting toward any rule."""
     now = now or datetime.now(UTC)
     limit = now.timestamp() + CLOCK_SKEW
     stamps = {r.id: timestamp(r.snapshot.time) for r in refs}
     untrusted = [r for r in refs if stamps[r.id] is None or stamps[r.id] > limit]
     snaps = sorted((r for r in refs if r not in untrusted), key=lambda r: (r.snapshot.time, r.id), reverse=True)
     times = [datetime.fromtimestamp(stamps[r.id], UTC) for r in snaps]
-    within_cut = subtract_duration(min(times[0], now), policy.within) if policy.within and snaps else None
+    counted = [t for r, t in zip(snaps, times, strict=True) if guard is None or guard.counts(r.id)]
+    within_cut = subtract_duration(min(counted[0], now), policy.within) if policy.within and counted else None
     remaining = {name: getattr(policy, name) for name, _ in _BUCKETS}
     last_bucket: dict[str, tuple | None] = {name: None for name, _ in _BUCKETS}
     out = [
         Decision(r, True, ["dated in the future (beyond the clock-skew allowance): kept, not counted"])
         for r in sorted(untrusted, key=lambda r: (r.snapshot.time, r.id), reverse=True)
     ]
-    for i, (ref, t) in enumerate(zip(snaps, times, strict=True)):
+    i = 0
+    for ref, t in zip(snaps, times, strict=True):
         reasons = []
+        if guard is not None and ref.id in guard.last_clean:
+            reasons.append("newest clean snapshot of its host and paths (guard)")
+        if guard is not None and not guard.counts(ref.id):
+            v = guard.verdicts[ref.id].verdict
+            reasons.append(f"{v} while an alarm is open (guard): kept, not counted")
+            out.append(Decision(ref, True, reasons))
+            continue
         if i < policy.last:
             reasons.append("last snapshot" if policy.last == 1 else f"within last {policy.last}")
+        i += 1
         for name, bucket in _BUCKETS:
             b = bucket(t)
             if remaining[name] > 0 and b != last_bucket[name]:
@@ -161,13 +184,14 @@ def plan_forget(
     policy: KeepPolicy,
     group_by: tuple[str, ...] = ("host", "paths"),
     now: datetime | None = None,
+    guard: GuardView | None = None,
 ) -> list[ForgetGroup]:
     if policy.empty():
         raise UsageError("no retention policy given: refusing to forget everything (use --keep-* options)")
     groups: dict[tuple, list[SnapshotRef]] = {}
     for r in refs:
         groups.setdefault(group_key(r, group_by), []).append(r)
-    return [ForgetGroup(dict(k), apply_policy(v, policy, now)) for k, v in sorted(groups.items())]
+    return [ForgetGroup(dict(k), apply_policy(v, policy, now, guard)) for k, v in sorted(groups.items())]
 
 
 def protection_clock(now: datetime | None) -> float:
@@ -196,14 +220,37 @@ def protected_ids(repo: Repository, ids: list[str], now: datetime | None = None)
     return held
 
 
-def remove_snapshots(repo: Repository, ids: list[str], now: datetime | None = None) -> tuple[list[str], list[str]]:
-    """(removed, locked). Refuses (UsageError) if any id is protected, whoever calls. A snapshot
-    under Object Lock retention stays until it lapses, and gets a "forgotten" tombstone so it is no
-    longer listed, used by prune or re-locked."""
+def load_guard(repo: Repository, now: datetime | None = None) -> GuardView:
+    """The guard's view over every live snapshot (read from the repository, never from the caller)."""
+    from cermin.guard.verdict import guard_view
+
+    t = now.timestamp() if now is not None else None
+    return guard_view(repo, list_snapshots(repo, now=t), t)
+
+
+def refuse_last_clean(ids: list[str], guard: GuardView) -> None:
+    """UsageError if any of `ids` is the newest clean snapshot of its host/paths group."""
+    for sid in sorted(set(ids) & set(guard.last_clean)):
+        host, paths = guard.last_clean[sid]
+        shown = " ".join(p.decode("utf-8", "backslashreplace") for p in paths)
+        raise UsageError(
+            f"snapshot {sid[:8]} is the newest clean snapshot of host {host or '(none)'}, paths {shown}; the guard "
+            "never forgets it (a newer clean snapshot of the same paths must exist first)"
+        )
+
+
+def remove_snapshots(
+    repo: Repository, ids: list[str], now: datetime | None = None, guard: GuardView | None = None
+) -> tuple[list[str], list[str]]:
+    """(removed, locked). Refuses (UsageError) if any id is protected, or is the newest clean snapshot
+    of its group, whoever calls. A snapshot under Object Lock retention stays until it lapses, and
+    gets a "forgotten" tombstone so it is no longer listed, used by prune or re-locked."""
     held = protected_ids(repo, ids, now)
     if held:
         sid = sorted(held)[0]
         raise UsageError(f"snapshot {sid[:8]} is protected until {held[sid]}; it cannot be forgotten")
+    if ids:
+        refuse_last_clean(ids, guard if guard is not None else load_guard(repo, now))
     if repo.backend.caps.batch_remove and ids:  # a server with a two-person rule
         rid = repo.backend.remove_many([(Kind.SNAPSHOT, sid) for sid in ids])  # ONE request for all of them
         if rid is not None:
@@ -342,20 +389,27 @@ def forget(
         if held:
             sid = sorted(held)[0]
             raise UsageError(f"snapshot {sid[:8]} is protected until {held[sid]}; it cannot be forgotten")
+        guard = load_guard(repo, now)
+        refuse_last_clean(ids, guard)
         res = ForgetResult(ids, dry_run=dry_run, by_id=True)
     else:
         if policy is None:
             raise UsageError("no snapshots and no retention policy given: refusing to forget anything")
-        refs = list_snapshots(repo, hosts, tags, paths, now=now.timestamp() if now is not None else None)
+        from cermin.guard.verdict import guard_view
+
+        t = now.timestamp() if now is not None else None
+        every = list_snapshots(repo, now=t)
+        guard = guard_view(repo, every, t)
+        refs = [r for r in every if _matches(r.snapshot, hosts, tags, paths)]
         prot = protected_until(aux_records(repo))
         for r in refs:
             if r.id in prot and is_protected(r, prot, protection_clock(now)):
                 r.snapshot.extra = {**r.snapshot.extra, "protected_until": prot[r.id]}
-        groups = plan_forget(refs, policy, group_by, now)
+        groups = plan_forget(refs, policy, group_by, now, guard)
         res = ForgetResult([d.ref.id for g in groups for d in g.remove], groups, dry_run=dry_run)
     if not dry_run:
         try:
-            res.removed, res.locked = remove_snapshots(repo, res.ids, now)
+            res.removed, res.locked = remove_snapshots(repo, res.ids, now, guard)
         except ApprovalRequired as e:  # queued on a server with a two-person rule: nothing removed yet
             res.approval = e.request_id
     return res

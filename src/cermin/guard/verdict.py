@@ -1,0 +1,318 @@
+"""Snapshot verdicts and what later evidence does to them (docs/guard.md, FORMAT.md §9 and §10a).
+
+A snapshot's own verdict is `extra["guard"]`, written at commit by the backup observer; later
+evidence is append-only aux records:
+- `guard_mark` {data: from, to ("" = still open), reason, verdict}: flags every snapshot taken in the
+  window (an EDR/SIEM alert). An open mark is closed by a later mark with the same `from` and a `to`.
+- `guard_ack` {target: snapshot id, data: reason}: the operator says the snapshot's alarm is benign.
+  It clears the snapshot's own verdict and the marks recorded no later than itself, never a mark
+  recorded after it.
+
+Everything read here is hostile input: wrong types, huge lists, absurd dates. Bad fields are dropped
+or clipped; a record dated beyond the clock-skew allowance is ignored (it could never be answered).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from cermin.backend.base import Kind
+from cermin.format import records
+from cermin.format.records import AuxRecord, Snapshot
+from cermin.repo.repository import Repository
+from cermin.repo.snapshots import CLOCK_SKEW, SnapshotRef, aux_records, group_of, timestamp
+
+CLEAN, SUSPICIOUS, INFECTED, UNKNOWN = "clean", "suspicious", "infected", "unknown"
+VERDICTS = (CLEAN, SUSPICIOUS, INFECTED)
+ALARMS = (SUSPICIOUS, INFECTED)
+SEVERITY = {CLEAN: 0, UNKNOWN: 0, SUSPICIOUS: 1, INFECTED: 2}
+
+AUX_GUARD_MARK = "guard_mark"
+AUX_GUARD_ACK = "guard_ack"
+
+MAX_REASON = 500  # characters kept of one reason
+MAX_REASONS = 50
+MAX_PATHS = 1000
+MAX_PATH = 4096
+
+
+def clip(s, n: int = MAX_REASON) -> str:
+    """A string from the repository made safe to show: printable, one line, at most n characters."""
+    if not isinstance(s, str):
+        return ""
+    s = "".join(c if c.isprintable() else "?" for c in s)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+@dataclass
+class Mark:
+    name: str  # aux record name
+    recorded: float  # record time
+    start: float
+    end: float | None  # None: open
+    start_text: str
+    end_text: str
+    reason: str
+    verdict: str  # suspicious | infected
+
+    def covers(self, t: float) -> bool:
+        return self.start <= t and (self.end is None or t <= self.end)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.name,
+            "from": self.start_text,
+            "to": self.end_text,
+            "open": self.end is None,
+            "reason": self.reason,
+            "verdict": self.verdict,
+        }
+
+
+@dataclass
+class Ack:
+    name: str
+    recorded: float
+    recorded_text: str
+    target: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"id": self.name, "time": self.recorded_text, "reason": self.reason}
+
+
+@dataclass
+class Evidence:
+    marks: list[Mark] = field(default_factory=list)
+    acks: dict[str, list[Ack]] = field(default_factory=dict)  # snapshot id -> acks, oldest first
+
+    @property
+    def open_marks(self) -> list[Mark]:
+        return [m for m in self.marks if m.end is None]
+
+
+@dataclass
+class Verdict:
+    """The effective verdict of one snapshot: its own, with marks and acknowledgements applied."""
+
+    verdict: str  # clean | suspicious | infected | unknown
+    own: str  # the snapshot's own verdict (unknown: made before the guard, or unreadable)
+    score: float | None = None
+    reasons: list[str] = field(default_factory=list)  # plain words, marks and acks included
+    paths: list[str] = field(default_factory=list)  # affected paths named by the snapshot's verdict
+    marks: list[Mark] = field(default_factory=list)  # marks whose window covers the snapshot
+    acks: list[Ack] = field(default_factory=list)
+    alarm_open: bool = False  # in its host/paths group (see effective_verdicts)
+
+    @property
+    def clean(self) -> bool:
+        return self.verdict == CLEAN
+
+    @property
+    def alarm(self) -> bool:
+        return self.verdict in ALARMS
+
+    def to_json(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "own": self.own,
+            "score": self.score,
+            "reasons": self.reasons,
+            "paths": self.paths,
+            "marks": [m.to_json() for m in self.marks],
+            "acks": [a.to_json() for a in self.acks],
+            "alarm_open": self.alarm_open,
+        }
+
+
+def own_verdict(snap: Snapshot) -> tuple[str, float | None, list[str], list[str]]:
+    """(verdict, score, reasons, paths) from `extra["guard"]`, validated; "unknown" without one."""
+    g = snap.extra.get("guard") if isinstance(snap.extra, dict) else None
+    if g is None:
+        return UNKNOWN, None, [], []
+    if not isinstance(g, dict) or g.get("verdict") not in VERDICTS:
+        return UNKNOWN, None, ["the snapshot's guard record is unreadable"], []
+    score = g.get("score")
+    score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+    score = score if score is not None and math.isfinite(score) else None
+    reasons = g.get("reasons")
+    reasons = [clip(r) for r in reasons[:MAX_REASONS] if isinstance(r, str)] if isinstance(reasons, list) else []
+    paths = g.get("paths")
+    paths = [clip(p, MAX_PATH) for p in paths[:MAX_PATHS] if isinstance(p, str)] if isinstance(paths, list) else []
+    return g["verdict"], score, reasons, paths
+
+
+def load_evidence(recs: list[tuple[str, AuxRecord]], now: float | None = None) -> Evidence:
+    """Marks and acknowledgements among aux records; malformed or future-dated ones are ignored."""
+    now = time.time() if now is None else now
+    ev = Evidence()
+    raw_marks = []
+    for name, rec in recs:
+        if rec.type not in (AUX_GUARD_MARK, AUX_GUARD_ACK):
+            continue
+        t = timestamp(rec.time) if isinstance(rec.time, str) else None
+        if t is None or t > now + CLOCK_SKEW or not isinstance(rec.data, dict):
+            continue
+        if rec.type == AUX_GUARD_ACK:
+            if isinstance(rec.target, str) and len(rec.target) == 64:
+                ack = Ack(name, t, rec.time, rec.target.lower(), clip(rec.data.get("reason")))
+                ev.acks.setdefault(ack.target, []).append(ack)
+            continue
+        d = rec.data
+        start = timestamp(d.get("from")) if isinstance(d.get("from"), str) else None
+        to = d.get("to", "")
+        end = timestamp(to) if isinstance(to, str) and to else None
+        if start is None or not isinstance(to, str) or (to and (end is None or end < start)):
+            continue
+        verdict = d.get("verdict") if d.get("verdict") in ALARMS else SUSPICIOUS
+        raw_marks.append(Mark(name, t, start, end, d["from"], to, clip(d.get("reason")), verdict))
+    raw_marks.sort(key=lambda m: (m.recorded, m.name))
+    for m in raw_marks:  # an open mark is closed by a later mark with the same start and an end
+        if m.end is None:
+            closer = next((c for c in raw_marks if c.recorded >= m.recorded and c.start == m.start and c.end), None)
+            if closer is not None:
+                m.end, m.end_text = closer.end, closer.end_text
+    ev.marks = raw_marks
+    for acks in ev.acks.values():
+        acks.sort(key=lambda a: (a.recorded, a.name))
+    return ev
+
+
+def judge(ref: SnapshotRef, ev: Evidence) -> Verdict:
+    """One snapshot's effective verdict (alarm_open is set by effective_verdicts)."""
+    own, score, own_reasons, paths = own_verdict(ref.snapshot)
+    t = timestamp(ref.snapshot.time)
+    acks = ev.acks.get(ref.id, [])
+    last_ack = acks[-1].recorded if acks else None
+    marks = [m for m in ev.marks if t is not None and m.covers(t)]
+    reasons: list[str] = []
+    verdict = own if own in VERDICTS else UNKNOWN
+    if own in ALARMS:
+        reasons += [f"{own}: {r}" for r in own_reasons] or [f"the backup judged it {own}"]
+    elif own_reasons:
+        reasons += own_reasons
+    if own in ALARMS and last_ack is not None:
+        verdict = CLEAN
+        reasons.append(f"acknowledged as benign: {acks[-1].reason or '(no reason given)'}")
+    for m in marks:
+        window = f"{m.start_text} to {m.end_text or 'now (open)'}"
+        if last_ack is not None and m.recorded <= last_ack:
+            reasons.append(f"marked {m.verdict} ({window}: {m.reason}), acknowledged later")
+            continue
+        reasons.append(f"marked {m.verdict} ({window}): {m.reason}")
+        if SEVERITY[m.verdict] > SEVERITY[verdict]:
+            verdict = m.verdict
+    return Verdict(verdict, own, score, reasons, paths, marks, acks)
+
+
+def effective_verdicts(
+    repo: Repository, refs: list[SnapshotRef], now: float | None = None, evidence: Evidence | None = None
+) -> dict[str, Verdict]:
+    """snapshot id -> effective Verdict, for `refs`. An alarm is open in a host/paths group when its
+    newest snapshot (not future-dated) is suspicious or infected, or when an open mark exists."""
+    ev = evidence if evidence is not None else load_evidence(aux_records(repo), now)
+    out = {r.id: judge(r, ev) for r in refs}
+    newest: dict[tuple, SnapshotRef] = {}
+    for r in refs:
+        if not r.future:
+            g = group_of(r.snapshot)
+            if g not in newest or (r.snapshot.time, r.id) > (newest[g].snapshot.time, newest[g].id):
+                newest[g] = r
+    open_mark = bool(ev.open_marks)
+    for r in refs:
+        top = newest.get(group_of(r.snapshot))
+        out[r.id].alarm_open = open_mark or (top is not None and out[top.id].alarm)
+    return out
+
+
+def last_clean_of(refs: list[SnapshotRef], verdicts: dict[str, Verdict]) -> SnapshotRef | None:
+    """The newest trusted snapshot whose verdict is clean; if none is clean, the newest "unknown" one
+    older than every snapshot with a guard verdict (made before the guard: a snapshot without a
+    verdict made after it is one a disabled guard did not judge, and is not trusted)."""
+    trusted = sorted((r for r in refs if not r.future), key=lambda r: (r.snapshot.time, r.id))
+    clean = [r for r in trusted if verdicts[r.id].verdict == CLEAN]
+    if clean:
+        return clean[-1]
+    return next(reversed(pre_guard(trusted, verdicts)), None)
+
+
+def pre_guard(refs: list[SnapshotRef], verdicts: dict[str, Verdict]) -> list[SnapshotRef]:
+    """Unknown-verdict snapshots (oldest first) taken before the first one the guard judged."""
+    out = []
+    for r in sorted(refs, key=lambda r: (r.snapshot.time, r.id)):
+        if verdicts[r.id].own != UNKNOWN:
+            break
+        if verdicts[r.id].verdict == UNKNOWN:
+            out.append(r)
+    return out
+
+
+def last_clean_per_group(refs: list[SnapshotRef], verdicts: dict[str, Verdict]) -> dict[str, tuple]:
+    """snapshot id -> its host/paths group, for the last clean snapshot of every group."""
+    groups: dict[tuple, list[SnapshotRef]] = {}
+    for r in refs:
+        groups.setdefault(group_of(r.snapshot), []).append(r)
+    out = {}
+    for g, rs in groups.items():
+        best = last_clean_of(rs, verdicts)
+        if best is not None:
+            out[best.id] = g
+    return out
+
+
+# ---- writing evidence ---------------------------------------------------------------------------
+def write_mark(repo: Repository, start: str, end: str, reason: str, verdict: str, stamp: str) -> str:
+    from cermin.errors import UsageError
+
+    s, e = timestamp(start), timestamp(end) if end else None
+    if s is None or (end and e is None):
+        raise UsageError("a mark needs RFC 3339 times (--from, --to)")
+    if e is not None and e < s:
+        raise UsageError("--to is before --from")
+    if verdict not in ALARMS:
+        raise UsageError(f"bad verdict {verdict!r}: suspicious or infected")
+    if not reason.strip():
+        raise UsageError("give a --reason")
+    data = {"from": start, "to": end, "reason": reason[:MAX_REASON], "verdict": verdict}
+    return repo.save_object(Kind.AUX, records.encode(AuxRecord(type=AUX_GUARD_MARK, time=stamp, data=data)))
+
+
+def write_ack(repo: Repository, snapshot_id: str, reason: str, stamp: str) -> str:
+    from cermin.errors import UsageError
+
+    if not reason.strip():
+        raise UsageError("give a --reason")
+    rec = AuxRecord(type=AUX_GUARD_ACK, time=stamp, target=snapshot_id, data={"reason": reason[:MAX_REASON]})
+    return repo.save_object(Kind.AUX, records.encode(rec))
+
+
+# ---- what forget needs --------------------------------------------------------------------------
+@dataclass
+class GuardView:
+    """What forget needs to know of the guard, over every live snapshot of the repository."""
+
+    verdicts: dict[str, Verdict]
+    last_clean: dict[str, tuple]  # id -> host/paths group: never removed
+    countable: set[str]  # ids that count toward keep rules while an alarm is open
+
+    def counts(self, sid: str) -> bool:
+        v = self.verdicts.get(sid)
+        return v is None or not v.alarm_open or sid in self.countable
+
+    def alarm_open(self, sid: str) -> bool:
+        v = self.verdicts.get(sid)
+        return v is not None and v.alarm_open
+
+
+def guard_view(repo: Repository, refs: list[SnapshotRef], now: float | None = None) -> GuardView:
+    """`refs`: every live snapshot (unfiltered), so "newest clean of its group" means the whole group."""
+    verdicts = effective_verdicts(repo, refs, now)
+    groups: dict[tuple, list[SnapshotRef]] = {}
+    for r in refs:
+        groups.setdefault(group_of(r.snapshot), []).append(r)
+    countable = {sid for sid, v in verdicts.items() if v.verdict == CLEAN}
+    for rs in groups.values():
+        countable.update(r.id for r in pre_guard(rs, verdicts))
+    return GuardView(verdicts, last_clean_per_group(refs, verdicts), countable)
