@@ -409,3 +409,122 @@ def good_entries(h: Hostile) -> list[Node]:
 def assert_good_restored(target) -> None:
     assert (target / "good").read_bytes() == b"good file\n"
     assert (target / "gooddir" / "inner").read_bytes() == b"inner file\n"
+
+
+# ---- guard verdicts, written by hand (independent of the signals the backup computes) ------------
+def guard_extra(verdict: str, reasons=(), paths=(), score: float = 0.0) -> dict:
+    return {
+        "guard": {
+            "version": 1,
+            "verdict": verdict,
+            "score": score,
+            "reasons": list(reasons),
+            "paths": list(paths),
+            "signals": {},
+        }
+    }
+
+
+def verdict_snapshot(
+    repo: Repository, when, verdict: str | None, host: str = "h", paths=(b"/data",), tree: bytes = b"\0" * 32, **kw
+) -> str:
+    """A snapshot record dated `when` (datetime or RFC 3339) with the given verdict (None: made before the guard);
+    `kw`: guard_extra's reasons, affected (its paths), score."""
+    if "affected" in kw:
+        kw["paths"] = kw.pop("affected")
+    from cermin.util import ns_to_rfc3339
+
+    t = when if isinstance(when, str) else ns_to_rfc3339(int(when.timestamp() * 1e9))
+    extra = guard_extra(verdict, **kw) if verdict is not None else {}
+    return repo.save_snapshot(Snapshot(time=t, tree=tree, paths=list(paths), hostname=host, extra=extra))
+
+
+def set_verdict(repo: Repository, sid: str, verdict: str, **kw) -> str:
+    """Replace snapshot `sid` by a copy carrying `verdict` (as the backup observer would have written it)."""
+    snap = repo.load_snapshot(sid)
+    snap.extra = {**snap.extra, **guard_extra(verdict, **kw)}
+    new = repo.save_snapshot(snap)
+    repo.backend.remove(Kind.SNAPSHOT, sid)
+    return new
+
+
+# ---- guard signals: a synthetic tree, attacks on it and benign churn -----------------------------
+def _words(rnd: random.Random, n: int) -> bytes:
+    vocab = [bytes(rnd.choices(b"abcdefghijklmnopqrstuvwxyz", k=rnd.randint(2, 9))) for _ in range(800)]
+    out = bytearray()
+    while len(out) < n:
+        out += b" ".join(rnd.choices(vocab, k=200)) + b"\n"
+    return bytes(out[:n])
+
+
+def guard_tree(root, files: int = 60, big: int = 2, seed: int = 0) -> list[str]:
+    """Text files in a few directories (plus `big` 2.5 MiB ones), a PDF, a DOCX, a PNG, a gzip, a JPEG and
+    an SQLite database: the kinds a real home or share holds. Returns the text files' paths."""
+    import gzip
+    import sqlite3
+    import zipfile
+    import zlib
+
+    rnd = random.Random(seed)
+    root = str(root)
+    texts = []
+    for i in range(files):
+        d = os.path.join(root, ["docs", "docs/old", "src", "notes"][i % 4])
+        os.makedirs(d, exist_ok=True)
+        p = os.path.join(d, f"file{i}.txt")
+        with open(p, "wb") as f:
+            f.write(_words(rnd, rnd.randint(6_000, 60_000)))
+        texts.append(p)
+    for i in range(big):
+        p = os.path.join(root, "docs", f"big{i}.txt")
+        with open(p, "wb") as f:
+            f.write(_words(rnd, 2_500_000 + i))
+        texts.append(p)
+    with open(os.path.join(root, "docs", "report.pdf"), "wb") as f:
+        f.write(b"%PDF-1.4\n" + _words(rnd, 80_000))
+    with zipfile.ZipFile(os.path.join(root, "docs", "letter.docx"), "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("word/document.xml", _words(rnd, 50_000))
+    raw = b"".join(b"\x00" + bytes(rnd.choices(range(8), k=300)) for _ in range(100))
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + bytes(17) + b"IDAT" + zlib.compress(raw)
+    with open(os.path.join(root, "notes", "chart.png"), "wb") as f:
+        f.write(png)
+    with open(os.path.join(root, "src", "data.gz"), "wb") as f:
+        f.write(gzip.compress(_words(rnd, 100_000)))
+    with open(os.path.join(root, "notes", "photo.jpg"), "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0" + rnd.randbytes(120_000))
+    db = sqlite3.connect(os.path.join(root, "src", "app.sqlite"))
+    db.execute("create table t (id integer primary key, body text)")
+    db.executemany("insert into t (body) values (?)", [(_words(rnd, 400).decode(),) for _ in range(300)])
+    db.commit()
+    db.close()
+    return texts
+
+
+def encrypt_file(path: str, how: str, rnd: random.Random) -> None:
+    """Overwrite in place like ransomware: "whole", "first_mib" or "intermittent" (every other 64 KiB block)."""
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        n = len(data)
+        if how == "whole":
+            data[:] = rnd.randbytes(n)
+        elif how == "first_mib":
+            k = min(n, 1 << 20)
+            data[:k] = rnd.randbytes(k)
+        elif how == "intermittent":
+            for off in range(0, n, 2 << 16):
+                k = min(1 << 16, n - off)
+                data[off : off + k] = rnd.randbytes(k)
+        else:
+            raise ValueError(how)
+        f.seek(0)
+        f.write(data)
+        f.truncate()
+
+
+def guard_backup(repo: Repository, src) -> tuple[str, dict]:
+    """A backup with the guard attached: (snapshot id, its Snapshot.extra["guard"])."""
+    from cermin.guard.observer import GuardObserver
+
+    s = run_backup(repo, BackupOptions(paths=[os.fsencode(str(src))], workers=2, observers=[GuardObserver()]))
+    assert not s.errors, s.errors
+    return s.snapshot_id, resolve(repo, s.snapshot_id).snapshot.extra["guard"]

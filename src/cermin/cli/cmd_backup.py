@@ -60,7 +60,14 @@ def _file_printer(out: Output):
 @click.option("-n", "--dry-run", is_flag=True, help="Do everything except write to the repository.")
 @click.option("--stdin", "use_stdin", is_flag=True, help="Back up data read from standard input.")
 @click.option("--stdin-filename", default="stdin", show_default=True, help="File name for --stdin data.")
+@click.option("--no-guard", is_flag=True, help="Do not run the ransomware guard (no verdict in the snapshot).")
 @click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker threads (default: CPUs).")
+@click.option(
+    "--on-alarm",
+    envvar="CERMIN_ON_ALARM",
+    help="Run COMMAND (no shell) when the new snapshot is suspicious or infected (env: CERMIN_SNAPSHOT_ID, "
+    "CERMIN_VERDICT, ...).",
+)
 @click.pass_obj
 def backup(
     g,
@@ -75,7 +82,9 @@ def backup(
     dry_run,
     use_stdin,
     stdin_filename,
+    no_guard,
     workers,
+    on_alarm,
 ):
     """Back up PATHS (or stdin) into a new snapshot.
 
@@ -100,7 +109,8 @@ def backup(
         stdin=sys.stdin.buffer if use_stdin else None,
         stdin_filename=stdin_filename,
         observers=[_file_printer(out)] if g.verbose and not g.quiet else [],
+        guard=not no_guard,
     )
     with reporter(out) as progress:
-        summary = commands.backup(open_repo(g, load_index=False), opts, progress, no_lock=g.no_lock)
+        summary = commands.backup(open_repo(g, load_index=False), opts, progress, no_lock=g.no_lock, on_alarm=on_alarm)
     return out.render(summary)

@@ -8,7 +8,7 @@ from cermin.cli.common import Output, StdoutBytes, open_repo, reporter
 
 
 @click.command()
-@click.argument("snapshot")
+@click.argument("snapshot", required=False)
 @click.option("-t", "--target", required=True, type=click.Path(file_okay=False), help="Directory to restore into.")
 @click.option("-i", "--include", "includes", multiple=True, help="Restore only paths matching GLOB (repeatable).")
 @click.option("-e", "--exclude", "excludes", multiple=True, help="Skip paths matching GLOB (repeatable).")
@@ -18,17 +18,44 @@ from cermin.cli.common import Output, StdoutBytes, open_repo, reporter
 @click.option("--no-xattrs", is_flag=True, help="Do not restore extended attributes.")
 @click.option("--no-special", is_flag=True, help="Drop setuid/setgid bits and do not create device nodes.")
 @click.option("--untrusted", is_flag=True, help="For snapshots you do not trust: --no-owner --no-xattrs --no-special.")
+@click.option("--last-clean", is_flag=True, help="Restore the newest snapshot the guard judges clean.")
+@click.option("--host", "hosts", multiple=True, help="With --last-clean or 'latest': only this host's snapshots.")
+@click.option("--path", "paths", multiple=True, help="With --last-clean or 'latest': only snapshots of this path.")
 @click.pass_obj
-def restore(g, snapshot, target, includes, excludes, verify, workers, no_owner, no_xattrs, no_special, untrusted):
-    """Restore SNAPSHOT[:PATH] into --target. 'latest' and unique ID prefixes work.
+def restore(
+    g,
+    snapshot,
+    target,
+    includes,
+    excludes,
+    verify,
+    workers,
+    no_owner,
+    no_xattrs,
+    no_special,
+    untrusted,
+    last_clean,
+    hosts,
+    paths,
+):
+    """Restore SNAPSHOT[:PATH] into --target. 'latest', 'last-clean' and unique ID prefixes work;
+    --last-clean [--host H] [--path P] restores the newest clean snapshot (SNAPSHOT may then be :PATH).
 
     Entries with invalid names (empty, '.', '..', containing '/' or NUL) are skipped as errors, and
     no symlink is ever followed: nothing is written outside --target."""
     from cermin.engine import commands
+    from cermin.engine.browse import abs_paths
     from cermin.engine.restore import RestoreOptions
+    from cermin.errors import UsageError
 
     out = Output(g)
-    ref, sub = commands.split_ref(snapshot)
+    ref, sub = commands.split_ref(snapshot or "")
+    if last_clean:
+        if ref and ref != "last-clean":
+            raise UsageError("--last-clean chooses the snapshot: give no SNAPSHOT (only :PATH)")
+        ref = "last-clean"
+    elif not ref:
+        raise UsageError("give a SNAPSHOT (or --last-clean)")
     opts = RestoreOptions(
         target=target,
         subpath=sub,
@@ -41,7 +68,8 @@ def restore(g, snapshot, target, includes, excludes, verify, workers, no_owner, 
         no_special=no_special or untrusted,
     )
     with reporter(out) as progress:
-        summary = commands.restore(open_repo(g, load_index=False), ref, opts, progress, no_lock=g.no_lock)
+        repo = open_repo(g, load_index=False)
+        summary = commands.restore(repo, ref, opts, progress, g.no_lock, tuple(hosts), abs_paths(paths))
     return out.render(summary)
 
 

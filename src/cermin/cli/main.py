@@ -51,6 +51,7 @@ COMMANDS = {
     "lock": ("cermin.cli.cmd_lock", "lock", "Object Lock retention: status, extend, unhide."),
     "key": ("cermin.cli.cmd_key", "key", "Manage key slots (passwords)."),
     "unlock": ("cermin.cli.cmd_repo", "unlock", "Remove stale locks."),
+    "guard": ("cermin.cli.cmd_guard", "guard", "Ransomware guard: mark, acknowledge and explain verdicts."),
     "mirror": ("cermin.cli.cmd_mirror", "mirror", "Copy snapshots of one repository into another (tenant mirror)."),
     "serve": ("cermin.cli.cmd_serve", "serve", "Serve repositories over HTTP with split credentials."),
     "approvals": ("cermin.cli.cmd_serve", "approvals", "Two-person rule: approve or reject deletions."),

@@ -27,8 +27,11 @@ def abs_paths(paths) -> tuple[bytes, ...]:
 class SnapshotList:
     exit_code = 0
 
-    def __init__(self, refs, hidden: list[str], show_forgotten: bool, warnings: list[str]) -> None:
+    def __init__(
+        self, refs, hidden: list[str], show_forgotten: bool, warnings: list[str], verdicts: dict | None = None
+    ) -> None:
         self.refs, self.hidden, self.show_forgotten, self.warnings = refs, hidden, show_forgotten, warnings
+        self.verdicts = verdicts or {}  # snapshot id -> guard Verdict (effective)
 
     def to_json(self) -> list[dict]:
         from cermin.repo.snapshots import snapshot_json
@@ -38,6 +41,8 @@ class SnapshotList:
             d = snapshot_json(r)
             o = _origin(r.snapshot)
             d["origin"] = {"repository": o[0], "snapshot": o[1]} if o else None
+            v = self.verdicts.get(r.id)
+            d["guard"] = v.to_json() if v is not None else None
             snaps.append(d)
         return [
             *map(warning_json, self.warnings),
@@ -46,7 +51,7 @@ class SnapshotList:
 
     def to_text(self, verbose: int = 0) -> list[Line]:
         lines = [*map(warning, self.warnings)]
-        lines.append(answer(f"{'ID':<10}{'Time':<21}{'Host':<16}{'Tags':<16}{'Size':>12}  Paths"))
+        lines.append(answer(f"{'ID':<10}{'Time':<21}{'Host':<16}{'Tags':<16}{'Guard':<11}{'Size':>12}  Paths"))
         for r in self.refs:
             s = r.snapshot
             size = fmt_bytes(s.summary.total_bytes) if s.summary else "?"
@@ -56,13 +61,24 @@ class SnapshotList:
             if (o := _origin(s)) is not None:  # a mirrored snapshot: where it came from
                 flag += f" <- {o[1][:8]}" + (f" (from repository {_shown(o[0])})" if verbose else "")
             paths_txt = ", ".join(p.decode("utf-8", "backslashreplace") for p in s.paths)
+            v = self.verdicts.get(r.id)
+            shown = "?" if v is None else "-" if v.verdict == "unknown" else v.verdict
+            shown += "*" if v is not None and v.acks else ""
             lines.append(
                 answer(
                     f"{r.short_id:<10}{s.time[:19].replace('T', ' '):<21}{s.hostname[:15]:<16}"
-                    f"{','.join(s.tags)[:15]:<16}{size:>12}  {paths_txt}{flag}"
+                    f"{','.join(s.tags)[:15]:<16}{shown:<11}{size:>12}  {paths_txt}{flag}"
                 )
             )
         lines.append(note(plural(len(self.refs), "snapshot")))
+        flagged = [r for r in self.refs if (v := self.verdicts.get(r.id)) is not None and v.alarm]
+        if flagged:
+            lines.append(
+                warning(
+                    f"guard: {plural(len(flagged), 'snapshot')} suspicious or infected; `cermin guard report ID` "
+                    "explains each, `restore last-clean` picks the newest clean one"
+                )
+            )
         if self.hidden:
             shown = "listed above" if self.show_forgotten else "not listed; --forgotten shows them"
             n = plural(len(self.hidden), "snapshot")
@@ -112,7 +128,10 @@ def snapshots(repo: Repository, hosts=(), tags=(), paths=(), latest: int = 0, fo
         include_forgotten=forgotten,
         on_forgotten=hidden.extend,
     )
-    return SnapshotList(refs[-latest:] if latest else refs, hidden, forgotten, warnings)
+    from cermin.guard.verdict import effective_verdicts
+
+    shown = refs[-latest:] if latest else refs
+    return SnapshotList(shown, hidden, forgotten, warnings, effective_verdicts(repo, refs))
 
 
 # ---- listings that stream ----------------------------------------------------------------------
@@ -186,9 +205,9 @@ class Ls(_Listing):
 
 
 def ls(repo: Repository, snapshot: str, path: str = "/", recursive: bool = False, long: bool = False) -> Ls:
-    from cermin.repo.snapshots import resolve
+    from cermin.guard.lastclean import resolve_snapshot
 
-    return Ls(repo, resolve(repo, snapshot), path, recursive, long)
+    return Ls(repo, resolve_snapshot(repo, snapshot), path, recursive, long)
 
 
 class Diff(_Listing):
@@ -229,7 +248,7 @@ class Diff(_Listing):
 
 
 def diff(repo: Repository, snapshot1: str, snapshot2: str, metadata: bool = False) -> Diff:
-    from cermin.repo.snapshots import resolve
+    from cermin.guard.lastclean import resolve_snapshot as resolve
 
     return Diff(repo, resolve(repo, snapshot1), resolve(repo, snapshot2), metadata)
 

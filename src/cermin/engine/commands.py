@@ -63,22 +63,48 @@ def parse_percent(s: str, what: str = "--max-unused") -> float:
 
 
 # ---- backup, restore, dump -------------------------------------------------------------------
-def backup(repo: Repository, opts, progress: Reporter | None = None, no_lock: bool = False):
+def backup(
+    repo: Repository, opts, progress: Reporter | None = None, no_lock: bool = False, on_alarm: str | None = None
+):
     """A new snapshot (BackupOptions -> BackupSummary). The index is loaded under the shared lock, so
-    no prune can remove a pack this backup deduplicates against."""
-    from cermin.engine.backup import run_backup
+    no prune can remove a pack this backup deduplicates against. When the new snapshot's verdict is
+    suspicious or infected the result is an AlarmedBackup (the summary, then the alarm) and the
+    `on_alarm` command runs (guard/alarm.py)."""
+    import dataclasses
 
+    from cermin.engine.backup import run_backup
+    from cermin.guard.observer import GuardObserver
+
+    if getattr(opts, "guard", True) and not any(isinstance(o, GuardObserver) for o in opts.observers):
+        # the ransomware guard's verdict goes into every snapshot (Snapshot.extra["guard"])
+        opts = dataclasses.replace(opts, observers=[*opts.observers, GuardObserver()])
     with repo_lock(repo, False, "backup", no_lock):
         repo.load_index()
-        return run_backup(repo, opts, progress)
+        summary = run_backup(repo, opts, progress)
+    if summary.snapshot_id is None:
+        return summary
+    from cermin.guard.alarm import AlarmedBackup, check_new_snapshot
+    from cermin.repo.snapshots import SnapshotRef
+
+    alarm = check_new_snapshot(repo, SnapshotRef(summary.snapshot_id, summary.snapshot), on_alarm)
+    return summary if alarm is None else AlarmedBackup(summary, alarm)
 
 
-def restore(repo: Repository, snapshot: str, opts, progress: Reporter | None = None, no_lock: bool = False):
-    """Restore SNAPSHOT ('latest', an id prefix) per RestoreOptions -> RestoreSummary."""
+def restore(
+    repo: Repository,
+    snapshot: str,
+    opts,
+    progress: Reporter | None = None,
+    no_lock: bool = False,
+    hosts: tuple[str, ...] = (),
+    paths: tuple[bytes, ...] = (),
+):
+    """Restore SNAPSHOT ('latest', 'last-clean', an id prefix; `hosts`/`paths` narrow 'latest' and
+    'last-clean') per RestoreOptions -> RestoreSummary."""
     from cermin.engine.restore import run_restore
-    from cermin.repo.snapshots import resolve
+    from cermin.guard.lastclean import resolve_snapshot
 
-    ref = resolve(repo, snapshot)
+    ref = resolve_snapshot(repo, snapshot, hosts, (), paths)
     with repo_lock(repo, False, "restore", no_lock):
         repo.load_index()
         summary = run_restore(repo, ref.snapshot, opts, progress)
@@ -89,9 +115,9 @@ def restore(repo: Repository, snapshot: str, opts, progress: Reporter | None = N
 def dump(repo: Repository, snapshot: str, path: str, out: BinaryIO, no_lock: bool = False):
     """Write the file PATH of SNAPSHOT to `out`, or a tar of the directory PATH -> DumpResult."""
     from cermin.engine.dump import dump_node
-    from cermin.repo.snapshots import resolve
+    from cermin.guard.lastclean import resolve_snapshot
 
-    ref = resolve(repo, snapshot)
+    ref = resolve_snapshot(repo, snapshot)
     with repo_lock(repo, False, "dump", no_lock):
         repo.load_index()
         return dump_node(repo, ref.snapshot.tree, os.fsencode(path), out)
@@ -277,6 +303,30 @@ def protect(repo: Repository, snapshot: str, until: datetime, no_lock: bool = Fa
     with repo_lock(repo, False, "protect", no_lock):
         repo.load_index()
         return run(repo, resolve(repo, snapshot), until)
+
+
+# ---- guard -----------------------------------------------------------------------------------
+def guard_mark(repo: Repository, start: str, end: str, reason: str, infected: bool = False, no_lock: bool = False):
+    """Flag every snapshot taken from `start` to `end` ("" = still going on) -> MarkResult."""
+    from cermin.guard.report import mark
+
+    with repo_lock(repo, False, "guard mark", no_lock):
+        return mark(repo, start, end, reason, infected)
+
+
+def guard_ack(repo: Repository, snapshot: str, reason: str, no_lock: bool = False):
+    """Acknowledge SNAPSHOT's alarm as benign -> AckResult."""
+    from cermin.guard.report import ack
+
+    with repo_lock(repo, False, "guard ack", no_lock):
+        return ack(repo, snapshot, reason)
+
+
+def guard_report(repo: Repository, snapshot: str):
+    """Explain SNAPSHOT's verdict -> GuardReport (takes no lock: reads only)."""
+    from cermin.guard.report import report
+
+    return report(repo, snapshot)
 
 
 # ---- Object Lock -----------------------------------------------------------------------------

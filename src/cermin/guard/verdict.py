@@ -211,7 +211,8 @@ def effective_verdicts(
     repo: Repository, refs: list[SnapshotRef], now: float | None = None, evidence: Evidence | None = None
 ) -> dict[str, Verdict]:
     """snapshot id -> effective Verdict, for `refs`. An alarm is open in a host/paths group when its
-    newest snapshot (not future-dated) is suspicious or infected, or when an open mark exists."""
+    newest snapshot (not future-dated) is suspicious or infected — or has no verdict though the guard
+    judged earlier ones (the guard was switched off) —, or when an open mark exists."""
     ev = evidence if evidence is not None else load_evidence(aux_records(repo), now)
     out = {r.id: judge(r, ev) for r in refs}
     newest: dict[tuple, SnapshotRef] = {}
@@ -220,10 +221,11 @@ def effective_verdicts(
             g = group_of(r.snapshot)
             if g not in newest or (r.snapshot.time, r.id) > (newest[g].snapshot.time, newest[g].id):
                 newest[g] = r
+    judged = {group_of(r.snapshot) for r in refs if out[r.id].own != UNKNOWN}
+    alarmed = {g for g, top in newest.items() if out[top.id].alarm or (out[top.id].verdict == UNKNOWN and g in judged)}
     open_mark = bool(ev.open_marks)
     for r in refs:
-        top = newest.get(group_of(r.snapshot))
-        out[r.id].alarm_open = open_mark or (top is not None and out[top.id].alarm)
+        out[r.id].alarm_open = open_mark or group_of(r.snapshot) in alarmed
     return out
 
 
