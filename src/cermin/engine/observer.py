@@ -72,6 +72,8 @@ class FileRead(msgspec.Struct, frozen=True, gc=False):
     previous_mtime_ns: int = -1
     previous_stored: int = -1  # compressed size of the previous version's chunks; -1: unknown
     changed_during_read: bool = False
+    # The previous version's Node.extra[node_key] as sorted (key, value) pairs (see BackupObserver.node_key).
+    previous_fingerprint: tuple[tuple[str, float | int | str], ...] = ()
 
     @property
     def new(self) -> bool:
@@ -97,6 +99,7 @@ class FileRemoved(msgspec.Struct, frozen=True, gc=False):
     path: bytes
     type: str  # records.FILE, DIR, SYMLINK, ...
     size: int  # of a file in the parent snapshot; 0 for others
+    fingerprint: tuple[tuple[str, float | int | str], ...] = ()  # its Node.extra[node_key], as in FileRead
 
 
 class DirectoryDone(msgspec.Struct, frozen=True, gc=False):
@@ -125,6 +128,14 @@ class BackupObserver:
 
     # False lets the pipeline skip computing FileRead.head/head_entropy/previous_stored for this observer.
     fingerprint: ClassVar[bool] = True
+    # Non-empty: the file saver stores `node_fingerprint(ev)` (a small dict of primitives, or None) in the
+    # node's extra under this key, and the next backup's FileRead/FileRemoved carry it back as
+    # `previous_fingerprint`/`fingerprint`. Only the first observer with a key is asked.
+    node_key: ClassVar[str] = ""
+
+    def node_fingerprint(self, ev: FileRead) -> dict[str, Any] | None:
+        """Worker thread, once per FileRead, just before `file_read(ev)`; keep it cheap."""
+        return None
 
     def file_read(self, ev: FileRead) -> None:
         pass
@@ -157,6 +168,9 @@ class Observers:
         self._lock = threading.Lock()
         self._on_failure = on_failure
         self.fingerprint = any(o.fingerprint for o in self._active)
+        keyed = [o for o in self._active if o.node_key]
+        self._keyed = keyed[0] if keyed else None
+        self.node_key = keyed[0].node_key if keyed else ""
 
     def __bool__(self) -> bool:
         return bool(self._active)
@@ -180,6 +194,16 @@ class Observers:
 
     def file_read(self, ev: FileRead) -> None:
         self._send("file_read", ev)
+
+    def node_fingerprint(self, ev: FileRead) -> dict[str, Any] | None:
+        obs = self._keyed
+        if obs is None or obs not in self._active:
+            return None
+        try:
+            return obs.node_fingerprint(ev)
+        except Exception as e:
+            self._failed(obs, "node_fingerprint", e)
+            return None
 
     def file_unchanged(self, ev: FileUnchanged) -> None:
         self._send("file_unchanged", ev)

@@ -52,6 +52,7 @@ class BackupOptions:
     stdin_filename: str = "stdin"
     observers: list[BackupObserver] = field(default_factory=list)  # see cermin.engine.observer
     extra: dict = field(default_factory=dict)
+    guard: bool = True  # commands.backup attaches the ransomware guard (cermin.guard.observer) unless False
 
 
 @dataclass

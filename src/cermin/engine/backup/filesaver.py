@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cermin.engine import fsmeta
 from cermin.engine.backup.state import BackupState
-from cermin.engine.backup.trees import DirJob, Trees
+from cermin.engine.backup.trees import DirJob, Trees, node_fingerprint
 from cermin.engine.fsread import SparseReader, WalkPath, open_for_read
 from cermin.engine.observer import FileRead, StdinRead, head_facts
 from cermin.format import crypto, pack
@@ -145,8 +145,14 @@ class FileSaver:
                     f"(saved {size} bytes as read; next backup reads it again)"
                 )
         self.st.progress.files += 1
-        if self.st.obs is not None:
-            self.st.obs.file_read(self._event(path.join(node.name), node, prev, chunks, facts, changed))
+        obs = self.st.obs
+        if obs is not None:
+            ev = self._event(path.join(node.name), node, prev, chunks, facts, changed)
+            if obs.node_key:  # set before the tree is stored: entry_done follows this return
+                fp = obs.node_fingerprint(ev)
+                if fp is not None:
+                    node.extra = {**node.extra, obs.node_key: fp}
+            obs.file_read(ev)
         return node
 
     def _event(self, path: bytes, node: Node, prev: Node | None, chunks, facts, changed: bool) -> FileRead:
@@ -164,6 +170,7 @@ class FileSaver:
             prev.mtime_ns,
             self._stored_size(prev) if self.st.fingerprint else -1,
             changed,
+            node_fingerprint(prev, self.st.obs.node_key),
         )
 
     def _stored_size(self, prev: Node) -> int:

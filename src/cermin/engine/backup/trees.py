@@ -14,6 +14,14 @@ from cermin.format import pack, records
 from cermin.format.records import DIR, FILE, Node, Tree
 
 
+def node_fingerprint(node: Node, key: str) -> tuple:
+    """A node's extra[key] dict as sorted (key, value) pairs of primitives, for an event."""
+    fp = node.extra.get(key) if key else None
+    if not isinstance(fp, dict):
+        return ()
+    return tuple(sorted((k, v) for k, v in fp.items() if isinstance(k, str) and isinstance(v, (int, float, str))))
+
+
 class DirJob:
     """A directory being backed up: its nodes, and how many of them are still being worked on."""
 
@@ -113,7 +121,8 @@ class Trees:
                     path = job.path.join(name)
                     if path not in failed:  # an entry that failed is an error, not a removal
                         removed += 1
-                        obs.file_removed(FileRemoved(path, n.type, n.size if n.type == FILE else 0))
+                        size, fp = (n.size, node_fingerprint(n, obs.node_key)) if n.type == FILE else (0, ())
+                        obs.file_removed(FileRemoved(path, n.type, size, fp))
             job.prev = None
         obs.directory(DirectoryDone(job.path.full(), files, dirs, len(nodes) - files - dirs, removed))
 

@@ -150,6 +150,7 @@ class Walker:
             if unchanged(prev, st) and all(b in self.st.saver for b in prev.blob_ids()):
                 node.content = prev.content
                 node.xattrs = prev.xattrs  # an xattr change moves ctime, so these are current
+                node.extra = prev.extra  # same content: per-file fingerprints (guard) stay valid
                 s.files_unmodified += 1
                 self.st.progress.files += 1
                 job.nodes.append(node)
