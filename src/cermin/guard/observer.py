@@ -42,6 +42,7 @@ class GuardObserver(BackupObserver):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._tls = threading.local()
         self._evidence: list[tuple[float, bytes, str]] = []  # (points, path, signal)
         self._counts: Counter[str] = Counter()
         self._canary: list[bytes] = []
@@ -54,7 +55,9 @@ class GuardObserver(BackupObserver):
 
     # ---- per-file fingerprint (worker threads) ------------------------------------------------------
     def node_fingerprint(self, ev: FileRead) -> dict[str, Any]:
+        kind = sig.kind_of(ev.head)
         new_raw, ratio = sig.new_chunk_ratio(ev.chunks)
+        self._tls.last = (ev, kind, new_raw, ratio)  # file_read(ev) follows on this thread: computed once
         raw = ev.raw
         if new_raw and new_raw < raw:  # deduplicated chunks: count them at the previous version's ratio
             prev_r = dict(ev.previous_fingerprint).get("r", -1.0)
@@ -62,15 +65,20 @@ class GuardObserver(BackupObserver):
                 ratio = (ratio * new_raw + prev_r * (raw - new_raw)) / raw
         elif not new_raw:
             ratio = dict(ev.previous_fingerprint).get("r", -1.0)
-        return {"r": round(float(ratio), 3), "e": round(max(ev.head_entropy, 0.0), 2), "k": sig.kind_of(ev.head)}
+        return {"r": round(float(ratio), 3), "e": round(max(ev.head_entropy, 0.0), 2), "k": kind}
 
     # ---- events -------------------------------------------------------------------------------------
     def file_read(self, ev: FileRead) -> None:
         name = sig.basename(ev.path)
         d = sig.dirname(ev.path)
-        kind = sig.kind_of(ev.head)
-        new_raw, ratio = sig.new_chunk_ratio(ev.chunks)
-        share = sig.incompressible_share(ev.chunks)
+        last = getattr(self._tls, "last", None)
+        if last is not None and last[0] is ev:
+            _, kind, new_raw, ratio = last
+            self._tls.last = None
+        else:
+            kind = sig.kind_of(ev.head)
+            new_raw, ratio = sig.new_chunk_ratio(ev.chunks)
+        share = sig.incompressible_share(ev.chunks) if new_raw else 0.0
         flat_head = sig.ciphertext_head(ev.head_entropy, ev.size)
         cipherlike = not kind and (flat_head or (new_raw >= policy.MIN_COMPARE_BYTES and share >= 0.5))
         found: list[tuple[float, str]] = []

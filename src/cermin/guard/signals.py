@@ -92,9 +92,21 @@ EXPECTED_KIND: dict[bytes, str] = {
 }
 
 
+_BY_FIRST: dict[int, tuple[tuple[str, int, bytes], ...]] = {}
+for _m in _MAGICS:
+    if _m[1] == 0:
+        _BY_FIRST[_m[2][0]] = (*_BY_FIRST.get(_m[2][0], ()), _m)
+_AT_OFFSET = tuple(m for m in _MAGICS if m[1])
+
+
 def kind_of(head: bytes) -> str:
     """The format a file's first bytes announce, or "" (text and unknown binaries alike)."""
-    for kind, off, magic in _MAGICS:
+    if not head:
+        return ""
+    for kind, _, magic in _BY_FIRST.get(head[0], ()):
+        if head.startswith(magic):
+            return kind
+    for kind, off, magic in _AT_OFFSET:
         if head[off : off + len(magic)] == magic:
             return kind
     return ""
