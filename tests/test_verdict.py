@@ -154,6 +154,17 @@ def test_forget_never_removes_the_newest_clean_snapshot(mem_repo, policy):
     assert infected[0] not in {r.id for r in list_snapshots(repo)}
 
 
+def test_by_id_the_last_clean_snapshot_goes_only_when_no_alarm_is_open(mem_repo):
+    repo = mem_repo
+    only = verdict_snapshot(repo, ago(days=2), "clean", host="retired")
+    forget(repo, [only], now=NOW)  # retiring a host: the operator's explicit choice
+    assert only not in {r.id for r in list_snapshots(repo)}
+    clean = verdict_snapshot(repo, ago(days=2), "clean")
+    write_mark(repo, ts(ago(days=1)), "", "incident", "suspicious", ts(ago(hours=1)))
+    with pytest.raises(UsageError, match="alarm is open"):
+        forget(repo, [clean], now=NOW)
+
+
 def test_keep_rules_count_every_snapshot_once_the_alarm_is_closed(mem_repo):
     repo = mem_repo
     a = [verdict_snapshot(repo, ago(days=10 - d), "clean") for d in range(3)]

@@ -9,10 +9,10 @@ here, not in a command, because the agent and the dashboard call this library di
   window is measured back from the newest trusted snapshot, never from after now;
 - a snapshot the storage refuses to delete (Object Lock) gets a "forgotten" aux record (tombstone)
   so listings, prune and lock maintenance stop treating it as live and it can lapse;
-- the guard (cermin.guard.verdict): the newest clean snapshot of each host/paths group is never
-  removed (if none is clean: the newest one made before the guard), and while an alarm is open in a
-  group only clean snapshots count toward the keep rules — suspicious and infected ones are kept
-  without using up a slot (docs/guard.md).
+- the guard (cermin.guard.verdict): a policy never removes the newest clean snapshot of a host/paths
+  group (if none is clean: the newest one made before the guard), nor does anything — by id either —
+  while an alarm is open in that group; and while an alarm is open only clean snapshots count toward
+  the keep rules — suspicious and infected ones are kept without using up a slot (docs/guard.md).
 """
 
 from __future__ import annotations
@@ -229,13 +229,18 @@ def load_guard(repo: Repository, now: datetime | None = None) -> GuardView:
 
 
 def refuse_last_clean(ids: list[str], guard: GuardView) -> None:
-    """UsageError if any of `ids` is the newest clean snapshot of its host/paths group."""
+    """UsageError if any of `ids` is the newest clean snapshot of its host/paths group while an alarm
+    is open there. (A retention policy never removes it at all: apply_policy keeps it. Named by id
+    with no alarm open, it is the operator's explicit choice — retiring a host or a path — as before
+    the guard.)"""
     for sid in sorted(set(ids) & set(guard.last_clean)):
+        if not guard.alarm_open(sid):
+            continue
         host, paths = guard.last_clean[sid]
         shown = " ".join(p.decode("utf-8", "backslashreplace") for p in paths)
         raise UsageError(
-            f"snapshot {sid[:8]} is the newest clean snapshot of host {host or '(none)'}, paths {shown}; the guard "
-            "never forgets it (a newer clean snapshot of the same paths must exist first)"
+            f"snapshot {sid[:8]} is the newest clean snapshot of host {host or '(none)'}, paths {shown}, and an "
+            "alarm is open there: the guard keeps it (`cermin guard report` explains the alarm)"
         )
 
 
