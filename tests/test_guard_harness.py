@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import os
 import random
 import zipfile
 from pathlib import Path
@@ -51,11 +50,11 @@ def test_attacks_encrypt_rename_and_drop_notes(guard, tmp_path, mode):
     big = (tmp_path / "lib/big.bin.locked").read_bytes()
     assert len(big) == 3 * (700 << 10)  # size kept
     plain = b"abc" * (700 << 10)
-    changed = [i for i in range(0, len(big), guard.BLOCK) if big[i:i + guard.BLOCK] != plain[i:i + guard.BLOCK]]
+    changed = [i for i in range(0, len(big), guard.BLOCK) if big[i : i + guard.BLOCK] != plain[i : i + guard.BLOCK]]
     if mode == "whole":
         assert len(changed) == len(range(0, len(big), guard.BLOCK))
     elif mode == "first-mib":
-        assert big[guard.MIB:] == plain[guard.MIB:] and big[:guard.MIB] != plain[:guard.MIB]
+        assert big[guard.MIB :] == plain[guard.MIB :] and big[: guard.MIB] != plain[: guard.MIB]
     else:
         assert changed == list(range(0, len(big), 2 * guard.BLOCK))
     assert guard.compare_trees(before, str(tmp_path))
