@@ -1,4 +1,4 @@
-"""engine/browse.py and engine/dump.py: ls, find, diff and dump over hostile snapshots."""
+"""ops/browse.py and engine/dump.py: ls, find, diff and dump over hostile snapshots."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""engine/commands.py: lock policy lives in the engine: a library caller (the agent, the dashboard) gets the
+"""ops/commands.py: lock policy lives in the engine: a library caller (the agent, the dashboard) gets the
 same refusals as the command, without the CLI."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import textwrap
 import pytest
 from conftest import PASSWORD, reopen
 
-from cermin.engine import commands
 from cermin.engine.backup import BackupOptions
 from cermin.errors import RepositoryLocked
+from cermin.ops import commands
 
 HOLDER = textwrap.dedent(
     """

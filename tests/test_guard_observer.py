@@ -241,7 +241,7 @@ def test_previous_fingerprint_reaches_events_and_pickles(repo, tree):
 
 
 def test_commands_backup_attaches_guard_unless_disabled(tree):
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     src, _ = tree
     repo = Repository.init(MemoryBackend(), PASSWORD.encode(), kdf=FAST_KDF)

@@ -13,11 +13,11 @@ import pytest
 from helpers import assert_same_tree, backup, make_source, set_verdict, small_repo, verdict_snapshot
 
 from cermin.backend.local import LocalBackend
-from cermin.engine import commands
 from cermin.engine.restore import RestoreOptions
 from cermin.errors import SnapshotNotFound, UsageError
 from cermin.guard.lastclean import last_clean
 from cermin.guard.verdict import write_ack
+from cermin.ops import commands
 
 
 def encrypt(root, share: float = 0.5, seed: int = 1) -> None:

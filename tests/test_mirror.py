@@ -13,11 +13,11 @@ from cermin.backend.base import Kind
 from cermin.backend.faulty import FaultyBackend
 from cermin.backend.local import LocalBackend
 from cermin.backend.memory import MemoryBackend
-from cermin.engine import commands
 from cermin.engine.check import run_check
 from cermin.engine.mirror import AUX_MIRROR_RUN, MirrorOptions, mirror, strip_credentials
 from cermin.errors import CerminError
 from cermin.format import crypto, pack
+from cermin.ops import commands
 from cermin.repo.repository import Repository
 from cermin.repo.snapshots import aux_records, list_snapshots
 
@@ -142,7 +142,7 @@ def test_origin_and_every_field_travel(tmp_path):
 def test_snapshots_listing_shows_the_origin(tmp_path):
     """`cermin snapshots` on B marks mirrored snapshots with the origin's short id (`-v`: and the
     source repository id); JSON carries a top-level `origin` (null for a snapshot of B's own)."""
-    from cermin.engine.browse import snapshots
+    from cermin.ops.browse import snapshots
 
     a = new_repo()
     b = new_repo(secrets_from=a)

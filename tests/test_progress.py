@@ -8,9 +8,9 @@ import os
 
 import msgspec
 
-from cermin.engine import commands
 from cermin.engine.backup import BackupOptions
 from cermin.engine.progress import Progress
+from cermin.ops import commands
 
 
 class Collect:

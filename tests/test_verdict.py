@@ -13,7 +13,6 @@ import pytest
 from helpers import guard_extra, verdict_snapshot
 
 from cermin.backend.base import Kind
-from cermin.engine import commands
 from cermin.engine.backup import BackupOptions
 from cermin.engine.forget import KeepPolicy, forget, remove_snapshots
 from cermin.errors import UsageError
@@ -27,6 +26,7 @@ from cermin.guard.verdict import (
     write_ack,
     write_mark,
 )
+from cermin.ops import commands
 from cermin.repo.snapshots import list_snapshots
 from cermin.util import ns_to_rfc3339
 

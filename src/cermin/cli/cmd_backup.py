@@ -90,8 +90,8 @@ def backup(
 
     Exits 3 when some files could not be read: the snapshot is saved and marked incomplete.
     """
-    from cermin.engine import commands
     from cermin.engine.backup import BackupOptions
+    from cermin.ops import commands
 
     out = Output(g)
     if use_stdin == bool(paths):

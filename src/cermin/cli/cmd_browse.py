@@ -20,7 +20,7 @@ def snapshot_filters(f):
 
 
 def _paths(paths) -> tuple[bytes, ...]:
-    from cermin.engine.browse import abs_paths
+    from cermin.ops.browse import abs_paths
 
     return abs_paths(paths)
 
@@ -32,7 +32,7 @@ def _paths(paths) -> tuple[bytes, ...]:
 @click.pass_obj
 def snapshots(g, hosts, tags, paths, latest, forgotten):
     """List snapshots, oldest first."""
-    from cermin.engine import browse
+    from cermin.ops import browse
 
     repo = open_repo(g, load_index=False)
     return Output(g).render(browse.snapshots(repo, hosts, tags, paths, latest, forgotten))
@@ -48,7 +48,7 @@ def snapshots(g, hosts, tags, paths, latest, forgotten):
 @click.pass_obj
 def ls(g, snapshot, path, recursive, long_):
     """List the entries of directory PATH (default /) in SNAPSHOT, as ls does; -R lists everything below it."""
-    from cermin.engine import browse
+    from cermin.ops import browse
 
     return Output(g).render(browse.ls(open_repo(g), snapshot, path, recursive, long_))
 
@@ -60,7 +60,7 @@ def ls(g, snapshot, path, recursive, long_):
 @click.pass_obj
 def diff(g, snapshot1, snapshot2, metadata):
     """Show what changed from SNAPSHOT1 to SNAPSHOT2: + added, - removed, M modified, T type, U metadata."""
-    from cermin.engine import browse
+    from cermin.ops import browse
 
     return Output(g).render(browse.diff(open_repo(g), snapshot1, snapshot2, metadata))
 
@@ -72,6 +72,6 @@ def diff(g, snapshot1, snapshot2, metadata):
 @click.pass_obj
 def find(g, patterns, snaps, hosts, tags, paths):
     """Find files whose name (or path, if the pattern has a '/') matches a glob PATTERN."""
-    from cermin.engine import browse
+    from cermin.ops import browse
 
     return Output(g).render(browse.find(open_repo(g), list(patterns), snaps, hosts, tags, paths))

@@ -23,7 +23,7 @@ def guard():
 @click.pass_obj
 def guard_mark(g, start, end, reason, infected):
     """Flag every snapshot taken in a time window as suspicious (or --infected), e.g. after an EDR alert."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     repo = open_repo(g, load_index=False)
     return Output(g).render(commands.guard_mark(repo, start, end, reason, infected, g.no_lock))
@@ -35,7 +35,7 @@ def guard_mark(g, start, end, reason, infected):
 @click.pass_obj
 def guard_ack(g, snapshot, reason):
     """Acknowledge SNAPSHOT's alarm as benign (marks recorded later still count)."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     repo = open_repo(g, load_index=False)
     return Output(g).render(commands.guard_ack(repo, snapshot, reason, g.no_lock))
@@ -46,7 +46,7 @@ def guard_ack(g, snapshot, reason):
 @click.pass_obj
 def guard_report(g, snapshot):
     """Explain SNAPSHOT's verdict: reasons, affected paths, marks, acknowledgements."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     return Output(g).render(commands.guard_report(open_repo(g, load_index=False), snapshot))
 

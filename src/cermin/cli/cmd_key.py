@@ -39,7 +39,7 @@ def key():
 @click.pass_obj
 def key_list(g):
     """List key slots; * marks the one in use."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     return Output(g).render(commands.key_list(open_repo(g, load_index=False)))
 
@@ -49,7 +49,7 @@ def key_list(g):
 @click.pass_obj
 def key_add(g, new_password_file):
     """Add a key slot for a new password."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     repo = open_repo(g, load_index=False)
     return Output(g).render(commands.key_add(repo, _new_password(new_password_file)))
@@ -60,7 +60,7 @@ def key_add(g, new_password_file):
 @click.pass_obj
 def key_remove(g, key_id):
     """Remove a key slot (never the one in use)."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     return Output(g).render(commands.key_remove(open_repo(g, load_index=False), key_id))
 
@@ -70,7 +70,7 @@ def key_remove(g, key_id):
 @click.pass_obj
 def key_passwd(g, new_password_file):
     """Change the password of the key slot in use."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     repo = open_repo(g, load_index=False)
     return Output(g).render(commands.key_passwd(repo, _new_password(new_password_file)))

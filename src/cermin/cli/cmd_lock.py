@@ -16,7 +16,7 @@ def lock():
 @click.pass_obj
 def lock_status(g):
     """Show the policy, what would need extending now, and hidden or planted objects."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     return Output(g).render(commands.lock_status(open_repo(g, load_index=False)))
 
@@ -25,7 +25,7 @@ def lock_status(g):
 @click.pass_obj
 def lock_extend(g):
     """Extend the retention of every object still needed that would lapse before the next run."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     return Output(g).render(commands.lock_extend(open_repo(g, load_index=False), g.no_lock))
 
@@ -34,6 +34,6 @@ def lock_extend(g):
 @click.pass_obj
 def lock_unhide(g):
     """Remove delete markers that hide locked objects (needs no password)."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     return Output(g).render(commands.lock_unhide(backend_of(g)))

@@ -23,7 +23,7 @@ _extend_locks = click.option(
 @click.pass_obj
 def check(g, read_data, subset, extend_locks):
     """Verify the repository; name every damaged pack, blob, snapshot and file path. Exit 1 on damage."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     out = Output(g)
     opts = commands.CheckOptions(read_data, subset, extend_locks, g.no_lock)
@@ -40,7 +40,7 @@ def repair():
 @click.pass_obj
 def repair_index_cmd(g):
     """Rebuild the index from the packs' own headers."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     return Output(g).render(commands.repair_index(open_repo(g, load_index=False), g.no_lock))
 
@@ -50,7 +50,7 @@ def repair_index_cmd(g):
 @click.pass_obj
 def repair_packs_cmd(g, pack_ids):
     """Read packs (all, or PACK_IDS), move readable blobs out of damaged ones, delete the damaged packs."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     out = Output(g)
     with reporter(out) as progress:
@@ -63,7 +63,7 @@ def repair_packs_cmd(g, pack_ids):
 @click.pass_obj
 def repair_snapshots_cmd(g, forget):
     """Write repaired snapshots without the files whose data is lost."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     return Output(g).render(commands.repair_snapshots(open_repo(g, load_index=False), forget, g.no_lock))
 
@@ -83,7 +83,7 @@ _max_unused = click.option(
 @click.pass_obj
 def prune(g, max_unused, dry_run, extend_locks):
     """Remove data no snapshot uses: plan, then repack, re-index and delete in two phases."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     out = Output(g)
     opts = commands.PruneOptions(commands.parse_percent(max_unused), dry_run, extend_locks, g.no_lock)
@@ -132,8 +132,8 @@ def forget(
 ):
     """Remove snapshots: the given IDs, or those a --keep-* policy does not keep (per group)."""
     from cermin.cli.cmd_browse import _paths
-    from cermin.engine import commands
     from cermin.engine.forget import KeepPolicy
+    from cermin.ops import commands
 
     out = Output(g)
     keep = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, list(keep_tags))
@@ -159,7 +159,7 @@ def forget(
 def protect(g, snapshot, until):
     """Keep SNAPSHOT from forget and prune until a date; on Object Lock storage also lock it that long.
     Protections can be extended but never shortened or lifted."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     when = commands.parse_until(until)
     return Output(g).render(commands.protect(open_repo(g, load_index=False), snapshot, when, g.no_lock))

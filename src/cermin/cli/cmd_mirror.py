@@ -120,8 +120,8 @@ def mirror(
         # mirror_verify(src, dst, read_data)) are registered below with @mirror.command(); they
         # read --from/--to from ctx.params of this group.
         return None
-    from cermin.engine import commands
     from cermin.engine.mirror import MirrorOptions
+    from cermin.ops import commands
 
     g = ctx.obj
     out = Output(g)
@@ -161,7 +161,7 @@ def _parent(ctx):
 def mirror_status(ctx, source_id):
     """How far --to lags behind --from: per host and path set the newest snapshot on each side, the
     lag in time, snapshots and bytes, and the last mirror runs. Without --from, from --to alone."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     g, out = ctx.obj, Output(ctx.obj)
     source, target, a = _parent(ctx)
@@ -181,7 +181,7 @@ def mirror_status(ctx, source_id):
 def mirror_verify(ctx, read_data):
     """Prove that every snapshot --to mirrored from --from restores the same tree (names, metadata
     and contents), without writing anything to disk. Exits 1 when a copy differs."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     g, out = ctx.obj, Output(ctx.obj)
     source, target, a = _parent(ctx)

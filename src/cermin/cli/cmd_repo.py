@@ -40,7 +40,7 @@ def init(
 ):
     """Create a new repository at -r/--repo."""
     from cermin.backend.local import LocalBackend
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     backend = backend_of(g)
     if isinstance(backend, LocalBackend):
@@ -60,7 +60,7 @@ def init(
 @click.pass_obj
 def cat(g, what, object_id):
     """Print a repository object as JSON: config, snapshot ID, tree ID, index ID, key ID, blob ID."""
-    from cermin.engine import browse
+    from cermin.ops import browse
 
     return Output(g).render(browse.cat(open_repo(g, load_index=what in ("tree", "blob")), what, object_id))
 
@@ -79,7 +79,7 @@ def cat(g, what, object_id):
 @click.pass_obj
 def stats(g, snapshot_ids, mode, hosts, tags):
     """Show sizes for the given snapshots (default: all)."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     return Output(g).render(commands.stats(open_repo(g), list(snapshot_ids), mode, hosts, tags))
 
@@ -89,6 +89,6 @@ def stats(g, snapshot_ids, mode, hosts, tags):
 @click.pass_obj
 def unlock(g, remove_all):
     """Remove stale locks (or all locks with --remove-all)."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     return Output(g).render(commands.unlock(open_repo(g, load_index=False), remove_all))

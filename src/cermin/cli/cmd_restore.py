@@ -43,10 +43,10 @@ def restore(
 
     Entries with invalid names (empty, '.', '..', containing '/' or NUL) are skipped as errors, and
     no symlink is ever followed: nothing is written outside --target."""
-    from cermin.engine import commands
-    from cermin.engine.browse import abs_paths
     from cermin.engine.restore import RestoreOptions
     from cermin.errors import UsageError
+    from cermin.ops import commands
+    from cermin.ops.browse import abs_paths
 
     out = Output(g)
     ref, sub = commands.split_ref(snapshot or "")
@@ -79,7 +79,7 @@ def restore(
 @click.pass_obj
 def dump(g, snapshot, path):
     """Write the file PATH from SNAPSHOT to standard output, or a directory as a tar stream."""
-    from cermin.engine import commands
+    from cermin.ops import commands
 
     repo = open_repo(g, load_index=False)
     return Output(g).render(commands.dump(repo, snapshot, path, StdoutBytes(), no_lock=g.no_lock))

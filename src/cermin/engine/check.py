@@ -606,5 +606,5 @@ class Checker:
 def run_check(
     repo: Repository, read_data: bool = False, subset: str | None = None, progress: Reporter | None = None
 ) -> CheckReport:
-    """Check without taking a lock: the caller holds a shared one (`cermin.engine.commands.check` takes it)."""
+    """Check without taking a lock: the caller holds a shared one (`cermin.ops.commands.check` takes it)."""
     return Checker(repo, read_data, subset).run(progress)

@@ -85,7 +85,7 @@ def dump_file(repo: Repository, node: Node, out: BinaryIO) -> int:
 
 def dump_node(repo: Repository, tree_id: bytes, path: bytes, out: BinaryIO) -> DumpResult:
     """Write the file at `path` of the snapshot tree `tree_id`, or a tar of the directory there.
-    Takes no lock: the caller holds a shared one (`cermin.engine.commands.dump` takes it)."""
+    Takes no lock: the caller holds a shared one (`cermin.ops.commands.dump` takes it)."""
     node = find_node(repo, tree_id, path)
     res = DumpResult(path=display_path(path), tar=node.type == DIR)
     if node.type == FILE:

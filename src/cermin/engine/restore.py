@@ -475,7 +475,7 @@ def run_restore(
     repo: Repository, snap: Snapshot, opts: RestoreOptions, progress: Reporter | None = None
 ) -> RestoreSummary:
     """Restore `snap`, its live counters sampled into `progress` events. Takes no lock: the caller holds
-    a shared one (`cermin.engine.commands.restore` takes it and loads the index under it)."""
+    a shared one (`cermin.ops.commands.restore` takes it and loads the index under it)."""
     r = Restorer(repo, opts)
     c = r.progress
 

@@ -1,6 +1,6 @@
 """How results render themselves, for the CLI (and anyone else who prints them).
 
-Every operation in `cermin.engine.commands` returns a result with
+Every operation in `cermin.ops.commands` returns a result with
 - `to_json() -> list[dict]`: the JSON lines of docs/json.md, `message_type` included, in order;
 - `to_text(verbose: int = 0) -> list[Line]`: lines for people, each with its kind;
 - `exit_code: int` (0 unless the answer itself is bad news: damage found, an incomplete backup, ...).

@@ -284,7 +284,7 @@ class Backup:
 
 def run_backup(repo: Repository, opts: BackupOptions, progress: Reporter | None = None) -> BackupSummary:
     """One backup, its live counters sampled into `progress` events. Takes no lock: the caller holds a
-    shared one (`cermin.engine.commands.backup` takes it and loads the index under it)."""
+    shared one (`cermin.ops.commands.backup` takes it and loads the index under it)."""
     b = Backup(repo, opts)
     c = b.progress
 
