@@ -251,3 +251,24 @@ def test_commands_backup_attaches_guard_unless_disabled(tree):
     s = commands.backup(repo, BackupOptions(paths=[os.fsencode(str(src))], workers=2, guard=False), no_lock=True)
     s = getattr(s, "summary", s)
     assert "guard" not in resolve(repo, s.snapshot_id).snapshot.extra
+
+
+def test_memory_is_bounded_by_directories_in_flight_and_counts_stay_whole():
+    """A directory's new and removed files are settled at its `directory` event and dropped; a mass
+    rename beyond the kept paths still counts every file."""
+    from cermin.engine.observer import DirectoryDone
+
+    obs = GuardObserver()
+    n = 3000
+    for i in range(n):  # d/f<i>.txt (compressible) renamed to d/f<i>.txt.qz7vx and encrypted
+        obs.file_removed(FileRemoved(b"/d/f%d.txt" % i, "file", 5000, (("k", ""), ("r", 0.3), ("e", 4.5))))
+        ev = FileRead(b"/d/f%d.txt.qz7vx" % i, 5000, 0, ((5000, 5020),), os.urandom(16), 7.96)
+        obs.node_fingerprint(ev)
+        obs.file_read(ev)
+    obs.directory(DirectoryDone(b"/d", n, 0, 0, n))
+    assert not obs._new and not obs._removed  # nothing kept per file once the directory is done
+    g = obs.finish(None)["guard"]
+    assert g["verdict"] == "infected"
+    assert g["signals"]["mass_rename"] == n and g["signals"]["renamed_encrypted"] == n
+    assert g["signals"]["points"] >= n * 1.5 and len(g["paths"]) == 100
+    assert any(f"{n} files gained the extension .qz7vx" in r for r in g["reasons"])

@@ -46,12 +46,12 @@ def test_compressibility_loss():
     assert not sig.compressibility_loss(0.3, 100, 1.0, 1.0)  # too small to judge
 
 
-def test_new_chunk_ratio_and_share():
+def test_chunk_stats_ratio_and_share():
     chunks = ((1000, 0), (1000, 1005), (2000, 600))  # one deduplicated, one ciphertext, one text
-    raw, ratio = sig.new_chunk_ratio(chunks)
+    raw, ratio, share = sig.chunk_stats(chunks)
     assert raw == 3000 and abs(ratio - 1605 / 3000) < 1e-9
-    assert abs(sig.incompressible_share(chunks) - 1 / 3) < 1e-9
-    assert sig.new_chunk_ratio(((10, 0),)) == (0, -1.0)
+    assert abs(share - 1 / 3) < 1e-9
+    assert sig.chunk_stats(((10, 0),)) == (0, -1.0, 0.0)
 
 
 def test_ciphertext_head_needs_enough_bytes():

@@ -59,6 +59,10 @@ from cermin.format.records import SnapshotSummary
 
 HEAD_BYTES = 16  # bytes of a file's head kept in events: enough for magic numbers (SQLite's is 16)
 ENTROPY_BYTES = 4096  # the head fragment whose byte-histogram entropy is estimated
+# Shorter heads get no estimate (-1): log2(n) caps a histogram of n bytes, so below 1 KiB ciphertext
+# cannot be told from text by entropy (and most files of a system tree are that small: skipping them
+# is most of the guard's saving on a first backup).
+ENTROPY_MIN_BYTES = 1024
 
 
 class FileRead(msgspec.Struct, frozen=True, gc=False):
@@ -67,7 +71,9 @@ class FileRead(msgspec.Struct, frozen=True, gc=False):
     mtime_ns: int
     chunks: tuple[tuple[int, int], ...]  # (raw length, stored length) per chunk; stored 0: already in the repository
     head: bytes = b""  # the first HEAD_BYTES bytes ("" when no observer asked for the fingerprint)
-    head_entropy: float = -1.0  # bits per byte over the first ENTROPY_BYTES bytes (0..8); -1: not computed
+    # bits per byte over the first ENTROPY_BYTES bytes (0..8); -1: not computed, or a head shorter than
+    # ENTROPY_MIN_BYTES
+    head_entropy: float = -1.0
     previous_size: int = -1  # -1: a new file (no previous version in the parent snapshot)
     previous_mtime_ns: int = -1
     previous_stored: int = -1  # compressed size of the previous version's chunks; -1: unknown
@@ -244,21 +250,21 @@ _NLOGN = None  # n * log2(n) for n = 0..ENTROPY_BYTES
 
 
 def head_facts(data) -> tuple[bytes, float]:
-    """The head bytes of a file and the Shannon entropy (bits/byte) of its first ENTROPY_BYTES bytes.
+    """The head bytes of a file and the Shannon entropy (bits/byte) of its first ENTROPY_BYTES bytes
+    (-1 below ENTROPY_MIN_BYTES).
 
     Entropy alone cannot tell ciphertext from compressed data; the guard combines it with the header
     bytes and with the change of compressibility against the previous version. About 7 us a file."""
+    n = min(len(data), ENTROPY_BYTES)
+    if n < ENTROPY_MIN_BYTES:
+        return bytes(data[:HEAD_BYTES]), -1.0
     import numpy as np
 
     global _NLOGN
     if _NLOGN is None:
-        n = np.arange(ENTROPY_BYTES + 1, dtype=np.float64)
-        n[0] = 1.0
-        _NLOGN = n * np.log2(n)
-    frag = data[:ENTROPY_BYTES]
-    n = len(frag)
-    if not n:
-        return b"", 0.0
-    counts = np.bincount(np.frombuffer(frag, np.uint8), minlength=256)
+        k = np.arange(ENTROPY_BYTES + 1, dtype=np.float64)
+        k[0] = 1.0
+        _NLOGN = k * np.log2(k)
+    counts = np.bincount(np.frombuffer(data[:n], np.uint8), minlength=256)
     # H = log2(n) - sum(c * log2(c)) / n
     return bytes(data[:HEAD_BYTES]), max(0.0, float(math.log2(n) - _NLOGN.take(counts).sum() / n))

@@ -22,12 +22,13 @@ from typing import Any, ClassVar
 
 from cermin.engine.observer import BackupObserver, DirectoryDone, FileRead, FileRemoved, FileUnchanged
 from cermin.format.records import FILE
-from cermin.guard import policy
+from cermin.guard import canary, policy
 from cermin.guard import signals as sig
 from cermin.util import display_path
 
 KEY = "g"  # Node.extra key of the per-file fingerprint
 VERSION = 1
+KEEP_PATHS = 2 * policy.MAX_PATHS  # paths kept per point value (some repeat under two signals)
 
 # Extensions a file legitimately gains from a tool (compression, signing, editors, package managers).
 _BENIGN_APPENDED = frozenset(
@@ -37,18 +38,27 @@ _BENIGN_APPENDED = frozenset(
 
 
 class GuardObserver(BackupObserver):
+    """Memory stays bounded by the directories in flight, not by the tree: a directory's new and removed
+    files are compared (renames) when its `directory` event arrives, then dropped; evidence keeps
+    counts, point totals and at most KEEP_PATHS paths per point value."""
+
     fingerprint: ClassVar[bool] = True
     node_key: ClassVar[str] = KEY
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tls = threading.local()
-        self._evidence: list[tuple[float, bytes, str]] = []  # (points, path, signal)
+        self._points = 0.0  # sum of every file's evidence points
+        self._per_signal: Counter[str] = Counter()  # evidence signal -> files
+        self._paths: defaultdict[float, list[bytes]] = defaultdict(list)  # points -> first KEEP_PATHS paths
         self._counts: Counter[str] = Counter()
         self._canary: list[bytes] = []
-        # per directory: new files (name, ciphertext-like and formatless) and removed files (name -> fingerprint)
+        # per directory in flight: new files (name, ciphertext-like and formatless) and removed files
+        # (name -> fingerprint); settled into renames when the directory is done
         self._new: defaultdict[bytes, list[tuple[bytes, bool]]] = defaultdict(list)
         self._removed: defaultdict[bytes, dict[bytes, dict]] = defaultdict(dict)
+        self._by_ext: Counter[bytes] = Counter()  # appended extension -> files renamed so
+        self._renamed: defaultdict[bytes, list[bytes]] = defaultdict(list)  # ext -> first KEEP_PATHS paths
         self._notes: defaultdict[bytes, set[bytes]] = defaultdict(set)
         self._prev_bytes = 0
         self._bytes = 0
@@ -56,8 +66,8 @@ class GuardObserver(BackupObserver):
     # ---- per-file fingerprint (worker threads) ------------------------------------------------------
     def node_fingerprint(self, ev: FileRead) -> dict[str, Any]:
         kind = sig.kind_of(ev.head)
-        new_raw, ratio = sig.new_chunk_ratio(ev.chunks)
-        self._tls.last = (ev, kind, new_raw, ratio)  # file_read(ev) follows on this thread: computed once
+        new_raw, ratio, share = sig.chunk_stats(ev.chunks)
+        self._tls.last = (ev, kind, new_raw, ratio, share)  # file_read(ev) follows on this thread
         raw = ev.raw
         if new_raw and new_raw < raw:  # deduplicated chunks: count them at the previous version's ratio
             prev_r = dict(ev.previous_fingerprint).get("r", -1.0)
@@ -65,50 +75,59 @@ class GuardObserver(BackupObserver):
                 ratio = (ratio * new_raw + prev_r * (raw - new_raw)) / raw
         elif not new_raw:
             ratio = dict(ev.previous_fingerprint).get("r", -1.0)
-        return {"r": round(float(ratio), 3), "e": round(max(ev.head_entropy, 0.0), 2), "k": kind}
+        e = ev.head_entropy
+        return {"r": round(float(ratio), 3), "e": round(e, 2) if e >= 0 else -1.0, "k": kind}
 
     # ---- events -------------------------------------------------------------------------------------
     def file_read(self, ev: FileRead) -> None:
-        name = sig.basename(ev.path)
-        d = sig.dirname(ev.path)
+        path = ev.path
+        d, _, name = path.rpartition(b"/")
         last = getattr(self._tls, "last", None)
-        if last is not None and last[0] is ev:
-            _, kind, new_raw, ratio = last
+        if last is not None and last[0] is ev:  # computed once, by node_fingerprint
+            _, kind, new_raw, ratio, share = last
             self._tls.last = None
         else:
             kind = sig.kind_of(ev.head)
-            new_raw, ratio = sig.new_chunk_ratio(ev.chunks)
-        share = sig.incompressible_share(ev.chunks) if new_raw else 0.0
+            new_raw, ratio, share = sig.chunk_stats(ev.chunks)
         flat_head = sig.ciphertext_head(ev.head_entropy, ev.size)
-        cipherlike = not kind and (flat_head or (new_raw >= policy.MIN_COMPARE_BYTES and share >= 0.5))
-        found: list[tuple[float, str]] = []
-        if ev.new:
-            if sig.extension(name) in sig.RANSOM_EXTENSIONS and not kind:
-                found.append((policy.KNOWN_EXT_POINTS, "ransom_ext"))
+        new = ev.previous_size < 0
+        cipherlike = note = False
+        if new:
+            cipherlike = not kind and (flat_head or (new_raw >= policy.MIN_COMPARE_BYTES and share >= 0.5))
+            found = None
+            if not kind and sig.extension(name) in sig.RANSOM_EXTENSIONS:
+                found = (policy.KNOWN_EXT_POINTS, "ransom_ext")
             elif flat_head and sig.magic_mismatch(name, ev.head, ev.size):
-                found.append((policy.WEAK, "magic_mismatch"))
+                found = (policy.WEAK, "magic_mismatch")
             note = sig.ransom_note_name(name)
         else:
             found = self._changed(ev, name, kind, new_raw, ratio, share, flat_head)
-            note = False
         with self._lock:
             c = self._counts
             c["files_read"] += 1
-            c["files_new" if ev.new else "files_changed"] += 1
             self._bytes += ev.size
-            if not ev.new:
-                self._prev_bytes += ev.previous_size
-                if sig.canary_name(name):
-                    self._canary.append(ev.path)
-            else:
+            if new:
+                c["files_new"] += 1
                 self._new[d].append((name, cipherlike))
                 if note:
                     self._notes[name].add(d)
-            for points, what in found:
-                c[what] += 1
-                self._evidence.append((points, ev.path, what))
+            else:
+                c["files_changed"] += 1
+                self._prev_bytes += ev.previous_size
+                if name.startswith(canary.PREFIX):
+                    self._canary.append(path)
+            if found is not None:
+                self._add(found[0], path, found[1])
 
-    def _changed(self, ev: FileRead, name, kind, new_raw, ratio, share, flat_head) -> list[tuple[float, str]]:
+    def _add(self, points: float, path: bytes, what: str) -> None:
+        """One file's evidence (under the lock)."""
+        self._points += points
+        self._per_signal[what] += 1
+        kept = self._paths[points]
+        if len(kept) < KEEP_PATHS:
+            kept.append(path)
+
+    def _changed(self, ev: FileRead, name, kind, new_raw, ratio, share, flat_head) -> tuple[float, str] | None:
         fp = dict(ev.previous_fingerprint)
         prev_r = fp.get("r", -1.0)
         if (not isinstance(prev_r, (int, float)) or prev_r < 0) and ev.previous_stored > 0 and ev.previous_size:
@@ -117,18 +136,18 @@ class GuardObserver(BackupObserver):
         prev_e = fp.get("e", -1.0)
         loss = sig.compressibility_loss(float(prev_r), new_raw, ratio, share)
         if prev_k and not kind:
-            return [(policy.STRONG, "format_broken")]
+            return (policy.STRONG, "format_broken")
         if loss and not kind:
-            return [(policy.STRONG, "compress_loss")]
+            return (policy.STRONG, "compress_loss")
         if loss and kind == prev_k and ratio >= policy.INCOMPRESSIBLE and prev_r <= policy.COMPRESSIBLE - 0.2:
             # header kept, body turned into ciphertext (the attack on header-only tests); also what a
             # database that started storing compressed blobs looks like, hence weak
-            return [(policy.WEAK, "compress_loss_magic_kept")]
+            return (policy.WEAK, "compress_loss_magic_kept")
         if isinstance(prev_e, (int, float)) and 0 <= prev_e <= policy.LOW_ENTROPY and flat_head and not kind:
-            return [(policy.WEAK, "entropy_jump")]
+            return (policy.WEAK, "entropy_jump")
         if prev_k is None and flat_head and sig.magic_mismatch(name, ev.head, ev.size):
-            return [(policy.WEAK, "magic_mismatch")]
-        return []
+            return (policy.WEAK, "magic_mismatch")
+        return None
 
     def file_unchanged(self, ev: FileUnchanged) -> None:
         with self._lock:
@@ -141,35 +160,74 @@ class GuardObserver(BackupObserver):
             with self._lock:
                 self._counts["removed_other"] += 1
             return
-        name = sig.basename(ev.path)
+        d, _, name = ev.path.rpartition(b"/")
         with self._lock:
             self._counts["files_removed"] += 1
             self._prev_bytes += ev.size
-            self._removed[sig.dirname(ev.path)][name] = dict(ev.fingerprint)
-            if sig.canary_name(name):
+            self._removed[d][name] = dict(ev.fingerprint)
+            if name.startswith(canary.PREFIX):
                 self._canary.append(ev.path)
 
     def directory(self, ev: DirectoryDone) -> None:
-        pass
+        # every entry's event has returned: settle this directory's renames and forget its files
+        d = b"" if ev.path == b"/" else ev.path
+        with self._lock:
+            self._settle(d, self._new.pop(d, ()), self._removed.pop(d, None))
+
+    def _settle(self, d: bytes, new, removed) -> None:
+        """Removed a.txt and new a.txt.xyz in the same directory: a rename; with ciphertext, an encryption."""
+        if not removed:
+            return
+        for name, cipherlike in new:
+            ext = sig.appended_extension(name, removed)
+            path = d + b"/" + name if d else name
+            if ext is not None:
+                self._by_ext[ext] += 1
+                if len(self._renamed[ext]) < KEEP_PATHS:
+                    self._renamed[ext].append(path)
+                if cipherlike:
+                    self._add(policy.STRONG, path, "renamed_encrypted")
+            elif cipherlike and any(_was_compressible(fp) for fp in removed.values()):
+                self._add(policy.WEAK, path, "replaced_by_ciphertext")
 
     # ---- verdict ------------------------------------------------------------------------------------
     def finish(self, summary) -> dict[str, Any]:
         with self._lock:
+            for d in list(self._new.keys() | self._removed.keys()):  # directories without a `directory` event
+                self._settle(d, self._new.pop(d, ()), self._removed.pop(d, None))
             return {"guard": self.verdict()}
 
     def verdict(self) -> dict[str, Any]:
         c = self._counts
-        evidence = list(self._evidence)
+        points = self._points
+        per_signal = Counter(self._per_signal)
+        paths_by_points = {p: list(v) for p, v in self._paths.items()}
         reasons: list[str] = []
-        self._renames(evidence, reasons)
+
+        def add(p: float, path: bytes, what: str) -> None:
+            nonlocal points
+            points += p
+            per_signal[what] += 1
+            kept = paths_by_points.setdefault(p, [])
+            if len(kept) < KEEP_PATHS:
+                kept.append(path)
+
+        for ext, n in self._by_ext.most_common():
+            if n >= policy.RENAME_MIN and ext not in _BENIGN_APPENDED and ext not in sig.RANSOM_EXTENSIONS:
+                reasons.append(f"{n} files gained the extension .{ext.decode(errors='replace')}")
+                points += policy.WEAK * (n - len(self._renamed[ext]))  # renamed beyond the kept paths
+                per_signal["mass_rename"] += n - len(self._renamed[ext])
+                for p in self._renamed[ext]:
+                    add(policy.WEAK, p, "mass_rename")
         note_dirs = 0
         for name, dirs in sorted(self._notes.items()):
             note_dirs = max(note_dirs, len(dirs))
             if len(dirs) >= policy.NOTE_DIRS:
                 reasons.append(f"ransom note {display_path(name)} appeared in {len(dirs)} directories")
-                evidence.append((policy.NOTE_POINTS, name, "ransom_note"))
+                add(policy.NOTE_POINTS, name, "ransom_note")
             else:
-                evidence.extend((policy.WEAK, d + b"/" + name if d else name, "ransom_note") for d in sorted(dirs))
+                for d in sorted(dirs):
+                    add(policy.WEAK, d + b"/" + name if d else name, "ransom_note")
         prev_files = c["files_changed"] + c["files_unchanged"] + c["files_removed"]
         mass = 0.0
         if prev_files >= policy.MASS_MIN_FILES:
@@ -185,13 +243,10 @@ class GuardObserver(BackupObserver):
             if self._prev_bytes and self._bytes < (1 - policy.SHRINK_FRACTION) * self._prev_bytes:
                 mass += policy.MASS_POINTS
                 reasons.append(f"source shrank from {self._prev_bytes} to {self._bytes} bytes")
-        per_signal: Counter[str] = Counter()
-        for _, _, what in evidence:
-            per_signal[what] += 1
         for what, text in _REASONS:
             if per_signal[what]:
                 reasons.append(text.format(n=per_signal[what]))
-        points = sum(p for p, _, _ in evidence) + mass
+        points += mass
         score = 1.0 - math.exp(-points / policy.SCALE)
         if self._canary:
             score = 1.0
@@ -204,14 +259,14 @@ class GuardObserver(BackupObserver):
             verdict = "clean"
         paths: list[str] = [display_path(p) for p in self._canary[: policy.MAX_PATHS]]
         seen = set(self._canary)
-        for _, p, _ in sorted(evidence, key=lambda e: -e[0]):
+        for p in (p for pts in sorted(paths_by_points, reverse=True) for p in paths_by_points[pts]):
             if len(paths) >= policy.MAX_PATHS:
                 break
             if p not in seen:
                 seen.add(p)
                 paths.append(display_path(p))
         signals: dict[str, float] = {k: v for k, v in sorted(c.items())}
-        signals.update({k: v for k, v in sorted(per_signal.items())})
+        signals.update({k: v for k, v in sorted(per_signal.items()) if v})
         signals.update(points=round(points, 2), canary=len(self._canary), note_dirs=note_dirs)
         return {
             "version": VERSION,
@@ -221,26 +276,6 @@ class GuardObserver(BackupObserver):
             "paths": paths if verdict != "clean" else [],
             "signals": signals,
         }
-
-    def _renames(self, evidence: list, reasons: list[str]) -> None:
-        """Removed a.txt and new a.txt.xyz in the same directory: a rename; with ciphertext, an encryption."""
-        by_ext: Counter[bytes] = Counter()
-        renamed: defaultdict[bytes, list[bytes]] = defaultdict(list)
-        for d, removed in self._removed.items():
-            for name, cipherlike in self._new.get(d, ()):
-                ext = sig.appended_extension(name, removed)
-                path = d + b"/" + name if d else name
-                if ext is not None:
-                    by_ext[ext] += 1
-                    renamed[ext].append(path)
-                    if cipherlike:
-                        evidence.append((policy.STRONG, path, "renamed_encrypted"))
-                elif cipherlike and any(_was_compressible(fp) for fp in removed.values()):
-                    evidence.append((policy.WEAK, path, "replaced_by_ciphertext"))
-        for ext, n in by_ext.most_common():
-            if n >= policy.RENAME_MIN and ext not in _BENIGN_APPENDED and ext not in sig.RANSOM_EXTENSIONS:
-                reasons.append(f"{n} files gained the extension .{ext.decode(errors='replace')}")
-                evidence.extend((policy.WEAK, p, "mass_rename") for p in renamed[ext])
 
 
 def _was_compressible(fp: dict) -> bool:

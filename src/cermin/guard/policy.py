@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from cermin.engine.observer import ENTROPY_MIN_BYTES
+
 # ---- compressibility (stored/raw of a file's new chunks; zstd, cermin's pack compression) ----------
 # Ciphertext stores at >= ~1.0 of its size (zstd falls back to raw, plus a frame header); already-compressed
 # formats (gz, jpeg, zip) store at 0.97..1.0. Below 0.95 some part of the data still compressed.
@@ -25,8 +27,9 @@ HIGH_ENTROPY = 7.5
 # A head at or below this was structured (text, tables, headers) before: a jump from it to HIGH_ENTROPY
 # is a change of nature, not an edit.
 LOW_ENTROPY = 6.5
-# A small file's histogram cannot reach 8 bits: log2(n) caps it. Heads shorter than this are not judged.
-MIN_ENTROPY_BYTES = 1024
+# A small file's histogram cannot reach 8 bits: log2(n) caps it. Heads shorter than this are not judged
+# (the backup does not estimate their entropy: FileRead.head_entropy is -1).
+MIN_ENTROPY_BYTES = ENTROPY_MIN_BYTES
 
 # ---- evidence per file (points; a snapshot's points turn into its score) ----------------------------
 STRONG = 1.0  # a file that almost surely was encrypted (format broken, or compressible -> ciphertext)

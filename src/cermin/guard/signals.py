@@ -135,25 +135,19 @@ def magic_mismatch(name: bytes, head: bytes, size: int) -> bool:
 
 
 # ---- compressibility and entropy -----------------------------------------------------------------------
-def new_chunk_ratio(chunks) -> tuple[int, float]:
-    """(raw bytes, stored/raw) over a file's new chunks (stored > 0); (0, -1.0) when none is new."""
-    raw = stored = 0
+def chunk_stats(chunks) -> tuple[int, float, float]:
+    """(raw bytes, stored/raw, incompressible share) over a file's new chunks (stored > 0): the share is
+    that of raw bytes in chunks storing at >= INCOMPRESSIBLE (ciphertext-like). (0, -1.0, 0.0) when no
+    chunk is new. One pass: this runs for every file a backup reads."""
+    raw = stored = bad = 0
+    limit = policy.INCOMPRESSIBLE
     for r, s in chunks:
         if s > 0:
             raw += r
             stored += s
-    return (raw, stored / raw) if raw else (0, -1.0)
-
-
-def incompressible_share(chunks) -> float:
-    """Share of the new raw bytes that are in chunks storing at >= INCOMPRESSIBLE (ciphertext-like)."""
-    raw = bad = 0
-    for r, s in chunks:
-        if s > 0 and r:
-            raw += r
-            if s >= policy.INCOMPRESSIBLE * r:
+            if s >= limit * r:
                 bad += r
-    return bad / raw if raw else 0.0
+    return (raw, stored / raw, bad / raw) if raw else (0, -1.0, 0.0)
 
 
 def ciphertext_head(head_entropy: float, size: int) -> bool:
