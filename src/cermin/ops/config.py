@@ -316,7 +316,11 @@ def _refuse_secrets(node: Any, lines: _Lines, at: tuple) -> None:
 def _resolve(doc: Document, lines: _Lines, environ) -> Config:
     err = lines.error
     a = _conv(lines, ("agent",), doc.agent, Agent)
-    user_classes = {k: _conv(lines, ("classes", k), v, PolicyClass) for k, v in doc.classes.items()}
+    # a class named like a default one changes only the keys it gives
+    user_classes = {
+        k: _conv(lines, ("classes", k), {**DEFAULT_CLASSES.get(k, {}), **v}, PolicyClass)
+        for k, v in doc.classes.items()
+    }
     repositories = {k: _conv(lines, ("repositories", k), v, Repo) for k, v in doc.repositories.items()}
     tenants = {k: _conv(lines, ("tenants", k), v, Tenant) for k, v in doc.tenants.items()}
     for key in ("claim_ttl", "retry_backoff"):
