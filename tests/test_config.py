@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from cermin.ops.config import ConfigError, fmt_duration, load_config, parse_config, parse_duration
 
-EXAMPLE = "docs/examples/cermin.toml"
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "cermin.toml")
 
 
 def _text() -> str:
@@ -104,3 +107,17 @@ def test_durations():
         with pytest.raises(ValueError):
             parse_duration(bad)
     assert fmt_duration(3600) == "1h" and fmt_duration(5400) == "1h30min" and fmt_duration(7 * 86400) == "1w"
+    assert fmt_duration(30 * 86400) == "30d" and fmt_duration(90061) == "1d1h1min1s"
+
+
+def test_config_check_prints_the_plan(cli):
+    r = cli("config", "check", "-c", EXAMPLE, text=True)
+    assert "valid — 3 tenant(s), 3 system(s)" in r.stdout
+    assert "imigrasi/paspor  class strategis (RPO 1h, RTO 4h)" in r.stdout
+    assert "then mirrored to dc-imigrasi-locked, imigrasi-own" in r.stdout
+    assert "cron '0 */2 * * *'" in r.stdout and "every 30min" in r.stdout
+    j = cli("--json", "config", "check", "-c", EXAMPLE, text=True)
+    plan = json.loads(j.stdout.splitlines()[0])
+    assert plan["message_type"] == "config_plan" and len(plan["systems"]) == 3
+    bad = cli("config", "check", "-c", "/nonexistent.toml", ok=False, text=True)
+    assert bad.returncode == 2 and "cannot read the configuration" in bad.stderr and "Traceback" not in bad.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 from cermin.ops import schedule
@@ -11,7 +12,7 @@ T0 = datetime(2026, 12, 1, 5, 30, 7, tzinfo=UTC)
 
 
 def _cfg():
-    return load_config("docs/examples/cermin.toml", environ={})
+    return load_config(os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "cermin.toml"), environ={})
 
 
 def test_cron_slots_and_interval_slots():

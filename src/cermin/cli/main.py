@@ -53,6 +53,7 @@ COMMANDS = {
     "unlock": ("cermin.cli.cmd_repo", "unlock", "Remove stale locks."),
     "guard": ("cermin.cli.cmd_guard", "guard", "Ransomware guard: mark, acknowledge and explain verdicts."),
     "mirror": ("cermin.cli.cmd_mirror", "mirror", "Copy snapshots of one repository into another (tenant mirror)."),
+    "config": ("cermin.cli.cmd_config", "config", "The agent's configuration: validate it, print the plan."),
     "serve": ("cermin.cli.cmd_serve", "serve", "Serve repositories over HTTP with split credentials."),
     "approvals": ("cermin.cli.cmd_serve", "approvals", "Two-person rule: approve or reject deletions."),
 }

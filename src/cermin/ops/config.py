@@ -58,8 +58,10 @@ def fmt_duration(seconds: float) -> str:
     s = int(round(seconds))
     if s <= 0:
         return "0s"
+    if s % (7 * 86400) == 0:
+        return f"{s // (7 * 86400)}w"
     out = []
-    for unit, n in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+    for unit, n in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
         if s >= n:
             out.append(f"{s // n}{unit}")
             s %= n
