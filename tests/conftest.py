@@ -180,3 +180,13 @@ def served(tmp_path_factory):
     srv = ServeProcess(str(tmp_path_factory.mktemp("serve")))
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL 15 for the session (one per xdist worker), loopback only (tests/postgres.py)."""
+    from postgres import Postgres
+
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
