@@ -262,7 +262,7 @@ def test_memory_is_bounded_by_directories_in_flight_and_counts_stay_whole():
     n = 3000
     for i in range(n):  # d/f<i>.txt (compressible) renamed to d/f<i>.txt.qz7vx and encrypted
         obs.file_removed(FileRemoved(b"/d/f%d.txt" % i, "file", 5000, (("k", ""), ("r", 0.3), ("e", 4.5))))
-        ev = FileRead(b"/d/f%d.txt.qz7vx" % i, 5000, 0, ((5000, 5020),), os.urandom(16), 7.96)
+        ev = FileRead(b"/d/f%d.txt.qz7vx" % i, 5000, 0, ((5000, 5020),), bytes(range(200, 216)), 7.96)
         obs.node_fingerprint(ev)
         obs.file_read(ev)
     obs.directory(DirectoryDone(b"/d", n, 0, 0, n))
@@ -272,3 +272,14 @@ def test_memory_is_bounded_by_directories_in_flight_and_counts_stay_whole():
     assert g["signals"]["mass_rename"] == n and g["signals"]["renamed_encrypted"] == n
     assert g["signals"]["points"] >= n * 1.5 and len(g["paths"]) == 100
     assert any(f"{n} files gained the extension .qz7vx" in r for r in g["reasons"])
+
+
+def test_removed_directories_count_every_file_they_held(repo, tree):
+    """Deleting whole directories is one removal event each: the parent's totals say how many files went."""
+    src, texts = tree
+    _first(repo, src)
+    for d in ("docs", "src"):  # about 60% of the files, as two directory removals
+        shutil.rmtree(os.path.join(src, d))
+    _, g = guard_backup(repo, src)
+    assert g["signals"]["files_removed_in_dirs"] >= 30
+    assert any(r.startswith("mass deletion:") or r.startswith("source emptied:") for r in g["reasons"]), g

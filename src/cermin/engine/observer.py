@@ -3,6 +3,9 @@
 An observer (the ransomware guard, a verbose printer, a test) subclasses `BackupObserver` and is given
 to `BackupOptions.observers`. It sees each item once, as restic's archiver `CompleteItem` does:
 
+- `start(BackupStart)`         once, first: the parent snapshot's id and totals (what the tree held
+                               before), so an observer can tell what disappeared even inside
+                               removed directories.
 - `file_read(FileRead)`        a file whose content was read (new or changed): its size and mtime, the
                                previous version's size/mtime/stored size, each chunk's raw and stored
                                length, and a cheap fingerprint of its head (magic bytes, entropy).
@@ -32,6 +35,7 @@ Threads. Events come from several threads at once and observers must lock their 
   or a worker); that thread sends a directory's `file_removed` events, then its `directory` event,
   after the events of all its entries have returned (so a parent's `directory` follows each of its
   subdirectories'); events of other directories may interleave with them;
+- `start` from the calling thread, before any other event;
 - `error` from any thread; `stdin` from the calling thread;
 - `finish` from the calling thread, once, after every worker has stopped and every other event has
   returned. It is not called when the backup fails (a storage error, an interrupt).
@@ -95,6 +99,12 @@ class FileRead(msgspec.Struct, frozen=True, gc=False):
         return sum(c[1] for c in self.chunks)
 
 
+class BackupStart(msgspec.Struct, frozen=True, gc=False):
+    parent: str = ""  # the parent snapshot's id; "" for none (a first backup, stdin)
+    parent_files: int = -1  # its summary's total_files / total_bytes (read from the repository: hostile;
+    parent_bytes: int = -1  # clipped to >= -1 here); -1: no parent
+
+
 class FileUnchanged(msgspec.Struct, frozen=True, gc=False):
     path: bytes
     size: int
@@ -142,6 +152,9 @@ class BackupObserver:
     def node_fingerprint(self, ev: FileRead) -> dict[str, Any] | None:
         """Worker thread, once per FileRead, just before `file_read(ev)`; keep it cheap."""
         return None
+
+    def start(self, ev: BackupStart) -> None:
+        pass
 
     def file_read(self, ev: FileRead) -> None:
         pass
@@ -197,6 +210,9 @@ class Observers:
                 getattr(obs, event)(ev)
             except Exception as e:
                 self._failed(obs, event, e)
+
+    def start(self, ev: BackupStart) -> None:
+        self._send("start", ev)
 
     def file_read(self, ev: FileRead) -> None:
         self._send("file_read", ev)

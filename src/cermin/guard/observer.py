@@ -20,7 +20,14 @@ import threading
 from collections import Counter, defaultdict
 from typing import Any, ClassVar
 
-from cermin.engine.observer import BackupObserver, DirectoryDone, FileRead, FileRemoved, FileUnchanged
+from cermin.engine.observer import (
+    BackupObserver,
+    BackupStart,
+    DirectoryDone,
+    FileRead,
+    FileRemoved,
+    FileUnchanged,
+)
 from cermin.format.records import FILE
 from cermin.guard import canary, policy
 from cermin.guard import signals as sig
@@ -62,6 +69,7 @@ class GuardObserver(BackupObserver):
         self._notes: defaultdict[bytes, set[bytes]] = defaultdict(set)
         self._prev_bytes = 0
         self._bytes = 0
+        self._parent = BackupStart()  # the parent's totals: removals inside removed directories count too
 
     # ---- per-file fingerprint (worker threads) ------------------------------------------------------
     def node_fingerprint(self, ev: FileRead) -> dict[str, Any]:
@@ -79,6 +87,9 @@ class GuardObserver(BackupObserver):
         return {"r": round(float(ratio), 3), "e": round(e, 2) if e >= 0 else -1.0, "k": kind}
 
     # ---- events -------------------------------------------------------------------------------------
+    def start(self, ev: BackupStart) -> None:
+        self._parent = ev
+
     def file_read(self, ev: FileRead) -> None:
         path = ev.path
         d, _, name = path.rpartition(b"/")
@@ -228,21 +239,26 @@ class GuardObserver(BackupObserver):
             else:
                 for d in sorted(dirs):
                     add(policy.WEAK, d + b"/" + name if d else name, "ransom_note")
-        prev_files = c["files_changed"] + c["files_unchanged"] + c["files_removed"]
+        # A removed directory is one event: what it held shows only as the parent's totals minus what
+        # is still here (a parent read from the repository may lie: it can only raise these counts).
+        kept = c["files_changed"] + c["files_unchanged"]
+        removed = max(c["files_removed"], self._parent.parent_files - kept)
+        prev_bytes = max(self._prev_bytes, self._parent.parent_bytes)
+        prev_files = kept + removed
         mass = 0.0
         if prev_files >= policy.MASS_MIN_FILES:
-            if c["files_removed"] >= 0.9 * prev_files:
+            if removed >= 0.9 * prev_files:
                 mass += 3.0
-                reasons.append(f"source emptied: {c['files_removed']} of {prev_files} files removed")
-            elif c["files_removed"] >= policy.MASS_DELETE_FRACTION * prev_files:
+                reasons.append(f"source emptied: {removed} of {prev_files} files removed")
+            elif removed >= policy.MASS_DELETE_FRACTION * prev_files:
                 mass += policy.MASS_POINTS
-                reasons.append(f"mass deletion: {c['files_removed']} of {prev_files} files removed")
+                reasons.append(f"mass deletion: {removed} of {prev_files} files removed")
             if c["files_changed"] >= policy.MASS_REWRITE_FRACTION * prev_files:
                 mass += policy.MASS_POINTS
                 reasons.append(f"mass rewrite: {c['files_changed']} of {prev_files} files changed")
-            if self._prev_bytes and self._bytes < (1 - policy.SHRINK_FRACTION) * self._prev_bytes:
+            if prev_bytes and self._bytes < (1 - policy.SHRINK_FRACTION) * prev_bytes:
                 mass += policy.MASS_POINTS
-                reasons.append(f"source shrank from {self._prev_bytes} to {self._bytes} bytes")
+                reasons.append(f"source shrank from {prev_bytes} to {self._bytes} bytes")
         for what, text in _REASONS:
             if per_signal[what]:
                 reasons.append(text.format(n=per_signal[what]))
@@ -268,6 +284,8 @@ class GuardObserver(BackupObserver):
         signals: dict[str, float] = {k: v for k, v in sorted(c.items())}
         signals.update({k: v for k, v in sorted(per_signal.items()) if v})
         signals.update(points=round(points, 2), canary=len(self._canary), note_dirs=note_dirs)
+        if removed > c["files_removed"]:
+            signals["files_removed_in_dirs"] = removed - c["files_removed"]
         return {
             "version": VERSION,
             "verdict": verdict,

@@ -22,7 +22,7 @@ from cermin.engine.backup.filesaver import FileSaver
 from cermin.engine.backup.state import BackupState
 from cermin.engine.backup.trees import Trees
 from cermin.engine.backup.walker import Walker
-from cermin.engine.observer import BackupObserver
+from cermin.engine.observer import BackupObserver, BackupStart
 from cermin.engine.progress import Progress, Reporter, Ticker
 from cermin.engine.results import Line, error, error_json, note, warning, warning_json
 from cermin.errors import EXIT_INCOMPLETE, CerminError, UsageError
@@ -169,6 +169,8 @@ class Backup:
         s = st.sum
         s.backup_start = now_rfc3339()
         parent = self._find_parent()
+        if st.obs is not None:
+            st.obs.start(_start_event(parent))
         self.adopted = self._adopt_unindexed()
         try:
             if self.opts.stdin is not None:
@@ -293,3 +295,14 @@ def run_backup(repo: Repository, opts: BackupOptions, progress: Reporter | None 
 
     with Ticker(progress, sample):
         return b.run()
+
+
+def _start_event(parent: SnapshotRef | None) -> BackupStart:
+    if parent is None:
+        return BackupStart()
+    ps = parent.snapshot.summary
+
+    def count(v) -> int:
+        return v if isinstance(v, int) and 0 <= v < 1 << 62 else -1
+
+    return BackupStart(parent.id, count(getattr(ps, "total_files", -1)), count(getattr(ps, "total_bytes", -1)))
