@@ -1,6 +1,6 @@
-"""`cermin guard mark|ack|report`: the ransomware guard's evidence and verdicts (docs/guard.md).
+"""`cermin guard mark|ack|report|scan`: the ransomware guard's evidence and verdicts (docs/guard.md).
 
-Subcommands added elsewhere (`guard canary`, `guard scan`) register on the `guard` group below.
+Subcommands added elsewhere (`guard canary`) register on the `guard` group below.
 """
 
 from __future__ import annotations
@@ -49,6 +49,41 @@ def guard_report(g, snapshot):
     from cermin.ops import commands
 
     return Output(g).render(commands.guard_report(open_repo(g, load_index=False), snapshot))
+
+
+@guard.command("scan")
+@click.argument("snapshots", nargs=-1)
+@click.option("--all", "all_snapshots", is_flag=True, help="Scan every snapshot (oldest first).")
+@click.option(
+    "--yara",
+    "rules",
+    type=click.Path(exists=True),
+    help="Also match files against these YARA rules (a file, or a directory of *.yar/*.yara); "
+    "needs pip install 'cermin[yara]'.",
+)
+@click.option("--all-files", is_flag=True, help="With --yara: match every file, not only the new and changed ones.")
+@click.option("--parent", help="Compare with this snapshot instead of each one's own parent.")
+@click.option("--dry-run", "--no-record", "dry_run", is_flag=True, help="Print the result; write no guard_scan record.")
+@click.pass_obj
+def guard_scan(g, snapshots, all_snapshots, rules, all_files, parent, dry_run):
+    """Re-evaluate SNAPSHOTS by reading their data (made before the guard, or after a rule update);
+    the result is a guard_scan record that can raise a verdict (or give one to a snapshot without)."""
+    from cermin.cli.common import reporter
+    from cermin.errors import UsageError
+    from cermin.guard.scan import ScanOptions, load_yara
+    from cermin.ops import commands
+
+    if all_files and not rules:
+        raise UsageError("--all-files needs --yara RULES")
+    if not snapshots and not all_snapshots:
+        raise UsageError("name the snapshots to scan (or --all)")
+    compiled = load_yara(rules) if rules else None  # before the password: a missing extra fails fast
+    opts = ScanOptions(parent=parent, yara=compiled, all_files=all_files, record=not dry_run)
+    out = Output(g)
+    repo = open_repo(g, load_index=False)
+    with reporter(out) as progress:
+        result = commands.guard_scan(repo, list(snapshots), opts, progress, g.no_lock, all_snapshots)
+    return out.render(result)
 
 
 @guard.group("canary")

@@ -131,6 +131,13 @@ class GuardReport:
         lines = [answer(f"snapshot {self.snapshot_id[:8]} ({self.time[:19]}, host {self.hostname}): {v.verdict}")]
         if v.own == UNKNOWN and not v.reasons:
             lines.append(answer("  no guard verdict: the snapshot was made before the guard (or without it)"))
+            lines.append(note("  `cermin guard scan ID` judges it from its data"))
+        elif v.own == UNKNOWN and v.scans:
+            lines.append(
+                answer(
+                    f"  the backup gave no verdict (made before the guard or without it); {v.verdict} by later evidence"
+                )
+            )
         elif v.own != v.verdict:
             lines.append(answer(f"  the backup judged it {v.own}; later evidence makes it {v.verdict}"))
         if v.score is not None:
@@ -143,6 +150,18 @@ class GuardReport:
             shown = v.paths if verbose else v.paths[:20]
             lines.append(answer(f"  affected paths ({n}{'' if len(shown) == n else ', -v shows all'}):"))
             lines += [answer(f"    {p}") for p in shown]
+        for sc in v.scans:
+            yara = (
+                f", YARA rules {sc.yara_rules[:12]}: {plural(len(sc.yara_matches), 'match', 'matches')}"
+                if sc.yara_rules
+                else ""
+            )
+            against = f"against {sc.parent[:8]}" if sc.parent else "without a parent"
+            incomplete = " (incomplete: some data unreadable)" if sc.incomplete else ""
+            score = f", score {sc.score:g}" if sc.score is not None else ""
+            lines.append(
+                answer(f"  scanned {sc.recorded_text[:19]} ({against}{yara}): {sc.verdict}{score}{incomplete}")
+            )
         for a in v.acks:
             lines.append(answer(f"  acknowledged {a.recorded_text[:19]}: {a.reason or '(no reason given)'}"))
         if v.alarm_open:

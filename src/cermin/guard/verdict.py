@@ -5,8 +5,13 @@ evidence is append-only aux records:
 - `guard_mark` {data: from, to ("" = still open), reason, verdict}: flags every snapshot taken in the
   window (an EDR/SIEM alert). An open mark is closed by a later mark with the same `from` and a `to`.
 - `guard_ack` {target: snapshot id, data: reason}: the operator says the snapshot's alarm is benign.
-  It clears the snapshot's own verdict and the marks recorded no later than itself, never a mark
-  recorded after it.
+  It clears the snapshot's own verdict and the marks and scans recorded no later than itself, never
+  one recorded after it.
+- `guard_scan` {target: snapshot id, data: verdict, score, reasons, paths, ...}: `cermin guard scan`
+  re-evaluated the snapshot from its data (guard/scan.py). A scan can only raise a verdict: an
+  alarm it finds raises the snapshot to it; a clean scan gives a snapshot without a verdict of its
+  own (made before the guard or with it off) the verdict clean, and never lowers one — only an
+  acknowledgement lowers. A clean scan that could not read all the data (`incomplete`) gives none.
 
 Everything read here is hostile input: wrong types, huge lists, absurd dates. Bad fields are dropped
 or clipped; a record dated beyond the clock-skew allowance is ignored (it could never be answered).
@@ -31,6 +36,7 @@ SEVERITY = {CLEAN: 0, UNKNOWN: 0, SUSPICIOUS: 1, INFECTED: 2}
 
 AUX_GUARD_MARK = "guard_mark"
 AUX_GUARD_ACK = "guard_ack"
+AUX_GUARD_SCAN = "guard_scan"
 
 MAX_REASON = 500  # characters kept of one reason
 MAX_REASONS = 50
@@ -84,9 +90,35 @@ class Ack:
 
 
 @dataclass
+class Scan:
+    """A `guard_scan` record: what re-reading a snapshot's data found (validated, clipped)."""
+
+    name: str
+    recorded: float
+    recorded_text: str
+    target: str
+    verdict: str  # clean | suspicious | infected
+    score: float | None
+    reasons: list[str]
+    paths: list[str]
+    incomplete: bool  # some data could not be read: a clean result proves nothing
+    parent: str  # the snapshot it was compared with ("" when none)
+    yara_rules: str  # digest of the YARA rules used ("" when none)
+    yara_matches: list[tuple[str, str]]  # (rule, path)
+
+    def to_json(self) -> dict:
+        d = {"id": self.name, "time": self.recorded_text, "verdict": self.verdict, "score": self.score}
+        d |= {"reasons": self.reasons, "paths": self.paths, "incomplete": self.incomplete, "parent": self.parent}
+        if self.yara_rules:
+            d["yara"] = {"rules": self.yara_rules, "matches": [{"rule": r, "path": p} for r, p in self.yara_matches]}
+        return d
+
+
+@dataclass
 class Evidence:
     marks: list[Mark] = field(default_factory=list)
     acks: dict[str, list[Ack]] = field(default_factory=dict)  # snapshot id -> acks, oldest first
+    scans: dict[str, list[Scan]] = field(default_factory=dict)  # snapshot id -> scans, oldest first
 
     @property
     def open_marks(self) -> list[Mark]:
@@ -105,6 +137,7 @@ class Verdict:
     marks: list[Mark] = field(default_factory=list)  # marks whose window covers the snapshot
     acks: list[Ack] = field(default_factory=list)
     alarm_open: bool = False  # in its host/paths group (see effective_verdicts)
+    scans: list[Scan] = field(default_factory=list)  # `guard scan` results for the snapshot, oldest first
 
     @property
     def clean(self) -> bool:
@@ -123,8 +156,22 @@ class Verdict:
             "paths": self.paths,
             "marks": [m.to_json() for m in self.marks],
             "acks": [a.to_json() for a in self.acks],
+            "scans": [s.to_json() for s in self.scans],
             "alarm_open": self.alarm_open,
         }
+
+
+def _score(v) -> float | None:
+    score = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return score if score is not None and math.isfinite(score) else None
+
+
+def _reasons(v) -> list[str]:
+    return [clip(r) for r in v[:MAX_REASONS] if isinstance(r, str)] if isinstance(v, list) else []
+
+
+def _paths(v) -> list[str]:
+    return [clip(p, MAX_PATH) for p in v[:MAX_PATHS] if isinstance(p, str)] if isinstance(v, list) else []
 
 
 def own_verdict(snap: Snapshot) -> tuple[str, float | None, list[str], list[str]]:
@@ -134,14 +181,45 @@ def own_verdict(snap: Snapshot) -> tuple[str, float | None, list[str], list[str]
         return UNKNOWN, None, [], []
     if not isinstance(g, dict) or g.get("verdict") not in VERDICTS:
         return UNKNOWN, None, ["the snapshot's guard record is unreadable"], []
-    score = g.get("score")
-    score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
-    score = score if score is not None and math.isfinite(score) else None
-    reasons = g.get("reasons")
-    reasons = [clip(r) for r in reasons[:MAX_REASONS] if isinstance(r, str)] if isinstance(reasons, list) else []
-    paths = g.get("paths")
-    paths = [clip(p, MAX_PATH) for p in paths[:MAX_PATHS] if isinstance(p, str)] if isinstance(paths, list) else []
-    return g["verdict"], score, reasons, paths
+    return g["verdict"], _score(g.get("score")), _reasons(g.get("reasons")), _paths(g.get("paths"))
+
+
+def _is_id(s) -> bool:
+    return isinstance(s, str) and len(s) == 64 and all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+def parse_scan(name: str, rec: AuxRecord, now: float | None = None) -> Scan | None:
+    """A `guard_scan` record as a Scan, or None when it is malformed or dated beyond the clock skew."""
+    now = time.time() if now is None else now
+    t = timestamp(rec.time) if isinstance(rec.time, str) else None
+    d = rec.data
+    if rec.type != AUX_GUARD_SCAN or t is None or t > now + CLOCK_SKEW or not isinstance(d, dict):
+        return None
+    if not _is_id(rec.target) or d.get("verdict") not in VERDICTS:
+        return None
+    parent = d.get("parent")
+    y = d.get("yara")
+    rules, matches = "", []
+    if isinstance(y, dict):
+        rules = clip(y.get("rules"), 100)
+        m = y.get("matches")
+        for item in m[:MAX_PATHS] if isinstance(m, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("rule"), str) and isinstance(item.get("path"), str):
+                matches.append((clip(item["rule"], 200), clip(item["path"], MAX_PATH)))
+    return Scan(
+        name,
+        t,
+        rec.time,
+        rec.target.lower(),
+        d["verdict"],
+        _score(d.get("score")),
+        _reasons(d.get("reasons")),
+        _paths(d.get("paths")),
+        d.get("incomplete") is not False,  # anything but an explicit false: not proof of clean
+        parent.lower() if _is_id(parent) else "",
+        rules,
+        matches,
+    )
 
 
 def load_evidence(recs: list[tuple[str, AuxRecord]], now: float | None = None) -> Evidence:
@@ -150,6 +228,11 @@ def load_evidence(recs: list[tuple[str, AuxRecord]], now: float | None = None) -
     ev = Evidence()
     raw_marks = []
     for name, rec in recs:
+        if rec.type == AUX_GUARD_SCAN:
+            scan = parse_scan(name, rec, now)
+            if scan is not None:
+                ev.scans.setdefault(scan.target, []).append(scan)
+            continue
         if rec.type not in (AUX_GUARD_MARK, AUX_GUARD_ACK):
             continue
         t = timestamp(rec.time) if isinstance(rec.time, str) else None
@@ -177,6 +260,8 @@ def load_evidence(recs: list[tuple[str, AuxRecord]], now: float | None = None) -
     ev.marks = raw_marks
     for acks in ev.acks.values():
         acks.sort(key=lambda a: (a.recorded, a.name))
+    for scans in ev.scans.values():
+        scans.sort(key=lambda s: (s.recorded, s.name))
     return ev
 
 
@@ -196,6 +281,30 @@ def judge(ref: SnapshotRef, ev: Evidence) -> Verdict:
     if own in ALARMS and last_ack is not None:
         verdict = CLEAN
         reasons.append(f"acknowledged as benign: {acks[-1].reason or '(no reason given)'}")
+    scans = ev.scans.get(ref.id, [])
+    paths = list(paths)
+    for s in scans:
+        when = s.recorded_text[:19].replace("T", " ")
+        if s.verdict == CLEAN:
+            if s.incomplete:
+                reasons.append(f"scan {when}: clean but incomplete (some data unreadable): no verdict from it")
+            elif verdict == UNKNOWN:
+                verdict = CLEAN
+                reasons.append(f"scan {when}: clean")
+                score = s.score if score is None else score
+            continue
+        if verdict == UNKNOWN:  # judged now; an acknowledged alarm leaves it clean
+            verdict = CLEAN
+        if last_ack is not None and s.recorded <= last_ack:
+            reasons.append(f"scan {when} found it {s.verdict}, acknowledged later")
+            continue
+        reasons += [f"scan {when}: {s.verdict}: {r}" for r in s.reasons] or [f"scan {when}: {s.verdict}"]
+        if SEVERITY[s.verdict] > SEVERITY[verdict]:
+            verdict = s.verdict
+        if s.score is not None and (score is None or s.score > score):
+            score = s.score
+        seen = set(paths)
+        paths += [p for p in s.paths[: MAX_PATHS - len(paths)] if p not in seen]
     for m in marks:
         window = f"{m.start_text} to {m.end_text or 'now (open)'}"
         if last_ack is not None and m.recorded <= last_ack:
@@ -204,7 +313,7 @@ def judge(ref: SnapshotRef, ev: Evidence) -> Verdict:
         reasons.append(f"marked {m.verdict} ({window}): {m.reason}")
         if SEVERITY[m.verdict] > SEVERITY[verdict]:
             verdict = m.verdict
-    return Verdict(verdict, own, score, reasons, paths, marks, acks)
+    return Verdict(verdict, own, score, reasons, paths, marks, acks, scans=scans)
 
 
 def effective_verdicts(
@@ -287,6 +396,12 @@ def write_ack(repo: Repository, snapshot_id: str, reason: str, stamp: str) -> st
     if not reason.strip():
         raise UsageError("give a --reason")
     rec = AuxRecord(type=AUX_GUARD_ACK, time=stamp, target=snapshot_id, data={"reason": reason[:MAX_REASON]})
+    return repo.save_object(Kind.AUX, records.encode(rec))
+
+
+def write_scan(repo: Repository, snapshot_id: str, data: dict, stamp: str) -> str:
+    """The `guard_scan` record of one `cermin guard scan` of a snapshot (guard/scan.py)."""
+    rec = AuxRecord(type=AUX_GUARD_SCAN, time=stamp, target=snapshot_id, data=data)
     return repo.save_object(Kind.AUX, records.encode(rec))
 
 

@@ -322,6 +322,37 @@ def guard_ack(repo: Repository, snapshot: str, reason: str, no_lock: bool = Fals
         return ack(repo, snapshot, reason)
 
 
+def guard_scan(
+    repo: Repository,
+    snapshots: list[str],
+    opts=None,
+    progress: Reporter | None = None,
+    no_lock: bool = False,
+    all_snapshots: bool = False,
+):
+    """Re-evaluate SNAPSHOTS ('latest', 'last-clean', id prefixes; every live snapshot with
+    `all_snapshots`) by reading their data, per guard.scan.ScanOptions; each result is written as a
+    `guard_scan` aux record unless `opts.record` is False -> ScanResult. Under a shared lock, so no
+    prune removes the packs being read."""
+    from cermin.guard.lastclean import resolve_snapshot
+    from cermin.guard.scan import ScanOptions, load_yara, run_scan
+    from cermin.repo.snapshots import list_snapshots
+
+    opts = opts or ScanOptions()
+    if isinstance(opts.yara, str):  # compiled before anything is read: a bad rule fails fast
+        import dataclasses
+
+        opts = dataclasses.replace(opts, yara=load_yara(opts.yara))
+    if not snapshots and not all_snapshots:
+        raise UsageError("name the snapshots to scan (or --all)")
+    refs = [resolve_snapshot(repo, s) for s in snapshots]
+    with repo_lock(repo, False, "guard scan", no_lock):
+        if all_snapshots:
+            refs += list_snapshots(repo)
+        repo.load_index()
+        return run_scan(repo, refs, opts, progress)
+
+
 def guard_report(repo: Repository, snapshot: str):
     """Explain SNAPSHOT's verdict -> GuardReport (takes no lock: reads only)."""
     from cermin.guard.report import report
