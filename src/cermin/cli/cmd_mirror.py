@@ -96,6 +96,12 @@ class MirrorGroup(click.Group):
 @click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag; 'a,b' needs both (repeatable).")
 @click.option("--path", "paths", multiple=True, help="Only snapshots that include this path (repeatable).")
 @click.option("-n", "--dry-run", is_flag=True, help="Say what would be copied; write nothing.")
+@click.option(
+    "--copy-acks",
+    is_flag=True,
+    help="Also copy the source's guard acknowledgements (and scans reporting no alarm), which can clear "
+    "flagged snapshots in the target. Off: whoever holds the source's password could write them.",
+)
 @click.pass_context
 def mirror(
     ctx,
@@ -108,10 +114,12 @@ def mirror(
     tags,
     paths,
     dry_run,
+    copy_acks,
 ):
     """Copy every snapshot of --from (or the SNAPSHOTs given, or those matching --host/--tag/--path)
     that --to lacks, with everything it references. Nothing is written to --from; nothing is
-    deleted in --to.
+    deleted in --to. The guard's marks and scans of --from travel too; its acknowledgements only
+    with --copy-acks (docs/mirror.md).
 
     Exits 3 when some snapshots of the source could not be copied (damaged there): the others are.
     """
@@ -134,6 +142,7 @@ def mirror(
         paths=tuple(os.fsencode(p) for p in paths),
         snapshot_ids=list(ctx.meta.get("mirror.snapshot_ids", [])),
         dry_run=dry_run,
+        copy_acks=copy_acks,
     )
     try:
         with reporter(out) as progress:

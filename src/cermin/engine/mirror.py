@@ -21,11 +21,28 @@ already has, so it re-sends at most the packs that were not finished.
 A is not trusted: a planted or damaged snapshot, tree or blob of A is skipped and reported (the
 snapshot that needs it is not written to B), never copied. Every run ends with a `mirror_run` aux
 record in B (FORMAT.md §10a) that `mirror status` reads from B alone.
+
+Guard evidence (aux records of A: `guard_mark`, `guard_ack`, `guard_scan`; docs/mirror.md "Guard
+verdicts through a mirror") travels too, so B's effective verdicts match A's:
+- marks (time windows, no target) are copied first, before any snapshot: a mark only ever raises a
+  verdict, so B never holds a copy that A's marks flag while B's do not;
+- after the snapshots, records naming a snapshot (`target`) are copied when B has a copy of it, with
+  `target` translated to the copy's id (B's `extra.origin`); those that raise a verdict first, those
+  that can lower one (acks, scans that report no alarm) last and only with `copy_acks` — A may be in
+  an attacker's hands, and an ack written there must not make B's copies count as clean;
+- each copy keeps the record's type, `time` (verdict.py orders marks and acks by it, not by storage
+  time, so a copy orders exactly as its original) and data, and adds `data["origin"] = {"repository":
+  A's id, "aux": the record's name in A}`: a rerun copies only what B lacks;
+- every record is validated as verdict.py would read it; a damaged, foreign, future-dated or
+  malformed one is skipped and reported, never copied, and never stops the run;
+- a mark of A that would close an open mark B holds of its own (the same `from`) is withheld.
 """
 
 from __future__ import annotations
 
 import io
+import string
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,16 +52,22 @@ from cermin.backend.base import Kind
 from cermin.backend.verifying import VerifyingBackend
 from cermin.engine.progress import Phases, Reporter
 from cermin.engine.results import Line, answer, note, warning, warning_json
-from cermin.errors import CerminError, CorruptObject, ObjectNotFound
-from cermin.format import pack, records
+from cermin.errors import CerminError, CorruptObject, ObjectNotFound, StoredDamaged
+from cermin.format import crypto, pack, records
 from cermin.format.names import escape_name
 from cermin.format.records import DIR, FILE, ID_LEN, AuxRecord, Snapshot, Tree
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
-from cermin.repo.snapshots import SnapshotRef, list_snapshots, resolve
+from cermin.repo.snapshots import CLOCK_SKEW, SnapshotRef, aux_records, list_snapshots, resolve, timestamp
 from cermin.util import fmt_bytes, now_rfc3339, plural
 
 AUX_MIRROR_RUN = "mirror_run"
+# guard evidence (guard/verdict.py, FORMAT.md §10a): marks are time windows, the others name a snapshot
+EVIDENCE_MARK = "guard_mark"
+EVIDENCE_ACK = "guard_ack"
+EVIDENCE_TARGETED = (EVIDENCE_ACK, "guard_scan")
+EVIDENCE_TYPES = (EVIDENCE_MARK, *EVIDENCE_TARGETED)
+REJECTED_SAMPLE = 20  # rejected source records named in the result (all are counted)
 EXIT_INCOMPLETE = 3  # as backup's: the run finished, but some snapshots could not be copied
 
 
@@ -55,6 +78,9 @@ class MirrorOptions:
     paths: tuple[bytes, ...] = ()
     snapshot_ids: list[str] = field(default_factory=list)  # explicit selection (ids, prefixes, 'latest')
     dry_run: bool = False
+    # copy the source's evidence that can lower a verdict (acks, scans without an alarm): off, since
+    # whoever holds the source's password could write such records to clear flagged copies in B
+    copy_acks: bool = False
 
 
 @dataclass
@@ -77,10 +103,23 @@ class MirrorResult:
     damaged_in_target: list[str] = field(default_factory=list)  # "kind/name" stored damaged in B, not used
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
+    # guard evidence (aux records of the source)
+    copy_acks: bool = False
+    evidence_copied: dict[str, int] = field(default_factory=dict)  # type -> records copied (dry run: would be)
+    evidence_present: int = 0  # already in the target
+    evidence_waiting: int = 0  # naming a snapshot the target has no copy of (yet)
+    evidence_withheld: int = 0  # acks and clearing scans not copied: no copy_acks
+    marks_withheld: int = 0  # marks that would close an alarm the target opened itself
+    evidence_rejected: int = 0  # unreadable, foreign, future-dated or malformed: never copied
+    evidence_rejected_sample: dict[str, str] = field(default_factory=dict)  # aux name -> why (the first few)
 
     @property
     def exit_code(self) -> int:
         return EXIT_INCOMPLETE if self.skipped else 0
+
+    @property
+    def evidence_total(self) -> int:
+        return sum(self.evidence_copied.values())
 
     def _notes(self) -> list[str]:
         out = list(self.warnings)
@@ -90,6 +129,17 @@ class MirrorResult:
                 "files are re-chunked and trees rewritten; slower, and no deduplication with the source's ids"
             )
         out += [f"snapshot {sid[:8]} of the source not copied: {why}" for sid, why in sorted(self.skipped.items())]
+        if self.evidence_rejected:
+            sample = ", ".join(f"{n[:12]}: {why}" for n, why in sorted(self.evidence_rejected_sample.items())[:3])
+            out.append(
+                f"{plural(self.evidence_rejected, 'aux record')} of the source unreadable or not valid guard "
+                f"evidence, not copied ({sample}{', ...' if self.evidence_rejected > 3 else ''})"
+            )
+        if self.marks_withheld:
+            out.append(
+                f"{plural(self.marks_withheld, 'guard mark')} of the source not copied: each would close an alarm "
+                "the target opened itself (close it in the target: `cermin -r TARGET guard mark --from ... --to ...`)"
+            )
         if self.damaged_in_target:
             out.append(
                 f"target: {plural(len(self.damaged_in_target), 'object')} stored damaged and not used "
@@ -121,9 +171,46 @@ class MirrorResult:
                 "bytes_uploaded": self.bytes_uploaded,
                 "adopted_packs": self.adopted_packs,
                 "damaged_in_target": self.damaged_in_target,
+                "copy_acks": self.copy_acks,
+                "evidence_copied": self.evidence_copied,
+                "evidence_present": self.evidence_present,
+                "evidence_waiting": self.evidence_waiting,
+                "evidence_withheld": self.evidence_withheld,
+                "marks_withheld": self.marks_withheld,
+                "evidence_rejected": self.evidence_rejected,
+                "evidence_rejected_sample": self.evidence_rejected_sample,
             }
         )
         return out
+
+    def _evidence_lines(self) -> list[Line]:
+        lines = []
+        n = self.evidence_total
+        if n or self.evidence_present:
+            kinds = ", ".join(f"{c} {t.removeprefix('guard_')}" for t, c in sorted(self.evidence_copied.items()) if c)
+            verb = "would copy" if self.dry_run else "copied"
+            lines.append(
+                answer(
+                    f"guard evidence: {verb} {plural(n, 'record')}{f' ({kinds})' if kinds else ''}, "
+                    f"{self.evidence_present} already in the target"
+                )
+            )
+        if self.evidence_withheld:
+            lines.append(
+                note(
+                    f"{plural(self.evidence_withheld, 'acknowledgement')} (or scans reporting no alarm) of the source "
+                    "not copied: the target keeps those snapshots flagged (`--copy-acks` trusts the source's, "
+                    "`cermin -r TARGET guard ack` acknowledges in the target)"
+                )
+            )
+        if self.evidence_waiting:
+            lines.append(
+                note(
+                    f"{plural(self.evidence_waiting, 'guard record')} of the source name snapshots "
+                    "the target has no copy of"
+                )
+            )
+        return lines
 
     def to_text(self, verbose: int = 0) -> list[Line]:
         lines = [*map(warning, self._notes())]
@@ -136,7 +223,7 @@ class MirrorResult:
                 )
             )
             lines += [note(f"  {sid[:8]}") for sid in self.to_copy] if verbose else []
-            return lines
+            return lines + self._evidence_lines()
         if self.adopted_packs:
             lines.append(note(f"adopted {plural(self.adopted_packs, 'pack')} of an interrupted run"))
         for a, b in self.copied if verbose else []:
@@ -149,7 +236,25 @@ class MirrorResult:
                 f"({fmt_bytes(self.bytes_uploaded)}) written"
             )
         )
-        return lines
+        return lines + self._evidence_lines()
+
+
+def evidence_origin_chain(data, limit: int = 32) -> list[tuple[str, str]]:
+    """Where a guard record copied by a mirror came from, nearest first: (repository id, aux name),
+    then that one's upstream. Malformed links end the chain."""
+    out: list[tuple[str, str]] = []
+    o = data.get("origin") if isinstance(data, dict) else None
+    while isinstance(o, dict) and len(out) < limit:
+        repo, name = o.get("repository"), o.get("aux")
+        if not isinstance(repo, str) or not isinstance(name, str):
+            break
+        out.append((repo, name))
+        o = o.get("upstream")
+    return out
+
+
+def _snapshot_id(s) -> bool:
+    return isinstance(s, str) and len(s) == 64 and all(c in string.hexdigits for c in s)
 
 
 def strip_credentials(location: str) -> str:
@@ -220,6 +325,23 @@ class _BlobStream(io.RawIOBase):
         return n
 
 
+@dataclass
+class _Evidence:
+    """Guard records of the source to copy, and what the target already holds."""
+
+    marks: list = field(default_factory=list)  # (aux name, record, parsed Mark)
+    targeted: list = field(default_factory=list)  # (aux name, record): naming a snapshot of the source
+    copied: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # origin -> targets of its copies in B
+    own_open: set[float] = field(default_factory=set)  # starts of open marks B holds of its own
+    raising: dict[str, list] = field(default_factory=dict)  # source snapshot id -> records raising its verdict
+
+
+def _clears(rec: AuxRecord) -> bool:
+    """Can this record naming a snapshot lower its verdict? An ack can; so can a scan that reports
+    no alarm (a clean scan makes a snapshot without a verdict of its own clean: guard/verdict.py)."""
+    return rec.type == EVIDENCE_ACK or rec.data.get("verdict") not in ("suspicious", "infected")
+
+
 class SourceDamage(CerminError):
     """Something a snapshot of the source needs cannot be read from it (damaged, missing, planted)."""
 
@@ -238,8 +360,13 @@ class Mirror:
             target_id=dst.config.id,
             same_ids=self.same_ids,
             dry_run=opts.dry_run,
+            copy_acks=opts.copy_acks,
         )
         self.saver: BlobSaver | None = None
+        self._copies: dict[str, list[str]] = {}  # source snapshot id -> ids of its copies in the target
+        self._b_ids: set[str] = set()  # the target's snapshots (tombstoned ones too)
+        self._ev = _Evidence()
+        self._written: set[str] = set()  # source records copied by this run
         self._view = None
         self._rewritten: dict[bytes, bytes] = {}  # source tree id -> target tree id (this run)
         self._contents: dict[bytes, bytes] = {}  # source file content -> target content (this run)
@@ -268,9 +395,17 @@ class Mirror:
 
     def present_in_target(self) -> tuple[set[tuple[str, str]], set[str]]:
         """(origins of B's snapshots, B's own snapshot ids). Tombstoned ones count as present: a
-        snapshot forgotten in B is not copied again."""
+        snapshot forgotten in B is not copied again. Also notes which of B's snapshots are copies of
+        A's (`self._copies`: where A's guard evidence goes)."""
         refs = list_snapshots(self.dst, include_forgotten=True)
-        return {o for r in refs if (o := origin_of(r.snapshot)) is not None}, {r.id for r in refs}
+        origins = set()
+        for r in refs:
+            if (o := origin_of(r.snapshot)) is not None:
+                origins.add(o)
+                if o[0] == self.src.config.id:
+                    self._copies.setdefault(o[1].lower(), []).append(r.id)
+        self._b_ids = {r.id for r in refs}
+        return origins, self._b_ids
 
     def warn(self, msg: str) -> None:
         self.res.warnings.append(msg)
@@ -299,11 +434,17 @@ class Mirror:
                 res.present += 1
             else:
                 todo.append(r)
+        evidence = self.read_evidence()
         if self.opts.dry_run:
             res.to_copy = [r.id for r in todo]
             if self.same_ids:
                 res.bytes_copied = self._dry_run_bytes(todo)
+            for r in todo:
+                self._copies.setdefault(r.id, []).append("")  # would be copied: evidence naming it would be too
+            self.copy_marks(evidence)
+            self.copy_targeted(evidence)
             return res
+        self.copy_marks(evidence)  # first: a mark only raises verdicts, so no copy is ever less flagged than in A
         self.saver = BlobSaver(dst)
         try:
             for i, ref in enumerate(todo):
@@ -322,6 +463,7 @@ class Mirror:
             res.bytes_uploaded += saver.bytes_uploaded
             saver.close()
         self.phase("snapshots", "done", done=len(todo), total=len(todo), unit="snapshots", bytes_done=res.bytes_copied)
+        self.copy_targeted(evidence)
         return res
 
     def _intact_unindexed(self) -> dict[str, int]:
@@ -359,7 +501,171 @@ class Mirror:
             origin["upstream"] = up  # A is itself a mirror: keep where it came from
         extra["origin"] = origin
         copy = msgspec.structs.replace(snap, tree=tree, extra=extra)
-        self.res.copied.append((ref.id, self.dst.save_snapshot(copy)))
+        bid = self._commit(copy, ref.id)
+        self.res.copied.append((ref.id, bid))
+        self._copies.setdefault(ref.id, []).append(bid)  # later copies' scans may name it as their parent
+
+    def _commit(self, copy: Snapshot, source_id: str) -> str:
+        """Write the copy (as Repository.save_snapshot does) after the source's evidence that raises
+        its verdict (alarm scans): the copy is never seen, nor left by an interruption, less flagged
+        than its original. Its name is known once sealed, before it is stored; a record naming a
+        copy that was then never stored (interrupted, or stored damaged and sealed again) names
+        nothing and is harmless."""
+        from cermin.repo.repository import SAVE_ATTEMPTS
+
+        plain = records.encode(copy)
+        for attempt in range(SAVE_ATTEMPTS):
+            data = self.dst.seal_object(Kind.SNAPSHOT, plain)
+            name = crypto.file_id(data)
+            for ev_name, rec in self._ev.raising.get(source_id, []):
+                self._write(ev_name, rec, name)
+            try:
+                self.dst.backend.save(Kind.SNAPSHOT, name, data)
+            except StoredDamaged:
+                if attempt + 1 == SAVE_ATTEMPTS:
+                    raise
+                continue
+            return name
+        raise AssertionError("unreachable")
+
+    # ---- guard evidence ----------------------------------------------------------------------
+    def read_evidence(self) -> _Evidence:
+        """A's guard records that B lacks, validated; and what B holds (its copies, its own open marks)."""
+        from cermin.guard.verdict import load_evidence
+
+        now = time.time()
+        a_id, b_id = self.src.config.id, self.dst.config.id
+        ev = self._ev
+        own_marks = []
+        b_names = set()
+        for name, rec in aux_records(self.dst):
+            b_names.add(name)
+            if rec.type not in EVIDENCE_TYPES:
+                continue
+            chain = evidence_origin_chain(rec.data)
+            if chain:  # the nearest link only: an upstream link is the source's word, not B's
+                ev.copied.setdefault(chain[0], set()).add(rec.target)
+            if rec.type == EVIDENCE_MARK and (not chain or chain[0][0] != a_id):
+                own_marks.append((name, rec))
+        ev.own_open = {m.start for m in load_evidence(own_marks, now).marks if m.end is None}
+        # a source snapshot copied twice into B (two runs at once) needs its records on both copies:
+        # then every record is read, else those B has are not even loaded
+        twice = any(len(v) > 1 for v in self._copies.values())
+
+        def present(name: str, rec: AuxRecord | None) -> bool:
+            # a copy of this record on a snapshot B holds (or a mark); one naming a copy that was
+            # never stored (an interrupted run, see _commit) does not count
+            if any(t == "" or t in self._b_ids for t in ev.copied.get((a_id, name), ())):
+                return True
+            links = evidence_origin_chain(rec.data) if rec is not None else []
+            return any(k in ev.copied or (k[0] == b_id and k[1] in b_names) for k in links)
+
+        self.phase("evidence", "reading the source's guard records")
+        for name, _ in sorted(self.src.backend.list(Kind.AUX)):
+            if not twice and present(name, None):
+                self.res.evidence_present += 1
+                continue
+            try:
+                rec = self.src.load_record(Kind.AUX, name, lambda raw: records.decode(raw, AuxRecord))
+            except ObjectNotFound:
+                continue
+            except CorruptObject as e:  # damaged or foreign (planted); an I/O error stops the run
+                self._reject(name, f"unreadable: {e}")
+                continue
+            if rec.type not in EVIDENCE_TYPES:
+                continue
+            why = self._invalid(name, rec, now)
+            if why:
+                self._reject(name, why)
+            elif rec.type == EVIDENCE_MARK:
+                if present(name, rec):
+                    self.res.evidence_present += 1
+                else:
+                    ev.marks.append((name, rec, load_evidence([(name, rec)], now).marks[0]))
+            elif not twice and present(name, rec):
+                self.res.evidence_present += 1
+            else:  # copy_targeted sees which copies of its snapshot lack it
+                ev.targeted.append((name, rec))
+                if not _clears(rec):
+                    ev.raising.setdefault(rec.target.lower(), []).append((name, rec))
+        return ev
+
+    def _reject(self, name: str, why: str) -> None:
+        self.res.evidence_rejected += 1
+        if len(self.res.evidence_rejected_sample) < REJECTED_SAMPLE:
+            self.res.evidence_rejected_sample[name] = why
+
+    @staticmethod
+    def _invalid(name: str, rec: AuxRecord, now: float) -> str:
+        """Why a guard record of the source is not copied ("" when it is valid evidence). Marks and
+        acks must parse as guard/verdict.py parses them; a record naming a snapshot needs a
+        snapshot id; every one a date within the clock-skew allowance (a future-dated record may be
+        copied by a later run, once it is no longer in the future)."""
+        from cermin.guard.verdict import load_evidence
+
+        t = timestamp(rec.time) if isinstance(rec.time, str) else None
+        if t is None:
+            return "its time does not parse"
+        if t > now + CLOCK_SKEW:
+            return "dated in the future"
+        if not isinstance(rec.data, dict):
+            return "its data is not a map"
+        if rec.type == EVIDENCE_MARK:
+            return "" if load_evidence([(name, rec)], now).marks else "not a valid time window"
+        if not _snapshot_id(rec.target):
+            return "its target is not a snapshot id"
+        ev = load_evidence([(name, rec)], now)
+        if rec.type == EVIDENCE_ACK and not ev.acks:
+            return "not a valid acknowledgement"
+        if rec.type != EVIDENCE_ACK and hasattr(ev, "scans") and not ev.scans:
+            return "not a valid scan record"
+        return ""
+
+    def copy_marks(self, ev: _Evidence) -> None:
+        for name, rec, mark in sorted(ev.marks, key=lambda x: (x[2].recorded, x[0])):
+            if mark.end is not None and mark.start in ev.own_open:
+                self.res.marks_withheld += 1  # it would close an alarm B opened itself
+                continue
+            self._write(name, rec, "")
+
+    def copy_targeted(self, ev: _Evidence) -> None:
+        """Records naming a snapshot, onto every copy of it in B: those that can only raise a verdict
+        first, those that can lower one last (so an interruption never leaves the clearing half)."""
+        for name, rec in sorted(ev.targeted, key=lambda x: (_clears(x[1]), timestamp(x[1].time), x[0])):
+            targets = self._copies.get(rec.target.lower(), [])
+            have = ev.copied.get((self.src.config.id, name), set())
+            todo = [t for t in targets if t not in have]
+            if targets and not todo:
+                self.res.evidence_present += name not in self._written
+                continue
+            if _clears(rec) and not self.opts.copy_acks:
+                self.res.evidence_withheld += 1
+                continue
+            if not targets:
+                self.res.evidence_waiting += 1
+                continue
+            for t in todo:
+                self._write(name, rec, t)
+
+    def _write(self, name: str, rec: AuxRecord, target: str) -> None:
+        """A copy of the source's record `name` in B: type, time and data kept, `target` (a snapshot
+        of B, or "" for a mark) and `data["origin"]` set."""
+        copied = self.res.evidence_copied
+        if name not in self._written:
+            copied[rec.type] = copied.get(rec.type, 0) + 1
+        self._written.add(name)
+        self._ev.copied.setdefault((self.src.config.id, name), set()).add(target)
+        if self.opts.dry_run:
+            return
+        data = dict(rec.data)
+        if _snapshot_id(data.get("parent")):  # a scan's parent: a snapshot id of the source too
+            data["parent"] = next(iter(self._copies.get(data["parent"].lower(), [])), "")
+        origin: dict = {"repository": self.src.config.id, "aux": name}
+        if (up := data.get("origin")) is not None:
+            origin["upstream"] = up  # the source is itself a mirror: keep where it came from
+        data["origin"] = origin
+        copy = AuxRecord(type=rec.type, time=rec.time, target=target, data=data)
+        self.dst.save_object(Kind.AUX, records.encode(copy))
 
     # ---- same blob ids: copy what B lacks, as it is ------------------------------------------
     def _copy_same(self, root: bytes) -> bytes:
