@@ -9,7 +9,7 @@ from cermin.cli.common import Output, StdoutBytes, open_repo, reporter
 
 @click.command()
 @click.argument("snapshot", required=False)
-@click.option("-t", "--target", required=True, type=click.Path(file_okay=False), help="Directory to restore into.")
+@click.option("-t", "--target", type=click.Path(file_okay=False), help="Directory to restore into (required).")
 @click.option("-i", "--include", "includes", multiple=True, help="Restore only paths matching GLOB (repeatable).")
 @click.option("-e", "--exclude", "excludes", multiple=True, help="Skip paths matching GLOB (repeatable).")
 @click.option("--verify", is_flag=True, help="Read every restored file back and check it against the snapshot.")
@@ -21,6 +21,20 @@ from cermin.cli.common import Output, StdoutBytes, open_repo, reporter
 @click.option("--last-clean", is_flag=True, help="Restore the newest snapshot the guard judges clean.")
 @click.option("--host", "hosts", multiple=True, help="With --last-clean or 'latest': only this host's snapshots.")
 @click.option("--path", "paths", multiple=True, help="With --last-clean or 'latest': only snapshots of this path.")
+@click.option(
+    "--per-file-last-clean",
+    "per_file",
+    is_flag=True,
+    help="Each path of SNAPSHOT at its newest version no verdict or file-level flag marks; lists what came from where.",
+)
+@click.option(
+    "--lookback",
+    type=click.IntRange(0, 10000),
+    default=None,
+    help="With --per-file-last-clean: also search N snapshots older than the last clean one (default 3).",
+)
+@click.option("--no-removed", is_flag=True, help="With --per-file-last-clean: do not bring back removed files.")
+@click.option("--dry-run", is_flag=True, help="With --per-file-last-clean: list the plan, restore nothing.")
 @click.pass_obj
 def restore(
     g,
@@ -37,27 +51,27 @@ def restore(
     last_clean,
     hosts,
     paths,
+    per_file,
+    lookback,
+    no_removed,
+    dry_run,
 ):
     """Restore SNAPSHOT[:PATH] into --target. 'latest', 'last-clean' and unique ID prefixes work;
-    --last-clean [--host H] [--path P] restores the newest clean snapshot (SNAPSHOT may then be :PATH).
+    --last-clean [--host H] [--path P] restores the newest clean snapshot (SNAPSHOT may then be :PATH);
+    --per-file-last-clean SNAPSHOT[:PATH] restores each file at its newest unmarked version
+    (docs/guard.md, "Per-file last clean").
 
     Entries with invalid names (empty, '.', '..', containing '/' or NUL) are skipped as errors, and
     no symlink is ever followed: nothing is written outside --target."""
     from cermin.engine.restore import RestoreOptions
-    from cermin.errors import UsageError
     from cermin.ops import commands
     from cermin.ops.browse import abs_paths
 
     out = Output(g)
     ref, sub = commands.split_ref(snapshot or "")
-    if last_clean:
-        if ref and ref != "last-clean":
-            raise UsageError("--last-clean chooses the snapshot: give no SNAPSHOT (only :PATH)")
-        ref = "last-clean"
-    elif not ref:
-        raise UsageError("give a SNAPSHOT (or --last-clean)")
+    ref = _which(ref, bool(target), last_clean, per_file, lookback is not None or no_removed or dry_run, dry_run)
     opts = RestoreOptions(
-        target=target,
+        target=target or "",
         subpath=sub,
         includes=list(includes),
         excludes=list(excludes),
@@ -69,8 +83,32 @@ def restore(
     )
     with reporter(out) as progress:
         repo = open_repo(g, load_index=False)
-        summary = commands.restore(repo, ref, opts, progress, g.no_lock, tuple(hosts), abs_paths(paths))
+        if per_file:
+            summary = commands.restore_per_file(
+                repo, ref, opts, progress, g.no_lock, tuple(hosts), abs_paths(paths), lookback, not no_removed, dry_run
+            )
+        else:
+            summary = commands.restore(repo, ref, opts, progress, g.no_lock, tuple(hosts), abs_paths(paths))
     return out.render(summary)
+
+
+def _which(ref: str, target: bool, last_clean: bool, per_file: bool, per_file_opts: bool, dry_run: bool) -> str:
+    """The snapshot to restore, once the options are known to go together."""
+    from cermin.errors import UsageError
+
+    if per_file_opts and not per_file:
+        raise UsageError("--lookback, --no-removed and --dry-run go with --per-file-last-clean")
+    if not target and not (per_file and dry_run):
+        raise UsageError("give the directory to restore into (--target)")
+    if per_file and (last_clean or not ref):
+        raise UsageError("--per-file-last-clean starts from the SNAPSHOT you name (e.g. the flagged one, or latest)")
+    if last_clean:
+        if ref and ref != "last-clean":
+            raise UsageError("--last-clean chooses the snapshot: give no SNAPSHOT (only :PATH)")
+        return "last-clean"
+    if not ref:
+        raise UsageError("give a SNAPSHOT (or --last-clean)")
+    return ref
 
 
 @click.command()

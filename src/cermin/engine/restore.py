@@ -138,8 +138,13 @@ class _Match:
 
 
 class Restorer:
-    def __init__(self, repo: Repository, opts: RestoreOptions, progress: RestoreProgress | None = None) -> None:
+    def __init__(
+        self, repo: Repository, opts: RestoreOptions, progress: RestoreProgress | None = None, trees=None
+    ) -> None:
         self.repo = repo
+        # Where trees come from: the repository, or anything with its `load_tree(tree_id) -> Tree` that
+        # hands out repository trees plus its own (guard/perfile.py merges versions of several snapshots).
+        self.trees = trees if trees is not None else repo
         self.opts = opts
         self.progress = progress or RestoreProgress()
         self.workers = opts.workers or max(2, os.cpu_count() or 2)
@@ -149,8 +154,10 @@ class Restorer:
         self._batch_bytes = 0
         self._match = _Match(opts.includes, opts.excludes)
         self._mutex = threading.Lock()
-        # snapshot (device, inode) -> (path relative to the target, st_dev, st_ino) of the file this run created
-        self._links: dict[tuple[int, int], tuple[bytes, int, int]] = {}
+        # snapshot (device, inode, content) -> (path relative to the target, st_dev, st_ino) of the file this
+        # run created. The content is part of the key: entries of one tree may come from several snapshots
+        # (per-file restore), where one inode held different versions, and a link never changes content.
+        self._links: dict[tuple[int, int, bytes], tuple[bytes, int, int]] = {}
         self._tfd = -1
         self._meta = dict(owner=not opts.no_owner, xattrs=not opts.no_xattrs, special=not opts.no_special)
         self._zero_ids: set[bytes] = set()
@@ -178,7 +185,7 @@ class Restorer:
         subpath = b"/" + b"/".join(parts)  # canonical: include/exclude patterns see absolute paths
         parent = b"/" + b"/".join(parts[:-1]) if len(parts) > 1 else b""
         target = os.path.abspath(self.opts.target)
-        node = find_node(self.repo, snap.tree, subpath)  # a path that does not resolve creates no target
+        node = find_node(self.trees, snap.tree, subpath)  # a path that does not resolve creates no target
         try:
             os.makedirs(target, exist_ok=True)
             tfd = self._tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -221,7 +228,7 @@ class Restorer:
         out: dfd's path relative to the target. fresh: dfd is a directory this restore created, so
         nothing is in the way of new entries."""
         try:
-            nodes = valid_nodes(self.repo.load_tree(tree_id).nodes, lambda n, why: self._bad(snap_path, n, why))
+            nodes = valid_nodes(self.trees.load_tree(tree_id).nodes, lambda n, why: self._bad(snap_path, n, why))
         except CerminError as e:
             self._err(snap_path or b"/", str(e))
             return False
@@ -269,7 +276,7 @@ class Restorer:
     def _wants_any(self, tree_id: bytes, snap_path: bytes) -> bool:
         """With --include, whether anything below this directory is selected (trees only)."""
         try:
-            nodes = valid_nodes(self.repo.load_tree(tree_id).nodes)
+            nodes = valid_nodes(self.trees.load_tree(tree_id).nodes)
         except CerminError:
             return True
         for n in nodes:
@@ -353,7 +360,7 @@ class Restorer:
 
     def _restore_file(self, dfd, out, path, node: Node, futures, fresh: bool) -> bool:
         name = node.name
-        key = (node.device, node.inode)
+        key = (node.device, node.inode, node.content)
         first = self._links.get(key) if node.links > 1 else None
         if first is not None:
             try:
@@ -472,11 +479,12 @@ def _remove_existing(dfd: int, name: bytes) -> None:
 
 
 def run_restore(
-    repo: Repository, snap: Snapshot, opts: RestoreOptions, progress: Reporter | None = None
+    repo: Repository, snap: Snapshot, opts: RestoreOptions, progress: Reporter | None = None, trees=None
 ) -> RestoreSummary:
     """Restore `snap`, its live counters sampled into `progress` events. Takes no lock: the caller holds
-    a shared one (`cermin.ops.commands.restore` takes it and loads the index under it)."""
-    r = Restorer(repo, opts)
+    a shared one (`cermin.ops.commands.restore` takes it and loads the index under it). `trees`: where
+    the walk loads trees (default the repository; see Restorer)."""
+    r = Restorer(repo, opts, trees=trees)
     c = r.progress
 
     def sample(t: float) -> Progress:

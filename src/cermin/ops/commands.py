@@ -112,6 +112,34 @@ def restore(
     return summary
 
 
+def restore_per_file(
+    repo: Repository,
+    snapshot: str,
+    opts,
+    progress: Reporter | None = None,
+    no_lock: bool = False,
+    hosts: tuple[str, ...] = (),
+    paths: tuple[bytes, ...] = (),
+    lookback: int | None = None,
+    removed: bool = True,
+    dry_run: bool = False,
+):
+    """`restore --per-file-last-clean SNAPSHOT`: every path of SNAPSHOT at its newest version that no
+    verdict or file-level flag marks, per RestoreOptions (no includes/excludes) -> PerFileRestore,
+    which lists what came from where (guard/perfile.py). `lookback`: snapshots searched beyond the last
+    clean one; `removed`: bring back files removed in flagged snapshots; `dry_run`: plan only."""
+    from cermin.guard.lastclean import resolve_snapshot
+    from cermin.guard.perfile import DEFAULT_LOOKBACK, per_file_restore
+
+    if not dry_run and not opts.target:
+        raise UsageError("give the directory to restore into (--target)")
+    ref = resolve_snapshot(repo, snapshot, hosts, (), paths)
+    lookback = DEFAULT_LOOKBACK if lookback is None else lookback
+    with repo_lock(repo, False, "restore", no_lock):
+        repo.load_index()
+        return per_file_restore(repo, ref, opts, progress, lookback, removed, dry_run)
+
+
 def dump(repo: Repository, snapshot: str, path: str, out: BinaryIO, no_lock: bool = False):
     """Write the file PATH of SNAPSHOT to `out`, or a tar of the directory PATH -> DumpResult."""
     from cermin.engine.dump import dump_node
