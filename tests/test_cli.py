@@ -237,7 +237,12 @@ def test_readme_states_the_python_and_venv_requirement():
     readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
     head = readme.split("# cermin", 1)[0]
     assert head.splitlines()[1].startswith("pip install . && ")
-    assert head.splitlines()[2].startswith("pip install '.[test]' && ")
+    test_command = (
+        "apt-get update && apt-get install -y postgresql && pip install '.[test]' && python -m pytest -n auto"
+    )
+    assert head.splitlines()[2].startswith(test_command + " ")
+    with open(os.path.join(root, ".ci", "run"), encoding="utf-8") as f:
+        assert f.read().rstrip().splitlines()[-1] == test_command  # CI runs exactly the README's command
     said = re.search(r"Python (>=|≥) ?(3\.\d+)", head)
     assert said and needed == f">={said.group(2)}", (needed, said)
     assert "python3 -m venv" in head and "externally-managed-environment" in head
