@@ -15,7 +15,6 @@ from cermin.ops.config import COPY_KINDS, fmt_duration
 from cermin.ops.staterows import Alarm, Claim, Drill, Run, SnapshotRecord, SystemRow, _iso
 
 
-# ---- the fleet status --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CopyStatus:
     kind: str  # primary | immutable | mirror
@@ -119,8 +118,8 @@ def evaluate(
             )
     if open_alarms:
         snaps = ", ".join(a.snapshot_id[:8] for a in open_alarms[:3]) + (", ..." if len(open_alarms) > 3 else "")
-        n = len(open_alarms)
-        reasons.append(f"{n} open guard alarm{'s' if n != 1 else ''} (snapshot {snaps})")
+        n, s = len(open_alarms), "s" if len(open_alarms) != 1 else ""
+        reasons.append(f"{n} open guard alarm{s} (snapshot{s} {snaps})")
     return reasons
 
 

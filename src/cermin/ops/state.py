@@ -345,7 +345,8 @@ class StateStore:
         False (agents sharing a store should share one configuration). A fixed number of statements."""
         now = self._now(now)
         tenants = {
-            k: {"id": k, "name": v.name or k, "updated_at": now, "retired_at": None} for k, v in cfg.tenants.items()
+            k: {"id": k, "name": _text(v.name or k, 200), "updated_at": now, "retired_at": None}
+            for k, v in cfg.tenants.items()
         }
         used: dict[str, set[str]] = {}
         for s in cfg.systems:
@@ -411,9 +412,9 @@ class StateStore:
             "priority": p.priority,
             "required": list(p.copies),
             "copies": dict(s.copies),
-            "schedule": s.schedule,
+            "schedule": _text(s.schedule, 200),
             "interval_s": s.interval,
-            "hostname": s.hostname,
+            "hostname": _text(s.hostname, 255),
             "description": s.description,
             "digest": system_digest(s),
             "updated_at": now,
