@@ -1,0 +1,469 @@
+"""Restore drills (ops/drill.py): real PostgreSQL and SQLite, real repositories, signed reports, the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+
+import pytest
+from conftest import FAST_KDF, PASSWORD, cermin_exe
+
+from cermin.backend.local import LocalBackend
+from cermin.engine.backup import BackupOptions
+from cermin.ops import commands
+from cermin.ops.agentkey import AgentKeyError, generate_key, load_key
+from cermin.ops.config import parse_config
+from cermin.ops.drill import run_drill
+from cermin.ops.drillreport import drill_reports, verify_report
+from cermin.ops.repos import open_config_repo
+from cermin.ops.sources import backup_system
+from cermin.repo.repository import Repository
+from cermin.repo.snapshots import list_snapshots
+
+
+class Site:
+    """A configuration on disk (three repositories: primary, immutable, mirror), the agent's workdir and key."""
+
+    def __init__(self, tmp_path, system: str, rto: str = "1h") -> None:
+        self.dir = tmp_path
+        self.pw = tmp_path / "repo.pw"
+        self.pw.write_text(PASSWORD + "\n")
+        (tmp_path / "mirror.pw").write_text("another password\n")
+        self.work = tmp_path / "work"
+        self.key_path = str(tmp_path / "keys" / "agent.key")
+        self.key = generate_key(self.key_path)
+        for name, pw in (("primary", PASSWORD), ("immutable", PASSWORD), ("mirror", "another password")):
+            Repository.init(LocalBackend(str(tmp_path / name)), pw.encode(), kdf=FAST_KDF)
+        self.path = tmp_path / "cermin.toml"
+        self.path.write_text(
+            f"""
+[agent]
+workdir = "{self.work}"
+key_file = "{self.key_path}"
+name = "agent-test"
+
+[classes.drilltest]
+rpo = "1h"
+rto = "{rto}"
+retention = {{ last = 3 }}
+copies = ["primary"]
+
+[repositories.primary]
+url = "{tmp_path / "primary"}"
+password_file = "{self.pw}"
+[repositories.immutable]
+url = "{tmp_path / "immutable"}"
+password_file = "{self.pw}"
+[repositories.mirror]
+url = "{tmp_path / "mirror"}"
+password_file = "{tmp_path / "mirror.pw"}"
+kind = "mirror"
+
+[tenants.acme.systems.app]
+class = "drilltest"
+primary = "primary"
+immutable = "immutable"
+mirror = "mirror"
+{system}
+"""
+        )
+        self.cfg = parse_config(self.path.read_bytes(), str(self.path), environ={})
+        self.system = self.cfg.systems[0]
+
+    def repo(self, copy: str = "primary") -> Repository:
+        r = open_config_repo(self.cfg, copy)
+        r.load_index()
+        return r
+
+    def backup(self):
+        result = backup_system(self.repo(), self.system)
+        assert result.ok, result.errors
+        return result
+
+    def drill(self, **kw):
+        kw.setdefault("signing_key", self.key)
+        return run_drill(self.cfg, self.system, **kw)
+
+    def cli(self, *args, ok=None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
+        env["CERMIN_CACHE_DIR"] = str(self.dir / "cli-cache")
+        r = subprocess.run([*cermin_exe(), *args], capture_output=True, env=env, timeout=300)
+        if ok is not None:
+            assert (r.returncode == 0) == ok, (r.returncode, r.stdout.decode(), r.stderr.decode())
+        return r
+
+
+@pytest.fixture(autouse=True)
+def _cache(own_cache):
+    pass
+
+
+def pg_system(pg, database: str, query: str) -> str:
+    return f"""
+[[tenants.acme.systems.app.sources]]
+type = "postgres"
+host = "{pg.host}"
+port = {pg.port}
+user = "{pg.user}"
+database = "{database}"
+
+[[tenants.acme.systems.app.checks]]
+type = "postgres"
+name = "passports"
+query = "{query}"
+"""
+
+
+def make_pg_database(pg, name: str = "paspor") -> str:
+    db = pg.new_database(name)
+    pg.psql(
+        "CREATE TABLE passports (id int PRIMARY KEY, holder text, issued date);"
+        "INSERT INTO passports SELECT g, 'holder ' || g, date '2024-01-01' + g FROM generate_series(1, 2000) g;"
+        "CREATE INDEX ON passports (holder);",
+        db,
+    )
+    return db
+
+
+# ---- PostgreSQL: the whole story -------------------------------------------------------------------
+def test_postgres_drill_signed_stored_and_verified(tmp_path, postgres):
+    db = make_pg_database(postgres)
+    site = Site(tmp_path, pg_system(postgres, db, "SELECT 1 FROM passports WHERE holder = 'holder 1999'"))
+    site.backup()
+    res = site.drill()
+    r = res.report
+    assert r.verdict == "pass", (r.errors, r.checks)
+    assert res.exit_code == 0
+    (snap,) = r.snapshots
+    assert snap.source == "paspor" and snap.type == "postgres" and snap.files == 1 and snap.verified_files == 1
+    assert snap.guard_verdict in ("clean", "unknown") and snap.errors == 0
+    (chk,) = r.checks
+    assert chk.ok and chk.name == "passports" and "returned 1 row" in chk.detail
+    assert 0 < r.rto_measured_s < 3600 and r.rto_target_s == 3600 and r.met
+    assert r.system == "acme/app" and r.tenant == "acme" and r.policy == "drilltest" and r.copy == "primary"
+    assert r.repository == "primary" and r.repository_id == site.repo().config.id and r.agent == "agent-test"
+    assert r.started <= r.finished and r.started.endswith("Z")
+    # the scratch database is gone, the source untouched, the sandbox removed
+    assert not [d for d in postgres.databases() if d.startswith("cermin_drill_")]
+    assert postgres.psql("SELECT count(*) FROM passports;", db).strip() == "2000"
+    assert os.listdir(site.work / "drills") == []
+    # stored as an aux record in the repository it restored from; signature verifies there and in the file
+    ((aux_name, stored),) = drill_reports(site.repo())
+    assert aux_name == res.aux
+    assert verify_report(stored, [site.key.public_raw]).ok
+    assert json.loads(open(res.json_path).read()) == stored
+    ok, why = verify_report(open(res.json_path, "rb").read(), [site.key.public_raw])
+    assert ok, why
+    html = open(res.html_path).read()
+    assert "PASS" in html and "acme/app" in html and site.key.fingerprint in html and "<script" not in html
+    # the command line verifies it; with the right key, with the wrong key, and after an edit
+    pub = site.key_path + ".pub"
+    out = site.cli("drill", "verify", res.json_path, "--key", pub, ok=True)
+    assert b"valid signature" in out.stdout
+    other = generate_key(str(tmp_path / "other.key"))
+    out = site.cli("drill", "verify", res.json_path, "--key", other.path + ".pub", ok=False)
+    assert b"not a trusted key" in out.stderr + out.stdout
+    out = site.cli("--json", "-r", str(tmp_path / "primary"), "drill", "verify", res.aux[:16], "--key", pub, ok=False)
+    # (without the password the record cannot be read: an error line, not a traceback)
+    assert json.loads(out.stdout.splitlines()[-1])["message_type"] == "error"
+    out = subprocess.run(
+        [*cermin_exe(), "-r", str(tmp_path / "primary"), "drill", "verify", res.aux[:16], "--key", pub],
+        capture_output=True,
+        env={**os.environ, "CERMIN_PASSWORD": PASSWORD, "CERMIN_CACHE_DIR": str(tmp_path / "c2")},
+    )
+    assert out.returncode == 0 and b"valid signature" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d["report"].__setitem__("rto_measured_s", d["report"]["rto_measured_s"] / 10),
+        lambda d: d["report"].__setitem__("verdict", "fail"),
+        lambda d: d["report"]["checks"][0].__setitem__("detail", "ok"),
+        lambda d: d["report"]["snapshots"][0].__setitem__("files", 2),
+        lambda d: d["report"].__setitem__("note", "added"),
+        lambda d: d["report"]["errors"].append("x"),
+        lambda d: d["report"].__setitem__("class", "strategis"),
+        lambda d: d.__setitem__("key_fingerprint", "sha256:" + "0" * 64),
+    ],
+    ids=["rto", "verdict", "check-detail", "files", "added-field", "errors", "class", "fingerprint"],
+)
+def test_an_edited_report_fails(tmp_path, edit):
+    site = Site(tmp_path, _sqlite_system(tmp_path))
+    site.backup()
+    res = site.drill()
+    assert res.report.verdict == "pass"
+    doc = json.loads(open(res.json_path).read())
+    edit(doc)
+    assert not verify_report(doc).ok
+    assert not verify_report(doc, [site.key.public_raw]).ok
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    out = site.cli("drill", "verify", str(edited), ok=False)
+    assert b"NOT VALID" in out.stderr + out.stdout
+
+
+def test_a_report_resigned_with_another_key_is_not_trusted(tmp_path):
+    from cermin.ops.drillreport import SignedReport, sign
+
+    site = Site(tmp_path, _sqlite_system(tmp_path))
+    site.backup()
+    res = site.drill()
+    import msgspec
+
+    env = msgspec.convert(json.loads(open(res.json_path).read()), SignedReport)
+    forged, _ = sign(msgspec.structs.replace(env.report, rto_measured_s=0.001), generate_key(str(tmp_path / "k2")))
+    doc = msgspec.to_builtins(forged)
+    assert verify_report(doc).ok  # intact, and signed by the key it names ...
+    v = verify_report(doc, [site.key.public_raw])
+    assert not v.ok and "not a trusted key" in v.why  # ... which is not the agent's
+
+
+def test_dump_with_psql_meta_commands_is_refused(tmp_path, postgres):
+    """A snapshot planted by someone holding the repository password: its dump runs a shell command."""
+    db = make_pg_database(postgres, "victim")
+    site = Site(tmp_path, pg_system(postgres, db, "SELECT 1 FROM passports"))
+    marker = tmp_path / "pwned"
+    evil = f"CREATE TABLE passports (id int);\nINSERT INTO passports VALUES (1);\n\\! touch {marker}\n".encode()
+    repo = site.repo()
+    commands.backup(
+        repo,
+        BackupOptions(
+            stdin=io.BytesIO(evil),
+            stdin_filename="victim.sql",
+            hostname="acme.app",
+            tags=["system=acme/app", "source=victim"],
+        ),
+    )
+    res = site.drill()
+    assert res.report.verdict == "fail" and res.exit_code != 0
+    (chk,) = res.report.checks
+    assert not chk.ok and "backslash commands" in chk.detail
+    assert not marker.exists()
+    assert not [d for d in postgres.databases() if d.startswith("cermin_drill_")]
+
+
+def test_failing_postgres_query_fails_the_drill(tmp_path, postgres):
+    db = make_pg_database(postgres, "emptyq")
+    site = Site(tmp_path, pg_system(postgres, db, "SELECT 1 FROM passports WHERE id < 0"))
+    site.backup()
+    res = site.drill()
+    assert res.report.verdict == "fail"
+    assert res.report.checks[0].detail == "the check query returned no rows"
+    assert not [d for d in postgres.databases() if d.startswith("cermin_drill_")]
+
+
+# ---- SQLite application -----------------------------------------------------------------------------
+def _sqlite_system(tmp_path, query: str = "SELECT 1 FROM tickets LIMIT 1") -> str:
+    db = tmp_path / "antrian.db"
+    con = sqlite3.connect(db)
+    con.executescript("CREATE TABLE IF NOT EXISTS tickets (id INTEGER PRIMARY KEY, who TEXT);")
+    con.executemany("INSERT INTO tickets (who) VALUES (?)", [(f"visitor {i}",) for i in range(300)])
+    con.commit()
+    con.close()
+    uploads = tmp_path / "uploads"
+    uploads.mkdir(exist_ok=True)
+    for i in range(5):
+        (uploads / f"scan{i}.pdf").write_bytes(os.urandom(5000))
+    return f"""
+[[tenants.acme.systems.app.sources]]
+type = "sqlite"
+path = "{db}"
+
+[[tenants.acme.systems.app.sources]]
+type = "paths"
+name = "uploads"
+paths = ["{uploads}"]
+
+[[tenants.acme.systems.app.checks]]
+type = "sqlite"
+query = "{query}"
+
+[[tenants.acme.systems.app.checks]]
+type = "files"
+source = "uploads"
+min_files = 5
+
+[[tenants.acme.systems.app.checks]]
+type = "command"
+name = "db-file"
+source = "antrian"
+command = ["test", "-s", "{{restore_dir}}/antrian.sqlite"]
+"""
+
+
+def test_sqlite_application_drill(tmp_path):
+    site = Site(tmp_path, _sqlite_system(tmp_path))
+    site.backup()
+    res = site.drill(keep=True)
+    r = res.report
+    assert r.verdict == "pass", (r.errors, r.checks)
+    assert [s.source for s in r.snapshots] == ["antrian", "uploads"]
+    assert [c.ok for c in r.checks] == [True, True, True]
+    assert r.checks[1].detail == "5 files restored (at least 5)"
+    assert stat.S_IMODE(os.stat(res.sandbox).st_mode) == 0o700
+    restored = sqlite3.connect(os.path.join(res.sandbox, "antrian", "antrian.sqlite"))
+    assert restored.execute("SELECT count(*) FROM tickets").fetchone() == (300,)
+    uploads = os.path.join(res.sandbox, "uploads", str(tmp_path / "uploads").lstrip("/"))
+    assert sorted(os.listdir(uploads)) == [f"scan{i}.pdf" for i in range(5)]
+
+
+def test_sqlite_check_failure_and_missing_source(tmp_path):
+    site = Site(tmp_path, _sqlite_system(tmp_path, query="SELECT 1 FROM tickets WHERE id < 0"))
+    site.backup()
+    res = site.drill()
+    assert res.report.verdict == "fail" and res.exit_code == 1
+    assert res.report.checks[0].detail == "integrity ok, but the query returned no rows"
+    # a snapshot of one source: only that source's checks run, the others are skipped
+    (ref,) = [r for r in list_snapshots(site.repo()) if "source=uploads" in r.snapshot.tags]
+    res = site.drill(snapshot=ref.id)
+    assert [s.source for s in res.report.snapshots] == ["uploads"]
+    assert [(c.ok, c.skipped) for c in res.report.checks] == [(False, True), (True, False), (False, True)]
+    assert res.report.verdict == "pass" and res.report.selection == ref.id
+
+
+def test_rto_not_met_fails(tmp_path):
+    site = Site(tmp_path, _sqlite_system(tmp_path), rto="1min")
+    site.backup()
+    ticks = iter(range(0, 10_000, 7))  # a slow clock: 7 s per reading
+    res = site.drill(monotonic=lambda: float(next(ticks)))
+    r = res.report
+    assert r.rto_target_s == 60 and r.rto_measured_s > 60 and not r.met
+    assert r.verdict == "fail" and not r.errors and all(c.ok for c in r.checks)
+
+
+# ---- a damaged backup fails loudly ---------------------------------------------------------------------
+def test_damaged_pack_fails_the_drill_loudly(tmp_path):
+    from helpers import damage, object_path, pack_entries
+
+    from cermin.format import pack as packfmt
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    site = Site(
+        tmp_path,
+        f"""
+[[tenants.acme.systems.app.sources]]
+type = "command"
+name = "blob"
+command = ["cat", "{big}"]
+""",
+    )
+    site.backup()
+    repo = site.repo()
+    data_packs = [p for p, es in pack_entries(repo).items() if all(e.type == packfmt.DATA for e in es)]
+    from cermin.backend.base import Kind
+
+    damage(object_path(repo, Kind.DATA, data_packs[0]), "flip")
+    out = site.cli("--json", "drill", "acme/app", "--config", str(site.path), ok=False)
+    assert out.returncode == 1
+    (line,) = [json.loads(x) for x in out.stdout.splitlines() if b'"drill_report"' in x]
+    r = line["report"]
+    assert r["verdict"] == "fail" and r["errors"] and r["snapshots"][0]["errors"] >= 1
+    assert "blob" in r["errors"][0]
+    # still signed, stored in the repository and written as files
+    assert verify_report({k: line[k] for k in ("format", "report", "signature", "public_key", "key_fingerprint")}).ok
+    assert line["aux"] and os.path.exists(line["json_path"])
+    ((_, stored),) = drill_reports(site.repo())
+    assert stored["report"]["verdict"] == "fail"
+    text = site.cli("drill", "acme/app", "--config", str(site.path), ok=False)
+    assert b"FAIL" in text.stdout and b"error:" in text.stderr
+
+
+def test_unreachable_repository_gives_a_signed_failed_report(tmp_path):
+    site = Site(tmp_path, _sqlite_system(tmp_path))
+    res = site.drill(copy="immutable", environ={})  # nothing backed up there: no snapshot to restore
+    assert res.report.verdict == "fail" and "no snapshot to restore" in res.report.errors[0]
+    os.rename(tmp_path / "immutable", tmp_path / "gone")
+    res = site.drill(copy="immutable")
+    assert res.report.verdict == "fail" and "no repository at" in res.report.errors[0]
+    assert res.aux is None and verify_report(open(res.json_path, "rb").read()).ok
+
+
+# ---- which snapshot, which copy --------------------------------------------------------------------------
+def test_last_clean_picks_the_clean_snapshot(tmp_path):
+    from helpers import set_verdict
+
+    counter = tmp_path / "n"
+    counter.write_text("1")
+    site = Site(
+        tmp_path,
+        f"""
+[[tenants.acme.systems.app.sources]]
+type = "command"
+name = "ledger"
+command = ["cat", "{counter}"]
+
+[[tenants.acme.systems.app.checks]]
+type = "command"
+command = ["grep", "-qx", "1", "{{restore_dir}}/ledger/ledger.out"]
+""",
+    )
+    site.backup()
+    counter.write_text("2")
+    site.backup()
+    repo = site.repo()
+    first, second = list_snapshots(repo)
+    set_verdict(repo, second.id, "suspicious", reasons=["encrypted files"])
+    latest = site.drill()
+    assert latest.report.verdict == "fail" and latest.report.snapshots[0].guard_verdict == "suspicious"
+    clean = site.drill(snapshot="last-clean")
+    assert clean.report.verdict == "pass", clean.report.checks
+    assert clean.report.snapshots[0].id == first.id and clean.report.selection == "last-clean"
+    out = site.cli("--json", "drill", "acme/app", "--last-clean", "--config", str(site.path), ok=True)
+    (line,) = [json.loads(x) for x in out.stdout.splitlines() if b'"drill_report"' in x]
+    assert line["report"]["snapshots"][0]["id"] == first.id
+
+
+def test_from_copy_mirror(tmp_path):
+    from cermin.engine.mirror import MirrorOptions
+
+    site = Site(tmp_path, _sqlite_system(tmp_path))
+    site.backup()
+    primary, mirror = site.repo(), site.repo("mirror")
+    commands.mirror(primary, mirror, MirrorOptions())
+    res = site.drill(copy="mirror")
+    r = res.report
+    assert r.verdict == "pass", (r.errors, r.checks)
+    assert r.copy == "mirror" and r.repository == "mirror" and r.repository_id == mirror.config.id
+    assert {s.id for s in r.snapshots} <= {ref.id for ref in list_snapshots(site.repo("mirror"))}
+    assert len(drill_reports(site.repo("mirror"))) == 1 and drill_reports(site.repo()) == []
+    # the command line: a snapshot id of the mirror names its system
+    (ref,) = [x for x in list_snapshots(mirror) if "source=antrian" in x.snapshot.tags]
+    out = site.cli("drill", ref.id[:10], "--from-copy", "mirror", "--config", str(site.path), ok=True)
+    assert b"drill acme/app from the mirror copy (mirror): PASS" in out.stdout  # other sources' checks skipped
+    assert f"restored antrian (sqlite) snapshot {ref.id[:8]}".encode() in out.stdout
+    assert b"restored uploads" not in out.stdout
+
+
+# ---- the agent's key -------------------------------------------------------------------------------------
+def test_agent_keygen(tmp_path):
+    key = tmp_path / "k" / "agent.key"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
+    r = subprocess.run(
+        [*cermin_exe(), "--json", "agent", "keygen", "--key-file", str(key)], capture_output=True, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    line = json.loads(r.stdout)
+    assert line["fingerprint"] == load_key(str(key)).fingerprint
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and os.path.exists(str(key) + ".pub")
+    r = subprocess.run([*cermin_exe(), "agent", "keygen", "--key-file", str(key)], capture_output=True, env=env)
+    assert r.returncode == 1 and b"already exists" in r.stderr
+    os.chmod(key, 0o644)
+    with pytest.raises(AgentKeyError, match="chmod 600"):
+        load_key(str(key))
+
+
+def test_first_drill_makes_the_key(tmp_path):
+    site = Site(tmp_path, _sqlite_system(tmp_path))
+    site.backup()
+    path = str(tmp_path / "fresh" / "agent.key")
+    res = site.drill(signing_key=path)
+    assert res.key_created == path and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert res.signed.key_fingerprint == load_key(path).fingerprint
+    again = site.drill(signing_key=path)
+    assert not again.key_created and again.signed.key_fingerprint == res.signed.key_fingerprint
