@@ -82,26 +82,34 @@ def test_marks_flag_their_window_and_acks_clear_only_older_evidence(mem_repo):
     bad = verdict_snapshot(repo, ago(days=1), "suspicious", reasons=["entropy rose"])
     new = verdict_snapshot(repo, ago(hours=1), "clean")
     pre = verdict_snapshot(repo, ago(days=9), None)
-    assert verdicts(repo) == {old: "clean", mid: "clean", bad: "suspicious", new: "clean", pre: "unknown"}
+    # `new` is clean on its own but taken after an unacknowledged alarm: it may still hold what `bad` found
+    assert verdicts(repo) == {old: "clean", mid: "clean", bad: "suspicious", new: "suspicious", pre: "unknown"}
+    eff = effective_verdicts(repo, list_snapshots(repo))
+    assert eff[new].inherited_from == bad and eff[new].judged == "clean" and eff[new].alarm_open
+    assert eff[new].to_json()["inherited_from"] == bad
 
     write_mark(repo, ts(ago(days=2, hours=1)), ts(ago(hours=12)), "EDR alert 42", "infected", ts(ago(hours=2)))
     v = verdicts(repo)
-    assert (v[old], v[mid], v[bad], v[new]) == ("clean", "infected", "infected", "clean")
+    assert (v[old], v[mid], v[bad], v[new]) == ("clean", "infected", "infected", "suspicious")
     eff = effective_verdicts(repo, list_snapshots(repo))
     assert any("EDR alert 42" in r for r in eff[mid].reasons)
-    assert not eff[new].alarm_open, "the newest snapshot is clean and no mark is open"
+    assert eff[new].alarm_open, "the newest snapshot inherits the unacknowledged alarm"
 
     write_ack(repo, bad, "a user's gpg archive", ts(ago(hours=1)))
     v = verdicts(repo)
     assert v[bad] == "clean" and v[mid] == "infected", "the ack clears its own snapshot and older marks only"
+    assert v[new] == "clean", "the acknowledged snapshot ends what `mid` passed on"
     write_mark(repo, ts(ago(days=1, hours=1)), ts(ago(hours=20)), "second alert", "suspicious", ts(ago(minutes=30)))
     assert verdicts(repo)[bad] == "suspicious", "a mark recorded after the ack is never cleared by it"
+    assert verdicts(repo)[new] == "suspicious"
 
     write_mark(repo, ts(ago(minutes=10)), "", "ongoing incident", "suspicious", ts(ago(minutes=5)))
     eff = effective_verdicts(repo, list_snapshots(repo))
     assert all(v.alarm_open for v in eff.values()), "an open mark opens the alarm everywhere"
     write_mark(repo, ts(ago(minutes=10)), ts(ago(minutes=1)), "incident over", "suspicious", ts(ago(minutes=1)))
+    write_ack(repo, new, "restored and checked", ts(ago(seconds=30)))  # the newest data is known good
     eff = effective_verdicts(repo, list_snapshots(repo))
+    assert eff[new].verdict == "clean" and not eff[new].inherited_from
     assert not eff[new].alarm_open, "a later mark with the same start closes the open one"
 
 
@@ -169,7 +177,9 @@ def test_keep_rules_count_every_snapshot_once_the_alarm_is_closed(mem_repo):
     repo = mem_repo
     a = [verdict_snapshot(repo, ago(days=10 - d), "clean") for d in range(3)]
     bad = verdict_snapshot(repo, ago(days=5), "infected")
-    b = [verdict_snapshot(repo, ago(days=3 - d), "clean") for d in range(3)]  # newest is clean: no alarm
+    b = [verdict_snapshot(repo, ago(days=3 - d), "clean") for d in range(3)]
+    assert verdicts(repo)[b[-1]] == "suspicious", "the alarm is open until someone vouches for the data"
+    write_ack(repo, b[0], "restored from the last clean snapshot, checked", ts(ago(days=2)))
     forget(repo, policy=KeepPolicy(last=2), now=NOW)
     live = {r.id for r in list_snapshots(repo)}
     assert live == set(b[-2:]), "no alarm: the old infected snapshot is counted and forgotten like any other"
@@ -261,3 +271,22 @@ def test_guard_cli_mark_ack_report_and_snapshots(initialized_cli, tmp_path):
 def test_guard_extra_round_trips_through_the_helper(mem_repo):
     sid = verdict_snapshot(mem_repo, ago(days=1), "suspicious", reasons=["r"], affected=["/a"])
     assert mem_repo.load_snapshot(sid).extra == guard_extra("suspicious", reasons=["r"], paths=["/a"])
+
+
+def test_a_clean_backup_after_an_attack_does_not_close_the_alarm(mem_repo):
+    """The backup after an attack changes nothing new and is clean on its own, yet still holds the encrypted
+    files: it must not become the last clean restore point, nor close the alarm for forget."""
+    from cermin.guard.lastclean import last_clean
+    from cermin.guard.verdict import guard_view
+
+    repo = mem_repo
+    before = verdict_snapshot(repo, ago(days=3), "clean")
+    attack = verdict_snapshot(repo, ago(days=2), "infected", reasons=["compress_loss"])
+    after = [verdict_snapshot(repo, ago(days=1 - d / 4), "clean") for d in range(3)]
+    assert last_clean(repo).id == before
+    view = guard_view(repo, list_snapshots(repo))
+    assert view.alarm_open(after[-1]) and not view.counts(after[-1]) and before in view.last_clean
+    forget(repo, policy=KeepPolicy(last=1), now=NOW)
+    assert {before, attack, *after} <= {r.id for r in list_snapshots(repo)}, "nothing counts during the alarm"
+    write_ack(repo, after[1], "restored and verified", ts(ago(hours=1)))
+    assert last_clean(repo).id == after[-1] and verdicts(repo)[attack] == "infected"

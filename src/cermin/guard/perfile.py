@@ -41,6 +41,7 @@ from SNAP unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class Step:
 
 
 def judge_step(ref: SnapshotRef, v: Verdict, pre_guard_ids: set[str]) -> Step:
+    if v.inherited_from:  # what this snapshot changed is judged on its own; the older alarm is searched anyway
+        v = dataclasses.replace(v, verdict=v.judged, inherited_from="")
     trusted = v.verdict == CLEAN or ref.id in pre_guard_ids
     # the path lists behind the verdict: the backup's own and each `guard scan`'s, each cut at MAX_PATHS
     lists = [own_verdict(ref.snapshot)[3], *(s.paths for s in getattr(v, "scans", ()))]

@@ -27,7 +27,7 @@ from cermin.backend.base import Kind
 from cermin.format import records
 from cermin.format.records import AuxRecord, Snapshot
 from cermin.repo.repository import Repository
-from cermin.repo.snapshots import CLOCK_SKEW, SnapshotRef, aux_records, group_of, timestamp
+from cermin.repo.snapshots import CLOCK_SKEW, SnapshotRef, aux_records, group_of, list_snapshots, timestamp
 
 CLEAN, SUSPICIOUS, INFECTED, UNKNOWN = "clean", "suspicious", "infected", "unknown"
 VERDICTS = (CLEAN, SUSPICIOUS, INFECTED)
@@ -138,6 +138,10 @@ class Verdict:
     acks: list[Ack] = field(default_factory=list)
     alarm_open: bool = False  # in its host/paths group (see effective_verdicts)
     scans: list[Scan] = field(default_factory=list)  # `guard scan` results for the snapshot, oldest first
+    # Set when the verdict is raised only because an earlier snapshot of the group has an unacknowledged
+    # alarm (it still holds what that attack left): that snapshot's id, and the verdict before raising.
+    inherited_from: str = ""
+    judged: str = ""
 
     @property
     def clean(self) -> bool:
@@ -158,6 +162,7 @@ class Verdict:
             "acks": [a.to_json() for a in self.acks],
             "scans": [s.to_json() for s in self.scans],
             "alarm_open": self.alarm_open,
+            **({"inherited_from": self.inherited_from} if self.inherited_from else {}),
         }
 
 
@@ -317,25 +322,71 @@ def judge(ref: SnapshotRef, ev: Evidence) -> Verdict:
 
 
 def effective_verdicts(
-    repo: Repository, refs: list[SnapshotRef], now: float | None = None, evidence: Evidence | None = None
+    repo: Repository,
+    refs: list[SnapshotRef],
+    now: float | None = None,
+    evidence: Evidence | None = None,
+    context: list[SnapshotRef] | None = None,
 ) -> dict[str, Verdict]:
-    """snapshot id -> effective Verdict, for `refs`. An alarm is open in a host/paths group when its
-    newest snapshot (not future-dated) is suspicious or infected — or has no verdict though the guard
-    judged earlier ones (the guard was switched off) —, or when an open mark exists."""
+    """snapshot id -> effective Verdict, for `refs`.
+
+    An alarm does not end with the next backup: a backup after an attack that changes nothing new is
+    clean on its own, yet it still holds the encrypted files. So every snapshot of a host/paths group
+    taken after one with an unacknowledged alarm is at least suspicious ("inherited"), until an
+    acknowledgement — of the flagged snapshot (benign) or of a later one (the data is known good
+    again) — ends it. This needs the whole group: `context` is every live snapshot (default: listed
+    from the repository).
+
+    An alarm is open in a group when its newest snapshot (not future-dated) is suspicious or infected —
+    or has no verdict though the guard judged earlier ones (the guard was switched off) —, or when an
+    open mark exists."""
     ev = evidence if evidence is not None else load_evidence(aux_records(repo), now)
-    out = {r.id: judge(r, ev) for r in refs}
+    if context is None:
+        context = list_snapshots(repo)
+    every = {r.id: r for r in context}
+    every.update((r.id, r) for r in refs)
+    wanted = {group_of(r.snapshot) for r in refs}
+    groups: dict[tuple, list[SnapshotRef]] = {}
+    for r in every.values():
+        g = group_of(r.snapshot)
+        if g in wanted:
+            groups.setdefault(g, []).append(r)
+    out = {r.id: judge(r, ev) for rs in groups.values() for r in rs}
     newest: dict[tuple, SnapshotRef] = {}
-    for r in refs:
-        if not r.future:
-            g = group_of(r.snapshot)
-            if g not in newest or (r.snapshot.time, r.id) > (newest[g].snapshot.time, newest[g].id):
-                newest[g] = r
-    judged = {group_of(r.snapshot) for r in refs if out[r.id].own != UNKNOWN}
+    judged: set[tuple] = set()
+    for g, rs in groups.items():
+        _inherit(sorted((r for r in rs if not r.future), key=lambda r: (r.snapshot.time, r.id)), out)
+        trusted = [r for r in rs if not r.future]
+        if trusted:
+            newest[g] = max(trusted, key=lambda r: (r.snapshot.time, r.id))
+        if any(out[r.id].own != UNKNOWN for r in rs):
+            judged.add(g)
     alarmed = {g for g, top in newest.items() if out[top.id].alarm or (out[top.id].verdict == UNKNOWN and g in judged)}
     open_mark = bool(ev.open_marks)
     for r in refs:
         out[r.id].alarm_open = open_mark or group_of(r.snapshot) in alarmed
-    return out
+    return {r.id: out[r.id] for r in refs}
+
+
+def _inherit(ordered: list[SnapshotRef], out: dict[str, Verdict]) -> None:
+    """Raise every snapshot after an unacknowledged alarm to suspicious (see effective_verdicts)."""
+    source: tuple[SnapshotRef, str] | None = None
+    for r in ordered:
+        v = out[r.id]
+        if v.acks:  # an operator vouched for this snapshot: what came before no longer taints it
+            source = None
+        if v.alarm:
+            source = (r, v.verdict)
+            continue
+        if source is None:
+            continue
+        src, what = source
+        v.judged, v.inherited_from, v.verdict = v.verdict, src.id, SUSPICIOUS
+        v.reasons.append(
+            f"taken after the unacknowledged {what} snapshot {src.id[:8]} "
+            f"({src.snapshot.time[:19].replace('T', ' ')}): it may still hold what that alarm found; "
+            "`cermin guard ack` this snapshot once its data is known good, or that one if its alarm was benign"
+        )
 
 
 def last_clean_of(refs: list[SnapshotRef], verdicts: dict[str, Verdict]) -> SnapshotRef | None:
@@ -425,7 +476,7 @@ class GuardView:
 
 def guard_view(repo: Repository, refs: list[SnapshotRef], now: float | None = None) -> GuardView:
     """`refs`: every live snapshot (unfiltered), so "newest clean of its group" means the whole group."""
-    verdicts = effective_verdicts(repo, refs, now)
+    verdicts = effective_verdicts(repo, refs, now, context=refs)
     groups: dict[tuple, list[SnapshotRef]] = {}
     for r in refs:
         groups.setdefault(group_of(r.snapshot), []).append(r)

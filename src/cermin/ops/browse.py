@@ -63,7 +63,7 @@ class SnapshotList:
             paths_txt = ", ".join(p.decode("utf-8", "backslashreplace") for p in s.paths)
             v = self.verdicts.get(r.id)
             shown = "?" if v is None else "-" if v.verdict == "unknown" else v.verdict
-            shown += "*" if v is not None and v.acks else ""
+            shown += "*" if v is not None and v.acks else "^" if v is not None and v.inherited_from else ""
             lines.append(
                 answer(
                     f"{r.short_id:<10}{s.time[:19].replace('T', ' '):<21}{s.hostname[:15]:<16}"
@@ -79,6 +79,8 @@ class SnapshotList:
                     "explains each, `restore last-clean` picks the newest clean one"
                 )
             )
+            if any(self.verdicts[r.id].inherited_from for r in flagged):
+                lines.append(note("^: taken after an unacknowledged alarm (it may still hold what that alarm found)"))
         if self.hidden:
             shown = "listed above" if self.show_forgotten else "not listed; --forgotten shows them"
             n = plural(len(self.hidden), "snapshot")
