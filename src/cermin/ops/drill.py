@@ -303,6 +303,8 @@ def run_drill(
         if repo is None:
             repo = open_config_repo(cfg, repo_name, environ)
         refs, errors = select_snapshots(repo, system, snapshot)
+        if snapshot not in (None, LATEST, LAST_CLEAN) and refs:
+            snapshot = next(iter(refs.values())).id  # the report names the full id, not the prefix asked for
         if refs:
             sandbox = make_sandbox(workdir, system)
             found = drill_system(repo, system, refs, sandbox, environ, progress, no_lock, monotonic)
