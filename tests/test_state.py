@@ -233,8 +233,8 @@ def test_a_slot_runs_once(store):
         store.start_run("t9/nope", "backup", slot, "a1", "primary", T0)
 
 
-def _race_worker(url: str, agent: str, barrier, slots: int) -> tuple[list[int], list[int]]:
-    started, claimed = [], []
+def _race_worker(url: str, agent: str, barrier, slots: int) -> tuple[list[int], list[int], list[int]]:
+    started, claimed, stolen = [], [], []
     with StateStore.open(url) as s:
         for i in range(slots):
             slot = T0 + i * H
@@ -242,9 +242,13 @@ def _race_worker(url: str, agent: str, barrier, slots: int) -> tuple[list[int], 
             if s.start_run("t0/s0", "backup", slot, agent, "primary", slot) is not None:
                 started.append(i)
             barrier.wait(timeout=60)
-            if s.claim(f"t0/s{1 + i % 2}", agent, "backup", 1800, slot):  # expires before the next round
+            # s1 and s2 in turn: the claim from two rounds ago has expired, so exactly one agent takes it over
+            if s.claim(f"t0/s{1 + i % 2}", agent, "backup", 1800, slot):
                 claimed.append(i)
-    return started, claimed
+            barrier.wait(timeout=60)
+            if s.claim(f"t0/s{1 + i % 2}", agent, "backup", 1800, slot + timedelta(minutes=29)):  # still live
+                stolen.append(i)
+    return started, claimed, stolen
 
 
 def test_three_processes_race_for_each_slot(store):
@@ -254,10 +258,11 @@ def test_three_processes_race_for_each_slot(store):
     barrier, slots = ctx.Manager().Barrier(3), 20
     with ctx.Pool(3) as pool:
         results = pool.starmap(_race_worker, [(url, f"agent{k}", barrier, slots) for k in range(3)], chunksize=1)
-    starts = sorted(i for started, _ in results for i in started)
-    claims = sorted(i for _, claimed in results for i in claimed)
+    starts = sorted(i for started, _, _ in results for i in started)
+    claims = sorted(i for _, claimed, _ in results for i in claimed)
     assert starts == list(range(slots)), results  # exactly one winner per slot
-    assert claims == list(range(slots)), results  # exactly one claim per round (the old one expired)
+    assert claims == list(range(slots)), results  # exactly one takes over each expired claim
+    assert [stolen for _, _, stolen in results] == [[], [], []]  # nobody takes a live claim
     assert len(store.runs("t0/s0", limit=100)) == slots
 
 
