@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import threading
 
+import msgspec
 import pytest
 from conftest import FAST_KDF, PASSWORD
 
@@ -311,3 +312,27 @@ def test_env_file(tmp_path):
     f.write_text("AWS_ACCESS_KEY_ID=abc\nthis line holds a secret\n")
     with pytest.raises(Exception, match=r"s3.env:2: not a KEY=VALUE line$"):
         read_env_file(str(f))
+
+
+def test_env_file_gives_backends_their_credentials(tmp_path, monkeypatch):
+    from cermin.ops.repos import config_backend
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "CERMIN_TOKEN"):
+        monkeypatch.setenv(k, "")  # recorded, so what config_backend sets is undone after the test
+        monkeypatch.delenv(k)
+    cfg = make_config(tmp_path, command_source(["echo", "x"]))
+    entry = cfg.repositories["main"]
+    token = tmp_path / "http.env"
+    token.write_text("CERMIN_TOKEN=tok-123\n")
+    http = config_backend(msgspec.structs.replace(entry, url="http://127.0.0.1:9/t", env_file=str(token)), "h")
+    assert http.inner.token == "tok-123"
+    a, b = tmp_path / "a.env", tmp_path / "b.env"
+    a.write_text("AWS_ACCESS_KEY_ID=key-a\nAWS_SECRET_ACCESS_KEY=secret-a\n")
+    b.write_text("AWS_ACCESS_KEY_ID=key-b\nAWS_SECRET_ACCESS_KEY=secret-b\n")
+    s3 = msgspec.structs.replace(entry, url="s3:http://127.0.0.1:9/bucket/a", env_file=str(a))
+    config_backend(s3, "a")  # no request yet: the driver only takes the credentials
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "key-a"
+    config_backend(s3, "a")  # the same ones again: fine
+    with pytest.raises(Exception, match=r"repository b: its env_file sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"):
+        config_backend(msgspec.structs.replace(s3, env_file=str(b)), "b")
+    assert "secret-b" not in os.environ.values()
