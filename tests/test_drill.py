@@ -467,3 +467,13 @@ def test_first_drill_makes_the_key(tmp_path):
     assert res.signed.key_fingerprint == load_key(path).fingerprint
     again = site.drill(signing_key=path)
     assert not again.key_created and again.signed.key_fingerprint == res.signed.key_fingerprint
+
+
+def test_check_naming_an_unknown_source_fails(tmp_path):
+    extra = '\n[[tenants.acme.systems.app.checks]]\ntype = "files"\nname = "typo"\nsource = "uplaods"\n'
+    site = Site(tmp_path, _sqlite_system(tmp_path) + extra)
+    site.backup()
+    res = site.drill()
+    typo = res.report.checks[-1]
+    assert typo.name == "typo" and not typo.ok and not typo.skipped and "no uplaods source" in typo.detail
+    assert res.report.verdict == "fail"

@@ -71,6 +71,8 @@ def run_check(
             seconds=round(monotonic() - t0, 3),
         )
 
+    if source is None and (chk.source or chk.type in ("postgres", "sqlite")):
+        return result(False, f"no {chk.source or chk.type} source in the system for this check")
     if src_name and src_name not in restored.dirs and src_name not in restored.failed:
         return result(False, f"not run: source {src_name} is not part of this drill", skipped=True)
     if src_name in restored.failed:
