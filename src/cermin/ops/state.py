@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -1024,7 +1026,17 @@ def _sqlite_setup(engine: sa.Engine, busy_ms: int, wal: bool) -> None:
         cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
         cur.execute("PRAGMA foreign_keys = ON")
         if wal:
-            cur.execute("PRAGMA journal_mode = WAL")
+            # Switching a new file to WAL needs it to itself, and SQLite answers "locked" at once, without
+            # the busy handler, while another process does the same: wait for it like the busy timeout would.
+            deadline = time.monotonic() + busy_ms / 1000
+            while True:
+                try:
+                    cur.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
             cur.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; the store is a record, not data
         cur.close()
 
