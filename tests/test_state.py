@@ -465,6 +465,7 @@ def test_status_says_whether_each_system_meets_its_class_and_why_not(store):
     assert s0.last_drill.rto_measured_s == 600 and s0.verdict == "clean"
     imm = s0.copies["immutable"]
     assert imm.fresh and imm.immutable and imm.lock_until == now + 30 * 24 * H and imm.repository == "i"
+    assert imm.lag_s == 0 and s0.copies["primary"].lag_s is None
     assert s0.last_runs[("backup", "primary")].status == "ok"
     json = s0.to_json()
     assert json["meets_class"] and json["copies"]["mirror"]["fresh"] and json["system"]["id"] == "t0/s0"
@@ -477,6 +478,16 @@ def test_status_says_whether_each_system_meets_its_class_and_why_not(store):
         "backup is 2h30min old, older than the RPO 1h",
         "immutable copy is 2h30min old, older than the RPO 1h",
         "mirror copy is 2h30min old, older than the RPO 1h",
+    ]
+
+    # a new backup of the primary: the copies not mirrored since trail it
+    rid = store.start_run("t0/s0", "backup", now + H, "a1", "primary", now + H)
+    store.finish_run(rid, "ok", now + H + timedelta(minutes=2))
+    s0 = store.system_status("t0/s0", now + H + timedelta(minutes=5))
+    assert s0.copies["mirror"].lag_s == s0.copies["immutable"].lag_s == 90 * 60 and s0.backup_age_s == 300
+    assert s0.reasons == [
+        "immutable copy is 1h35min old, older than the RPO 1h",
+        "mirror copy is 1h35min old, older than the RPO 1h",
     ]
 
     # a failed backup does not make old data fresh; it shows as the last run

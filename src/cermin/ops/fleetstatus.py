@@ -8,7 +8,7 @@ and no guard alarm is open on it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from cermin.ops.config import COPY_KINDS, fmt_duration
@@ -29,10 +29,11 @@ class CopyStatus:
     snapshot: SnapshotRecord | None  # the newest snapshot the agent saw in it
     immutable: bool  # the immutable tier (Object Lock)
     lock_until: datetime | None  # retention of its newest snapshot, when the agent saw one
+    lag_s: float | None = None  # how far its newest data trails the primary's (copies other than the primary)
 
     def to_json(self) -> dict:
         d = {k: getattr(self, k) for k in ("kind", "repository", "required", "newest", "age_s", "fresh")}
-        d |= {"immutable": self.immutable, "lock_until": self.lock_until}
+        d |= {"immutable": self.immutable, "lock_until": self.lock_until, "lag_s": self.lag_s}
         for k in ("last_backup", "last_mirror", "last_verify", "snapshot"):
             v = getattr(self, k)
             d[k] = v.to_json() if v is not None else None
@@ -123,7 +124,7 @@ def evaluate(
     return reasons
 
 
-def system_status(
+def build_status(
     system: SystemRow,
     last: dict[tuple[str, str], Run],
     ok: dict[tuple[str, str], tuple[Run, datetime]],
@@ -159,6 +160,10 @@ def system_status(
             lock_until=snap.retain_until if snap else None,
         )
     primary = copies.get("primary")
+    if primary and primary.newest:
+        for kind, c in copies.items():
+            if kind != "primary" and c.newest:
+                copies[kind] = replace(c, lag_s=max(0.0, (primary.newest - c.newest).total_seconds()))
     mirrors = [ok[k][0].finished_at for k in ok if k[0] == "mirror" and ok[k][0].finished_at]
     verify = ok.get(("verify", "primary"))
     last_verify = verify[0].finished_at if verify else None

@@ -37,7 +37,7 @@ from sqlalchemy import event, exc
 from cermin.errors import CerminError
 from cermin.ops import stateschema as t
 from cermin.ops.config import COPY_KINDS, Config, ResolvedSystem
-from cermin.ops.fleetstatus import CopyStatus, SystemStatus, evaluate, system_status
+from cermin.ops.fleetstatus import CopyStatus, SystemStatus, build_status, evaluate
 from cermin.ops.staterows import (
     AgentRow,
     Alarm,
@@ -995,7 +995,7 @@ class StateStore:
             if r.ok_id in runs and r.ok_at is not None:
                 ok.setdefault(r.system_id, {})[(r.kind, r.copy)] = (runs[r.ok_id], r.ok_at)
         return [
-            system_status(
+            build_status(
                 row,
                 last.get(row.id, {}),
                 ok.get(row.id, {}),
