@@ -226,10 +226,14 @@ class StateStore:
             path = self.url.database or ""
             if path and path != ":memory:" and not path.startswith("file:"):
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            memory = not path or path == ":memory:"
             self.engine = sa.create_engine(
-                self.url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}
+                self.url,
+                connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
+                # an in-memory store (tests, demos) is one connection, or each thread would see its own
+                poolclass=sa.pool.StaticPool if memory else None,
             )
-            _sqlite_setup(self.engine, int(busy_timeout_s * 1000), wal=bool(path) and path != ":memory:")
+            _sqlite_setup(self.engine, int(busy_timeout_s * 1000), wal=not memory)
         else:
             from sqlalchemy.dialects.postgresql import insert
 
