@@ -55,7 +55,7 @@ COMMANDS = {
     "mirror": ("cermin.cli.cmd_mirror", "mirror", "Copy snapshots of one repository into another (tenant mirror)."),
     "config": ("cermin.cli.cmd_config", "config", "The agent's configuration: validate it, print the plan."),
     "drill": ("cermin.cli.cmd_drill", "drill", "Restore drills: restore, verify, check and time; signed report."),
-    "agent": ("cermin.cli.cmd_agent", "agent", "The backup agent: keygen (the key signing drill reports)."),
+    "agent": ("cermin.cli.cmd_agent", "agent", "The backup agent: run, once, status, keygen."),
     "serve": ("cermin.cli.cmd_serve", "serve", "Serve repositories over HTTP with split credentials."),
     "approvals": ("cermin.cli.cmd_serve", "approvals", "Two-person rule: approve or reject deletions."),
 }

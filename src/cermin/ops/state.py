@@ -523,6 +523,15 @@ class StateStore:
         with self._tx() as c:
             return c.execute(q.limit(1)).first() is not None
 
+    def last_slots(self) -> dict[tuple[str, str], datetime]:
+        """(system id, run kind) -> the newest schedule slot any agent started, whatever became of it:
+        what the scheduler needs to know is due (ops/schedule.py). One grouped statement (the
+        (system_id, kind, copy, slot) unique index serves it)."""
+        r = t.runs.c
+        q = sa.select(r.system_id, r.kind, sa.func.max(r.slot)).where(r.slot.is_not(None)).group_by(r.system_id, r.kind)
+        with self._tx() as c:
+            return {(sid, kind): slot for sid, kind, slot in c.execute(q) if slot is not None}
+
     def start_run(
         self,
         system_id: str,

@@ -1,0 +1,549 @@
+"""The agent: every configured system's jobs, on schedule, recorded in the state store (docs/agent.md).
+
+`Agent.tick()` is one pass: heartbeat, the due jobs (ops/schedule.py) grouped per system and run at most
+`parallel` systems at once, then notifications for what changed. `Agent.run()` repeats it until stopped
+(`cermin agent run`); `cermin agent once` is one tick.
+
+Several agents may share one state store (PostgreSQL): a system is *claimed* by one agent at a time
+(a claim expires after `claim_ttl` if its agent dies, and is renewed while a job runs), and a run is
+recorded for its (system, kind, copy, slot) once — the store refuses a second start — so each slot
+runs exactly once across agents. One system failing never stops the others: every job's errors end
+up in its run record, never in the loop.
+
+A system's jobs, in order:
+- backup: every source into the primary copy (ops/sources.py: hooks, pg_dump, SQLite, commands),
+  retried with backoff; guard alarms of the new snapshots opened in the store; forget by the class
+  retention on the primary; then each other copy (immutable tier, tenant mirror) mirrored from the
+  primary and forgotten by the same retention;
+- maintain: per copy, prune, Object Lock extension (immutable copies with a lock policy), and the
+  day's slice of the read-data verification (`check --read-data-subset k/n`);
+- drill: restore, verify, app checks, measured RTO, signed report (ops/drill.py), from the copies in
+  turn (primary, immutable, mirror), so every copy is proven.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cermin import __version__
+from cermin.errors import CerminError
+from cermin.ops import notify, schedule
+from cermin.ops.config import Config, ConfigError, ResolvedSystem, parse_duration
+from cermin.ops.schedule import BACKUP, DRILL, MAINTAIN, Job
+
+# the runs a job records (any of them started means the job's slot was taken)
+_JOB_OF_RUN = {"backup": BACKUP, "prune": MAINTAIN, "verify": MAINTAIN, "lock_extend": MAINTAIN, "drill": DRILL}
+# errors that no retry can fix: the configuration, the password, a missing repository
+_PERMANENT = ("ConfigError", "WrongPassword", "RepositoryNotFound", "UsageError", "NoKey")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Step:
+    """One recorded run within a job (a backup, a mirror to one copy, a forget...)."""
+
+    kind: str
+    copy: str
+    status: str  # ok | warning | failed | skipped
+    message: str = ""
+    run_id: int | None = None
+
+
+@dataclass
+class JobOutcome:
+    system: str
+    kind: str
+    slot: datetime
+    status: str  # ok | warning | failed | skipped (claimed elsewhere, slot already run)
+    message: str = ""
+    steps: list[Step] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "system": self.system,
+            "kind": self.kind,
+            "slot": self.slot.isoformat().replace("+00:00", "Z"),
+            "status": self.status,
+            "message": self.message,
+            "seconds": round(self.seconds, 3),
+            "steps": [s.__dict__ for s in self.steps],
+        }
+
+
+def _permanent(e: BaseException) -> bool:
+    return any(c.__name__ in _PERMANENT for c in type(e).__mro__)
+
+
+def _first_line(e: BaseException | str) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:500]
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: Config,
+        store,
+        *,
+        name: str | None = None,
+        notifier: notify.Notifier | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+        environ: dict | None = None,
+        drill=None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.name = name or cfg.agent.name or socket.gethostname()
+        self.clock = clock
+        self.sleep = sleep
+        self.environ = dict(os.environ if environ is None else environ)
+        self.ttl = parse_duration(cfg.agent.claim_ttl)
+        self.backoff = parse_duration(cfg.agent.retry_backoff)
+        self.notifier = notifier if notifier is not None else self._notifier()
+        self._drill = drill  # tests may pass a stand-in with run_drill's signature; default ops.drill.run_drill
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
+
+    def _notifier(self) -> notify.Notifier:
+        a = self.cfg.agent
+        urls = notify.read_urls(a.notify_file, a.notify_env, self.environ)
+        tenants = {t: notify.read_urls(v.notify_file, "", self.environ) for t, v in self.cfg.tenants.items()}
+        return notify.Notifier(urls, {t: u for t, u in tenants.items() if u})
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Register, drop what a previous life of this agent left running, and write the configuration."""
+        now = self.clock()
+        self.store.heartbeat(
+            self.name, now, host=socket.gethostname(), pid=os.getpid(), version=__version__, started=True
+        )
+        self.store.abandon_runs(self.name, now, "the agent restarted before it finished")
+        self.store.sync_config(self.cfg, now)
+
+    def due(self, now: datetime) -> list[Job]:
+        done: dict[tuple[str, str], datetime] = {}
+        for (sid, kind), slot in self.store.last_slots().items():
+            job = _JOB_OF_RUN.get(kind)
+            if job is not None and ((sid, job) not in done or slot > done[(sid, job)]):
+                done[(sid, job)] = slot
+        return schedule.due_jobs(self.cfg, done, now)
+
+    def tick(self) -> list[JobOutcome]:
+        """One pass: every due job, systems in parallel (at most `parallel`), a system's jobs in order."""
+        now = self.clock()
+        self.store.heartbeat(self.name, now)
+        per_system: dict[str, list[Job]] = {}
+        for job in self.due(now):
+            per_system.setdefault(job.system.id, []).append(job)
+        outcomes: list[JobOutcome] = []
+        if per_system:
+            stop = threading.Event()
+            renewer = threading.Thread(target=self._renew_claims, args=(stop,), daemon=True)
+            renewer.start()
+            try:
+                with ThreadPoolExecutor(self.cfg.agent.parallel, thread_name_prefix="cermin-agent") as pool:
+                    for result in pool.map(self._run_system, per_system.values()):
+                        outcomes += result
+            finally:
+                stop.set()
+                renewer.join()
+        self.notify(self.clock())
+        return outcomes
+
+    def run(self, stop: threading.Event, interval: float = 30.0, on_outcome=None) -> None:
+        """Tick until `stop` is set; a tick that fails (the state store unreachable) is retried next time."""
+        self.start()
+        while not stop.is_set():
+            try:
+                for o in self.tick():
+                    if on_outcome is not None:
+                        on_outcome(o)
+            except CerminError as e:
+                if on_outcome is not None:
+                    on_outcome(JobOutcome("", "tick", self.clock(), "failed", _first_line(e)))
+            stop.wait(interval)
+
+    def _renew_claims(self, stop: threading.Event) -> None:
+        while not stop.wait(max(1.0, self.ttl / 3)):
+            with self._held_lock:
+                held = list(self._held)
+            for sid in held:
+                try:
+                    self.store.renew(sid, self.name, self.ttl, self.clock())
+                except CerminError:
+                    pass  # the store is away: the claim may lapse, the slot's run record still guards it
+
+    # ---- one system ------------------------------------------------------------------------------------
+    def _run_system(self, jobs: list[Job]) -> list[JobOutcome]:
+        system = jobs[0].system
+        now = self.clock()
+        try:
+            claimed = self.store.claim(system.id, self.name, jobs[0].kind, self.ttl, now)
+        except CerminError as e:
+            return [JobOutcome(system.id, j.kind, j.slot, "failed", f"state store: {_first_line(e)}") for j in jobs]
+        if not claimed:
+            return [JobOutcome(system.id, j.kind, j.slot, "skipped", "claimed by another agent") for j in jobs]
+        with self._held_lock:
+            self._held.add(system.id)
+        try:
+            return [self._run_job(job) for job in jobs]
+        finally:
+            with self._held_lock:
+                self._held.discard(system.id)
+            try:
+                self.store.release(system.id, self.name)
+            except CerminError:
+                pass  # the claim expires on its own
+
+    def _run_job(self, job: Job) -> JobOutcome:
+        t0 = time.monotonic()
+        out = JobOutcome(job.system.id, job.kind, job.slot, "ok")
+        try:
+            {BACKUP: self._backup, MAINTAIN: self._maintain, DRILL: self._drill_job}[job.kind](job, out)
+        except Exception as e:  # one system's failure never stops the loop; it is in the outcome
+            out.status, out.message = "failed", _first_line(e)
+        if out.status == "ok" and out.steps:
+            worst = max(out.steps, key=lambda s: ("skipped", "ok", "warning", "failed").index(s.status))
+            if worst.status in ("warning", "failed"):
+                out.status, out.message = worst.status, worst.message
+            elif all(s.status == "skipped" for s in out.steps):
+                out.status, out.message = "skipped", out.steps[0].message
+        out.seconds = time.monotonic() - t0
+        return out
+
+    def _step(self, job: Job, out: JobOutcome, kind: str, copy: str, fn) -> object | None:
+        """Run fn() as one recorded run of (system, kind, copy, slot): retried with backoff on errors that
+        a retry can fix; fn returns (status, message, result, finish fields). None when not run."""
+        run_id = self.store.start_run(job.system.id, kind, job.slot, self.name, copy=copy, now=self.clock())
+        if run_id is None:
+            out.steps.append(Step(kind, copy, "skipped", f"{kind} {copy}: this slot already ran"))
+            return None
+        attempts, result = 0, None
+        while True:
+            attempts += 1
+            try:
+                status, message, result, fields = fn()
+                break
+            except Exception as e:
+                status, message, fields = "failed", _first_line(e), {}
+                if _permanent(e) or attempts > self.cfg.agent.retries:
+                    break
+                self.sleep(self.backoff * 2 ** (attempts - 1))
+        self.store.finish_run(
+            run_id, status, self.clock(), error=message if status != "ok" else None, attempts=attempts, **fields
+        )
+        out.steps.append(Step(kind, copy, status, message, run_id))
+        return result
+
+    def _open(self, system: ResolvedSystem, copy: str):
+        from cermin.ops.repos import open_config_repo
+
+        return open_config_repo(self.cfg, system.copies[copy], self.environ)
+
+    # ---- backup ----------------------------------------------------------------------------------------
+    def _backup(self, job: Job, out: JobOutcome) -> None:
+        from cermin.ops.sources import backup_system
+
+        s = job.system
+        repos: dict[str, object] = {}
+
+        def backup():
+            repos["primary"] = repo = repos.get("primary") or self._open(s, "primary")
+            tmp = os.path.join(self.cfg.agent.workdir, "tmp")
+            os.makedirs(tmp, mode=0o700, exist_ok=True)
+            result = backup_system(repo, s, environ=self.environ, tmpdir=tmp)
+            snaps = [r.summary for r in result.sources if r.summary is not None and r.summary.snapshot_id]
+            if not result.ok and not snaps and not result.hook_errors:
+                raise CerminError("; ".join(result.errors) or "no source was saved")
+            status = "ok" if result.ok else "warning" if snaps and len(snaps) == len(s.sources) else "failed"
+            times = [_parse(x.snapshot.time) for x in snaps]
+            fields = dict(
+                bytes=sum(x.snapshot.summary.total_bytes for x in snaps),
+                files=sum(x.snapshot.summary.total_files for x in snaps),
+                snapshot_id=snaps[0].snapshot_id if len(snaps) == 1 else None,
+                # the copy's data is as new as its oldest source saved in this run, and only a complete run counts
+                data_time=min(times) if status != "failed" and times else None,
+                details={"sources": [r.to_json() for r in result.sources], "hook_errors": result.hook_errors},
+            )
+            return status, "; ".join(result.errors), snaps, fields
+
+        snaps = self._step(job, out, "backup", "primary", backup)
+        if snaps:
+            self._record_new(s, "primary", snaps)
+        if "primary" not in repos:
+            return
+        self._forget(job, out, repos["primary"], "primary")
+        for copy in ("immutable", "mirror"):
+            if copy in s.copies:
+                self._mirror(job, out, repos["primary"], copy)
+
+    def _record_new(self, s: ResolvedSystem, copy: str, summaries) -> None:
+        from cermin.ops.state import SeenSnapshot
+
+        seen = []
+        for x in summaries:
+            g = x.snapshot.extra.get("guard") if isinstance(x.snapshot.extra, dict) else None
+            verdict = g.get("verdict") if isinstance(g, dict) else None
+            score = g.get("score") if isinstance(g, dict) else None
+            seen.append(
+                SeenSnapshot(
+                    x.snapshot_id,
+                    _parse(x.snapshot.time),
+                    size=x.snapshot.summary.total_bytes,
+                    files=x.snapshot.summary.total_files,
+                    verdict=verdict if isinstance(verdict, str) else None,
+                    score=float(score) if isinstance(score, (int, float)) else None,
+                )
+            )
+            if verdict in ("suspicious", "infected"):
+                reasons = g.get("reasons") if isinstance(g.get("reasons"), list) else []
+                self.store.open_alarm(
+                    s.id,
+                    copy,
+                    x.snapshot_id,
+                    verdict,
+                    [str(r) for r in reasons][:20],
+                    score=seen[-1].score,
+                    now=self.clock(),
+                )
+        self.store.record_snapshots(s.id, copy, seen, self.clock())
+
+    def _forget(self, job: Job, out: JobOutcome, repo, copy: str) -> None:
+        from cermin.engine.forget import KeepPolicy
+        from cermin.ops import commands
+
+        r = job.system.policy.retention
+        policy = KeepPolicy(r.last, r.hourly, r.daily, r.weekly, r.monthly, r.yearly, r.within or None)
+
+        def forget():
+            res = commands.forget(repo, commands.ForgetOptions(policy=policy, hosts=(job.system.hostname,)))
+            done = res.parts[0]
+            if done.approval:  # a server under the two-person rule: the removal waits for an admin
+                return "warning", f"forget waits for approval {done.approval}", res, {}
+            return "ok", "", res, {"details": {"removed": len(done.ids), "locked": len(done.locked)}}
+
+        self._step(job, out, "forget", copy, forget)
+
+    def _mirror(self, job: Job, out: JobOutcome, primary, copy: str) -> None:
+        from cermin.engine.mirror import MirrorOptions
+        from cermin.ops import commands
+
+        s = job.system
+        holder: dict[str, object] = {}
+
+        def mirror():
+            holder["repo"] = dst = holder.get("repo") or self._open(s, copy)
+            res = commands.mirror(primary, dst, MirrorOptions(hosts=(s.hostname,)))
+            status = "ok" if not res.skipped else "warning"
+            msg = "; ".join(f"{k[:8]}: {v}" for k, v in list(res.skipped.items())[:5])
+            newest = _newest_time(dst, s.hostname)
+            fields = dict(
+                bytes=res.bytes_uploaded,
+                files=len(res.copied),
+                data_time=newest,
+                details={"copied": len(res.copied), "present": res.present},
+            )
+            return status, msg, res, fields
+
+        self._step(job, out, "mirror", copy, mirror)
+        if "repo" in holder:
+            self._forget(job, out, holder["repo"], copy)
+
+    # ---- maintenance -----------------------------------------------------------------------------------
+    def _maintain(self, job: Job, out: JobOutcome) -> None:
+        from cermin.ops import commands
+
+        s = job.system
+        k, n = schedule.verify_slice(s, job.slot)
+        for copy in s.copies:
+            opened: dict[str, object] = {}
+
+            def repo(copy=copy, opened=opened):
+                if "repo" not in opened:
+                    opened["repo"] = self._open(s, copy)
+                return opened["repo"]
+
+            def prune(repo=repo):
+                res = commands.prune(repo(), commands.PruneOptions())
+                return ("ok" if res.exit_code == 0 else "warning"), "", res, {}
+
+            def extend(repo=repo):
+                return "ok", "", commands.lock_extend(repo()), {}
+
+            def verify(repo=repo):
+                res = commands.check(repo(), commands.CheckOptions(read_data=True, subset=f"{k}/{n}"))
+                report = res.parts[-1]
+                ok = report.exit_code == 0
+                why = "" if ok else _check_problem(report)
+                return ("ok" if ok else "failed"), why, res, {"details": {"subset": f"{k}/{n}"}}
+
+            self._step(job, out, "prune", copy, prune)
+            if copy == "immutable" and "repo" in opened and _has_lock(opened["repo"]):
+                self._step(job, out, "lock_extend", copy, extend)
+            self._step(job, out, "verify", copy, verify)
+
+    # ---- drills ----------------------------------------------------------------------------------------
+    def _drill_job(self, job: Job, out: JobOutcome) -> None:
+        s = job.system
+        copies = list(s.copies)
+        n = int((job.slot - datetime(2020, 1, 1, tzinfo=UTC)).total_seconds() // max(1, s.policy.drill_every))
+        copy = copies[n % len(copies)]  # every copy in turn
+        run_drill = self._drill
+        if run_drill is None:
+            from cermin.ops.drill import run_drill
+        started = self.clock()
+
+        def drill():
+            res = run_drill(self.cfg, s, copy=copy, agent_name=self.name, environ=self.environ)
+            r = res.report
+            self.store.record_drill(
+                s.id,
+                r.snapshots[0].id if r.snapshots else "",
+                copy,
+                started_at=started,
+                rto_measured_s=r.rto_measured_s,
+                rto_target_s=r.rto_target_s,
+                verdict=r.verdict,
+                report_id=res.aux or r.id,
+                now=self.clock(),
+                **_drill_extra(res),
+            )
+            status = "ok" if res.passed else "failed"
+            msg = "" if res.passed else "; ".join(r.errors[:3]) or "a check failed"
+            return status, msg, res, {"details": {"rto_s": r.rto_measured_s, "report": r.id, "met": r.met}}
+
+        self._step(job, out, "drill", copy, drill)
+
+    # ---- notifications ---------------------------------------------------------------------------------
+    def conditions(self, now: datetime) -> tuple[list[notify.Event], list[tuple[str, str]]]:
+        """What is wrong now, per system, as notification events (and which (kind, system) were checked)."""
+        events: list[notify.Event] = []
+        checked: list[tuple[str, str]] = []
+        for st in self.store.status(now):
+            sid = st.id
+            checked += [(k, sid) for k in notify.KINDS]
+            primary = st.copies.get("primary")
+            if primary is not None and not primary.fresh:
+                age = "never" if primary.age_s is None else f"{primary.age_s / 3600:.1f} h ago"
+                events.append(
+                    notify.Event(
+                        notify.RPO_BREACH,
+                        sid,
+                        f"cermin: {sid} breaches its RPO",
+                        f"{sid}: last good backup {age}; RPO {st.system.rpo_s // 60} min",
+                    )
+                )
+            for kind, c in st.copies.items():
+                if kind != "primary" and c.required and c.newest is not None and not c.fresh:
+                    events.append(
+                        notify.Event(
+                            notify.MIRROR_LAG,
+                            sid,
+                            f"cermin: {sid} {kind} copy lags",
+                            f"{sid}: the {kind} copy {c.repository} is {c.age_s / 3600:.1f} h old",
+                        )
+                    )
+            if st.open_alarms:
+                a = st.open_alarms[0]
+                events.append(
+                    notify.Event(
+                        notify.GUARD_ALARM,
+                        sid,
+                        f"cermin: guard alarm on {sid}",
+                        f"{sid}: snapshot {a.snapshot_id[:8]} is {a.verdict}: " + "; ".join(a.reasons[:3]),
+                    )
+                )
+            failed = [r for (kind, _), r in st.last_runs.items() if r.status == "failed" and kind != "drill"]
+            if failed:
+                r = failed[0]
+                events.append(
+                    notify.Event(
+                        notify.FAILED,
+                        sid,
+                        f"cermin: {r.kind} of {sid} failed",
+                        f"{sid}: {r.kind} ({r.copy or '-'}) failed: {r.error or ''}",
+                    )
+                )
+            if st.last_drill is not None and st.last_drill.verdict != "pass":
+                events.append(
+                    notify.Event(
+                        notify.DRILL_FAILED,
+                        sid,
+                        f"cermin: drill of {sid} failed",
+                        f"{sid}: the last restore drill failed",
+                    )
+                )
+        return events, checked
+
+    def notify(self, now: datetime) -> list[notify.Event]:
+        """Send what started or ended since the last tick; every delivery is recorded (by URL name)."""
+        events, checked = self.conditions(now)
+        before = len(self.notifier.sent)
+        changed = self.notifier.update(events, checked)
+        for e, target, ok in self.notifier.sent[before:]:
+            kind = e.kind if e.failure else "recovered"
+            self.store.record_notification(kind, target, e.title, system_id=e.system, ok=ok, now=now)
+        del self.notifier.sent[:before]  # the store keeps the history
+        return changed
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+def _parse(t: str) -> datetime:
+    from cermin.repo.snapshots import timestamp
+
+    ts = timestamp(t)
+    if ts is None:
+        raise ConfigError(f"bad snapshot time {t!r}")
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _newest_time(repo, hostname: str) -> datetime | None:
+    from cermin.repo.snapshots import list_snapshots
+
+    refs = [r for r in list_snapshots(repo, hosts=(hostname,)) if not r.future]
+    return max((_parse(r.snapshot.time) for r in refs), default=None)
+
+
+def _has_lock(repo) -> bool:
+    b = repo.backend
+    while b is not None:
+        if getattr(getattr(b, "caps", None), "retention", False) and getattr(b, "lock", None) is not None:
+            return True
+        b = getattr(b, "inner", None)
+    return False
+
+
+def _check_problem(report) -> str:
+    errors = getattr(report, "errors", None)
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return _first_line(getattr(errors[0], "message", str(errors[0]))) + more
+    return "check found damage"
+
+
+def _drill_extra(res) -> dict:
+    r = res.report
+    total = sum(getattr(x, "bytes", 0) or 0 for x in r.snapshots)
+    files = sum(getattr(x, "files", 0) or 0 for x in r.snapshots)
+    rate = total / r.rto_measured_s if r.rto_measured_s > 0 else None
+    return {"bytes": total, "files": files, "bytes_per_s": rate}
+
+
+def next_wakeup(agent: Agent, now: datetime) -> datetime:
+    """The earliest next slot of any job (for `agent status`)."""
+    return min(
+        (schedule.next_slot(s, k, now) for s in agent.cfg.systems for k in schedule.JOB_KINDS),
+        default=now + timedelta(minutes=1),
+    )

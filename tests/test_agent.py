@@ -1,0 +1,245 @@
+"""ops/agent.py: the agent runs every system's jobs on schedule (fake clock), records them in the state store,
+keeps going when one system's repository is unreachable, notifies, and — with three agent processes on one real
+PostgreSQL — runs each system once per schedule slot."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from conftest import FAST_KDF, PASSWORD
+
+from cermin.backend.local import LocalBackend
+from cermin.ops.agent import Agent
+from cermin.ops.config import load_config
+from cermin.ops.schedule import JOB_KINDS, latest_slot
+from cermin.ops.state import StateStore
+from cermin.repo.repository import Repository
+from cermin.repo.snapshots import list_snapshots
+
+# Snapshots carry the real time, so the fake clock starts at the real one and only moves forward.
+T0 = datetime.now(UTC).replace(microsecond=0)
+
+
+class Clock:
+    def __init__(self, t: datetime) -> None:
+        self.t = t
+
+    def __call__(self) -> datetime:
+        return self.t
+
+
+def make_site(tmp, broken: bool = False, notify_url: str = "", state: str = "") -> str:
+    """Two tenants: a SQLite application (primary + tenant mirror) and a file share (primary only)."""
+    (tmp / "pw").write_text(PASSWORD + "\n")
+    (tmp / "mirror.pw").write_text("the tenant's own password\n")
+    for name, pw in (("dc-app", PASSWORD), ("app-own", "the tenant's own password"), ("dc-files", PASSWORD)):
+        Repository.init(LocalBackend(str(tmp / name)), pw.encode(), kdf=FAST_KDF)
+    app = tmp / "app"
+    app.mkdir()
+    db = sqlite3.connect(app / "app.db")
+    db.execute("CREATE TABLE tickets (id INTEGER PRIMARY KEY, who TEXT)")
+    db.executemany("INSERT INTO tickets (who) VALUES (?)", [(f"citizen {i}",) for i in range(200)])
+    db.commit()
+    db.close()
+    share = tmp / "share"
+    share.mkdir()
+    for i in range(20):
+        (share / f"doc{i}.txt").write_text(f"document {i}\n" * 200)
+    (tmp / "notify.urls").write_text(notify_url + "\n")
+    files_url = tmp / ("missing-repo" if broken else "dc-files")
+    cfg = tmp / "cermin.toml"
+    cfg.write_text(
+        f"""
+[agent]
+workdir = "{tmp / "work"}"
+name = "agent-1"
+retries = 1
+retry_backoff = "1s"
+{f'state = "{state}"' if state else ""}
+{'notify_file = "' + str(tmp / "notify.urls") + '"' if notify_url else ""}
+
+[classes.app]
+rpo = "1h"
+rto = "1h"
+retention = {{ last = 5 }}
+copies = ["primary", "mirror"]
+drill_every = "1d"
+verify_every = "2d"
+
+[classes.files]
+rpo = "4h"
+rto = "4h"
+retention = {{ last = 3 }}
+drill_every = "1d"
+verify_every = "1d"
+
+[repositories.dc-app]
+url = "{tmp / "dc-app"}"
+password_file = "{tmp / "pw"}"
+[repositories.app-own]
+url = "{tmp / "app-own"}"
+password_file = "{tmp / "mirror.pw"}"
+[repositories.dc-files]
+url = "{files_url}"
+password_file = "{tmp / "pw"}"
+
+[tenants.dukcapil.systems.antrian]
+class = "app"
+primary = "dc-app"
+mirror = "app-own"
+[[tenants.dukcapil.systems.antrian.sources]]
+type = "sqlite"
+path = "{app / "app.db"}"
+[[tenants.dukcapil.systems.antrian.checks]]
+type = "sqlite"
+query = "SELECT 1 FROM tickets WHERE who = 'citizen 7'"
+
+[tenants.arsip.systems.share]
+class = "files"
+primary = "dc-files"
+[[tenants.arsip.systems.share.sources]]
+type = "paths"
+paths = ["{share}"]
+[[tenants.arsip.systems.share.checks]]
+type = "files"
+min_files = 20
+"""
+    )
+    return str(cfg)
+
+
+def agent_for(cfg_path: str, clock: Clock, name: str = "agent-1") -> Agent:
+    cfg = load_config(cfg_path)
+    store = StateStore.open(cfg.agent.state or f"sqlite:///{cfg.agent.workdir}/state.db", clock=clock)
+    a = Agent(cfg, store, name=name, clock=clock, sleep=lambda s: None)
+    a.start()
+    return a
+
+
+def test_once_runs_every_job_and_the_fleet_meets_its_classes(tmp_path):
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path), clock)
+    outcomes = a.tick()
+    got = {(o.system, o.kind): o for o in outcomes}
+    assert set(got) == {(s, k) for s in ("dukcapil/antrian", "arsip/share") for k in ("backup", "maintain", "drill")}
+    assert all(o.status == "ok" for o in outcomes), [(o.system, o.kind, o.message) for o in outcomes]
+    steps = {(s.kind, s.copy) for s in got[("dukcapil/antrian", "backup")].steps}
+    assert steps == {("backup", "primary"), ("forget", "primary"), ("mirror", "mirror"), ("forget", "mirror")}
+    # the tenant's own mirror holds the copy, under its own key
+    own = Repository.open(LocalBackend(str(tmp_path / "app-own")), b"the tenant's own password")
+    assert len(list_snapshots(own)) == 1
+    status = {s.id: s for s in a.store.status(clock())}
+    assert all(s.meets_class for s in status.values()), {k: s.reasons for k, s in status.items()}
+    assert status["dukcapil/antrian"].last_drill.verdict == "pass"
+    assert status["dukcapil/antrian"].copies["mirror"].fresh
+
+    assert a.tick() == [], "nothing is due again at the same time"
+    later = T0 + timedelta(minutes=31)  # antrian backs up every 30 min (half its 1h RPO)
+    expected = {(s.id, k) for s in a.cfg.systems for k in JOB_KINDS if latest_slot(s, k, later) > latest_slot(s, k, T0)}
+    assert ("dukcapil/antrian", "backup") in expected
+    clock.t = later
+    assert {(o.system, o.kind) for o in a.tick()} == expected
+
+
+def test_catch_up_runs_each_job_once_after_downtime(tmp_path):
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path), clock)
+    a.tick()
+    clock.t = T0 + timedelta(days=3)  # the agent was down for three days
+    outcomes = a.tick()
+    kinds = sorted((o.system, o.kind) for o in outcomes)
+    assert kinds == sorted(
+        {(s, k) for s in ("dukcapil/antrian", "arsip/share") for k in ("backup", "maintain", "drill")}
+    )
+    backups = [r for r in a.store.runs("dukcapil/antrian", kind="backup")]
+    assert len(backups) == 2, "one catch-up backup, not one per missed slot"
+
+
+def test_one_unreachable_repository_does_not_stop_the_others(tmp_path, monkeypatch):
+    got: list[dict] = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        clock = Clock(T0)
+        url = f"json://127.0.0.1:{srv.server_port}/hook"
+        a = agent_for(make_site(tmp_path, broken=True, notify_url=url), clock)
+        outcomes = {(o.system, o.kind): o for o in a.tick()}
+        assert outcomes[("arsip/share", "backup")].status == "failed"
+        assert "no repository" in outcomes[("arsip/share", "backup")].message
+        assert outcomes[("dukcapil/antrian", "backup")].status == "ok"
+        assert outcomes[("dukcapil/antrian", "drill")].status == "ok"
+        failed = [r for r in a.store.runs("arsip/share", kind="backup")]
+        assert failed and failed[0].status == "failed" and failed[0].attempts == 1  # permanent: not retried
+        titles = [g["title"] for g in got]
+        assert "cermin: arsip/share breaches its RPO" in titles and "cermin: backup of arsip/share failed" in titles
+        assert not any("antrian" in t for t in titles)
+        n = len(got)
+        clock.t = T0 + timedelta(minutes=5)
+        a.tick()
+        assert len(got) == n, "a condition that goes on is not sent again"
+        notes = a.store.notifications(limit=50)
+        assert notes and all("hook" not in x.target for x in notes)  # the URL's path never reaches the store
+    finally:
+        srv.shutdown()
+
+
+def test_a_failing_source_fails_its_run_and_later_breaches_the_rpo(tmp_path):
+    clock = Clock(T0)
+    cfg_path = make_site(tmp_path)
+    a = agent_for(cfg_path, clock)
+    a.tick()
+    os.remove(tmp_path / "app" / "app.db")  # the application's database disappears
+    clock.t = T0 + timedelta(minutes=40)
+    out = {(o.system, o.kind): o for o in a.tick()}
+    assert out[("dukcapil/antrian", "backup")].status == "failed"
+    st = {s.id: s for s in a.store.status(clock())}["dukcapil/antrian"]
+    assert st.meets_class, "40 minutes old: still within the 1h RPO"
+    clock.t = T0 + timedelta(minutes=75)
+    a.tick()
+    st = {s.id: s for s in a.store.status(clock())}["dukcapil/antrian"]
+    assert not st.meets_class and any("older than the RPO" in r for r in st.reasons), st.reasons
+
+
+def _agent_process(cfg_path: str, name: str, t: str, q) -> None:
+    clock = Clock(datetime.fromisoformat(t))
+    a = agent_for(cfg_path, clock, name)
+    q.put([(o.system, o.kind, o.status) for o in a.tick()])
+
+
+def test_three_agents_on_one_postgres_run_each_slot_once(tmp_path, postgres):
+    db = postgres.new_database("agents")
+    cfg_path = make_site(tmp_path, state=postgres.url_for(db))
+    StateStore.open(postgres.url_for(db))  # the schema, before the race
+    ctx = multiprocessing.get_context("spawn")
+    for t in (T0, T0 + timedelta(minutes=31), T0 + timedelta(days=1, minutes=1)):
+        q = ctx.Queue()
+        procs = [ctx.Process(target=_agent_process, args=(cfg_path, f"agent-{i}", t.isoformat(), q)) for i in range(3)]
+        for p in procs:
+            p.start()
+        results = [q.get(timeout=300) for _ in procs]
+        for p in procs:
+            p.join(60)
+        done = [(s, k) for r in results for s, k, status in r if status == "ok"]
+        assert len(done) == len(set(done)), f"a job ran twice: {results}"
+    store = StateStore.open(postgres.url_for(db))
+    runs = store.runs(limit=1000)
+    keys = [(r.system_id, r.kind, r.copy, r.slot) for r in runs]
+    assert len(keys) == len(set(keys))
+    backups = sorted(r.slot for r in runs if r.system_id == "dukcapil/antrian" and r.kind == "backup")
+    assert len(backups) >= 2 and len(set(backups)) == len(backups)
