@@ -469,6 +469,30 @@ def test_first_drill_makes_the_key(tmp_path):
     assert not again.key_created and again.signed.key_fingerprint == res.signed.key_fingerprint
 
 
+def test_drills_in_parallel_threads_make_one_key(tmp_path):
+    """The agent drills `parallel` systems at once: their first drills all find no key."""
+    import threading
+
+    from cermin.ops.agentkey import load_or_create_key
+
+    path = str(tmp_path / "k" / "agent.key")
+    barrier, got = threading.Barrier(4), []
+
+    def drill_thread():
+        barrier.wait()
+        try:
+            got.append(load_or_create_key(path)[0].fingerprint)
+        except AgentKeyError as e:
+            got.append(str(e))
+
+    threads = [threading.Thread(target=drill_thread) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [load_key(path).fingerprint] * 4
+
+
 def test_check_naming_an_unknown_source_fails(tmp_path):
     extra = '\n[[tenants.acme.systems.app.checks]]\ntype = "files"\nname = "typo"\nsource = "uplaods"\n'
     site = Site(tmp_path, _sqlite_system(tmp_path) + extra)

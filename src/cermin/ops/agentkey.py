@@ -13,6 +13,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 
@@ -65,7 +66,7 @@ def generate_key(path: str, overwrite: bool = False) -> AgentKey:
     parent = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(parent, mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
+        tmp = f"{path}.tmp{os.getpid()}-{secrets.token_hex(4)}"  # per call: the agent drills from several threads
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
