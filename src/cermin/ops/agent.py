@@ -170,9 +170,9 @@ class Agent:
                 for o in self.tick():
                     if on_outcome is not None:
                         on_outcome(o)
-            except CerminError as e:
+            except Exception as e:  # the store unreachable, a bug: one line, and the next pass tries again
                 if on_outcome is not None:
-                    on_outcome(JobOutcome("", "tick", self.clock(), "failed", _first_line(e)))
+                    on_outcome(JobOutcome("", "tick", self.clock(), "failed", f"{type(e).__name__}: {_first_line(e)}"))
             stop.wait(interval)
 
     def _renew_claims(self, stop: threading.Event) -> None:
