@@ -2,7 +2,9 @@
 
 Location: `s3:http://127.0.0.1:8333/bucket/prefix` (any endpoint, path-style) or `s3:bucket/prefix`
 (AWS; region from AWS_REGION / AWS_DEFAULT_REGION). Credentials: AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN. Objects are written with If-None-Match (write-once).
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN from the environment, or given to the backend as
+`S3Credentials` (the agent opens many repositories, each with its own identity, in one process).
+Objects are written with If-None-Match (write-once).
 
 With an Object Lock policy every object except locks is uploaded with its own retention
 (mode + retain-until, rounded up to the next UTC midnight so one signed store serves a whole day).
@@ -60,10 +62,42 @@ CONNECT_TIMEOUT = 5  # seconds; an endpoint that does not accept a connection by
 AMBIENT_ENV = "CERMIN_S3_AMBIENT_CREDENTIALS"
 
 
-def _credentials() -> dict:
-    """Credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN). Without
-    them, fail at once: the libraries would otherwise wait on the cloud metadata address
-    169.254.169.254. CERMIN_S3_AMBIENT_CREDENTIALS=1 lets them look there and in profiles."""
+@dataclass(frozen=True, repr=False)
+class S3Credentials:
+    """One S3 identity, given to one backend (not the process environment). `region` empty: the
+    environment's AWS_REGION / AWS_DEFAULT_REGION, else us-east-1. Its repr and str name the access
+    key id only, so the secret cannot reach a log line or an error message by accident."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str = ""
+    region: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.access_key_id and self.secret_access_key):
+            raise UsageError("S3 credentials need both an access key id and a secret access key")
+
+    def __repr__(self) -> str:
+        token = ", session_token=<hidden>" if self.session_token else ""
+        region = f", region={self.region!r}" if self.region else ""
+        return f"S3Credentials(access_key_id={self.access_key_id!r}, secret_access_key=<hidden>{token}{region})"
+
+    __str__ = __repr__
+
+    def as_kwargs(self) -> dict:
+        out = {"access_key_id": self.access_key_id, "secret_access_key": self.secret_access_key}
+        if self.session_token:
+            out["session_token"] = self.session_token
+        return out
+
+
+def _credentials(given: S3Credentials | None = None) -> dict:
+    """Credentials given to the backend, else from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    (/ AWS_SESSION_TOKEN). Without them, fail at once: the libraries would otherwise wait on the
+    cloud metadata address 169.254.169.254. CERMIN_S3_AMBIENT_CREDENTIALS=1 lets them look there
+    and in profiles (given credentials never do)."""
+    if given is not None:
+        return given.as_kwargs()
     key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
     if key and secret:
         out = {"access_key_id": key, "secret_access_key": secret}
@@ -78,6 +112,16 @@ def _credentials() -> dict:
     )
 
 
+# Answers to a key or signature the store does not accept (as opposed to AccessDenied: a known
+# identity without the permission).
+_BAD_CREDENTIAL = (
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "ExpiredToken",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+)
 _THROTTLED = ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed")
 _BOTO_UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ProxyConnectionError")
 _BOTO_TRANSIENT = ("ReadTimeoutError", "ResponseStreamingError", "IncompleteReadError", "HTTPClientError")
@@ -105,6 +149,10 @@ def _retryable(status: int) -> bool:
 
 class _NotImplemented(CerminError):
     """The store does not implement a call (a permanent answer, though its status is 501)."""
+
+
+class _BadCredential(AccessDenied):
+    """The store does not accept the key or the signature (a wrong or expired credential)."""
 
 
 def _margin(maintenance_days: int) -> int:
@@ -173,12 +221,19 @@ def parse_location(location: str) -> tuple[str | None, str, str]:
 class S3Backend(BackendBase):
     caps = Capabilities(versions=True, retention=True, takes_config=True, default_pack_size=OBJECT_STORE_PACK_SIZE)
 
-    def __init__(self, location: str, lock: LockPolicy | None = None) -> None:
+    def __init__(self, location: str, lock: LockPolicy | None = None, credentials: S3Credentials | None = None) -> None:
+        """`credentials` None: from the environment (module docstring), as the command line does."""
         self.location = location
         self.endpoint, self.bucket, self.prefix = parse_location(location)
-        self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self.region = (
+            (credentials.region if credentials is not None else "")
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1"
+        )
         self.lock = lock
-        _credentials()  # refuse now, before any request could go looking for them
+        self._creds = credentials
+        _credentials(credentials)  # refuse now, before any request could go looking for them
         self._stores: dict[object, object] = {}
         self._boto_client = None
         self._boto_probe = None
@@ -215,7 +270,7 @@ class S3Backend(BackendBase):
             )
             if self.endpoint:
                 kw["endpoint"] = self.endpoint
-            kw.update(_credentials())
+            kw.update(_credentials(self._creds))
             opts: dict = {"connect_timeout": f"{CONNECT_TIMEOUT}s"}
             if self.endpoint and self.endpoint.startswith("http://"):
                 opts["allow_http"] = True
@@ -239,7 +294,7 @@ class S3Backend(BackendBase):
                 import boto3
                 from botocore.config import Config
 
-                creds = _credentials()
+                creds = _credentials(self._creds)
                 client = boto3.client(
                     "s3",
                     endpoint_url=self.endpoint,
@@ -272,6 +327,12 @@ class S3Backend(BackendBase):
     def _full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _whose(self) -> str:
+        """' of access key ID' for error messages (an access key id is no secret; it tells which of
+        several identities in one process was refused)."""
+        key = self._creds.access_key_id if self._creds is not None else os.environ.get("AWS_ACCESS_KEY_ID")
+        return f" of access key {key}" if key else ""
+
     def _wrap(self, e: Exception, what: str) -> CerminError:
         """The one place that sorts what obstore and boto3 raise into transient and permanent errors."""
         if isinstance(e, CerminError):
@@ -283,7 +344,7 @@ class S3Backend(BackendBase):
         if name == "AlreadyExistsError":
             return ObjectExists(f"{what} already exists")
         if name in ("PermissionDeniedError", "UnauthenticatedError"):
-            return AccessDenied(f"S3 refused access to {what}: check the credentials ({first})")
+            return AccessDenied(f"S3 refused access to {what}: check the credentials{self._whose()} ({first})")
         if name in ("NotSupportedError", "PreconditionError", "NotModifiedError", "InvalidPathError"):
             return CerminError(f"S3 error on {what}: {first}")
         code, status = _boto_code(e)
@@ -292,8 +353,10 @@ class S3Backend(BackendBase):
                 return ObjectNotFound(f"{what} does not exist")
             if code == "NoSuchBucket":
                 return CerminError(f"bucket {self.bucket} does not exist")
+            if code in _BAD_CREDENTIAL:
+                return _BadCredential(f"S3 refused access to {what}: check the credentials{self._whose()} ({first})")
             if code == "AccessDenied" or status in (401, 403):
-                return AccessDenied(f"S3 refused access to {what}: check the credentials ({first})")
+                return AccessDenied(f"S3 refused access to {what}: check the credentials{self._whose()} ({first})")
             if code == "NotImplemented":
                 return _NotImplemented(f"S3 error on {what}: {first}")
             if code in _THROTTLED or (_retryable(status) and code != "NotImplemented"):
@@ -394,7 +457,10 @@ class S3Backend(BackendBase):
             real = [v for v in self._versions(self._key(kind, name), probe=kind is Kind.CONFIG) if not v["marker"]]
         except _NotImplemented:
             return None  # a store that keeps no versions
+        except _BadCredential:
+            raise
         except AccessDenied:
+            self._may_read(kind, name)  # a credential refused everything here is told so
             # Falling back to the newest version would hand the repository to whoever planted it.
             raise AccessDenied(
                 "the S3 credential may not list object versions (s3:ListBucketVersions): cermin needs it "
@@ -403,6 +469,17 @@ class S3Backend(BackendBase):
         if kind is Kind.CONFIG:
             self.planted_config = max(0, len(real) - 1)
         return real[-1]["id"] if real else None
+
+    def _may_read(self, kind: Kind, name: str) -> None:
+        """Raise AccessDenied when the credential may not even read an object's metadata."""
+        import obstore
+
+        try:
+            obstore.head(self._store(), self._key(kind, name))
+        except Exception as e:
+            err = self._wrap(e, f"{kind.value}/{name}")
+            if isinstance(err, AccessDenied):
+                raise err from None
 
     def size(self, kind: Kind, name: str) -> int:
         import obstore
