@@ -27,9 +27,19 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def bucket_identity(name: str, access_key: str, secret_key: str, *buckets: str) -> dict:
+    """An S3 identity allowed everything cermin does, but only in `buckets` (SeaweedFS's
+    `Action:bucket` scoping); pass it to `Weed(..., identities=[...])`."""
+    actions = [f"{a}:{b}" for b in buckets for a in ("Admin", "Read", "List", "Tagging", "Write")]
+    return {"name": name, "credentials": [{"accessKey": access_key, "secretKey": secret_key}], "actions": actions}
+
+
 class Weed:
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, identities: list[dict] | tuple = ()) -> None:
+        """`identities`: more S3 identities (SeaweedFS s3.json entries, e.g. from `bucket_identity`)
+        beside the default all-powerful one (ACCESS_KEY / SECRET_KEY)."""
         self.dir = workdir
+        self.identities = list(identities)
         self.proc: subprocess.Popen | None = None
         self.s3_port = 0
 
@@ -55,7 +65,8 @@ class Weed:
                             "name": "cermin",
                             "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                        }
+                        },
+                        *self.identities,
                     ]
                 },
                 f,
@@ -174,15 +185,15 @@ class Weed:
         self.proc = None
         self._remove_sockets()
 
-    def boto(self):
+    def boto(self, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY):
         import boto3
         from botocore.config import Config
 
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
             region_name="us-east-1",
             config=Config(
                 request_checksum_calculation="when_required",
