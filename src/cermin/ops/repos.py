@@ -7,16 +7,16 @@ repository. Secrets go straight to the backend, never to argv or a log line.
 `env_file` holds KEY=VALUE lines (blank lines and `#` comments allowed, an optional `export `):
 - for http(s) repositories `CERMIN_TOKEN` (or `CERMIN_TOKEN_FILE`) is the server token;
 - for s3: repositories `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-  `AWS_REGION`. The S3 driver reads them from the process environment, so they are put there — and
-  two repositories with different S3 credentials cannot be open in one process: the second one is
-  refused with a clear error rather than silently given the first one's keys.
+  `AWS_REGION`. They are handed to that repository's S3 driver as its own `S3Credentials`, never put
+  in the process environment, so one process (the agent) holds any number of repositories with
+  different S3 identities. An env_file naming only `AWS_REGION` keeps the environment's keys.
+  Without any of them the driver reads the process environment, as the command line does.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import threading
 
 from cermin.errors import UsageError
 from cermin.ops.config import Config, ConfigError, Repo, read_secret
@@ -24,17 +24,21 @@ from cermin.repo.repository import Repository
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION")
-_env_lock = threading.Lock()
 
 
 def read_env_file(path: str) -> dict[str, str]:
     """KEY=VALUE lines; errors name the file and line, never the value."""
+    return {k: v for k, (_, v) in _read_env_lines(path).items()}
+
+
+def _read_env_lines(path: str) -> dict[str, tuple[int, str]]:
+    """KEY -> (line number, value) of an env file (the last line wins)."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read the env file {path}: {getattr(e, 'strerror', None) or e}") from None
-    out: dict[str, str] = {}
+    out: dict[str, tuple[int, str]] = {}
     for no, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if not s or s.startswith("#"):
@@ -47,7 +51,7 @@ def read_env_file(path: str) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
-        out[key] = value
+        out[key] = (no, value)
     return out
 
 
@@ -64,7 +68,8 @@ def config_backend(entry: Repo, name: str = "", environ=None):
     from cermin.backend import open_backend
 
     environ = os.environ if environ is None else environ
-    extra = read_env_file(entry.env_file) if entry.env_file else {}
+    lines = _read_env_lines(entry.env_file) if entry.env_file else {}
+    extra = {k: v for k, (_, v) in lines.items()}
     url = entry.url
     if url.startswith(("http://", "https://")):
         token = extra.get("CERMIN_TOKEN", "")
@@ -76,22 +81,44 @@ def config_backend(entry: Repo, name: str = "", environ=None):
 
             return RetryBackend(HttpBackend(url, token))
     elif url.startswith("s3:"):
-        _apply_s3_env({k: v for k, v in extra.items() if k in _S3_KEYS}, name)
+        return open_backend(url, credentials=_s3_credentials(entry.env_file, lines, name, environ))
     return open_backend(url)
 
 
-def _apply_s3_env(creds: dict[str, str], name: str) -> None:
-    """Put an S3 repository's credentials where the S3 driver reads them (the process environment)."""
-    if not creds:
-        return
-    with _env_lock:
-        clash = [k for k, v in creds.items() if os.environ.get(k) not in (None, "", v)]
-        if clash:
-            raise UsageError(
-                f"repository {name}: its env_file sets {', '.join(sorted(clash))} differently from the "
-                "environment (or another S3 repository open in this process): one S3 credential per process"
+def _s3_credentials(path: str, lines: dict[str, tuple[int, str]], name: str, environ):
+    """The S3 identity an env_file gives its repository (None: the driver reads the environment).
+    Errors name the file, the line and the variable, never a value."""
+    from cermin.backend.s3 import S3Credentials
+
+    # An empty session token or region is no setting (as in the environment); an empty key is a mistake.
+    got = {k: lines[k] for k in _S3_KEYS if k in lines and (lines[k][1] or k in _S3_KEYS[:2])}
+    if not got:
+        return None
+    whose = f" (repository {name})" if name else ""
+    for k, (no, value) in got.items():
+        if not value:
+            raise ConfigError(f"{path}:{no}: {k} is empty{whose}")
+    value = {k: v for k, (_, v) in got.items()}
+    key, secret = value.get("AWS_ACCESS_KEY_ID", ""), value.get("AWS_SECRET_ACCESS_KEY", "")
+    region = value.get("AWS_REGION", "")
+    if not key and not secret and "AWS_SESSION_TOKEN" not in value:
+        # Only a region: the environment's keys, used in that region (the environment is not changed).
+        key, secret = environ.get("AWS_ACCESS_KEY_ID", ""), environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if not (key and secret):
+            raise ConfigError(
+                f"{path}:{got['AWS_REGION'][0]}: AWS_REGION is set but neither this file nor the environment "
+                f"gives AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY{whose}"
             )
-        os.environ.update(creds)
+        return S3Credentials(key, secret, environ.get("AWS_SESSION_TOKEN", ""), region)
+    for have, need in (
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+        ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
+        ("AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"),
+        ("AWS_SESSION_TOKEN", "AWS_SECRET_ACCESS_KEY"),
+    ):
+        if have in got and need not in got:
+            raise ConfigError(f"{path}:{got[have][0]}: {have} is set but {need} is missing{whose}")
+    return S3Credentials(key, secret, value.get("AWS_SESSION_TOKEN", ""), region)
 
 
 def open_config_repo(cfg: Config, name: str, environ=None, load_index: bool = False, on_warning=None) -> Repository:
