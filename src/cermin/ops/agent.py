@@ -140,13 +140,15 @@ class Agent:
                 done[(sid, job)] = slot
         return schedule.due_jobs(self.cfg, done, now)
 
-    def tick(self) -> list[JobOutcome]:
-        """One pass: every due job, systems in parallel (at most `parallel`), a system's jobs in order."""
+    def tick(self, kinds=None, systems=None) -> list[JobOutcome]:
+        """One pass: every due job, systems in parallel (at most `parallel`), a system's jobs in order.
+        `kinds` (backup, maintain, drill) and `systems` (ids) limit it to those jobs; the others stay due."""
         now = self.clock()
         self.store.heartbeat(self.name, now)
         per_system: dict[str, list[Job]] = {}
         for job in self.due(now):
-            per_system.setdefault(job.system.id, []).append(job)
+            if (kinds is None or job.kind in kinds) and (systems is None or job.system.id in systems):
+                per_system.setdefault(job.system.id, []).append(job)
         outcomes: list[JobOutcome] = []
         if per_system:
             stop = threading.Event()
