@@ -243,3 +243,97 @@ notifications = sa.Table(
     sa.Index(None, "system_id", "event", "sent_at"),
     sa.Index(None, "sent_at"),
 )
+
+# ---- the dashboard (revision 0002; cermin/ops/webstore.py, docs/dashboard.md) ------------------------------
+USER = sa.String(64)  # a dashboard user's name (webstore: lower-case letters, digits and . _ @ -)
+IP = sa.String(45)  # an IPv6 address in text at most
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", USER, nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(255), nullable=False),  # Argon2id, PHC string
+    sa.Column("role", KIND, nullable=False),  # operator | viewer | auditor
+    sa.Column("tenant", NAME, nullable=True),  # a viewer's one tenant; NULL for the other roles
+    _time("created_at"),
+    _time("disabled_at", nullable=True),
+    _time("last_login_at", nullable=True),
+    sa.CheckConstraint("role IN ('operator', 'viewer', 'auditor')", name="role"),
+    sa.CheckConstraint("(role = 'viewer') = (tenant IS NOT NULL)", name="viewer_tenant"),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),  # sha256 of the cookie's token, never the token
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    _time("created_at"),
+    _time("expires_at"),
+    _time("last_seen"),
+    sa.Column("ip", IP, nullable=True),
+    sa.Index(None, "expires_at"),
+)
+
+login_attempts = sa.Table(
+    "login_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", USER, nullable=False),  # the name tried (lower-cased, clipped), known or not
+    sa.Column("ip", IP, nullable=False),
+    _time("at"),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Index(None, "name", "at"),
+    sa.Index(None, "ip", "at"),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _time("at"),
+    sa.Column("user_name", USER, nullable=False),  # who ('' for nobody known, e.g. a login by an unknown name)
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(255), nullable=True),
+    sa.Column("detail", sa.JSON, nullable=True),
+    sa.Column("ip", IP, nullable=True),
+    sa.Index(None, "at"),
+    sa.Index(None, "user_name", "at"),
+)
+
+action_requests = sa.Table(
+    "action_requests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _time("at"),
+    sa.Column("user_name", USER, nullable=False),
+    sa.Column("system_id", SYSTEM_ID, sa.ForeignKey("systems.id"), nullable=False),
+    sa.Column("kind", KIND, nullable=False),  # backup | drill
+    sa.Column("status", KIND, nullable=False),  # pending | taken | done | failed
+    sa.Column("agent", AGENT, nullable=True),  # the agent that took it
+    _time("taken_at", nullable=True),
+    _time("finished_at", nullable=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=True),
+    sa.Column("message", sa.Text, nullable=True),
+    sa.Index(None, "status", "system_id"),
+    sa.Index(None, "system_id", "at"),
+)
+
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.JSON, nullable=False),
+    sa.Column("requested_by", USER, nullable=False),
+    _time("requested_at"),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("decided_by", USER, nullable=True),
+    _time("decided_at", nullable=True),
+    sa.Column("decision", KIND, nullable=True),  # approve | reject
+    _time("executed_at", nullable=True),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Index(None, "decided_at"),
+    sa.Index(None, "requested_at"),
+)
