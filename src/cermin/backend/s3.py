@@ -295,7 +295,9 @@ class S3Backend(BackendBase):
                 from botocore.config import Config
 
                 creds = _credentials(self._creds)
-                client = boto3.client(
+                # A session of its own: creating clients on boto3's shared default session from several
+                # threads at once is racy, and the agent opens many repositories in parallel.
+                client = boto3.session.Session().client(
                     "s3",
                     endpoint_url=self.endpoint,
                     region_name=self.region,
