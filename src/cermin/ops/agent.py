@@ -192,7 +192,9 @@ class Agent:
         system = jobs[0].system
         now = self.clock()
         try:
-            claimed = self.store.claim(system.id, self.name, jobs[0].kind, self.ttl, now)
+            # a claim names a run kind: a maintenance job starts with prune
+            kind = "prune" if jobs[0].kind == MAINTAIN else jobs[0].kind
+            claimed = self.store.claim(system.id, self.name, kind, self.ttl, now)
         except CerminError as e:
             return [JobOutcome(system.id, j.kind, j.slot, "failed", f"state store: {_first_line(e)}") for j in jobs]
         if not claimed:
