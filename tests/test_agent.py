@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -214,6 +215,54 @@ def test_a_failing_source_fails_its_run_and_later_breaches_the_rpo(tmp_path):
     a.tick()
     st = {s.id: s for s in a.store.status(clock())}["dukcapil/antrian"]
     assert not st.meets_class and any("older than the RPO" in r for r in st.reasons), st.reasons
+
+
+def test_a_stop_during_a_pass_finishes_the_job_in_flight_and_starts_nothing_new(tmp_path):
+    """SIGTERM (`agent run`) while a pass works: the job running ends, the rest of the pass is left due."""
+    from cermin.ops.drill import run_drill
+
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path), clock)
+    a.cfg.agent.parallel = 1  # one system after the other
+    stop = threading.Event()
+
+    def drill_then_stop(*args, **kw):
+        stop.set()  # SIGTERM arrives while the first system's drill runs
+        return run_drill(*args, **kw)
+
+    a._drill = drill_then_stop
+    a.run(stop, interval=0)
+    first = {r.system_id for r in a.store.runs(limit=100)}
+    assert len(first) == 1, "the second system was started after the stop"
+    (done,) = first
+    assert {r.kind for r in a.store.runs(done, limit=100)} >= {"backup", "verify", "drill"}
+    # the next start runs what the stop left due, in the same slots
+    again = agent_for(str(tmp_path / "cermin.toml"), clock)
+    outcomes = again.tick()
+    assert {o.system for o in outcomes} == {"dukcapil/antrian", "arsip/share"} - first
+    assert all(o.status == "ok" for o in outcomes), [(o.system, o.kind, o.message) for o in outcomes]
+
+
+def test_a_stop_cuts_a_retry_wait_short(tmp_path):
+    clock = Clock(T0)
+    cfg = load_config(make_site(tmp_path))
+    os.remove(tmp_path / "app" / "app.db")  # a failure a retry may fix: the agent waits, then tries again
+    cfg.agent.retry_backoff = "1h"
+    cfg.agent.retries = 3
+    store = StateStore.open(f"sqlite:///{cfg.agent.workdir}/state.db", clock=clock)
+    a = Agent(cfg, store, name="agent-1", clock=clock)  # waits on the real clock
+    stop = threading.Event()
+    runner = threading.Thread(target=a.run, args=(stop, 0), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while not store.runs("dukcapil/antrian", kind="backup") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # in the first wait
+    stop.set()
+    runner.join(30)
+    assert not runner.is_alive(), "the agent sat out an hour's retry wait after it was told to stop"
+    (backup,) = store.runs("dukcapil/antrian", kind="backup")
+    assert backup.status == "failed" and backup.attempts == 1
 
 
 def _agent_process(cfg_path: str, name: str, t: str, q) -> None:

@@ -99,7 +99,7 @@ class Agent:
         name: str | None = None,
         notifier: notify.Notifier | None = None,
         clock: Callable[[], datetime] = utcnow,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         environ: dict | None = None,
         drill=None,
     ) -> None:
@@ -107,7 +107,8 @@ class Agent:
         self.store = store
         self.name = name or cfg.agent.name or socket.gethostname()
         self.clock = clock
-        self.sleep = sleep
+        self.sleep = sleep  # a retry's wait; default: until the backoff ends or the agent is stopped
+        self.stopping = threading.Event()  # run()'s stop: the job in flight finishes, nothing else starts
         self.environ = dict(os.environ if environ is None else environ)
         self.ttl = parse_duration(cfg.agent.claim_ttl)
         self.backoff = parse_duration(cfg.agent.retry_backoff)
@@ -165,7 +166,10 @@ class Agent:
         return outcomes
 
     def run(self, stop: threading.Event, interval: float = 30.0, on_outcome=None) -> None:
-        """Tick until `stop` is set; a tick that fails (the state store unreachable) is retried next time."""
+        """Tick until `stop` is set; a tick that fails (the state store unreachable) is retried next time.
+        Once `stop` is set the job in flight finishes (its retries end), and nothing else starts: what the
+        pass had left stays due for the next start."""
+        self.stopping = stop
         self.start()
         while not stop.is_set():
             try:
@@ -188,8 +192,14 @@ class Agent:
                     pass  # the store is away: the claim may lapse, the slot's run record still guards it
 
     # ---- one system ------------------------------------------------------------------------------------
+    @staticmethod
+    def _stopped(job: Job) -> JobOutcome:
+        return JobOutcome(job.system.id, job.kind, job.slot, "skipped", "the agent is stopping: still due")
+
     def _run_system(self, jobs: list[Job]) -> list[JobOutcome]:
         system = jobs[0].system
+        if self.stopping.is_set():
+            return [self._stopped(j) for j in jobs]
         now = self.clock()
         try:
             # a claim names a run kind: a maintenance job starts with prune
@@ -202,7 +212,7 @@ class Agent:
         with self._held_lock:
             self._held.add(system.id)
         try:
-            return [self._run_job(job) for job in jobs]
+            return [self._stopped(job) if self.stopping.is_set() else self._run_job(job) for job in jobs]
         finally:
             with self._held_lock:
                 self._held.discard(system.id)
@@ -242,9 +252,13 @@ class Agent:
                 break
             except Exception as e:
                 status, message, fields = "failed", _first_line(e), {}
-                if _permanent(e) or attempts > self.cfg.agent.retries:
+                if _permanent(e) or attempts > self.cfg.agent.retries or self.stopping.is_set():
                     break
-                self.sleep(self.backoff * 2 ** (attempts - 1))
+                delay = self.backoff * 2 ** (attempts - 1)
+                if self.sleep is not None:
+                    self.sleep(delay)
+                elif self.stopping.wait(delay):
+                    break
         self.store.finish_run(
             run_id, status, self.clock(), error=message if status != "ok" else None, attempts=attempts, **fields
         )
