@@ -58,6 +58,7 @@ COMMANDS = {
     "agent": ("cermin.cli.cmd_agent", "agent", "The backup agent: run, once, status, keygen."),
     "serve": ("cermin.cli.cmd_serve", "serve", "Serve repositories over HTTP with split credentials."),
     "approvals": ("cermin.cli.cmd_serve", "approvals", "Two-person rule: approve or reject deletions."),
+    "web": ("cermin.cli.cmd_web", "web", "The fleet dashboard: serve it; manage its users."),
 }
 
 
