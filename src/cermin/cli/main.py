@@ -59,6 +59,7 @@ COMMANDS = {
     "serve": ("cermin.cli.cmd_serve", "serve", "Serve repositories over HTTP with split credentials."),
     "approvals": ("cermin.cli.cmd_serve", "approvals", "Two-person rule: approve or reject deletions."),
     "web": ("cermin.cli.cmd_web", "web", "The fleet dashboard: serve it; manage its users."),
+    "demo": ("cermin.cli.cmd_demo", "demo", "Set up a demo fleet and show it in the dashboard."),
 }
 
 
