@@ -48,6 +48,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class ManualJob(Job):
+    """A backup or drill asked for on the dashboard: recorded as a manual run (slot None), so the schedule
+    is untouched; `slot` is when the agent took it (the drill's copy rotation and the outcome use it)."""
+
+    request_id: int = 0
+
+
 @dataclass
 class Step:
     """One recorded run within a job (a backup, a mirror to one copy, a forget...)."""
@@ -150,6 +158,7 @@ class Agent:
         for job in self.due(now):
             if (kinds is None or job.kind in kinds) and (systems is None or job.system.id in systems):
                 per_system.setdefault(job.system.id, []).append(job)
+        requested = self._take_requests(now, per_system, kinds, systems)
         outcomes: list[JobOutcome] = []
         if per_system:
             stop = threading.Event()
@@ -162,8 +171,46 @@ class Agent:
             finally:
                 stop.set()
                 renewer.join()
+        if requested:
+            self._finish_requests(requested, [j for jobs in per_system.values() for j in jobs], outcomes)
         self.notify(self.clock())
         return outcomes
+
+    # ---- backups and drills asked for on the dashboard (action_requests, docs/dashboard.md) -------------
+    def _take_requests(self, now, per_system, kinds=None, systems=None) -> dict[int, Job]:
+        """Take the pending requests for this agent's systems; each is served by a due job of its kind, or
+        by a manual run (slot None) after the system's due jobs. Returns request id -> its job."""
+        from cermin.ops.webstore import WebStore
+
+        ids = [s.id for s in self.cfg.systems if systems is None or s.id in systems]
+        try:
+            taken = WebStore(self.store).take_actions(ids, self.name, now, kinds=kinds)
+        except CerminError:
+            return {}
+        by_id = {s.id: s for s in self.cfg.systems}
+        served: dict[int, Job] = {}
+        for req in taken:
+            jobs = per_system.setdefault(req.system_id, [])
+            job = next((j for j in jobs if j.kind == req.kind), None)
+            if job is None:
+                job = ManualJob(by_id[req.system_id], req.kind, now, 0.0, request_id=req.id)
+                jobs.append(job)
+            served[req.id] = job
+        return served
+
+    def _finish_requests(self, served: dict[int, Job], jobs: list[Job], outcomes: list[JobOutcome]) -> None:
+        from cermin.ops.webstore import WebStore
+
+        by_job = {id(j): o for j, o in zip(jobs, outcomes, strict=False)}
+        ws = WebStore(self.store)
+        for request_id, job in served.items():
+            o = by_job.get(id(job))
+            status = "pending" if o is None or o.status == "skipped" else "failed" if o.status == "failed" else "done"
+            run_id = next((s.run_id for s in o.steps if s.run_id), None) if o is not None else None
+            try:
+                ws.finish_action(request_id, status, run_id=run_id, message=o.message if o else None, now=self.clock())
+            except CerminError:
+                pass  # stays taken; the dashboard shows by whom and since when
 
     def run(self, stop: threading.Event, interval: float = 30.0, on_outcome=None) -> None:
         """Tick until `stop` is set; a tick that fails (the state store unreachable) is retried next time.
@@ -240,7 +287,8 @@ class Agent:
     def _step(self, job: Job, out: JobOutcome, kind: str, copy: str, fn) -> object | None:
         """Run fn() as one recorded run of (system, kind, copy, slot): retried with backoff on errors that
         a retry can fix; fn returns (status, message, result, finish fields). None when not run."""
-        run_id = self.store.start_run(job.system.id, kind, job.slot, self.name, copy=copy, now=self.clock())
+        slot = None if isinstance(job, ManualJob) else job.slot  # a manual run never takes a schedule slot
+        run_id = self.store.start_run(job.system.id, kind, slot, self.name, copy=copy, now=self.clock())
         if run_id is None:
             out.steps.append(Step(kind, copy, "skipped", f"{kind} {copy}: this slot already ran"))
             return None

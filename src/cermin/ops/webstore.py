@@ -402,17 +402,25 @@ class WebStore:
                 row = c.execute(sa.insert(t.action_requests).values(values).returning(*t.action_requests.c)).one()
             return ActionRequest.of(row)
 
-    def take_actions(self, system_ids: Iterable[str], agent: str, now: datetime | None = None) -> list[ActionRequest]:
-        """The agent takes every pending request for its systems (pending -> taken, by it): one conditional
-        UPDATE, so two agents never take the same request."""
+    def take_actions(
+        self,
+        system_ids: Iterable[str],
+        agent: str,
+        now: datetime | None = None,
+        *,
+        kinds: Iterable[str] | None = None,
+    ) -> list[ActionRequest]:
+        """The agent takes every pending request (of these kinds) for its systems (pending -> taken, by it):
+        one conditional UPDATE, so two agents never take the same request."""
         now = self._now(now)
         ids = sorted(set(system_ids))
-        if not ids:
+        kinds = ACTION_KINDS if kinds is None else tuple(k for k in kinds if k in ACTION_KINDS)
+        if not ids or not kinds:
             return []
         r = t.action_requests.c
         q = (
             sa.update(t.action_requests)
-            .where(r.status == "pending", r.system_id.in_(ids))
+            .where(r.status == "pending", r.system_id.in_(ids), r.kind.in_(kinds))
             .values(status="taken", agent=_text(agent, 200), taken_at=now)
             .returning(*t.action_requests.c)
         )
