@@ -6,7 +6,8 @@ signed report (and an edited one fails), and `agent run` stopped by SIGTERM.
 
 Only the example's machine-specific values are rewritten: every absolute path moves under a temporary
 root (repositories, secret files, the workdir, the data, the hook), the PostgreSQL source points at the
-test server, and the immutable copies stay S3 with Object Lock, on the test's SeaweedFS."""
+test server, and the immutable copies stay S3 with Object Lock on a SeaweedFS of the test's own, where each
+tenant's env_file holds its own S3 identity, allowed only its tenant's bucket."""
 
 from __future__ import annotations
 
@@ -24,9 +25,28 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from conftest import cermin_exe
+from seaweed import Weed, bucket_identity
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "cermin.toml")
 SYSTEMS = {"imigrasi/paspor", "dukcapil/antrian", "perpustakaan/arsip"}
+S3_KEYS = {  # tenant -> (access key id, secret): one identity per tenant, each allowed only its own bucket
+    "imigrasi": ("imigrasi-locked-key", "imigrasi-locked-secret-0123456789"),
+    "dukcapil": ("dukcapil-locked-key", "dukcapil-locked-secret-0123456789"),
+}
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory):
+    """The immutable tier: an Object Lock bucket per tenant, reachable only with that tenant's key."""
+    identities = [bucket_identity(t, key, secret, f"{t}-locked") for t, (key, secret) in S3_KEYS.items()]
+    w = Weed(str(tmp_path_factory.mktemp("weed-locked")), identities=identities).start()
+    try:
+        admin = w.boto()
+        for tenant in S3_KEYS:
+            admin.create_bucket(Bucket=f"{tenant}-locked", ObjectLockEnabledForBucket=True)
+        yield w
+    finally:
+        w.stop()
 
 
 def _replace(text: str, old: str, new: str) -> str:
@@ -43,26 +63,19 @@ def _secret(path, value: str) -> None:
 class Site:
     """The example on a temporary root: data, databases, secrets, repositories (made with `cermin init`)."""
 
-    def __init__(self, tmp, postgres, seaweed, notify_url: str) -> None:
-        from seaweed import ACCESS_KEY, SECRET_KEY
-
+    def __init__(self, tmp, postgres, weed, notify_url: str) -> None:
         self.root = root = tmp / "root"
         # the operator's environment: no credentials but the tenant mirror's password, which the example
         # takes from IMIGRASI_MIRROR_PASSWORD; the S3 keys come from each repository's env_file
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CERMIN_", "AWS_"))}
         self.env["IMIGRASI_MIRROR_PASSWORD"] = "imigrasi keeps its own password"
-        self.s3_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
 
         text = open(EXAMPLE, encoding="utf-8").read()
         for prefix in ("/etc/", "/srv/", "/mnt/", "/var/lib/", "/usr/local/"):
             text = _replace(text, f'"{prefix}', f'"{root}{prefix}')
-        run = uuid.uuid4().hex[:8]
-        for tenant in ("imigrasi", "dukcapil"):
-            text = _replace(
-                text,
-                f'"s3:http://127.0.0.1:8333/cermin-locked/{tenant}"',
-                f'"s3:{seaweed.endpoint}/locked/{run}-{tenant}"',
-            )
+        self.locked = {t: f"s3:{weed.endpoint}/{t}-locked/cermin-{uuid.uuid4().hex[:8]}" for t in S3_KEYS}
+        for tenant, url in self.locked.items():
+            text = _replace(text, f'"s3:http://127.0.0.1:8333/cermin-locked/{tenant}"', f'"{url}"')
         text = _replace(text, "port = 5432", f"port = {postgres.port}")
         text = _replace(text, 'user = "backup"', f'user = "{postgres.user}"')
         assert f'host = "{postgres.host}"' in text and 'database = "paspor"' in text
@@ -75,10 +88,8 @@ class Site:
         for tenant in ("imigrasi", "dukcapil", "perpustakaan"):
             _secret(etc / f"{tenant}.pw", f"data center password of {tenant}")
         _secret(etc / "paspor-db.pw", "unused with trust authentication")
-        for tenant in ("imigrasi", "dukcapil"):
-            (etc / f"s3-{tenant}.env").write_text(
-                f"AWS_ACCESS_KEY_ID={ACCESS_KEY}\nAWS_SECRET_ACCESS_KEY={SECRET_KEY}\n"
-            )
+        for tenant, (key, secret) in S3_KEYS.items():
+            (etc / f"s3-{tenant}.env").write_text(f"AWS_ACCESS_KEY_ID={key}\nAWS_SECRET_ACCESS_KEY={secret}\n")
             (etc / f"s3-{tenant}.env").chmod(0o600)
         (etc / "notify.urls").write_text(f"# the on-call channel\n{notify_url}\n")
 
@@ -121,10 +132,10 @@ class Site:
             self.cermin(
                 "-r", str(root / "srv" / "cermin" / tenant), "--password-file", str(etc / f"{tenant}.pw"), "init"
             )
-        for tenant in ("imigrasi", "dukcapil"):
+        for tenant, (key, secret) in S3_KEYS.items():
             self.cermin(
                 "-r",
-                f"s3:{seaweed.endpoint}/locked/{run}-{tenant}",
+                self.locked[tenant],
                 "--password-file",
                 str(etc / f"{tenant}.pw"),
                 "init",
@@ -132,7 +143,7 @@ class Site:
                 "8",
                 "--maintenance-interval",
                 "1",
-                env=self.s3_env,
+                env={"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret},
             )
         self.cermin(
             "-r",
@@ -187,8 +198,8 @@ def inbox():
     box.srv.shutdown()
 
 
-def test_the_documented_example_runs_under_the_agent(tmp_path, postgres, seaweed, inbox):
-    site = Site(tmp_path, postgres, seaweed, inbox.url)
+def test_the_documented_example_runs_under_the_agent(tmp_path, postgres, weed, inbox):
+    site = Site(tmp_path, postgres, weed, inbox.url)
     c = str(site.path)
     paths = re.findall(r'"(/[^"]*)"', site.cfg_text)
     assert paths and all(p.startswith(str(site.root)) for p in paths), "a path of the example was not moved"
@@ -243,6 +254,13 @@ def test_the_documented_example_runs_under_the_agent(tmp_path, postgres, seaweed
         ).stdout
     )[0]["snapshots"]
     assert [s["paths"] for s in mirror] == [["paspor.sql"]]
+    for tenant, (key, secret) in S3_KEYS.items():  # the immutable copies hold the data, under Object Lock
+        locked = ("-r", site.locked[tenant], "--password-file", str(site.root / "etc" / "cermin" / f"{tenant}.pw"))
+        aws = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+        copies = _json_lines(site.cermin(*locked, "--json", "snapshots", env=aws).stdout)[0]["snapshots"]
+        assert len(copies) == {"imigrasi": 1, "dukcapil": 2}[tenant]
+        lock = _json_lines(site.cermin(*locked, "--json", "lock", "status", env=aws).stdout)[-1]
+        assert lock["policy"]["days"] == 8 and not (lock["hidden"] or lock["planted"] or lock["missing"]), lock
 
     # 3. the state store answers: when was each system last backed up, mirrored, verified and drilled,
     #    and does it meet its class
