@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 from helpers import assert_same_tree, make_rich_tree
 
@@ -104,32 +103,6 @@ def test_key_commands_and_password_sources(initialized_cli, tmp_path):
     assert r.returncode == 2 and b"in use" in r.stderr
     cli("key", "remove", other[:8])
     assert cli("--password-file", str(pwfile), "snapshots", password=None, ok=False).returncode == 12
-
-
-def test_demo_script(tmp_path):
-    """The README's first command (minus the install), on a temporary directory."""
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    src = tmp_path / "data"
-    os.makedirs(src / "d")
-    (src / "d" / "f").write_bytes(b"demo")
-    env = dict(
-        os.environ,
-        CERMIN_DEMO_DIR=str(tmp_path / "demo"),
-        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-    )
-    env = {k: v for k, v in env.items() if k not in ("CERMIN_REPOSITORY", "CERMIN_PASSWORD")}
-    r = subprocess.run(
-        ["bash", os.path.join(root, "scripts", "demo.sh"), str(src)],
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr.decode()
-    assert b"verified byte-identical" in r.stdout and str(tmp_path / "demo" / "repo").encode() in r.stdout
-    shutil.rmtree(tmp_path / "demo")
 
 
 def test_objects_never_rewritten(initialized_cli, tmp_path):

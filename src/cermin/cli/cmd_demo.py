@@ -49,12 +49,22 @@ def demo(g, directory, listen, no_serve, reset):
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
+    import ipaddress
+
     from cermin.errors import UsageError
 
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or int(port) > 65535:
         raise UsageError(f"bad --listen {listen!r}: use HOST:PORT (e.g. 127.0.0.1:8080)")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise UsageError(
+            f"--listen {listen}: the demo serves on a loopback address only (a real dashboard: cermin web --public)"
+        )
     return host, int(port)
 
 
@@ -104,10 +114,14 @@ def _serve(out: Output, fleet, host: str, port: int) -> int:
     what = viewer_pw or f"its password is in {viewer_file}"
     out.text(f"A viewer who sees only tenant {VIEWER_TENANT}: {VIEWER} / {what}")
     out.text("Stop it with Ctrl-C (or SIGTERM); `cermin demo` again serves the same fleet, --reset rebuilds it.")
-    settings = WebSettings(state_url=fleet.state_url, config_path=fleet.config_path)
-    from cermin.web.app import serve
+    import uvicorn
 
-    serve(settings, sock=sock)
+    from cermin.web.app import create_app
+
+    app = create_app(WebSettings(state_url=fleet.state_url, config_path=fleet.config_path))
+    # the socket is bound already (the first free port): uvicorn serves on it
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", server_header=False, access_log=False))
+    server.run(sockets=[sock])
     return 0
 
 
@@ -137,6 +151,7 @@ def _users(fleet) -> dict[str, str | None]:
                 f.write(password + "\n")
             os.chmod(path, 0o600)
             web.add_user(name, hash_password(password), role, tenant)
+            web.audit("", "user.add", name, {"role": role, "tenant": tenant, "by": "demo"})
             got[name] = password
     finally:
         store.close()
