@@ -36,9 +36,7 @@ class Clock:
 @pytest.fixture(autouse=True)
 def cheap_argon2(monkeypatch):
     """Argon2id still (the tests check the hashes' type), with parameters that take a millisecond."""
-    monkeypatch.setattr(
-        passwords, "HASHER", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1, type=Type.ID)
-    )
+    monkeypatch.setattr(passwords, "HASHER", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1, type=Type.ID))
 
 
 def fleet_toml(systems: dict[str, str]) -> bytes:

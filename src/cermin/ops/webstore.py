@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,7 +39,7 @@ _ACTION = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 class User(_Row):
     id: int
     name: str
-    password_hash: str
+    password_hash: str = field(repr=False)
     role: str
     tenant: str | None
     created_at: datetime
@@ -47,7 +47,7 @@ class User(_Row):
     last_login_at: datetime | None
 
     def to_json(self) -> dict:
-        d = super().to_json()
+        d = _Row.to_json(self)  # (slots: no zero-argument super)
         del d["password_hash"]  # never leaves the store through an export or the API
         return d
 
