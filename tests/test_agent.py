@@ -265,6 +265,55 @@ def test_a_stop_cuts_a_retry_wait_short(tmp_path):
     assert backup.status == "failed" and backup.attempts == 1
 
 
+def test_a_failed_drill_is_recorded_with_why_and_its_report_digest(tmp_path):
+    import hashlib
+
+    from cermin.ops.drill import run_drill
+    from cermin.ops.drillreport import load_report_file
+
+    cfg_path = make_site(tmp_path)
+    text = open(cfg_path).read().replace("who = 'citizen 7'", "who = 'nobody'")
+    open(cfg_path, "w").write(text)
+    clock = Clock(T0)
+    a = agent_for(cfg_path, clock)
+    results = []
+    a._drill = lambda *args, **kw: results.append(run_drill(*args, **kw)) or results[-1]
+    out = {(o.system, o.kind): o for o in a.tick()}
+    failed = out[("dukcapil/antrian", "drill")]
+    assert failed.status == "failed" and "check sqlite-1 failed" in failed.message, failed.message
+    (drill,) = a.store.drills("dukcapil/antrian")
+    res = next(r for r in results if r.report.system == "dukcapil/antrian")
+    assert drill.verdict == "fail" and drill.error == failed.message
+    envelope = json.loads(load_report_file(res.json_path))
+    assert (
+        drill.report_digest
+        == res.digest
+        == hashlib.sha256(
+            b"cermin drill report v1\n" + json.dumps(envelope["report"], sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+    )
+    st = {s.id: s for s in a.store.status(clock())}["dukcapil/antrian"]
+    assert any(r.startswith("last drill failed: check sqlite-1 failed") for r in st.reasons), st.reasons
+
+
+def test_a_drill_that_restores_nothing_fails_once_and_notifies(tmp_path):
+    import shutil
+
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path, notify_url="json://127.0.0.1:9/oncall"), clock)
+    a.tick()
+    shutil.rmtree(tmp_path / "dc-files")  # the share's only copy is gone
+    clock.t = T0 + timedelta(days=1, hours=1)
+    out = {(o.system, o.kind): o for o in a.tick()}
+    drill = out[("arsip/share", "drill")]
+    assert drill.status == "failed" and "dc-files" in drill.message and "snapshot id" not in drill.message
+    newest = a.store.runs("arsip/share", kind="drill")[0]
+    assert newest.status == "failed" and newest.attempts == 1, "a drill that ran and failed is not run again"
+    assert len(list((tmp_path / "work" / "reports").glob("*arsip-share*.json"))) == 2  # day 0's, and this one
+    sent = {(n.event, n.system_id) for n in a.store.notifications(limit=100)}
+    assert ("drill_failed", "arsip/share") in sent, sent
+
+
 def _agent_process(cfg_path: str, name: str, t: str, q) -> None:
     clock = Clock(datetime.fromisoformat(t))
     a = agent_for(cfg_path, clock, name)

@@ -474,20 +474,23 @@ class Agent:
         def drill():
             res = run_drill(self.cfg, s, copy=copy, agent_name=self.name, environ=self.environ)
             r = res.report
-            self.store.record_drill(
-                s.id,
-                r.snapshots[0].id if r.snapshots else "",
-                copy,
-                started_at=started,
-                rto_measured_s=r.rto_measured_s,
-                rto_target_s=r.rto_target_s,
-                verdict=r.verdict,
-                report_id=res.aux or r.id,
-                now=self.clock(),
-                **_drill_extra(res),
-            )
+            msg = "" if res.passed else _drill_problem(r)
+            if r.snapshots:  # a drill that restored nothing has no snapshot to name: its run holds the failure
+                self.store.record_drill(
+                    s.id,
+                    r.snapshots[0].id,
+                    copy,
+                    started_at=started,
+                    rto_measured_s=r.rto_measured_s,
+                    rto_target_s=r.rto_target_s,
+                    verdict=r.verdict,
+                    report_id=res.aux or r.id,
+                    report_digest=res.digest,
+                    error=msg or None,
+                    now=self.clock(),
+                    **_drill_extra(res),
+                )
             status = "ok" if res.passed else "failed"
-            msg = "" if res.passed else "; ".join(r.errors[:3]) or "a check failed"
             return status, msg, res, {"details": {"rto_s": r.rto_measured_s, "report": r.id, "met": r.met}}
 
         self._step(job, out, "drill", copy, drill)
@@ -542,7 +545,11 @@ class Agent:
                         f"{sid}: {r.kind} ({r.copy or '-'}) failed: {r.error or ''}",
                     )
                 )
-            if st.last_drill is not None and st.last_drill.verdict != "pass":
+            drill_runs = [r for (kind, _), r in st.last_runs.items() if kind == "drill"]
+            newest_drill = max(drill_runs, key=lambda r: r.started_at, default=None)
+            if (st.last_drill is not None and st.last_drill.verdict != "pass") or (
+                newest_drill is not None and newest_drill.status == "failed"
+            ):
                 events.append(
                     notify.Event(
                         notify.DRILL_FAILED,
@@ -597,6 +604,18 @@ def _check_problem(report) -> str:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return _first_line(getattr(errors[0], "message", str(errors[0]))) + more
     return "check found damage"
+
+
+def _drill_problem(r) -> str:
+    """Why a drill failed, in one line: its errors, else the checks that failed, else the RTO."""
+    if r.errors:
+        return "; ".join(r.errors[:3])
+    failed = [f"check {c.name} failed: {c.detail}" for c in r.checks if not c.ok and not c.skipped]
+    if failed:
+        return _first_line("; ".join(failed[:3]))
+    if not r.met:
+        return f"restored in {r.rto_measured_s:.0f}s, over the RTO of {r.rto_target_s:.0f}s"
+    return "the drill failed"
 
 
 def _drill_extra(res) -> dict:
