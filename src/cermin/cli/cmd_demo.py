@@ -113,6 +113,23 @@ def _serve(out: Output, fleet, host: str, port: int) -> int:
     viewer_file = os.path.join(fleet.root, f"{VIEWER}.password")
     what = viewer_pw or f"its password is in {viewer_file}"
     out.text(f"A viewer who sees only tenant {VIEWER_TENANT}: {VIEWER} / {what}")
+    if out.json:
+        out.emit(
+            {
+                "message_type": "demo_dashboard",
+                "url": f"http://{shown}:{bound}/",
+                "logins": [
+                    {"user": ADMIN, "role": "operator", "password": admin_pw, "password_file": admin_file},
+                    {
+                        "user": VIEWER,
+                        "role": "viewer",
+                        "tenant": VIEWER_TENANT,
+                        "password": viewer_pw,
+                        "password_file": viewer_file,
+                    },
+                ],
+            }
+        )
     out.text("Stop it with Ctrl-C (or SIGTERM); `cermin demo` again serves the same fleet, --reset rebuilds it.")
     import uvicorn
 
