@@ -166,7 +166,7 @@ def build_demo(
         if marker is None:
             raise DemoError(
                 f"{root} is not empty and holds no cermin demo ({MARKER} is missing): "
-                "give an empty or new directory (the demo never deletes files it did not make)"
+                "give an empty or new directory (the demo removes nothing in a directory it did not make)"
             )
         if marker.get("state") == "ready" and not reset:
             return open_demo(root)
