@@ -152,6 +152,10 @@ def test_htmx_gets_the_fragment_and_a_browser_the_page(site):
     assert frag.status_code == 200 and "<html" not in frag.text and 'class="totals' in frag.text
     assert frag.headers["Vary"] == "HX-Request"
     assert sorted(rows(frag.text)) == ["efaktur", "kk", "ktp", "visa"]
+    # the address bar gets the canonical URL; the form's sort follows the table's (out of band)
+    frag = client.get("/?sort=-system&tenant=&class=&state=failing&q=", headers={"HX-Request": "true"})
+    assert frag.headers["HX-Push-Url"] == "/?sort=-system&state=failing"
+    assert re.search(r'<input type="hidden" id="fleet-sort" name="sort" value="-system" hx-swap-oob="true">', frag.text)
     restore = client.get("/?state=failing", headers={"HX-Request": "true", "HX-History-Restore-Request": "true"})
     assert "<html" in restore.text
     page = client.get("/").text
@@ -159,6 +163,7 @@ def test_htmx_gets_the_fragment_and_a_browser_the_page(site):
     assert '<form class="filters" method="get" action="/"' in page and 'hx-get="/"' in page
     assert 'hx-push-url="true"' in page and 'hx-target="#fleet-results"' in page
     assert '<script src="/static/htmx.min.js' in page
+    assert page.count('id="fleet-sort"') == 1 and "hx-swap-oob" not in page
 
 
 def test_a_viewer_sees_its_tenant_only(site):

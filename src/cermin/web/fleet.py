@@ -38,5 +38,8 @@ def fleet_page(
 ):
     query = fleetview.FleetQuery.parse(sort, tenant, klass, state, q, why)
     view = fleet_view(request, p, query)
-    template = "_fleet_results.html" if is_htmx(request) else "fleet.html"
-    return render(request, template, {"view": view, "reasons": fleetview.REASONS})
+    if is_htmx(request):  # the fragment; the address bar gets the canonical URL (no empty fields)
+        resp = render(request, "_fleet_results.html", {"view": view, "reasons": fleetview.REASONS, "oob": True})
+        resp.headers["HX-Push-Url"] = query.url()
+        return resp
+    return render(request, "fleet.html", {"view": view, "reasons": fleetview.REASONS})

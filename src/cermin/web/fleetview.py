@@ -42,6 +42,16 @@ STATES = ("failing", "ok")
 _VERDICT_ORDER = {"clean": 0, None: 1, "unknown": 2, "suspicious": 3, "infected": 4}
 
 
+def short_duration(seconds: float) -> str:
+    """An age as people read it: two units at most ('45s', '12min', '2h24min', '3d6h', '2w')."""
+    s = int(round(seconds))
+    if s < 3600:
+        return fmt_duration(s) if s < 60 else fmt_duration(s - s % 60)
+    if s < 86400:
+        return fmt_duration(s - s % 60)
+    return fmt_duration(s - s % 3600)
+
+
 def age_color(age_s: float | None, rpo_s: float) -> str:
     if age_s is None or age_s > rpo_s:
         return "red"
@@ -230,7 +240,7 @@ def _copy_cells(st: SystemStatus, now: datetime) -> list[CopyCell]:
         css = "ok" if c.fresh else "bad" if c.required else "warn"
         title += f": newest data {c.newest:%Y-%m-%d %H:%M} UTC"
         if kind == "primary":
-            text = f"primary {fmt_duration(c.age_s or 0)}"
+            text = f"primary {short_duration(c.age_s or 0)}"
         elif c.immutable:
             if c.lock_until is not None and c.lock_until > now:
                 text = f"immutable, locked to {c.lock_until:%Y-%m-%d}"
@@ -239,7 +249,7 @@ def _copy_cells(st: SystemStatus, now: datetime) -> list[CopyCell]:
                 text, css = "immutable, no lock seen", "warn" if css == "ok" else css
                 title += "; no Object Lock retention seen on its newest snapshot"
         else:
-            text = f"{kind} lag {fmt_duration(c.lag_s)}" if c.lag_s is not None else kind
+            text = f"{kind} lag {short_duration(c.lag_s)}" if c.lag_s is not None else kind
         cells.append(CopyCell(kind, text, css, title))
     return cells
 
@@ -247,7 +257,7 @@ def _copy_cells(st: SystemStatus, now: datetime) -> list[CopyCell]:
 def _row(st: SystemStatus, tenant_name: str, now: datetime) -> FleetRow:
     s = st.system
     color = age_color(st.backup_age_s, s.rpo_s)
-    age = "never" if st.backup_age_s is None else fmt_duration(st.backup_age_s)
+    age = "never" if st.backup_age_s is None else short_duration(st.backup_age_s)
     verdict = st.verdict or "—"
     if st.open_alarms:
         n = len(st.open_alarms)
@@ -261,7 +271,7 @@ def _row(st: SystemStatus, tenant_name: str, now: datetime) -> FleetRow:
     if d is None:
         drill_text, drill_css = "never", "bad"
     else:
-        drill_text = f"{fmt_duration(d.rto_measured_s)} / {fmt_duration(s.rto_s)}"
+        drill_text = f"{short_duration(d.rto_measured_s)} / {fmt_duration(s.rto_s)}"
         if d.verdict != "pass":
             drill_text, drill_css = f"failed ({drill_text})", "bad"
         else:
