@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from web_helpers import T0, Clock, cheap_argon2, fleet_toml  # noqa: F401
+from web_helpers import T0, Clock, cheap_argon2, fleet_toml, store_url  # noqa: F401
 
 from cermin.ops.agent import Agent
 from cermin.ops.config import parse_config
@@ -31,10 +31,10 @@ class StubAgent(Agent):
 
 
 @pytest.fixture
-def site(tmp_path):
+def site(store_url):  # noqa: F811 (the fixture from web_helpers)
     clock = Clock(T0)
     cfg = parse_config(fleet_toml(SYSTEMS), "fleet.toml", environ={})
-    store = StateStore.open(f"sqlite:///{tmp_path}/state.db", clock=clock)
+    store = StateStore.open(store_url, clock=clock)
     store.sync_config(cfg, T0)
     agent = StubAgent(cfg, store, name="agent-1", clock=clock, sleep=lambda s: None)
     yield agent, WebStore(store), clock

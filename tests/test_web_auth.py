@@ -22,6 +22,7 @@ from web_helpers import (  # noqa: F401
     login_token,
     make_app,
     populate,
+    store_url,
 )
 
 from cermin.ops import stateschema as t
@@ -53,9 +54,9 @@ def system_page(tenant: str, name: str, p: Principal = Depends(principal)):
 
 
 @pytest.fixture
-def site(tmp_path):
+def site(store_url):  # noqa: F811 (the fixture from web_helpers)
     clock = Clock(T0)
-    store = StateStore.open(f"sqlite:///{tmp_path}/state.db", clock=clock)
+    store = StateStore.open(store_url, clock=clock)
     populate(store, SYSTEMS, {})
     add_user(store, "ana", "operator")
     add_user(store, "audi", "auditor")

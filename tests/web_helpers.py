@@ -4,6 +4,7 @@ a TestClient logged in as one of them, a fake clock and cheap Argon2id parameter
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -37,6 +38,15 @@ class Clock:
 def cheap_argon2(monkeypatch):
     """Argon2id still (the tests check the hashes' type), with parameters that take a millisecond."""
     monkeypatch.setattr(passwords, "HASHER", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1, type=Type.ID))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    """A fresh state store URL: a SQLite file, or a database on the session's real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    pg = request.getfixturevalue("postgres")
+    return pg.url_for(pg.new_database(f"web_{uuid.uuid4().hex[:12]}"))
 
 
 def fleet_toml(systems: dict[str, str]) -> bytes:
