@@ -110,7 +110,7 @@ def _secure(request: Request) -> bool:
 
 def current_principal(request: Request) -> Principal | None:
     """The request's principal, looked up once per request (one statement) and kept in request.state."""
-    if "principal" in request.state._state:
+    if hasattr(request.state, "principal"):
         return request.state.principal
     principal = None
     token = request.cookies.get(SESSION_COOKIE)
