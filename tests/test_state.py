@@ -598,3 +598,13 @@ def _new_pg_database(url: str) -> str:
         c.exec_driver_sql(f"CREATE DATABASE {name}")
     engine.dispose()
     return name
+
+
+def test_a_drill_that_restored_nothing_is_a_failed_drill_not_a_missing_one(store):
+    """Such a drill leaves no drills row (no snapshot), only its failed run: the reason must say it failed."""
+    synced(store, n=1, tenants=1)
+    run = store.start_run("t0/s0", "drill", T0, "a1", copy="primary", now=T0)
+    store.finish_run(run, "failed", T0 + H, error="no snapshot of source db in the primary copy\nmore")
+    (s,) = store.status(T0 + H)
+    assert "last drill failed: no snapshot of source db in the primary copy" in s.reasons
+    assert "never drilled" not in s.reasons

@@ -53,8 +53,9 @@ def parse_duration(text: str) -> int:
     return total
 
 
-def fmt_duration(seconds: float) -> str:
-    """'1h30min', '7d', '45s': the largest units first, as parse_duration reads them."""
+def fmt_duration(seconds: float, parts: int = 0) -> str:
+    """'1h30min', '7d', '45s': the largest units first, as parse_duration reads them; `parts` > 0 keeps
+    only that many units, rounded down (an age: '2d6h', not '2d6h13min8s')."""
     s = int(round(seconds))
     if s <= 0:
         return "0s"
@@ -65,7 +66,7 @@ def fmt_duration(seconds: float) -> str:
         if s >= n:
             out.append(f"{s // n}{unit}")
             s %= n
-    return "".join(out)
+    return "".join(out[:parts] if parts > 0 else out)
 
 
 # ---- the schema (msgspec Structs: unknown keys are errors) -----------------------------------------

@@ -87,6 +87,7 @@ def evaluate(
     last_drill: Drill | None,
     open_alarms: list[Alarm],
     now: datetime,
+    drill_run: Run | None = None,
 ) -> list[str]:
     """Why a system does not meet its class now (empty: it does). The class's terms, in order: every
     required copy holds data no older than the RPO, the primary was verified within verify_every, the
@@ -99,18 +100,26 @@ def evaluate(
         if c is None or c.newest is None:
             reasons.append(f"no {what} yet")
         elif not c.fresh:
-            reasons.append(f"{what} is {fmt_duration(c.age_s or 0)} old, older than the RPO {rpo}")
+            reasons.append(f"{what} is {fmt_duration(c.age_s or 0, 2)} old, older than the RPO {rpo}")
     if last_verify is None:
         reasons.append("never verified")
     elif (now - last_verify).total_seconds() > system.verify_every_s:
-        age = fmt_duration((now - last_verify).total_seconds())
+        age = fmt_duration((now - last_verify).total_seconds(), 2)
         reasons.append(f"last verify {age} ago, due every {fmt_duration(system.verify_every_s)}")
-    if last_drill is None:
+    if (
+        drill_run is not None
+        and drill_run.status == "failed"
+        and (last_drill is None or drill_run.started_at > last_drill.finished_at)
+    ):
+        # a drill that restored nothing leaves no drill record, only its failed run
+        why = (drill_run.error or "").splitlines()
+        reasons.append(f"last drill failed{': ' + why[0][:200] if why else ''}")
+    elif last_drill is None:
         reasons.append("never drilled")
     else:
         age = (now - last_drill.finished_at).total_seconds()
         if age > system.drill_every_s:
-            reasons.append(f"last drill {fmt_duration(age)} ago, due every {fmt_duration(system.drill_every_s)}")
+            reasons.append(f"last drill {fmt_duration(age, 2)} ago, due every {fmt_duration(system.drill_every_s)}")
         if last_drill.verdict != "pass":
             reasons.append(f"last drill failed{': ' + last_drill.error.splitlines()[0] if last_drill.error else ''}")
         elif last_drill.rto_measured_s > system.rto_s:
@@ -167,7 +176,9 @@ def build_status(
     mirrors = [ok[k][0].finished_at for k in ok if k[0] == "mirror" and ok[k][0].finished_at]
     verify = ok.get(("verify", "primary"))
     last_verify = verify[0].finished_at if verify else None
-    reasons = evaluate(system, copies, last_verify, drill, alarms, now)
+    drill_runs = [r for (kind, _), r in last.items() if kind == "drill"]
+    drill_run = max(drill_runs, key=lambda r: r.started_at, default=None)
+    reasons = evaluate(system, copies, last_verify, drill, alarms, now, drill_run)
     return SystemStatus(
         system=system,
         copies=copies,
