@@ -13,11 +13,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import pytest
 from conftest import FAST_KDF, PASSWORD
 
 from cermin.backend.local import LocalBackend
 from cermin.ops.agent import Agent
-from cermin.ops.config import load_config
+from cermin.ops.config import ConfigError, load_config
 from cermin.ops.schedule import JOB_KINDS, latest_slot
 from cermin.ops.state import StateStore
 from cermin.repo.repository import Repository
@@ -194,6 +195,10 @@ def test_one_unreachable_repository_does_not_stop_the_others(tmp_path, monkeypat
         clock.t = T0 + timedelta(minutes=5)
         a.tick()
         assert len(got) == n, "a condition that goes on is not sent again"
+        other = agent_for(str(tmp_path / "cermin.toml"), clock, name="agent-2")  # or this one, restarted
+        clock.t = T0 + timedelta(minutes=6)
+        other.tick()
+        assert len(got) == n, "what the store says was told is not told again by another agent"
         notes = a.store.notifications(limit=50)
         assert notes and all("hook" not in x.target for x in notes)  # the URL's path never reaches the store
     finally:
@@ -341,3 +346,23 @@ def test_three_agents_on_one_postgres_run_each_slot_once(tmp_path, postgres):
     assert len(keys) == len(set(keys))
     backups = sorted(r.slot for r in runs if r.system_id == "dukcapil/antrian" and r.kind == "backup")
     assert len(backups) >= 2 and len(set(backups)) == len(backups)
+
+
+def test_a_second_live_agent_with_the_same_name_is_refused(tmp_path):
+    """`agent once` next to a running service with the same name would mark its runs abandoned."""
+    import subprocess
+    import sys
+
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path), clock)
+    twin = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        a.store.heartbeat(
+            "agent-1", T0, host=__import__("socket").gethostname(), pid=twin.pid, version="x", started=True
+        )
+        with pytest.raises(ConfigError, match="is running .*pid"):
+            a.start()
+    finally:
+        twin.kill()
+        twin.wait()
+    a.start()  # its process is gone: this agent takes the name over

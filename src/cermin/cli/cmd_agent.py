@@ -51,23 +51,30 @@ def config_option(f):
     )(f)
 
 
-def _agent(config_path):
+def _agent(config_path, name=None):
     from cermin.ops.agent import Agent
     from cermin.ops.agentview import open_store
     from cermin.ops.config import load_config
 
     cfg = load_config(config_path)
-    return Agent(cfg, open_store(cfg))
+    return Agent(cfg, open_store(cfg), name=name or None)
+
+
+def name_option(f):
+    return click.option(
+        "--name", default="", help="The agent's name in the state store (default: agent.name, else the host name)."
+    )(f)
 
 
 @agent.command("once")
 @config_option
+@name_option
 @click.pass_obj
-def agent_once(g, config_path):
+def agent_once(g, config_path, name):
     """Run every job that is due now, once, then exit (exit 1 if a job failed)."""
     from cermin.ops.agentview import TickResult
 
-    a = _agent(config_path)
+    a = _agent(config_path, name)
     a.start()
     return Output(g).render(TickResult(a.tick()))
 
@@ -77,8 +84,9 @@ def agent_once(g, config_path):
 @click.option(
     "--interval", type=click.FloatRange(1, 3600), default=30, show_default=True, help="Seconds between passes."
 )
+@name_option
 @click.pass_obj
-def agent_run(g, config_path, interval):
+def agent_run(g, config_path, interval, name):
     """Run the agent in the foreground until SIGTERM or SIGINT (a systemd unit: docs/agent.md)."""
     import json
     import signal
@@ -86,7 +94,7 @@ def agent_run(g, config_path, interval):
 
     from cermin.ops.agentview import job_line
 
-    a = _agent(config_path)
+    a = _agent(config_path, name)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

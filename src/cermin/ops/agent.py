@@ -38,6 +38,7 @@ from cermin.ops import notify, schedule
 from cermin.ops.config import Config, ConfigError, ResolvedSystem, parse_duration
 from cermin.ops.schedule import BACKUP, DRILL, MAINTAIN, Job
 
+RECOVERED = "_ok"  # suffix of the event recorded when a condition ends ("rpo_breach_ok")
 # the runs a job records (any of them started means the job's slot was taken)
 _JOB_OF_RUN = {"backup": BACKUP, "prune": MAINTAIN, "verify": MAINTAIN, "lock_extend": MAINTAIN, "drill": DRILL}
 # errors that no retry can fix: the configuration, the password, a missing repository
@@ -135,11 +136,35 @@ class Agent:
     def start(self) -> None:
         """Register, drop what a previous life of this agent left running, and write the configuration."""
         now = self.clock()
+        self._refuse_twin(now)
         self.store.heartbeat(
             self.name, now, host=socket.gethostname(), pid=os.getpid(), version=__version__, started=True
         )
         self.store.abandon_runs(self.name, now, "the agent restarted before it finished")
         self.store.sync_config(self.cfg, now)
+
+    def _refuse_twin(self, now: datetime) -> None:
+        """Another live agent with this name would have its runs in flight marked abandoned and its claims
+        dropped by start(): a process of this host that still exists, or one elsewhere seen recently."""
+        host, alive = socket.gethostname(), False
+        for a in self.store.agents():
+            if a.name != self.name or (a.host == host and a.pid == os.getpid()):
+                continue
+            if a.host == host and a.pid:
+                try:
+                    os.kill(a.pid, 0)
+                    alive = True
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:
+                    alive = True
+            else:
+                alive = (now - a.last_seen).total_seconds() < max(120.0, 4 * self.ttl)
+            if alive:
+                where = f"pid {a.pid} on this host" if a.host == host else f"host {a.host}"
+                raise ConfigError(
+                    f"an agent named {self.name!r} is running ({where}): stop it, or give this one another --name"
+                )
 
     def due(self, now: datetime) -> list[Job]:
         done: dict[tuple[str, str], datetime] = {}
@@ -561,12 +586,21 @@ class Agent:
         return events, checked
 
     def notify(self, now: datetime) -> list[notify.Event]:
-        """Send what started or ended since the last tick; every delivery is recorded (by URL name)."""
+        """Send what started or ended since it was last told; every delivery is recorded (by URL name).
+        What was told comes from the store, so agents sharing it, or one restarted, do not repeat a
+        condition that goes on (two agents deciding in the same second may both send it)."""
         events, checked = self.conditions(now)
+        sent = self.store.last_sent()
+        told = set()
+        for (sid, ev), at in sent.items():
+            ended = sent.get((sid, ev + RECOVERED))
+            if ev in notify.KINDS and sid is not None and (ended is None or at > ended):
+                told.add((ev, sid))
+        self.notifier.set_open(told)
         before = len(self.notifier.sent)
         changed = self.notifier.update(events, checked)
         for e, target, ok in self.notifier.sent[before:]:
-            kind = e.kind if e.failure else "recovered"
+            kind = e.kind if e.failure else e.kind + RECOVERED
             self.store.record_notification(kind, target, e.title, system_id=e.system, ok=ok, now=now)
         del self.notifier.sent[:before]  # the store keeps the history
         return changed

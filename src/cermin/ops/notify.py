@@ -98,6 +98,10 @@ class Notifier:
                 failed.append(url_name(url))
         return failed
 
+    def set_open(self, conditions: Iterable[tuple[str, str]]) -> None:
+        """The (kind, system) conditions already told (the state store knows them across agents)."""
+        self._open = set(conditions)
+
     def update(self, current: Iterable[Event], checked: Iterable[tuple[str, str]] | None = None) -> list[Event]:
         """Send the events of conditions that started, and a recovery for those that ended. `current`: every
         condition true now; `checked`: the (kind, system) pairs that were evaluated (default: all open ones),

@@ -931,6 +931,14 @@ class StateStore:
         with self._tx() as c:
             return c.execute(q).scalar()
 
+    def last_sent(self) -> dict[tuple[str | None, str], datetime]:
+        """(system id, event) -> when it was last delivered: which conditions the fleet was told about,
+        shared by every agent (one grouped statement)."""
+        n = t.notifications.c
+        q = sa.select(n.system_id, n.event, sa.func.max(n.sent_at)).where(n.ok.is_(True))
+        with self._tx() as c:
+            return {(sid, ev): at for sid, ev, at in c.execute(q.group_by(n.system_id, n.event)) if at is not None}
+
     def notifications(
         self, *, system_id: str | None = None, since: datetime | None = None, limit: int = 100
     ) -> list[Notification]:
