@@ -337,3 +337,19 @@ approvals = sa.Table(
     sa.Index(None, "decided_at"),
     sa.Index(None, "requested_at"),
 )
+
+# ---- API tokens (revision 0003; cermin/ops/webstore.py, docs/dashboard.md "API tokens") -------------------
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", USER, nullable=False),  # what the token is for ("backup-report", "prometheus")
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=True, index=True),  # NULL: metrics
+    sa.Column("scope", KIND, nullable=False),  # api (as its user, /api/v1) | metrics (/metrics only)
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),  # sha256 of the token, never the token
+    _time("created_at"),
+    _time("last_used_at", nullable=True),
+    _time("revoked_at", nullable=True),
+    sa.CheckConstraint("scope IN ('api', 'metrics')", name="scope"),
+    sa.CheckConstraint("(scope = 'api') = (user_id IS NOT NULL)", name="api_user"),
+)
