@@ -1,19 +1,19 @@
 """The dashboard's records in the state store: users, server-side sessions, login attempts, the audit log,
-action requests (the dashboard asks, the agent runs) and two-person approvals (docs/dashboard.md).
+action requests (the dashboard asks, the agent runs), two-person approvals and API tokens (docs/dashboard.md).
 
 `WebStore(store)` works over an open `StateStore` (its engine, transactions and clock), so the agent and
-the dashboard share one database and one schema (revision 0002). Like the state store, every method is
+the dashboard share one database and one schema (revisions 0002, 0003). Like the state store, every method is
 a fixed number of statements and validates what it is handed: a bad value is a `StateError` in one line.
 
 Nothing secret is stored in the clear: a password only as its Argon2id hash (hashing is the caller's,
-cermin.web.passwords), a session only as the SHA-256 of the cookie's token.
+cermin.web.passwords), a session or an API token only as the SHA-256 of its token.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ ROLES = ("operator", "viewer", "auditor")
 ACTION_KINDS = ("backup", "drill")
 ACTION_STATUSES = ("pending", "taken", "done", "failed")
 DECISIONS = ("approve", "reject")
+TOKEN_SCOPES = ("api", "metrics")  # api: /api/v1 as its user; metrics: /metrics only
 
 _USER = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -102,6 +103,31 @@ class Approval(_Row):
     decision: str | None
     executed_at: datetime | None
     result: dict | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken(_Row):
+    """A bearer token (the store keeps its SHA-256 only; `token_hash` never leaves through to_json)."""
+
+    id: int
+    name: str
+    user_id: int | None
+    user: str | None  # its user's name (scope api); None for a metrics token
+    scope: str  # api | metrics
+    token_hash: str = field(repr=False)
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row, user: str | None = None) -> ApiToken:  # type: ignore[override]
+        m = row._mapping
+        return cls(**{f.name: user if f.name == "user" else m[f.name] for f in fields(cls)})
+
+    def to_json(self) -> dict:
+        d = _Row.to_json(self)
+        del d["token_hash"]
+        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,3 +551,96 @@ class WebStore:
         q = q.order_by(a.id.desc()).limit(_limit(limit))
         with self._tx() as c:
             return [Approval.of(x) for x in c.execute(q)]
+
+    # ---- API tokens: bearer tokens for scripts (/api/v1, as their user) and Prometheus (/metrics) -----------
+    def add_api_token(
+        self,
+        name: str,
+        token_hash: str,
+        *,
+        user: str | None = None,
+        scope: str = "api",
+        now: datetime | None = None,
+    ) -> ApiToken:
+        """A new token, stored as the SHA-256 of the token (the caller makes the token and shows it once).
+        scope 'api': it acts as `user` (an enabled user; a viewer's token sees its tenant only); 'metrics':
+        it reads /metrics and nothing else, and belongs to no user. A name is unique among live tokens."""
+        now = self._now(now)
+        name = user_name(name)
+        _one_of(scope, TOKEN_SCOPES, "token scope")
+        if (scope == "api") != (user is not None):
+            raise StateError(
+                "an API token acts as a user: give one" if scope == "api" else "a metrics token has no user"
+            )
+        k, u = t.api_tokens.c, t.users.c
+        with self._tx(write=True, unknown="a token with this hash exists already") as c:
+            if c.execute(sa.select(k.id).where(k.name == name, k.revoked_at.is_(None)).limit(1)).first() is not None:
+                raise StateError(f"a live token named {name!r} exists already: revoke it first, or pick another name")
+            user_id = None
+            if user is not None:
+                user_id = c.execute(sa.select(u.id).where(u.name == user, u.disabled_at.is_(None))).scalar()
+                if user_id is None:
+                    raise StateError(f"no enabled user named {user!r}")
+            values = {
+                "name": name,
+                "user_id": user_id,
+                "scope": scope,
+                "token_hash": _hex64(token_hash, "token hash"),
+                "created_at": now,
+            }
+            row = c.execute(sa.insert(t.api_tokens).values(values).returning(*t.api_tokens.c)).one()
+            return ApiToken.of(row, user)
+
+    def api_token(self, token_hash: str) -> tuple[ApiToken, User | None] | None:
+        """(token, its user) of a live token with this hash — not revoked, its user (if any) enabled — or
+        None. One statement: an indexed lookup by the hash (the caller compares it in constant time)."""
+        if not isinstance(token_hash, str) or not _HEX64.match(token_hash):
+            return None
+        k, u = t.api_tokens.c, t.users.c
+        q = (
+            sa.select(t.api_tokens, *(c.label(f"u_{c.name}") for c in t.users.c))
+            .select_from(t.api_tokens.outerjoin(t.users, u.id == k.user_id))
+            .where(k.token_hash == token_hash, k.revoked_at.is_(None))
+        )
+        with self._tx() as c:
+            row = c.execute(q).first()
+        if row is None:
+            return None
+        m = row._mapping
+        user = None
+        if m["user_id"] is not None:
+            if m["u_id"] is None or m["u_disabled_at"] is not None:
+                return None
+            user = User(**{f: m[f"u_{f}"] for f in User.__dataclass_fields__})
+        return ApiToken.of(row, user.name if user else None), user
+
+    def touch_api_token(self, token_id: int, now: datetime | None = None) -> None:
+        now = self._now(now)
+        with self._tx(write=True) as c:
+            c.execute(sa.update(t.api_tokens).where(t.api_tokens.c.id == int(token_id)).values(last_used_at=now))
+
+    def revoke_api_token(self, token: int | str, now: datetime | None = None) -> ApiToken | None:
+        """Revoke a live token by id or by name; the revoked token, or None if there is no such live token."""
+        now = self._now(now)
+        k = t.api_tokens.c
+        which = k.id == token if isinstance(token, int) else k.name == user_name(token)
+        with self._tx(write=True) as c:
+            q = sa.update(t.api_tokens).where(which, k.revoked_at.is_(None)).values(revoked_at=now)
+            row = c.execute(q.returning(*t.api_tokens.c)).first()
+            if row is None:
+                return None
+            owner = None
+            if row.user_id is not None:
+                owner = c.execute(sa.select(t.users.c.name).where(t.users.c.id == row.user_id)).scalar()
+            return ApiToken.of(row, owner)
+
+    def api_tokens(self, include_revoked: bool = False) -> list[ApiToken]:
+        """Every token (never its hash), newest first."""
+        k, u = t.api_tokens.c, t.users.c
+        q = sa.select(t.api_tokens, u.name.label("user_name")).select_from(
+            t.api_tokens.outerjoin(t.users, u.id == k.user_id)
+        )
+        if not include_revoked:
+            q = q.where(k.revoked_at.is_(None))
+        with self._tx() as c:
+            return [ApiToken.of(r, r.user_name) for r in c.execute(q.order_by(k.id.desc()))]
