@@ -873,9 +873,11 @@ class StateStore:
         system_id: str | None = None,
         tenant: str | None = None,
         since: datetime | None = None,
+        until: datetime | None = None,
         limit: int = 1000,
     ) -> list[Alarm]:
-        """Alarms, newest first: the open ones (default) or all, of a system, a tenant or the fleet."""
+        """Alarms, newest first: the open ones (default) or all, of a system, a tenant or the fleet, opened in
+        a time window."""
         a = t.alarms.c
         q = sa.select(t.alarms)
         if open_only:
@@ -886,6 +888,8 @@ class StateStore:
             q = q.where(a.system_id.in_(sa.select(t.systems.c.id).where(t.systems.c.tenant == tenant)))
         if since is not None:
             q = q.where(a.opened_at >= _aware(since, "since"))
+        if until is not None:
+            q = q.where(a.opened_at < _aware(until, "until"))
         q = q.order_by(a.opened_at.desc(), a.id.desc()).limit(max(1, min(int(limit), 100_000)))
         with self._tx() as c:
             return [Alarm.of(x) for x in c.execute(q)]
