@@ -14,6 +14,8 @@
   (reads one tenant). Pages and the API take the `principal` dependency; `Principal.tenant_scope()` and
   `Principal.require_system()` answer 404 — not 403 — for another tenant's data, so ids do not leak.
 - Every login (ok or failed), logout and action is written to the audit log.
+- Bearer API tokens (web/apitokens.py) on `/api/v1/` and `/metrics`: the token's user is the principal,
+  without a session; such requests need no CSRF token (browsers never send the header on their own).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from cermin.ops.webstore import Session, User, WebStore, attempt_name
+from cermin.ops.webstore import ApiToken, Session, User, WebStore, attempt_name
 from cermin.web import passwords
+from cermin.web.apitokens import bearer_path, bearer_principal
 from cermin.web.render import render
 
 SESSION_COOKIE = "cermin_session"
@@ -47,10 +50,12 @@ class LoginRequired(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """The signed-in user of a request. `tenant` is set for a viewer: the one tenant it may see."""
+    """The signed-in user of a request. `tenant` is set for a viewer: the one tenant it may see. A request
+    with a bearer API token (web/apitokens.py) has its token and no session."""
 
     user: User
-    session: Session
+    session: Session | None
+    token: ApiToken | None = None
 
     @property
     def name(self) -> str:
@@ -66,7 +71,7 @@ class Principal:
 
     @property
     def csrf(self) -> str:
-        return self.session.csrf
+        return self.session.csrf if self.session is not None else ""
 
     def has_role(self, *roles: str) -> bool:
         return self.role in roles
@@ -113,6 +118,10 @@ def current_principal(request: Request) -> Principal | None:
     if hasattr(request.state, "principal"):
         return request.state.principal
     principal = None
+    if request.headers.get("authorization") is not None and bearer_path(request.url.path):
+        principal = bearer_principal(request)  # the token alone decides (401/403), whatever cookie comes along
+        request.state.principal = principal
+        return principal
     token = request.cookies.get(SESSION_COOKIE)
     if token and len(token) <= 200:
         app = request.app
@@ -164,6 +173,8 @@ async def csrf_guard(request: Request) -> None:
     p = await run_in_threadpool(current_principal, request)
     if p is None:
         raise HTTPException(403, "CSRF check failed: no session")
+    if p.session is None:
+        return  # a bearer token: browsers never send one on their own, so it cannot be forged cross-site
     sent = request.headers.get(CSRF_HEADER)
     if sent is None and request.headers.get("content-type", "").startswith(
         ("application/x-www-form-urlencoded", "multipart/form-data")
