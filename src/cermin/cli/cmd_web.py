@@ -1,4 +1,5 @@
-"""`cermin web` (the dashboard) and `cermin web user add|list|disable` (docs/dashboard.md)."""
+"""`cermin web` (the dashboard), `cermin web user add|list|disable` and `cermin web token add|list|revoke`
+(docs/dashboard.md)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def _loopback(host: str) -> bool:
 )
 @click.pass_context
 def web(ctx, listen, config_path, workers, public, forwarded_allow_ips):
-    """The fleet dashboard: serve it (default), or manage its users (web user ...)."""
+    """The fleet dashboard: serve it (default), or manage its users (web user ...) and API tokens (web token ...)."""
     if ctx.invoked_subcommand is not None:
         return None
     import os
@@ -219,4 +220,82 @@ def user_disable(g, name, config_path):
         raise UsageError(f"no enabled user named {name!r}")
     ws.audit("", "user.disable", name.lower(), {"by": "cli"})
     Output(g).text(f"disabled {name.lower()}")
+    return 0
+
+
+# ---- API tokens (docs/dashboard.md "API tokens") -----------------------------------------------------------
+@web.group("token")
+def token():
+    """Bearer tokens: for scripts on the REST API (as a user) or for Prometheus on /metrics (--metrics)."""
+
+
+@token.command("add")
+@click.argument("name")
+@click.option("--user", "user", help="The user the token acts as (its role and tenant scope) on /api/v1.")
+@click.option("--metrics", is_flag=True, help="A token that reads /metrics (the whole fleet) and nothing else.")
+@config_option
+@click.pass_obj
+def token_add(g, name, user, metrics, config_path):
+    """Make a token and print it once (the store keeps only its SHA-256): on standard output alone, so
+    `cermin web token add prometheus --metrics > /etc/prometheus/cermin.token` stores it."""
+    from cermin.ops.state import StateError
+    from cermin.web.apitokens import new_token
+    from cermin.web.auth import token_hash
+
+    if metrics == bool(user):
+        raise UsageError("give --user U (an API token acting as U) or --metrics (a token for /metrics), one of them")
+    ws = _webstore(config_path)
+    secret = new_token()
+    try:
+        tok = ws.add_api_token(
+            name.lower(), token_hash(secret), user=user.lower() if user else None, scope="metrics" if metrics else "api"
+        )
+    except StateError as e:
+        raise UsageError(str(e)) from None
+    ws.audit("", "token.add", tok.name, {"scope": tok.scope, "user": tok.user, "by": "cli"})
+    out = Output(g)
+    if g is not None and g.json:
+        out.emit({"message_type": "web_token", **tok.to_json(), "token": secret})
+    else:
+        click.echo(secret)
+        what = "/metrics" if metrics else f"the API as {tok.user}"
+        click.echo(f"token {tok.name} for {what}: shown once, keep it in a file only its reader can read", err=True)
+    return 0
+
+
+@token.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Revoked tokens too.")
+@config_option
+@click.pass_obj
+def token_list(g, show_all, config_path):
+    """List tokens (never the tokens themselves: the store has only their hashes)."""
+    out = Output(g)
+    for tok in _webstore(config_path).api_tokens(include_revoked=show_all):
+        if g is not None and g.json:
+            out.emit({"message_type": "web_token", **tok.to_json()})
+            continue
+        state = f"revoked {tok.revoked_at:%Y-%m-%d}" if tok.revoked_at else "live"
+        used = f"last used {tok.last_used_at:%Y-%m-%d %H:%M}" if tok.last_used_at else "never used"
+        out.text(f"{tok.id:<5} {tok.name:<24} {tok.scope:<8} {tok.user or '-':<16} {state:<18} {used}")
+    return 0
+
+
+@token.command("revoke")
+@click.argument("name_or_id")
+@config_option
+@click.pass_obj
+def token_revoke(g, name_or_id, config_path):
+    """Revoke a token at once (by name or id): requests carrying it get 401."""
+    from cermin.ops.state import StateError
+
+    ws = _webstore(config_path)
+    key = int(name_or_id) if name_or_id.isdigit() else name_or_id.lower()
+    try:
+        tok = ws.revoke_api_token(key)
+    except StateError as e:
+        raise UsageError(str(e)) from None
+    if tok is None:
+        raise UsageError(f"no live token {name_or_id!r}")
+    ws.audit("", "token.revoke", tok.name, {"id": tok.id, "by": "cli"})
+    Output(g).text(f"revoked token {tok.name} ({tok.id})")
     return 0

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cermin import __version__
+from cermin.web.apitokens import bearer_path
 from cermin.web.auth import LoginRequired, csrf_guard, current_principal, login_url
 from cermin.web.nav import NAV, NavItem
 from cermin.web.render import is_htmx, make_templates, render
@@ -80,7 +81,8 @@ def _install_handlers(app: FastAPI) -> None:
         if is_htmx(request):
             return Response(status_code=401, headers={"HX-Redirect": login_url(request)})
         if wants_json(request) or request.method not in ("GET", "HEAD"):
-            return JSONResponse({"detail": "login required"}, status_code=401)
+            challenge = {"WWW-Authenticate": 'Bearer realm="cermin"'} if bearer_path(request.url.path) else None
+            return JSONResponse({"detail": "login required"}, status_code=401, headers=challenge)
         return RedirectResponse(login_url(request), status_code=303)
 
     @app.exception_handler(StarletteHTTPException)
@@ -146,10 +148,10 @@ def create_app(
     app.state.nav = list(NAV if nav is None else nav)
     _install_handlers(app)
 
-    from cermin.web import apidocs, auth, fleet
+    from cermin.web import api, apidocs, auth, fleet, metrics
 
     app.mount("/static", StaticFiles(packages=[("cermin.web", "static")]), name="static")
-    for router in (auth.router, fleet.router, apidocs.router, *routers):
+    for router in (auth.router, fleet.router, apidocs.router, api.router, metrics.router, *routers):
         app.include_router(router)
     return app
 
