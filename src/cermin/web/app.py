@@ -5,7 +5,8 @@ What every area shares lives on `app.state`:
   action requests, approvals: cermin.ops.webstore), `clock` (a function returning an aware UTC datetime),
 - `templates` (web/render.py: autoescaped Jinja2), `nav` (the navigation bar's NavItems).
 
-Each area is an APIRouter: auth (login/logout), fleet (`/`), apidocs; more are passed as `routers=` or
+Each area is an APIRouter: auth (login/logout), fleet (`/`), pages (tenant, system, alerts, approvals,
+audit: web/pages.py), apidocs; more are passed as `routers=` or
 included by the caller. A router's routes take the `principal` dependency (web/auth.py) for who is asking
 and its tenant scope, render with `render(request, "page.html", {...})`, and need nothing for CSRF: the
 application-wide `csrf_guard` checks every state-changing request.
@@ -148,10 +149,10 @@ def create_app(
     app.state.nav = list(NAV if nav is None else nav)
     _install_handlers(app)
 
-    from cermin.web import api, apidocs, auth, fleet, metrics
+    from cermin.web import api, apidocs, auth, fleet, metrics, pages
 
     app.mount("/static", StaticFiles(packages=[("cermin.web", "static")]), name="static")
-    for router in (auth.router, fleet.router, apidocs.router, api.router, metrics.router, *routers):
+    for router in (auth.router, fleet.router, pages.router, apidocs.router, api.router, metrics.router, *routers):
         app.include_router(router)
     return app
 

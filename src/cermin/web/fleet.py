@@ -19,6 +19,8 @@ def fleet_view(request: Request, p: Principal, query: fleetview.FleetQuery) -> f
     scope = p.tenant_scope(query.tenant)
     now = request.app.state.clock()
     statuses = store.status(now, tenant=scope)
+    if scope == p.tenant:  # every system the principal may see: the navigation's count of open alarms
+        request.state.open_alarms = sum(len(st.open_alarms) for st in statuses)
     names = store.tenants()
     if p.tenant is not None:
         names = {k: v for k, v in names.items() if k == p.tenant}

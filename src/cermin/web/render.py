@@ -55,6 +55,25 @@ def is_htmx(request: Request) -> bool:
     return h.get("HX-Request") == "true" and h.get("HX-History-Restore-Request") != "true"
 
 
+class NavBadges:
+    """The navigation's counts (NavItem.badge), computed when a template first asks for one — a fragment
+    that shows no navigation costs nothing — and never failing a page: a count that cannot be had is none."""
+
+    def __init__(self, request: Request, items) -> None:
+        self._request, self._items, self._counts = request, items, None
+
+    def get(self, path: str) -> int | None:
+        if self._counts is None:
+            self._counts = {}
+            for item in self._items:
+                if item.badge is not None:
+                    try:
+                        self._counts[item.path] = item.badge(self._request)
+                    except Exception:  # noqa: BLE001 - an error page renders even when the store is away
+                        self._counts[item.path] = None
+        return self._counts.get(path)
+
+
 def render(
     request: Request,
     template: str,
@@ -70,6 +89,7 @@ def render(
         "principal": principal,
         "csrf_token": principal.csrf if principal is not None else "",
         "nav": nav,
+        "nav_badges": NavBadges(request, nav),
         "path": request.url.path,
         "now": app.state.clock(),
         "version": __version__,
