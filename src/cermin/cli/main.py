@@ -60,6 +60,7 @@ COMMANDS = {
     "approvals": ("cermin.cli.cmd_serve", "approvals", "Two-person rule: approve or reject deletions."),
     "web": ("cermin.cli.cmd_web", "web", "The fleet dashboard: serve it; manage its users."),
     "demo": ("cermin.cli.cmd_demo", "demo", "Set up a demo fleet and show it in the dashboard."),
+    "export": ("cermin.cli.cmd_export", "export", "Evidence for auditors: CSV, HTML or PDF over a period."),
 }
 
 

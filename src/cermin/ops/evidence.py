@@ -51,6 +51,7 @@ DEFAULT_DAYS = 30
 GOOD = ("ok", "warning")
 FLAGGED = ("suspicious", "infected")
 _DAY = timedelta(days=1)
+_EPS = 0.01  # seconds: SQLite's time arithmetic is a float of days
 
 # why a system did not meet its policy over the period: code -> (one, many) words for the summary
 REASONS = {
@@ -484,14 +485,16 @@ def _read(store, tenant: str | None, since: datetime, end: datetime) -> _Read:
                 sa.func.min(lagged.c.t),
                 sa.func.max(lagged.c.t),
                 sa.func.max(gap),
-                sa.func.sum(sa.case((gap > limit, gap - limit), else_=0.0)),
+                sa.func.sum(sa.case((gap > limit + _EPS, gap - limit), else_=0.0)),
             )
             .join(t.systems, s.id == lagged.c.system_id)
             .group_by(lagged.c.system_id, lagged.c.grp, lagged.c.copy)
         )
         tracks: dict[tuple[str, str, str], _Track] = {}
         for sid, g, cp, cnt, first, last, mx, out in c.execute(q):
-            tracks[(sid, g, cp)] = _Track(cnt, first, last, None if mx is None else float(mx), float(out or 0.0))
+            # julianday() arithmetic is a float of days: gaps to the millisecond
+            inner = None if mx is None else round(float(mx), 3)
+            tracks[(sid, g, cp)] = _Track(cnt, first, last, inner, round(float(out or 0.0), 3))
         q = sa.select(r.system_id, grp, r.copy, sa.func.max(when)).where(*good, when < since)
         for sid, g, cp, prev in c.execute(q.group_by(r.system_id, grp, r.copy)):
             tracks.setdefault((sid, g, cp), _Track()).prev = prev
