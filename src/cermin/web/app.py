@@ -154,6 +154,9 @@ def create_app(
     app.mount("/static", StaticFiles(packages=[("cermin.web", "static")]), name="static")
     for router in (auth.router, fleet.router, pages.router, apidocs.router, api.router, metrics.router, *routers):
         app.include_router(router)
+    from cermin.web import export  # the evidence export (web/export.py)
+
+    app.include_router(export.router)
     return app
 
 
