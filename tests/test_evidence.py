@@ -449,4 +449,4 @@ def test_the_evidence_costs_the_same_statements_for_5_and_50_systems(tmp_path):
     large, n50 = _statements(tmp_path, 50)
     assert (n5, n50) == (5, 50)
     assert small == large, (small, large)
-    assert small <= 2 * 2 * 24  # per document: 13 reads + the status's seven (+ SQLite's BEGINs)
+    assert small <= 2 * 22  # per document: 13 reads, the status's seven, two BEGINs (fleet + one tenant)
