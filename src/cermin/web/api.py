@@ -6,7 +6,8 @@ Who may ask: a logged-in session (its cookie; writes also carry the `X-CSRF-Toke
 a bearer API token (`Authorization: Bearer ...`, web/apitokens.py), which acts as its user and needs no CSRF
 token. Missing or bad credentials are 401 (JSON). Scope is the user's: a viewer sees its one tenant, and
 another tenant's system, alarm or request is 404 — the same answer as for one that does not exist. Writes
-(backup, drill now) are the operator's (403 for the others) and are written to the audit log.
+(backup, drill now, acknowledging an alarm) are the operator's (403 for the others) and are written to the
+audit log.
 
 Every read costs a fixed number of statements whatever the fleet size: the fleet and tenant answers are
 the store's `status()` (seven statements) and the tenant names; lists are one statement per page.
@@ -25,12 +26,14 @@ from fastapi.responses import Response
 from fastapi.security import APIKeyCookie, HTTPBearer
 from pydantic import BaseModel, TypeAdapter
 
+from cermin.ops import alarms as alarm_ops
 from cermin.ops.state import StateError
 from cermin.ops.staterows import SystemRow
 from cermin.web import apimodels as m
 from cermin.web import fleetview
 from cermin.web.auth import SESSION_COOKIE, Principal, audit, operator, principal, reader
 from cermin.web.fleet import fleet_view
+from cermin.web.pages_common import site_config
 
 # documented in the OpenAPI document as the two ways in; the checks themselves are web/auth.py's
 bearer_scheme = HTTPBearer(
@@ -485,3 +488,49 @@ def backup_now(request: Request, tenant: str, system: str, p: Principal = Depend
 )
 def drill_now(request: Request, tenant: str, system: str, p: Principal = Depends(operator)):
     return _request_action(request, p, tenant, system, "drill")
+
+
+@router.post(
+    "/alarms/{alarm_id}/ack",
+    response_model=m.AlarmAckOut,
+    summary="Acknowledge a guard alarm with a note: in its copy's repository, then in the store (operators)",
+    responses={
+        404: {"description": "no such alarm"},
+        403: {"description": "not an operator, or a cookie request without its CSRF token"},
+        409: {
+            "description": "not acknowledged (acknowledged already, repository unreachable, ...): the detail says why"
+        },
+        503: {"description": "the dashboard was started without the agent's configuration"},
+    },
+)
+def ack_alarm(request: Request, alarm_id: int, body: m.AckIn, p: Principal = Depends(operator)):
+    store = _store(request)
+    if alarm_ops.alarm(store, alarm_id) is None:
+        raise HTTPException(404, "not found")
+    cfg = site_config(request)
+    try:
+        out = alarm_ops.acknowledge_alarm(cfg, store, alarm_id, p.name, body.note, now=_now(request))
+    except alarm_ops.AlarmError as e:
+        found = alarm_ops.alarm(store, alarm_id)
+        detail = {"alarm": alarm_id, "error": str(e), "via": "api"}
+        audit(request, "alarm.ack_failed", found.system_id if found is not None else None, detail)
+        raise HTTPException(409, str(e)) from None
+    a = out.alarm
+    detail = {
+        "alarm": a.id,
+        "snapshot": a.snapshot_id,
+        "copy": a.copy,
+        "verdict": a.verdict,
+        "note": a.note,
+        "repository": out.repository,
+        "guard_ack": out.record,
+        "via": "api",
+    }
+    if p.token is not None:
+        detail["token"] = p.token.name
+    audit(request, "alarm.ack", a.system_id, detail)
+    return json_out(
+        m.AlarmAckOut(
+            alarm=m.AlarmOut.of(a), repository=out.repository, record=out.record, before=out.before, verdict=out.after
+        )
+    )

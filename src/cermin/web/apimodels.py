@@ -338,6 +338,24 @@ class ApprovalList(Out):
     items: list[ApprovalOut]
 
 
+class AckIn(BaseModel):
+    """Why the alarm is benign: kept in the repository's guard_ack record and in the store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(min_length=1, max_length=2000, description="why this alarm is benign")
+
+
+class AlarmAckOut(Out):
+    """An acknowledged alarm: the store's record, and the guard_ack record written to the copy's repository."""
+
+    alarm: AlarmOut
+    repository: str = Field(description="the configured repository the guard_ack record was written to")
+    record: str = Field(description="the guard_ack aux record's name")
+    before: str = Field(description="the repository's verdict of the snapshot before the acknowledgement")
+    verdict: str = Field(description="... and after it")
+
+
 class MeOut(Out):
     name: str
     role: Literal["operator", "auditor", "viewer"]
