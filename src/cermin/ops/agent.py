@@ -41,8 +41,8 @@ from cermin.ops.schedule import BACKUP, DRILL, MAINTAIN, Job
 RECOVERED = "_ok"  # suffix of the event recorded when a condition ends ("rpo_breach_ok")
 # the runs a job records (any of them started means the job's slot was taken)
 _JOB_OF_RUN = {"backup": BACKUP, "prune": MAINTAIN, "verify": MAINTAIN, "lock_extend": MAINTAIN, "drill": DRILL}
-# errors that no retry can fix: the configuration, the password, a missing repository
-_PERMANENT = ("ConfigError", "WrongPassword", "RepositoryNotFound", "UsageError", "NoKey")
+# errors that no retry can fix: the configuration, the password, a missing repository, an unusable agent key
+_PERMANENT = ("ConfigError", "WrongPassword", "RepositoryNotFound", "UsageError", "AgentKeyError")
 
 
 def utcnow() -> datetime:
