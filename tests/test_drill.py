@@ -501,3 +501,18 @@ def test_check_naming_an_unknown_source_fails(tmp_path):
     typo = res.report.checks[-1]
     assert typo.name == "typo" and not typo.ok and not typo.skipped and "no uplaods source" in typo.detail
     assert res.report.verdict == "fail"
+
+
+def test_an_unusable_agent_key_is_not_retried_by_the_agent(tmp_path):
+    """A key readable by others is refused (AgentKeyError): no retry can fix that, so the agent tries once."""
+    from test_agent import T0, Clock, agent_for, make_site
+
+    cfg_path = make_site(tmp_path)
+    key = generate_key(str(tmp_path / "work" / "agent.key"))
+    os.chmod(key.path, 0o644)
+    a = agent_for(cfg_path, Clock(T0))
+    out = {(o.system, o.kind): o for o in a.tick()}
+    drill = out[("arsip/share", "drill")]
+    assert drill.status == "failed" and "chmod 600" in drill.message, drill.message
+    (run,) = a.store.runs("arsip/share", kind="drill")
+    assert run.status == "failed" and run.attempts == 1
