@@ -1,16 +1,21 @@
 """Small per-repository state a client keeps on its own disk (never in the repository): which key
 slot opened it last, which snapshots this client wrote. Nothing secret; a lost cache only costs
-time. Under $CERMIN_CACHE_DIR, else $XDG_CACHE_HOME/cermin, else ~/.cache/cermin."""
+time. Under $CERMIN_CACHE_DIR, else $XDG_CACHE_HOME/cermin, else ~/.cache/cermin. Updates are locked
+(threads of one agent, and processes sharing the cache) and written through a temp file of their own."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import tempfile
+import threading
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_OWN_SNAPSHOTS = 50  # per host and path set: enough to find a parent after forgets
+_LOCK = threading.Lock()  # one updater at a time in this process (flock below: across processes)
 
 
 def cache_root() -> str:
@@ -41,14 +46,47 @@ def _write(kind: str, repo_id: str, data: dict) -> None:
     path = _path(kind, repo_id)
     if path is None:
         return
+    tmp = None
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        # a name of its own per call: writers in other threads or processes never share a temp file
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
+        with open(fd, "w", encoding="utf-8") as f:
             json.dump(data, f)
         os.replace(tmp, path)
+        tmp = None
     except OSError:
         pass  # a cache only
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _locked(kind: str, repo_id: str):
+    """Read-modify-write of one cache file, one at a time: a thread lock for this process, flock on a
+    lock file beside it for other processes (agents sharing a cache). Without a lock file (an
+    unwritable cache) the update goes on unlocked: it is a cache."""
+    path = _path(kind, repo_id)
+    with _LOCK:
+        fd = -1
+        if path is not None:
+            try:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                fd = os.open(path[: -len(".json")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                fd = -1
+        try:
+            if fd >= 0:
+                import fcntl
+
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            if fd >= 0:
+                os.close(fd)  # releases the flock
 
 
 def group_key(hostname: str, paths: list[bytes]) -> str:
@@ -65,7 +103,9 @@ def own_snapshots(repo_id: str, group: str) -> list[str]:
 
 
 def remember_snapshot(repo_id: str, group: str, snapshot_id: str) -> None:
-    data = _read("snapshots", repo_id)
-    ids = [i for i in own_snapshots(repo_id, group) if i != snapshot_id] + [snapshot_id]
-    data[group] = ids[-MAX_OWN_SNAPSHOTS:]
-    _write("snapshots", repo_id, data)
+    with _locked("snapshots", repo_id):
+        data = _read("snapshots", repo_id)
+        ids = data.get(group, [])
+        ids = [i for i in ids if isinstance(i, str) and _HEX64.fullmatch(i)] if isinstance(ids, list) else []
+        data[group] = [*(i for i in ids if i != snapshot_id), snapshot_id][-MAX_OWN_SNAPSHOTS:]
+        _write("snapshots", repo_id, data)
