@@ -290,3 +290,23 @@ def test_a_clean_backup_after_an_attack_does_not_close_the_alarm(mem_repo):
     assert {before, attack, *after} <= {r.id for r in list_snapshots(repo)}, "nothing counts during the alarm"
     write_ack(repo, after[1], "restored and verified", ts(ago(hours=1)))
     assert last_clean(repo).id == after[-1] and verdicts(repo)[attack] == "infected"
+
+
+def test_an_older_ack_does_not_end_an_alarm_recorded_later(mem_repo):
+    """S2 was acknowledged (benign) at A; a SIEM mark recorded after A flags S1: S2 and later still inherit it."""
+    repo = mem_repo
+    s0 = verdict_snapshot(repo, ago(days=4), "clean")
+    s1 = verdict_snapshot(repo, ago(days=3), "clean")
+    s2 = verdict_snapshot(repo, ago(days=2), "suspicious", reasons=["log rotation"])
+    s3 = verdict_snapshot(repo, ago(days=1), "clean")
+    write_ack(repo, s2, "log rotation", ts(ago(days=1, hours=12)))
+    assert verdicts(repo) == {s0: "clean", s1: "clean", s2: "clean", s3: "clean"}
+    # an EDR alert about day 3, recorded now: S1 infected, and nothing after it was vouched for since
+    write_mark(repo, ts(ago(days=3, hours=1)), ts(ago(days=2, hours=12)), "EDR 77", "infected", ts(ago(hours=1)))
+    v = verdicts(repo)
+    assert v[s1] == "infected" and v[s2] == "suspicious" and v[s3] == "suspicious"
+    eff = effective_verdicts(repo, list_snapshots(repo))
+    assert eff[s3].inherited_from == s1
+    write_ack(repo, s3, "restored and checked after the EDR alert", ts(ago(minutes=5)))
+    v = verdicts(repo)
+    assert v[s3] == "clean" and v[s2] == "suspicious" and v[s1] == "infected"

@@ -142,6 +142,7 @@ class Verdict:
     # alarm (it still holds what that attack left): that snapshot's id, and the verdict before raising.
     inherited_from: str = ""
     judged: str = ""
+    raised_at: float | None = None  # when the newest scan or mark raising it was recorded
 
     @property
     def clean(self) -> bool:
@@ -286,6 +287,10 @@ def judge(ref: SnapshotRef, ev: Evidence) -> Verdict:
     if own in ALARMS and last_ack is not None:
         verdict = CLEAN
         reasons.append(f"acknowledged as benign: {acks[-1].reason or '(no reason given)'}")
+    # when the newest later evidence (a scan, a mark) raising it was recorded: an ack of a later snapshot
+    # written before that does not end what this one passes on (see _inherit). Its own verdict counts as
+    # known before any later snapshot could be acknowledged.
+    raised = None
     scans = ev.scans.get(ref.id, [])
     paths = list(paths)
     for s in scans:
@@ -304,6 +309,7 @@ def judge(ref: SnapshotRef, ev: Evidence) -> Verdict:
             reasons.append(f"scan {when} found it {s.verdict}, acknowledged later")
             continue
         reasons += [f"scan {when}: {s.verdict}: {r}" for r in s.reasons] or [f"scan {when}: {s.verdict}"]
+        raised = max(raised or s.recorded, s.recorded)
         if SEVERITY[s.verdict] > SEVERITY[verdict]:
             verdict = s.verdict
         if s.score is not None and (score is None or s.score > score):
@@ -316,9 +322,10 @@ def judge(ref: SnapshotRef, ev: Evidence) -> Verdict:
             reasons.append(f"marked {m.verdict} ({window}: {m.reason}), acknowledged later")
             continue
         reasons.append(f"marked {m.verdict} ({window}): {m.reason}")
+        raised = max(raised or m.recorded, m.recorded)
         if SEVERITY[m.verdict] > SEVERITY[verdict]:
             verdict = m.verdict
-    return Verdict(verdict, own, score, reasons, paths, marks, acks, scans=scans)
+    return Verdict(verdict, own, score, reasons, paths, marks, acks, scans=scans, raised_at=raised)
 
 
 def effective_verdicts(
@@ -370,17 +377,19 @@ def effective_verdicts(
 
 def _inherit(ordered: list[SnapshotRef], out: dict[str, Verdict]) -> None:
     """Raise every snapshot after an unacknowledged alarm to suspicious (see effective_verdicts)."""
-    source: tuple[SnapshotRef, str] | None = None
+    source: tuple[SnapshotRef, str, float] | None = None
     for r in ordered:
         v = out[r.id]
-        if v.acks:  # an operator vouched for this snapshot: what came before no longer taints it
+        # an operator vouched for this snapshot: what came before no longer taints it — unless that
+        # evidence was recorded after the ack (a SIEM mark or a scan of an older snapshot, later)
+        if v.acks and (source is None or v.acks[-1].recorded > source[2]):
             source = None
         if v.alarm:
-            source = (r, v.verdict)
+            source = (r, v.verdict, v.raised_at if v.raised_at is not None else float("-inf"))
             continue
         if source is None:
             continue
-        src, what = source
+        src, what, _ = source
         v.judged, v.inherited_from, v.verdict = v.verdict, src.id, SUSPICIOUS
         v.reasons.append(
             f"taken after the unacknowledged {what} snapshot {src.id[:8]} "
