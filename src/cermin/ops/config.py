@@ -293,7 +293,11 @@ def parse_config(raw: bytes, path: str = "cermin.toml", environ: dict[str, str] 
         raise ConfigError(f"{path}: {e}") from None
     _refuse_secrets(data, lines, ())
     doc = _conv(lines, (), data, Document)
-    return _resolve(doc, lines, environ if environ is not None else os.environ)
+    cfg = _resolve(doc, lines, environ if environ is not None else os.environ)
+    from cermin.ops.childenv import remember
+
+    remember(cfg)  # the children of this process (sources, hooks, checks) never see its *_env secrets
+    return cfg
 
 
 def _conv(lines: _Lines, at: tuple, value: Any, typ: type):
