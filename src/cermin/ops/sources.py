@@ -375,18 +375,18 @@ class SystemBackup:
 
 def run_hooks(cmds, timeout: float, env: dict[str, str], phase: str) -> list[str]:
     """Run each argv in turn (no shell); the errors, one line each. A failing pre hook stops the rest."""
+    from cermin.ops.bounded import run_bounded  # the tail of its output only; its process group killed on timeout
+
     errors: list[str] = []
     for argv in cmds:
         try:
-            p = subprocess.run(
-                list(argv), stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired:
-            errors.append(f"{phase} hook {argv[0]}: still running after {timeout:g}s: stopped")
+            p = run_bounded(list(argv), env, timeout)
         except OSError as e:
             errors.append(f"{phase} hook {argv[0]}: cannot run: {e.strerror or e}")
         else:
-            if p.returncode != 0:
+            if p.timed_out:
+                errors.append(f"{phase} hook {argv[0]}: still running after {timeout:g}s: stopped")
+            elif p.returncode != 0:
                 tail = [ln.strip() for ln in (p.stderr or p.stdout).decode("utf-8", "replace").splitlines()]
                 tail = [ln for ln in tail if ln][-1:]
                 why = f": {tail[0][:300]}" if tail else ""
