@@ -516,3 +516,53 @@ def test_an_unusable_agent_key_is_not_retried_by_the_agent(tmp_path):
     assert drill.status == "failed" and "chmod 600" in drill.message, drill.message
     (run,) = a.store.runs("arsip/share", kind="drill")
     assert run.status == "failed" and run.attempts == 1
+
+
+# ---- children: bounded output, killed by process group ----------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its parent is dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_dead(pid: int, seconds: float = 5.0) -> bool:
+    import time
+
+    end = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_a_hook_past_its_timeout_is_killed_with_its_helpers(tmp_path):
+    import time
+
+    from cermin.ops.sources import run_hooks
+
+    pidfile = tmp_path / "helper.pid"
+    hook = ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"]
+    t = time.monotonic()
+    errors = run_hooks([hook], 1.0, dict(os.environ), "pre")
+    assert time.monotonic() - t < 30
+    assert errors == ["pre hook sh: still running after 1s: stopped"]
+    assert _wait_dead(int(pidfile.read_text())), "the hook's background helper outlived its timeout"
+
+
+def test_a_hooks_output_is_kept_only_as_a_tail(tmp_path):
+    """A hook printing hundreds of MiB is read as a stream: memory does not grow with it."""
+    import resource
+
+    from cermin.ops.sources import run_hooks
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    hook = ["sh", "-c", "head -c 400000000 /dev/zero; echo; echo the last words >&2; exit 3"]
+    errors = run_hooks([hook], 120.0, dict(os.environ), "post")
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert errors == ["post hook sh: exit code 3: the last words"]
+    assert grown < 100 * 1024, f"the peak memory grew by {grown // 1024} MiB"
