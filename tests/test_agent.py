@@ -366,3 +366,55 @@ def test_a_second_live_agent_with_the_same_name_is_refused(tmp_path):
         twin.kill()
         twin.wait()
     a.start()  # its process is gone: this agent takes the name over
+
+
+def test_a_store_error_after_a_drill_does_not_run_the_drill_again(tmp_path):
+    """The drill's signed report is made once; only the store write is retried."""
+    from cermin.errors import CerminError
+    from cermin.ops.drillreport import drill_reports
+
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path), clock)
+    real, calls = a.store.record_drill, []
+
+    def flaky(*args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise CerminError("the state store went away for a moment")
+        return real(*args, **kw)
+
+    a.store.record_drill = flaky
+    out = {(o.system, o.kind): o for o in a.tick()}
+    assert out[("arsip/share", "drill")].status == "ok"
+    repo = Repository.open(LocalBackend(str(tmp_path / "dc-files")), PASSWORD.encode())
+    assert len(drill_reports(repo)) == 1, "one drill, one signed report"
+    assert len(a.store.drills("arsip/share")) == 1
+
+
+def test_a_stale_heartbeat_with_a_recycled_pid_does_not_block_the_start(tmp_path):
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path), clock)
+    host = __import__("socket").gethostname()
+    a.store.heartbeat("agent-1", T0 - timedelta(days=3), host=host, pid=1, version="x", started=True)
+    a.start()  # pid 1 exists, but that agent was last seen three days ago (a reboot since)
+
+
+def test_a_slot_recorded_by_an_agent_whose_clock_is_ahead_does_not_stop_the_schedule(tmp_path):
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path), clock)
+    a.store.start_run("arsip/share", "backup", T0 + timedelta(days=2), "skewed", copy="primary", now=T0)
+    assert ("arsip/share", "backup") in {(j.system.id, j.kind) for j in a.due(T0)}
+
+
+def test_marks_already_in_the_repository_open_an_alarm_for_the_new_snapshot(tmp_path):
+    """An EDR mark with an open window: the next backup is flagged by it, and the store says so."""
+    from cermin.guard.verdict import write_mark
+    from cermin.util import now_rfc3339
+
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path), clock)
+    repo = Repository.open(LocalBackend(str(tmp_path / "dc-files")), PASSWORD.encode())
+    write_mark(repo, "2020-01-01T00:00:00Z", "", "EDR alert 4711", "infected", now_rfc3339())
+    a.tick()
+    alarms = [al for al in a.store.alarms() if al.system_id == "arsip/share"]
+    assert alarms and alarms[0].verdict == "infected" and any("EDR alert 4711" in r for r in alarms[0].reasons)

@@ -38,6 +38,7 @@ from cermin.ops import notify, schedule
 from cermin.ops.config import Config, ConfigError, ResolvedSystem, parse_duration
 from cermin.ops.schedule import BACKUP, DRILL, MAINTAIN, Job
 
+SLOT_SKEW = 300  # seconds: a recorded slot further in the future than this came from a clock ahead
 RECOVERED = "_ok"  # suffix of the event recorded when a condition ends ("rpo_breach_ok")
 # the runs a job records (any of them started means the job's slot was taken)
 _JOB_OF_RUN = {"backup": BACKUP, "prune": MAINTAIN, "verify": MAINTAIN, "lock_extend": MAINTAIN, "drill": DRILL}
@@ -124,6 +125,7 @@ class Agent:
         self.notifier = notifier if notifier is not None else self._notifier()
         self._drill = drill  # tests may pass a stand-in with run_drill's signature; default ops.drill.run_drill
         self._held: set[str] = set()
+        self._lost: set[str] = set()  # systems whose claim another agent took over while a job ran
         self._held_lock = threading.Lock()
 
     def _notifier(self) -> notify.Notifier:
@@ -146,20 +148,20 @@ class Agent:
     def _refuse_twin(self, now: datetime) -> None:
         """Another live agent with this name would have its runs in flight marked abandoned and its claims
         dropped by start(): a process of this host that still exists, or one elsewhere seen recently."""
-        host, alive = socket.gethostname(), False
+        host = socket.gethostname()
         for a in self.store.agents():
             if a.name != self.name or (a.host == host and a.pid == os.getpid()):
                 continue
-            if a.host == host and a.pid:
+            # seen recently (a pass renews it; a job renews its claims) — and, on this host, its process
+            # still exists: after a reboot the old pid may belong to anything
+            alive = (now - a.last_seen).total_seconds() < max(120.0, 4 * self.ttl)
+            if alive and a.host == host and a.pid:
                 try:
                     os.kill(a.pid, 0)
-                    alive = True
                 except ProcessLookupError:
                     alive = False
                 except PermissionError:
-                    alive = True
-            else:
-                alive = (now - a.last_seen).total_seconds() < max(120.0, 4 * self.ttl)
+                    pass
             if alive:
                 where = f"pid {a.pid} on this host" if a.host == host else f"host {a.host}"
                 raise ConfigError(
@@ -168,7 +170,10 @@ class Agent:
 
     def due(self, now: datetime) -> list[Job]:
         done: dict[tuple[str, str], datetime] = {}
+        horizon = now + timedelta(seconds=SLOT_SKEW)
         for (sid, kind), slot in self.store.last_slots().items():
+            if slot > horizon:  # run by an agent whose clock is ahead: it must not hold the schedule back
+                continue
             job = _JOB_OF_RUN.get(kind)
             if job is not None and ((sid, job) not in done or slot > done[(sid, job)]):
                 done[(sid, job)] = slot
@@ -259,7 +264,8 @@ class Agent:
                 held = list(self._held)
             for sid in held:
                 try:
-                    self.store.renew(sid, self.name, self.ttl, self.clock())
+                    if not self.store.renew(sid, self.name, self.ttl, self.clock()):
+                        self._lost.add(sid)  # another agent took it over: start nothing more for it
                 except CerminError:
                     pass  # the store is away: the claim may lapse, the slot's run record still guards it
 
@@ -283,8 +289,15 @@ class Agent:
             return [JobOutcome(system.id, j.kind, j.slot, "skipped", "claimed by another agent") for j in jobs]
         with self._held_lock:
             self._held.add(system.id)
+        self._lost.discard(system.id)
         try:
-            return [self._stopped(job) if self.stopping.is_set() else self._run_job(job) for job in jobs]
+            out = []
+            for job in jobs:
+                if system.id in self._lost:
+                    out.append(JobOutcome(system.id, job.kind, job.slot, "skipped", "claim lost to another agent"))
+                else:
+                    out.append(self._stopped(job) if self.stopping.is_set() else self._run_job(job))
+            return out
         finally:
             with self._held_lock:
                 self._held.discard(system.id)
@@ -332,11 +345,24 @@ class Agent:
                     self.sleep(delay)
                 elif self.stopping.wait(delay):
                     break
-        self.store.finish_run(
-            run_id, status, self.clock(), error=message if status != "ok" else None, attempts=attempts, **fields
+        self._store_write(
+            lambda: self.store.finish_run(
+                run_id, status, self.clock(), error=message if status != "ok" else None, attempts=attempts, **fields
+            )
         )
         out.steps.append(Step(kind, copy, status, message, run_id))
         return result
+
+    def _store_write(self, write, attempts: int = 4):
+        """A write to the state store after the work it records is done: retried on its own (a short
+        backoff), so a store hiccup never makes the agent redo the work (a second backup, a second signed
+        drill report). Raises the last error if the store stays away."""
+        for n in range(attempts):
+            try:
+                return write()
+            except CerminError:
+                if n == attempts - 1 or self.stopping.wait(min(30.0, 2.0**n)):
+                    raise
 
     def _open(self, system: ResolvedSystem, copy: str):
         from cermin.ops.repos import open_config_repo
@@ -372,7 +398,7 @@ class Agent:
 
         snaps = self._step(job, out, "backup", "primary", backup)
         if snaps:
-            self._record_new(s, "primary", snaps)
+            self._record_new(s, "primary", snaps, repos.get("primary"))
         if "primary" not in repos:
             return
         self._forget(job, out, repos["primary"], "primary")
@@ -380,14 +406,30 @@ class Agent:
             if copy in s.copies:
                 self._mirror(job, out, repos["primary"], copy)
 
-    def _record_new(self, s: ResolvedSystem, copy: str, summaries) -> None:
+    def _record_new(self, s: ResolvedSystem, copy: str, summaries, repo=None) -> None:
+        """The new snapshots in the store's timeline, with the guard's effective verdict (marks and scans
+        already in the repository included), and an alarm for each one the evidence flags itself (one
+        flagged only because it follows an older alarm adds none: that alarm is open already)."""
         from cermin.ops.state import SeenSnapshot
+        from cermin.repo.snapshots import SnapshotRef
 
-        seen = []
+        refs = [SnapshotRef(x.snapshot_id, x.snapshot) for x in summaries]
+        eff = {}
+        if repo is not None and refs:
+            from cermin.guard.verdict import effective_verdicts
+
+            try:
+                eff = effective_verdicts(repo, refs)
+            except CerminError:
+                eff = {}  # the snapshots' own verdicts below
+        seen, alarms = [], []
         for x in summaries:
             g = x.snapshot.extra.get("guard") if isinstance(x.snapshot.extra, dict) else None
-            verdict = g.get("verdict") if isinstance(g, dict) else None
-            score = g.get("score") if isinstance(g, dict) else None
+            g = g if isinstance(g, dict) else {}
+            v = eff.get(x.snapshot_id)
+            verdict = v.verdict if v is not None else g.get("verdict")
+            score = v.score if v is not None else g.get("score")
+            score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
             seen.append(
                 SeenSnapshot(
                     x.snapshot_id,
@@ -395,21 +437,20 @@ class Agent:
                     size=x.snapshot.summary.total_bytes,
                     files=x.snapshot.summary.total_files,
                     verdict=verdict if isinstance(verdict, str) else None,
-                    score=float(score) if isinstance(score, (int, float)) else None,
+                    score=score,
                 )
             )
-            if verdict in ("suspicious", "infected"):
-                reasons = g.get("reasons") if isinstance(g.get("reasons"), list) else []
-                self.store.open_alarm(
-                    s.id,
-                    copy,
-                    x.snapshot_id,
-                    verdict,
-                    [str(r) for r in reasons][:20],
-                    score=seen[-1].score,
-                    now=self.clock(),
-                )
-        self.store.record_snapshots(s.id, copy, seen, self.clock())
+            own = (v.judged or v.verdict) if v is not None and v.inherited_from else verdict
+            if own in ("suspicious", "infected"):
+                reasons = v.reasons if v is not None else g.get("reasons")
+                reasons = [str(r) for r in reasons][:20] if isinstance(reasons, list) else []
+                alarms.append((x.snapshot_id, own, reasons, score))
+        now = self.clock()
+        for sid, own, reasons, score in alarms:
+            self._store_write(
+                lambda a=(sid, own, reasons, score): self.store.open_alarm(s.id, copy, *a[:3], score=a[3], now=now)
+            )
+        self._store_write(lambda: self.store.record_snapshots(s.id, copy, seen, now))
 
     def _forget(self, job: Job, out: JobOutcome, repo, copy: str) -> None:
         from cermin.engine.forget import KeepPolicy
@@ -500,8 +541,14 @@ class Agent:
             res = run_drill(self.cfg, s, copy=copy, agent_name=self.name, environ=self.environ)
             r = res.report
             msg = "" if res.passed else _drill_problem(r)
-            if r.snapshots:  # a drill that restored nothing has no snapshot to name: its run holds the failure
-                self.store.record_drill(
+            status = "ok" if res.passed else "failed"
+            return status, msg, res, {"details": {"rto_s": r.rto_measured_s, "report": r.id, "met": r.met}}
+
+        res = self._step(job, out, "drill", copy, drill)
+        if res is not None and res.report.snapshots:  # one that restored nothing: its run holds the failure
+            r = res.report
+            self._store_write(
+                lambda: self.store.record_drill(
                     s.id,
                     r.snapshots[0].id,
                     copy,
@@ -511,14 +558,11 @@ class Agent:
                     verdict=r.verdict,
                     report_id=res.aux or r.id,
                     report_digest=res.digest,
-                    error=msg or None,
+                    error=(None if res.passed else _drill_problem(r)) or None,
                     now=self.clock(),
                     **_drill_extra(res),
                 )
-            status = "ok" if res.passed else "failed"
-            return status, msg, res, {"details": {"rto_s": r.rto_measured_s, "report": r.id, "met": r.met}}
-
-        self._step(job, out, "drill", copy, drill)
+            )
 
     # ---- notifications ---------------------------------------------------------------------------------
     def conditions(self, now: datetime) -> tuple[list[notify.Event], list[tuple[str, str]]]:
