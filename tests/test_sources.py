@@ -296,6 +296,71 @@ def test_failing_pre_hook_skips_sources_post_hook_still_runs(tmp_path, repo):
     assert list_snapshots(repo) == []
 
 
+@pytest.mark.parametrize("fault", ["oserror", "bug"])
+def test_a_source_failing_unexpectedly_is_its_error_post_hooks_run(tmp_path, repo, monkeypatch, fault):
+    import errno
+    import json
+    import tempfile
+
+    from cermin.ops import sources
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f.txt").write_text("f")
+    db = tmp_path / "app.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    log = tmp_path / "hooks.log"
+    hook = ["sh", "-c", f'echo "$CERMIN_PHASE ${{CERMIN_RESULT:-}}" >> {log}']
+    hooks = "[tenants.acme.systems.app.hooks]\n" + f"pre = [{_toml_list(hook)}]\npost = [{_toml_list(hook)}]\n"
+    srcs = "\n".join(
+        [
+            command_source(["echo", "x"]),
+            f'[[tenants.acme.systems.app.sources]]\ntype = "sqlite"\npath = "{db}"',
+            f'[[tenants.acme.systems.app.sources]]\ntype = "paths"\npaths = [{json.dumps(str(data))}]',
+        ]
+    )
+    cfg = make_config(tmp_path, srcs, extra=hooks)
+    real_mkdtemp = tempfile.mkdtemp
+
+    def full_workdir(*a, **kw):
+        if kw.get("prefix") == "cermin-sqlite-":
+            if fault == "bug":
+                raise RuntimeError("unexpected\nsecond line")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "work" / "tmp"))
+        return real_mkdtemp(*a, **kw)
+
+    monkeypatch.setattr(sources.tempfile, "mkdtemp", full_workdir)
+    result = backup_system(repo, cfg.systems[0], tmpdir=str(tmp_path))
+    assert not result.ok and not result.hook_errors
+    assert [r.ok for r in result.sources] == [True, False, True]
+    (err,) = result.errors
+    assert err.startswith("source app of acme/app: ") and "\n" not in err
+    assert ("No space left on device" if fault == "oserror" else "RuntimeError: unexpected second line") in err
+    assert [ln.strip() for ln in log.read_text().splitlines()] == ["pre", "post failed"]
+    tags = sorted(t for ref in list_snapshots(repo) for t in ref.snapshot.tags if t.startswith("source="))
+    assert tags == ["source=command", "source=paths"]  # one snapshot per good source
+
+
+def test_post_hooks_run_when_the_run_is_interrupted(tmp_path, repo, monkeypatch):
+    from cermin.ops import sources
+
+    log = tmp_path / "hooks.log"
+    hook = ["sh", "-c", f'echo "$CERMIN_PHASE ${{CERMIN_RESULT:-}}" >> {log}']
+    hooks = "[tenants.acme.systems.app.hooks]\n" + f"pre = [{_toml_list(hook)}]\npost = [{_toml_list(hook)}]\n"
+    cfg = make_config(tmp_path, command_source(["echo", "x"]), extra=hooks)
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sources, "backup_source", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        backup_system(repo, cfg.systems[0])
+    assert [ln.strip() for ln in log.read_text().splitlines()] == ["pre", "post failed"]
+
+
 # ---- repositories from the configuration --------------------------------------------------------
 def test_open_config_repo(tmp_path, repo):
     cfg = make_config(tmp_path, command_source(["echo", "x"]))

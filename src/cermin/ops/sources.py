@@ -26,6 +26,9 @@ producer's stderr (secrets it may echo are blanked).
 Hooks (`hooks.pre`, `hooks.post` of a system) run around all of a system's sources: argv lists, no
 shell, each bounded by `hooks.timeout`. A failing pre hook skips the sources; post hooks run
 whatever happened, with CERMIN_RESULT=ok|failed in their environment.
+
+Every child (hooks, commands, pg_dump) gets `childenv.child_env`: none of the agent's secrets (other
+tenants' passwords, the state store's URL, CERMIN_PASSWORD, AWS keys); pg_dump only its own password.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 
 from cermin.engine.results import Line, answer, error, error_json, note
 from cermin.errors import EXIT_FATAL, CerminError
+from cermin.ops.childenv import child_env
 from cermin.ops.config import ResolvedSystem, Source, parse_duration, read_secret, source_name
 
 STDIN_SUFFIX = {"postgres": ".sql", "sqlite": ".sqlite", "command": ".out"}
@@ -216,13 +220,13 @@ def _version_key(v: str) -> tuple:
 
 
 def pg_env(source: Source, environ=None) -> tuple[dict[str, str], str]:
-    """(the child's environment, the password or ""): the password only in PGPASSWORD."""
+    """(the child's environment, the password or ""): none of the agent's secrets (`child_env`), the
+    source's own password only, in PGPASSWORD."""
     environ = os.environ if environ is None else environ
-    env = {k: v for k, v in environ.items() if k != "PGPASSWORD"}
     password = ""
     if source.password_file or source.password_env:
         password = read_secret(source.password_file, source.password_env, environ, f"password of {source.database}")
-        env["PGPASSWORD"] = password
+    env = child_env(None, environ, {"PGPASSWORD": password} if password else None)
     env.setdefault("PGCONNECT_TIMEOUT", "30")
     env["PGAPPNAME"] = "cermin"
     return env, password
@@ -271,7 +275,7 @@ def backup_source(
         argv = [pg_tool("pg_dump", environ), *pg_conn_args(source), *source.dump_options, "-d", source.database]
         producer = Producer(argv, env, timeout, f"{what}: pg_dump", secrets=(password,))
     elif source.type == "command":
-        env = dict(os.environ if environ is None else environ)
+        env = child_env(None, environ)
         producer = Producer(list(source.command), env, timeout, f"{what}: {source.command[0]}")
     else:
         raise SourceError(f"{what}: unknown source type {source.type!r}")
@@ -406,25 +410,40 @@ def backup_system(
     tmpdir: str | None = None,
 ) -> SystemBackup:
     """Pre hooks, every source (one failing source does not stop the others), post hooks -> SystemBackup.
-    Raises nothing for a source or hook failure: they are in the result."""
+    Raises nothing for a source or hook failure: they are in the result, one line each. Post hooks run
+    whatever happened (an interrupt too): they may resume an application the pre hooks froze."""
     environ = dict(os.environ if environ is None else environ)
     t0 = time.monotonic()
     out = SystemBackup(system.id)
     hook_timeout = parse_duration(system.hooks.timeout)
-    env = environ | {"CERMIN_SYSTEM": system.id, "CERMIN_TENANT": system.tenant, "CERMIN_HOSTNAME": system.hostname}
-    out.hook_errors += run_hooks(system.hooks.pre, hook_timeout, env | {"CERMIN_PHASE": "pre"}, "pre")
-    if not out.hook_errors:
-        for src in system.sources:
-            r = SourceResult(source_name(src), src.type)
-            s0 = time.monotonic()
-            try:
-                r.summary = backup_source(repo, system, src, progress, no_lock, environ, on_alarm, tmpdir)
-            except CerminError as e:
-                r.error = str(e)
-            r.seconds = time.monotonic() - s0
-            out.sources.append(r)
-    result = "ok" if out.ok else "failed"
-    post = env | {"CERMIN_PHASE": "post", "CERMIN_RESULT": result}
-    out.hook_errors += run_hooks(system.hooks.post, hook_timeout, post, "post")
-    out.seconds = time.monotonic() - t0
+    ids = {"CERMIN_SYSTEM": system.id, "CERMIN_TENANT": system.tenant, "CERMIN_HOSTNAME": system.hostname}
+    env = child_env(None, environ, ids)
+    finished = False
+    try:
+        out.hook_errors += run_hooks(system.hooks.pre, hook_timeout, env | {"CERMIN_PHASE": "pre"}, "pre")
+        if not out.hook_errors:
+            for src in system.sources:
+                r = SourceResult(source_name(src), src.type)
+                s0 = time.monotonic()
+                try:
+                    r.summary = backup_source(repo, system, src, progress, no_lock, environ, on_alarm, tmpdir)
+                except CerminError as e:
+                    r.error = _one_line(str(e))
+                except OSError as e:  # a full or unwritable workdir, a vanished file: this source failed
+                    where = f" ({e.filename})" if e.filename else ""
+                    r.error = _one_line(f"source {r.name} of {system.id}: {e.strerror or e}{where}")
+                except Exception as e:  # a bug must not skip the post hooks nor repeat committed sources
+                    r.error = _one_line(f"source {r.name} of {system.id}: {type(e).__name__}: {e}")
+                r.seconds = time.monotonic() - s0
+                out.sources.append(r)
+        finished = True
+    finally:
+        result = "ok" if finished and out.ok else "failed"
+        post = env | {"CERMIN_PHASE": "post", "CERMIN_RESULT": result}
+        out.hook_errors += run_hooks(system.hooks.post, hook_timeout, post, "post")
+        out.seconds = time.monotonic() - t0
     return out
+
+
+def _one_line(text: str) -> str:
+    return " ".join(ln.strip() for ln in text.splitlines() if ln.strip()) or "failed"
