@@ -418,3 +418,22 @@ def test_marks_already_in_the_repository_open_an_alarm_for_the_new_snapshot(tmp_
     a.tick()
     alarms = [al for al in a.store.alarms() if al.system_id == "arsip/share"]
     assert alarms and alarms[0].verdict == "infected" and any("EDR alert 4711" in r for r in alarms[0].reasons)
+
+
+def test_verify_slices_continue_after_downtime(tmp_path):
+    """Every pack read within the cycle: after a missed day the next slice follows the last verified one."""
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path), clock)
+    a.tick()
+
+    def slices():
+        return [r.details["subset"] for r in a.store.runs("arsip/share", kind="verify") if r.copy == "primary"]
+
+    first = slices()
+    assert len(first) == 1  # share: verify_every 1d -> n = 1; antrian: 2d -> n = 2
+    runs = [r for r in a.store.runs("dukcapil/antrian", kind="verify") if r.copy == "primary"]
+    k0 = int(runs[0].details["subset"].split("/")[0])
+    clock.t = T0 + timedelta(days=2)  # a day missed in between
+    a.tick()
+    runs = [r for r in a.store.runs("dukcapil/antrian", kind="verify") if r.copy == "primary"]
+    assert [r.details["subset"] for r in runs][0] == f"{k0 % 2 + 1}/2"

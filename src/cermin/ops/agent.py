@@ -494,13 +494,28 @@ class Agent:
             self._forget(job, out, holder["repo"], copy)
 
     # ---- maintenance -----------------------------------------------------------------------------------
+    def _last_slices(self, system_id: str) -> dict[str, tuple[int, int]]:
+        """copy -> (k, n) of the newest successful verify slice (from its run's details)."""
+        out: dict[str, tuple[int, int]] = {}
+        for r in self.store.runs(system_id, limit=50, kind="verify", status="ok"):
+            subset = (r.details or {}).get("subset") if isinstance(r.details, dict) else None
+            if r.copy not in out and isinstance(subset, str) and "/" in subset:
+                a, _, b = subset.partition("/")
+                if a.isdigit() and b.isdigit():
+                    out[r.copy] = (int(a), int(b))
+        return out
+
     def _maintain(self, job: Job, out: JobOutcome) -> None:
         from cermin.ops import commands
 
         s = job.system
-        k, n = schedule.verify_slice(s, job.slot)
+        day_k, n = schedule.verify_slice(s, job.slot)
+        last = self._last_slices(s.id)
         for copy in s.copies:
             opened: dict[str, object] = {}
+            # the slice after the last one verified (so a day the agent was down skips no slice); the
+            # calendar's slice when none was verified yet
+            k = _next_slice(last.get(copy), n, day_k)
 
             def repo(copy=copy, opened=opened):
                 if "repo" not in opened:
@@ -514,7 +529,7 @@ class Agent:
             def extend(repo=repo):
                 return "ok", "", commands.lock_extend(repo()), {}
 
-            def verify(repo=repo):
+            def verify(repo=repo, k=k):
                 res = commands.check(repo(), commands.CheckOptions(read_data=True, subset=f"{k}/{n}"))
                 report = res.parts[-1]
                 ok = report.exit_code == 0
@@ -651,6 +666,14 @@ class Agent:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
+def _next_slice(last: tuple[int, int] | None, n: int, calendar: int) -> int:
+    """The read-data slice to verify now: the one after the last verified (same cycle length), else the
+    calendar's (ops/schedule.py verify_slice)."""
+    if last is None or last[1] != n or not 1 <= last[0] <= n:
+        return calendar
+    return last[0] % n + 1
+
+
 def _parse(t: str) -> datetime:
     from cermin.repo.snapshots import timestamp
 
