@@ -121,3 +121,23 @@ def test_config_check_prints_the_plan(cli):
     assert plan["message_type"] == "config_plan" and len(plan["systems"]) == 3
     bad = cli("config", "check", "-c", "/nonexistent.toml", ok=False, text=True)
     assert bad.returncode == 2 and "cannot read the configuration" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+psycopg://u@h/db?password=secret", "postgresql://u:p/ss@h/db", "postgres://a:b@h:5432/x"],
+)
+def test_state_urls_with_a_password_in_any_spelling_are_refused(url):
+    text = _text().replace("[agent]\n", f'[agent]\nstate = "{url}"\n', 1)
+    with pytest.raises(ConfigError, match="holds a password"):
+        parse_config(text.encode(), "c.toml", {})
+
+
+def test_durations_are_bounded():
+    with pytest.raises(ValueError, match="ten years"):
+        parse_duration("9999w")
+    with pytest.raises(ValueError):
+        parse_duration("99999999999999w")
+    text = _text().replace('drill_every = "7d"', 'drill_every = "9999w"', 1)
+    with pytest.raises(ConfigError, match="ten years"):
+        parse_config(text.encode(), "c.toml", {})

@@ -33,7 +33,8 @@ class ConfigError(CerminError):
 
 
 # ---- durations ------------------------------------------------------------------------------------
-_DUR = re.compile(r"(\d+)(s|min|h|d|w)")
+_DUR = re.compile(r"(\d{1,12})(s|min|h|d|w)")
+MAX_DURATION = 3653 * 86400  # ten years: beyond it a schedule or timeout is a typo (and overflows datetimes)
 _UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -50,6 +51,8 @@ def parse_duration(text: str) -> int:
     if pos != len(text) or total <= 0:
         hint = " ('m' is ambiguous: write 'min')" if re.search(r"\dm(?!in)", text) else ""
         raise ValueError(f"bad duration {text!r}: use s, min, h, d, w (e.g. '15min', '4h', '7d'){hint}")
+    if total > MAX_DURATION:
+        raise ValueError(f"duration {text!r} is longer than ten years")
     return total
 
 
@@ -338,7 +341,7 @@ def _resolve(doc: Document, lines: _Lines, environ) -> Config:
         raise err(("agent", "retries"), "must be 0..20")
     if a.state and a.state_env:
         raise err(("agent", "state_env"), "give state or state_env, not both")
-    if a.state and re.search(r"://[^/@]*:[^/@]*@", a.state):
+    if a.state and _url_has_password(a.state):
         raise err(("agent", "state"), "the URL holds a password: put it in the environment and use state_env")
     if a.notify_env and a.notify_file:
         raise err(("agent", "notify_env"), "give notify_file or notify_env, not both")
@@ -380,7 +383,7 @@ def _resolve(doc: Document, lines: _Lines, environ) -> Config:
             raise err(at, "repository names are lower-case letters, digits, - and _")
         if not repo.url:
             raise err((*at, "url"), "is empty")
-        if re.search(r"://[^/@]*:[^/@]*@", repo.url):
+        if _url_has_password(repo.url):
             raise err((*at, "url"), "the URL holds credentials: use env_file")
         _secret_ref(lines, at, repo.password_file, repo.password_env, environ, required=True)
         if repo.kind and repo.kind not in COPY_KINDS:
@@ -481,6 +484,23 @@ def _source(lines, environ, at: tuple, src: Source, names: set[str]) -> None:
     if name in names:
         raise err((*at, "name"), f"two sources are named {name!r}: give each a name")
     names.add(name)
+
+
+def _url_has_password(url: str) -> bool:
+    """user:password@ in the authority (however the password is spelled), or a password/secret/token
+    parameter in the query string."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    text = url.split(":", 1)[1] if url.startswith("s3:") and not url.startswith("s3://") else url
+    if "://" in text:  # user:password@host, the password spelled with anything (SQLAlchemy allows '/')
+        auth = text.split("://", 1)[1].split("?", 1)[0]
+        if "@" in auth and ":" in auth.rsplit("@", 1)[0]:
+            return True
+    try:
+        query = parse_qsl(urlsplit(text).query, keep_blank_values=True)
+    except ValueError:
+        return "@" in text  # unparsable: refuse anything that could carry a user part
+    return any(_SECRET_KEYS.match(k) or k.lower() in ("sslpassword", "passfile") for k, _ in query)
 
 
 def source_name(src: Source) -> str:
