@@ -14,6 +14,8 @@ Skipped only when /usr/bin/chromium is absent (`apt-get install chromium`; the R
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import signal
@@ -58,7 +60,7 @@ def demo(tmp_path_factory):
     """The demo fleet built once (cheap repository keys), a third user added with `cermin web user add`, and
     `cermin demo` serving it on a free loopback port; SIGTERM at the end."""
     work = tmp_path_factory.mktemp("browser")
-    root = str(work / "fleet")
+    root = str(work / "cermin-demo")
     build_demo(root, progress=None, kdf=FAST_KDF)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -197,17 +199,33 @@ def visitor(browser, demo):
             v.close()
 
 
-def shot(page: Page, name: str) -> None:
-    """docs/screenshots/<name>.png when CERMIN_SCREENSHOTS names the directory."""
+def shot(page: Page, name: str, height: int | None = None) -> None:
+    """docs/screenshots/<name>.png when CERMIN_SCREENSHOTS names the directory: the full page, or its top
+    `height` pixels."""
     if SHOTS:
         os.makedirs(SHOTS, exist_ok=True)
-        page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=True)
+        clip = {"x": 0, "y": 0, "width": WIDTH, "height": height} if height else None
+        page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=True, clip=clip)
 
 
 def fleet_rows(page: Page) -> list[str]:
     """The fleet table's rows as 'tenant/system' (from their links)."""
     links = page.locator("table.fleet tbody tr td:nth-child(2) a")
     return [urlsplit(h).path.removeprefix("/systems/") for h in links.evaluate_all("els => els.map(e => e.href)")]
+
+
+def test_the_watch_sees_csp_violations_and_foreign_requests(demo, visitor):
+    """The checks every test relies on see what they look for: content from another host is an attempted
+    request (even when the Content-Security-Policy refuses it before it leaves) and a console error."""
+    v = visitor()
+    v.goto("/login")
+    img = "url => { const i = document.createElement('img'); i.src = url; document.body.append(i); }"
+    v.page.evaluate(img, "http://192.0.2.1/x.png")
+    v.page.wait_for_timeout(200)
+    assert any("Content Security Policy" in e for e in v.errors), v.errors
+    assert "http://192.0.2.1/x.png" in v.requests
+    v.errors.clear()
+    v.requests.clear()
 
 
 # ---- logging in, the fleet ---------------------------------------------------------------------------------
@@ -389,3 +407,189 @@ def test_logout_ends_the_session(demo, visitor):
     replay.context.add_cookies([{k: cookie[k] for k in ("name", "value", "domain", "path")}])
     replay.goto("/")
     assert urlsplit(replay.page.url).path == "/login"
+
+
+# ---- a tenant viewer ---------------------------------------------------------------------------------------
+def test_a_tenant_viewer_sees_only_its_tenant(demo, visitor):
+    v = visitor()
+    page = v.page
+    v.allow(404)
+    v.login(VIEWER, demo.passwords[VIEWER])
+    expect(page.locator("header .role")).to_have_text(f"viewer · {VIEWER_TENANT}")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Fleet · ")
+    rows = fleet_rows(page)
+    assert rows and {r.split("/")[0] for r in rows} == {VIEWER_TENANT}
+    expect(page.locator(".totals .headline")).to_contain_text(re.compile(rf"^\d+ of {len(rows)} systems"))
+    expect(page.get_by_label("Tenant")).to_have_count(0)  # no tenant to choose
+    expect(page.locator("header nav").get_by_role("link", name="Audit")).to_have_count(0)
+    # another tenant's view answers 404, as one that does not exist
+    v.goto("/?tenant=imigrasi", status=404)
+    expect(page.get_by_role("heading", level=1)).to_have_text("404 · Not found")
+    expect(page.locator("main")).not_to_contain_text("imigrasi")
+    v.goto("/?tenant=nosuchtenant", status=404)
+    v.goto("/tenants/imigrasi", status=404)
+    v.goto(f"/systems/{COVERED}", status=404)
+    expect(page.locator("main")).not_to_contain_text("paspor")
+    v.goto("/systems/imigrasi/nosuchsystem", status=404)  # the same answer as a system that does not exist
+    # its own tenant and systems open
+    v.goto(f"/tenants/{VIEWER_TENANT}")
+    v.goto(f"/systems/{ATTACKED}")
+    expect(page.get_by_role("button", name="Back up now")).to_have_count(0)  # a viewer reads only
+    # the API, with the same session: its tenant only, 404 elsewhere
+    r = v.goto("/api/v1/fleet")
+    assert {s["tenant"] for s in r.json()["systems"]} == {VIEWER_TENANT}
+    assert r.json()["totals"]["systems"] == len(rows)
+    assert v.goto(f"/api/v1/systems/{ATTACKED}").json()["system"]["id"] == ATTACKED
+    for url in (f"/api/v1/systems/{COVERED}", f"/api/v1/systems/{COVERED}/snapshots", "/api/v1/tenants/imigrasi"):
+        assert v.goto(url, status=404).json() == {"detail": "not found"}
+    assert v.goto("/api/v1/fleet?tenant=imigrasi", status=404).json() == {"detail": "not found"}
+    assert {t["id"] for t in v.goto("/api/v1/tenants").json()} == {VIEWER_TENANT}
+    # alerts and the evidence export: its tenant only
+    v.goto("/alerts")
+    alarmed = page.locator("table.alerts tbody tr td:first-child a").all_inner_texts()  # open or acknowledged
+    assert alarmed == [ATTACKED], alarmed
+    v.goto("/alerts?tenant=imigrasi", status=404)
+    v.goto("/export")
+    expect(page.get_by_label("Scope")).to_have_count(0)  # no choice: the tenant is fixed
+    expect(page.locator("form.export input[name=tenant]")).to_have_value(VIEWER_TENANT)
+    r = page.request.get("/export/evidence.csv?tenant=imigrasi&table=systems")
+    assert r.status == 404
+    r = page.request.get("/export/evidence.csv?table=systems")  # no tenant named: its own
+    assert r.ok
+    assert {row["tenant"] for row in csv.DictReader(io.StringIO(r.body().decode("utf-8-sig")))} == {VIEWER_TENANT}
+    # and no action: acknowledging an alarm needs an operator (403, CSRF token or not)
+    v.allow(403)
+    r = page.request.post("/alerts/1/ack", form={"note": "x", "csrf_token": v.csrf()})
+    assert r.status == 403
+
+
+# ---- a system, its alarm, the evidence ---------------------------------------------------------------------
+def test_drill_down_to_the_attacked_system(demo, visitor):
+    v = visitor()
+    page = v.page
+    v.login(ADMIN, demo.passwords[ADMIN])
+    tenant, name = ATTACKED.split("/")
+    page.locator("table.fleet").get_by_role("link", name=name, exact=True).click()
+    page.wait_for_url(f"{demo.base}/systems/{ATTACKED}")
+    expect(page.get_by_role("heading", level=1)).to_contain_text(name)
+    expect(page.locator(".crumbs")).to_contain_text("Fleet")
+    expect(page.locator("section.totals .headline")).to_contain_text(f"{name} does not meet its class")
+    expect(page.locator("section.totals ul.reasons")).to_contain_text("never drilled")
+    # the snapshot timeline: the attacked backup flagged by the guard, the earlier ones clean
+    timeline = page.locator("table.timeline tbody tr")
+    expect(timeline.first).to_be_visible()
+    verdicts = page.locator("table.timeline tbody td[class^=verdict-]").all_inner_texts()
+    assert verdicts[0] in ("infected", "suspicious") and "clean" in verdicts[1:], verdicts
+    flagged = timeline.first.locator("code").inner_text()
+    expect(timeline.first.locator("td.copies")).to_contain_text("primary")
+    # its open alarm is about that snapshot (until the alerts test acknowledges it)
+    alarm = page.locator("section.alarmed tbody tr")
+    if alarm.count():
+        expect(alarm.first.locator("code")).to_have_text(flagged)
+        expect(page.locator("section.totals ul.reasons")).to_contain_text("open guard alarm")
+    expect(page.locator("#drills").locator("xpath=..")).to_contain_text("Never drilled")
+    expect(page.locator("table.runs tbody tr").first).to_be_visible()
+    shot(page, "system")
+
+    # Back up now: an htmx POST (the CSRF token in its header) swaps in the request, pending for the agent
+    with page.expect_response(lambda r: r.request.method == "POST") as got:
+        page.get_by_role("button", name="Back up now").click()
+    assert got.value.status == 200 and got.value.request.headers.get("x-csrf-token") == v.csrf()
+    row = page.locator("#requests tbody tr").first
+    expect(row).to_contain_text("pending: waiting for the agent")
+    expect(row).to_contain_text(ADMIN)
+    expect(row).to_contain_text("backup")
+
+    # the drilled system: its drill history with the RTO chart (a server-rendered SVG)
+    v.goto(f"/systems/{COVERED}")
+    expect(page.locator("section.totals .headline")).to_contain_text("meets its class")
+    chart = page.locator("svg.rto-chart")
+    expect(chart).to_be_visible()
+    expect(chart.locator("circle.point")).to_have_count(1)
+    expect(chart.locator("circle.point")).to_have_class(re.compile(r"\bpass\b"))
+    drill = page.locator("#drills").locator("xpath=..").locator("tbody tr").first
+    expect(drill).to_contain_text("pass")
+    expect(drill.locator("code")).to_have_count(2)  # the snapshot and the signed report's id
+    # the tenant page (the breadcrumb's link): the fleet table of one tenant
+    page.locator(".crumbs a").nth(1).click()
+    page.wait_for_url(f"{demo.base}/tenants/{COVERED.split('/')[0]}")
+    assert {r.split("/")[0] for r in fleet_rows(page)} == {COVERED.split("/")[0]}
+
+
+def test_acknowledge_the_open_alarm(demo, visitor):
+    v = visitor()
+    page = v.page
+    v.login(ADMIN, demo.passwords[ADMIN])
+    page.locator("header nav").get_by_role("link", name=re.compile("^Alerts")).click()
+    page.wait_for_url(f"{demo.base}/alerts")
+    row = page.locator("table.alerts tbody tr", has=page.get_by_role("link", name=ATTACKED))
+    expect(row).to_have_count(1)
+    expect(row.locator("td.bad")).to_contain_text(re.compile("infected|suspicious"))
+    expect(row.locator("ul.why li").first).to_be_visible()
+    note = "the demo's own simulated attack"
+    row.get_by_label("Note").fill(note)
+    shot(page, "alerts")
+    before = time.time()
+    row.get_by_role("button", name="Acknowledge").click()
+    page.wait_for_url(re.compile(r"/alerts\?acked=\d+#acked-\d+$"))
+    expect(page.get_by_role("status")).to_contain_text("is acknowledged")
+    expect(page.locator("#open-h").locator("xpath=..")).to_contain_text("No guard alarm is open.")
+    acked = page.locator("table.alerts tbody tr.just")
+    expect(acked.get_by_role("link", name=ATTACKED)).to_be_visible()
+    expect(acked.locator("td.ack-by")).to_have_text(ADMIN)
+    expect(acked).to_contain_text(note)
+    at = acked.locator("td.ack-at").inner_text()  # YYYY-MM-DD HH:MM[:SS] UTC, this minute
+    when = time.strptime(at[:16], "%Y-%m-%d %H:%M")
+    assert abs(time.mktime(when) - time.timezone - before) < 120, at
+    # the fleet no longer counts it; the guard's verdict on the snapshot stays
+    page.locator("header nav").get_by_role("link", name="Fleet").click()
+    attacked = page.locator("table.fleet tbody tr", has=page.get_by_role("link", name=ATTACKED.split("/")[1]))
+    expect(attacked.locator("ul.why")).not_to_contain_text("open guard alarm")
+    expect(page.locator(".totals .headline")).not_to_contain_text("open guard alarm")
+    # the audit log says who did it
+    v.goto("/audit")
+    expect(page.locator("main")).to_contain_text("alarm.ack")
+
+
+def test_export_evidence(demo, visitor, tmp_path):
+    v = visitor()
+    page = v.page
+    v.login(ADMIN, demo.passwords[ADMIN])
+    page.locator("header nav").get_by_role("link", name="Export").click()
+    page.wait_for_url(f"{demo.base}/export")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Evidence export")
+    shot(page, "export")
+    form = page.locator("form.export")
+
+    def download(button: str, fmt: str):
+        with page.expect_response(lambda r: f"/export/evidence.{fmt}" in r.url) as resp, page.expect_download() as dl:
+            form.get_by_role("button", name=button).click()
+        r = resp.value
+        assert r.status == 200, (fmt, r.status)
+        path = tmp_path / dl.value.suggested_filename
+        dl.value.save_as(path)
+        assert path.suffix == f".{fmt}", path
+        return path, r.headers["x-evidence-digest"].removeprefix("sha256:")
+
+    # the printable report (the whole fleet, the last 30 days): a self-contained HTML document
+    html, digest = download("Printable report (HTML)", "html")
+    text = html.read_text(encoding="utf-8")
+    assert digest in text and ATTACKED in text and COVERED in text
+    reader = visitor()  # opened on its own, it fetches nothing
+    reader.page.set_content(text)
+    assert reader.requests == [], reader.requests
+    expect(reader.page.locator("h1").first).to_contain_text("evidence", ignore_case=True)
+    shot(reader.page, "evidence", height=1400)
+
+    # one tenant's systems as CSV
+    page.get_by_label("Scope").select_option(VIEWER_TENANT)
+    page.get_by_label("CSV table").select_option("systems")
+    path, digest = download("CSV table", "csv")
+    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))  # with a BOM, for Excel
+    assert {f"{r['tenant']}/{r['system']}" for r in rows} == {ATTACKED, "dukcapil/antrian"}
+    assert {r["evidence_digest"] for r in rows} == {digest}
+    assert {r["meets_policy_now"] for r in rows} == {"no"}
+
+    # the PDF
+    path, _ = download("PDF", "pdf")
+    assert path.read_bytes().startswith(b"%PDF-")
