@@ -29,7 +29,9 @@ class Ran:
     timed_out: bool  # the deadline passed: the process group was killed
 
 
-class _Tail:
+class Tail:
+    """The last `keep` bytes of a stream."""
+
     def __init__(self, keep: int) -> None:
         self.keep = keep
         self.buf = bytearray()
@@ -67,7 +69,7 @@ def run_bounded(
         start_new_session=True,
     )
     deadline = time.monotonic() + timeout
-    tails = {p.stdout.fileno(): _Tail(keep), p.stderr.fileno(): _Tail(keep)}
+    tails = {p.stdout.fileno(): Tail(keep), p.stderr.fileno(): Tail(keep)}
     timed_out, finished = False, False
     try:
         with selectors.DefaultSelector() as sel:

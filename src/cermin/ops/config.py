@@ -174,6 +174,14 @@ class Check(_S):
     command: list[str] = []  # command: runs with {restore_dir} substituted, must exit 0
     min_files: int = 0  # files: the restored tree holds at least this many files
     timeout: str = "30min"
+    # postgres: where the scratch database is made and the dump loaded — each defaults to the source's;
+    # the source's password only when host, port and user are the source's too (ops/drillchecks.py)
+    host: str = ""
+    port: int = 0
+    user: str = ""
+    password_file: str = ""
+    password_env: str = ""
+    database: str = ""  # connected to for CREATE/DROP DATABASE (default: postgres, the source's, template1)
 
 
 class Hooks(_S):
@@ -528,6 +536,14 @@ def _check(lines, at: tuple, chk: Check, sources) -> None:
             raise err(at, f"the system has {len(of_type)} {chk.type} sources: name one with source = ...")
     if chk.type == "command" and (not chk.command or not all(isinstance(x, str) and x for x in chk.command)):
         raise err((*at, "command"), "a command is a non-empty list of arguments (no shell)")
+    conn = ("host", "port", "user", "password_file", "password_env", "database")
+    if chk.type != "postgres":
+        for key in conn:
+            if getattr(chk, key):
+                raise err((*at, key), "only a postgres check connects to a database server")
+    if chk.port and not 0 < chk.port < 65536:
+        raise err((*at, "port"), "is not a port")
+    _secret_ref(lines, at, chk.password_file, chk.password_env, None, required=False)
     _dur(lines, (*at, "timeout"), chk.timeout)
 
 

@@ -1,16 +1,36 @@
 """Application checks of a drill: prove the restored data is usable, not only present (ops/drill.py).
 
-- postgres: a scratch database `cermin_drill_<random>` is created on the source's server, the restored
-  dump is loaded with `psql -v ON_ERROR_STOP=1`, the query must return at least one row, and the
-  scratch database is dropped whatever happened. The dump came out of a repository, so it is hostile
-  input: psql runs in *restricted mode* (`\\restrict` with a random key is sent before the dump), in
-  which psql refuses every backslash command — a planted `\\! rm -rf /` in a dump cannot run on this
-  host. pg_dump's own `\\restrict`/`\\unrestrict` lines (15.14 and later) are dropped on the way in.
-  This needs psql 13.22, 14.19, 15.14, 16.10, 17.6 or later; an older one fails the check. The SQL
-  itself runs on the database server with the source's role: give drills a role without superuser.
+- postgres: a scratch database `cermin_drill_<random>` is created, the restored dump is loaded into it
+  with `psql -v ON_ERROR_STOP=1`, the query must return at least one row, and the scratch database is
+  dropped whatever happened. Where: the check's own `host`, `port`, `user`, `password_file` /
+  `password_env` and `database` (connected to for CREATE/DROP DATABASE), each defaulting to the
+  source's (`check_target`). The dump came out of a repository — anyone holding that repository's
+  password (a tenant's mirror: the tenant) could have planted one — so it is hostile input:
+  * psql runs in *restricted mode* (`\\restrict` with a random key is sent before the dump), in which
+    it refuses every backslash command — a planted `\\! rm -rf /` cannot run on this host. This needs
+    psql 13.22, 14.19, 15.14, 16.10, 17.6 or later; an older one fails the check.
+  * Restricted mode does not limit SQL, which runs on the database server with the check's login: a
+    superuser's `COPY ... TO PROGRAM` is a shell on the database host, a CREATEROLE login can take over
+    other roles. Before anything is created the login's rights are read; on the source's own server
+    (`same_server`: the same port and host) a superuser, a CREATEROLE login or a member of
+    pg_execute_server_program / pg_read_server_files / pg_write_server_files is refused — the check
+    fails, nothing is loaded. A scratch server of its own (another host or port) may use any login.
+  * The load runs inside the scratch database only (private: CONNECT revoked from PUBLIC; psql cannot
+    `\\connect` elsewhere), with `statement_timeout`, `lock_timeout` and
+    `idle_in_transaction_session_timeout` set first (pg_dump's header lines switching them off are
+    dropped). A dump can set them again; the check's deadline is the bound that holds: psql's process
+    group is killed and the scratch database dropped WITH (FORCE), which ends its server session.
+    Databases the login owns that appeared during the load (and are not a drill's scratch database)
+    are dropped and fail the check. A login may still change its own password or settings: give drills
+    a role used for nothing else.
+  * pg_dump's `\\restrict`/`\\unrestrict` lines (15.14 and later), and its ownership and privilege
+    lines (`ALTER ... OWNER TO`, GRANT, REVOKE, ALTER DEFAULT PRIVILEGES) are not replayed: the scratch
+    database's objects belong to the check's login, which need not be (or be able to become) the
+    source's roles. psql's output is kept as a bounded tail.
 - sqlite: the restored file is opened read-only and immutable (no journal, no lock files), untrusted
   schema off; `PRAGMA integrity_check` must answer ok and the query must return a row.
-- command: argv with `{restore_dir}` replaced, run in the sandbox; exit status 0 passes.
+- command: argv with `{restore_dir}` replaced, run in the sandbox in a session of its own; exit status 0
+  passes. Past its timeout, and whatever it left running when it exits, its process group is killed.
 - files: at least `min_files` (at least 1) regular files were restored.
 Each check is bounded by its `timeout`; its result is a CheckResult, never an exception.
 """
@@ -18,23 +38,26 @@ Each check is bounded by its `timeout`; its result is a CheckResult, never an ex
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import secrets
-import signal
+import socket
 import stat
 import subprocess
 import threading
 import time
 
+import msgspec
+
 from cermin.errors import CerminError
+from cermin.ops.bounded import TAIL_KEEP, Tail, kill_group, run_bounded
 from cermin.ops.config import Check, Source, parse_duration
 from cermin.ops.drillreport import CheckResult, clean_text
 from cermin.ops.sources import pg_conn_args, pg_env, pg_tool
 
 # psql releases that know \restrict (the fix of CVE-2025-8714), by major version
 _RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
-_RESTRICT_LINE = re.compile(rb"^\\(un)?restrict\s+[A-Za-z0-9]+\s*$")
 _COPY_START = re.compile(rb"^COPY .* FROM stdin;\s*$")
 _COPY_END = (b"\\.\n", b"\\.\r\n", b"\\.")
 
@@ -124,6 +147,34 @@ def _open_plain(path: str):
 
 
 # ---- postgres -----------------------------------------------------------------------------------
+# the login's rights: a superuser, CREATEROLE, or a member of a role that reads/writes the server's files
+# or runs programs on its host (COPY ... TO PROGRAM) must not load a hostile dump on the source's server
+_ROLE_QUERY = (
+    "SELECT r.rolsuper, r.rolcreaterole, EXISTS (SELECT 1 FROM pg_catalog.pg_roles g WHERE g.rolname IN "
+    "('pg_execute_server_program', 'pg_write_server_files', 'pg_read_server_files') "
+    "AND pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER')) "
+    "FROM pg_catalog.pg_roles r WHERE r.rolname = current_user"
+)
+_OWNED_DBS = (  # hex: a name the dump chose may hold any character
+    "SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_catalog.pg_database WHERE datdba = "
+    "(SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) ORDER BY 1"
+)
+_SCRATCH = re.compile(r"^cermin_drill_[0-9a-f]{12}$")
+DROP_TIMEOUT = 60.0  # seconds for dropping the scratch database, whatever is left of the check's timeout
+# pg_dump's own lines that a drill does not replay (outside COPY data, whole lines): its \restrict pair,
+# the header switching the session's time limits off, and ownership and privileges — the scratch database's
+# objects belong to the check's login, which need not be (or be able to become) the source's roles
+_DROPPED = (
+    re.compile(rb"^\\(un)?restrict\s+[A-Za-z0-9]+\s*$"),
+    re.compile(
+        rb"^SET (statement_timeout|lock_timeout|idle_in_transaction_session_timeout|transaction_timeout) = 0;\s*$"
+    ),
+    re.compile(rb"^ALTER [A-Z][A-Z ]* .* OWNER TO .+;\s*$"),
+    re.compile(rb"^(GRANT|REVOKE) .+;\s*$"),
+    re.compile(rb"^ALTER DEFAULT PRIVILEGES .+;\s*$"),
+)
+
+
 def psql_restricts(psql: str, env: dict) -> bool:
     try:
         out = subprocess.run([psql, "--version"], capture_output=True, env=env, timeout=30).stdout.decode()
@@ -136,37 +187,101 @@ def psql_restricts(psql: str, env: dict) -> bool:
     return major >= 18 or minor >= _RESTRICT_SINCE.get(major, 1 << 30)
 
 
+def check_target(chk: Check, source: Source) -> Source:
+    """Where a postgres check connects: the check's host, port, user and password, each defaulting to the
+    source's — the source's password only when host, port and user are the source's as well."""
+    host, port, user = chk.host or source.host, chk.port or source.port, chk.user or source.user
+    if chk.password_file or chk.password_env:
+        pw_file, pw_env = chk.password_file, chk.password_env
+    elif (host, port, user) == (source.host, source.port, source.user):
+        pw_file, pw_env = source.password_file, source.password_env
+    else:
+        pw_file = pw_env = ""
+    return msgspec.structs.replace(source, host=host, port=port, user=user, password_file=pw_file, password_env=pw_env)
+
+
+def same_server(a: Source, b: Source) -> bool:
+    """Whether two connection settings may reach the same PostgreSQL server: the same port and a host in
+    common, every address of this machine (loopback, a unix socket, an address bound here) counting as one.
+    In doubt, the same: the answer decides whether a superuser may load a hostile dump."""
+    return a.port == b.port and bool(_endpoints(a.host) & _endpoints(b.host))
+
+
+def _endpoints(hosts: str) -> set[str]:
+    out: set[str] = set()
+    for host in hosts.split(","):  # libpq takes a list
+        host = host.strip().lower()
+        if not host or host.startswith(("/", "@")) or host == "localhost":
+            out.add("this host")  # a unix socket, or the default
+            continue
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError):
+            out.add(host)
+            continue
+        for info in infos:
+            ip = str(info[4][0]).split("%", 1)[0]
+            out.add(ip)
+            if _is_local(ip):
+                out.add("this host")
+    return out
+
+
+def _is_local(ip: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if addr.is_loopback or addr.is_unspecified:
+        return True
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((ip, 0))  # only an address of this machine can be bound
+        return True
+    except OSError:
+        return False
+
+
 def _postgres(chk: Check, source: Source, dump: str, environ, timeout: float) -> str:
     deadline = time.monotonic() + timeout
-    env, password = pg_env(source, environ)
+    target = check_target(chk, source)
+    env, password = pg_env(target, environ)
     psql = pg_tool("psql", environ)
     if not psql_restricts(psql, env):
         raise CheckFailed(
             f"{psql} cannot load an untrusted dump safely (it lacks \\restrict): "
             "use psql 13.22, 14.19, 15.14, 16.10, 17.6 or later (or set CERMIN_PG_BIN)"
         )
-    base = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", *pg_conn_args(source)]
+    base = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", *pg_conn_args(target)]
     scratch = f"cermin_drill_{secrets.token_hex(6)}"
     hide = (password,)
+    login = f"{target.user} on {target.host}:{target.port}"
 
-    def sql(db: str, text: str, what: str) -> str:
-        left = max(1.0, deadline - time.monotonic())
+    def sql(db: str, text: str, what: str, seconds: float | None = None) -> str:
+        left = seconds if seconds is not None else max(1.0, deadline - time.monotonic())
+        limits = f"-c statement_timeout={int(left * 1000)} -c lock_timeout={int(min(left, 60) * 1000)}"
         try:
-            p = subprocess.run(
-                [*base, "-A", "-t", "-d", db, "-c", text],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=env,
-                timeout=left,
-            )
-        except subprocess.TimeoutExpired:
-            raise CheckFailed(f"{what}: still running after {timeout:g}s") from None
+            p = run_bounded([*base, "-A", "-t", "-d", db, "-c", text], env | {"PGOPTIONS": limits}, left)
+        except OSError as e:
+            raise CheckFailed(f"cannot run {psql}: {e.strerror or e}") from None
+        if p.timed_out:
+            raise CheckFailed(f"{what}: still running after {timeout:g}s")
         if p.returncode != 0:
             raise CheckFailed(f"{what}: {_tail(p.stderr, hide)}")
         return p.stdout.decode("utf-8", "replace")
 
-    maint = _maintenance_db(sql, source, scratch)
+    maint, rights = _maintenance_db(sql, chk, source)
+    if rights and same_server(target, source):
+        raise CheckFailed(
+            f"refused: the login {login} is {rights} on the source's own server, where the restored dump "
+            "(untrusted input) would run with its rights: give the check a login without them (user = ...), "
+            "or a scratch server of its own (host/port)"
+        )
+    owned = _owned(sql, maint)
+    sql(maint, f'CREATE DATABASE "{scratch}"', "creating the scratch database")
     try:
+        sql(maint, f'REVOKE ALL ON DATABASE "{scratch}" FROM PUBLIC', "making the scratch database private")
         _load(base, scratch, dump, env, deadline, timeout, hide)
         query = chk.query.strip().rstrip(";")
         out = sql(scratch, f"SELECT count(*) FROM (\n{query}\n) AS cermin_drill_rows", "the check query")
@@ -180,31 +295,58 @@ def _postgres(chk: Check, source: Source, dump: str, environ, timeout: float) ->
     finally:
         with contextlib.suppress(CerminError):
             _drop(sql, maint, scratch)
+        _drop_planted(sql, maint, owned)
 
 
-def _maintenance_db(sql, source: Source, scratch: str) -> str:
-    """Create the scratch database from the first database we may connect to; that one's name."""
+def _maintenance_db(sql, chk: Check, source: Source) -> tuple[str, str]:
+    """(the first database the check's login may connect to — the scratch database is made from there —,
+    what makes the login too powerful to load a hostile dump on the source's server, or "")."""
     last: CerminError | None = None
-    for db in dict.fromkeys(("postgres", source.database, "template1")):
+    for db in (chk.database,) if chk.database else dict.fromkeys(("postgres", source.database, "template1")):
         try:
-            sql(db, f'CREATE DATABASE "{scratch}"', "creating the scratch database")
-            return db
+            out = sql(db, _ROLE_QUERY, "reading the login's rights")
         except CheckFailed as e:
             last = e
-            if "permission denied" in str(e) or "already exists" in str(e):
-                break
-    raise last or CheckFailed("cannot create the scratch database")
+            continue
+        flags = (out.strip().splitlines() or [""])[-1].split("|")
+        if len(flags) != 3:
+            return db, "a role whose rights cannot be read"
+        names = ("a superuser", "CREATEROLE", "a member of pg_*_server_*")
+        why = [w for w, f in zip(names, flags, strict=True) if f != "f"]
+        return db, " and ".join(why)
+    raise last or CheckFailed("cannot connect to create the scratch database")
 
 
 def _drop(sql, maint: str, scratch: str) -> None:
     try:
-        sql(maint, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)', "dropping the scratch database")
+        sql(maint, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)', "dropping the scratch database", DROP_TIMEOUT)
     except CheckFailed:
-        sql(maint, f'DROP DATABASE IF EXISTS "{scratch}"', "dropping the scratch database")  # before 13
+        sql(maint, f'DROP DATABASE IF EXISTS "{scratch}"', "dropping the scratch database", DROP_TIMEOUT)  # before 13
+
+
+def _owned(sql, maint: str, seconds: float | None = None) -> set[str]:
+    out = sql(maint, _OWNED_DBS, "listing the login's databases", seconds)
+    return {bytes.fromhex(x).decode("utf-8", "replace") for x in out.split()}
+
+
+def _drop_planted(sql, maint: str, before: set[str]) -> None:
+    """Databases the dump made (the login owns them, they were not there before, and they are no drill's
+    scratch database): dropped, and the check fails naming them."""
+    try:
+        now = _owned(sql, maint, DROP_TIMEOUT)
+    except CheckFailed:
+        return
+    planted = sorted(d for d in now - before if not _SCRATCH.match(d))
+    for db in planted:
+        with contextlib.suppress(CheckFailed):
+            _drop(sql, maint, db.replace('"', '""'))
+    if planted:
+        names = ", ".join(repr(d) for d in planted)
+        raise CheckFailed(f"the dump created databases of its own: {names[:300]} (dropped)")
 
 
 def _load(base: list[str], db: str, dump: str, env: dict, deadline: float, timeout: float, hide) -> None:
-    """Stream the dump into psql in restricted mode (see the module's docstring)."""
+    """Stream the dump into psql in restricted mode (see the module's docstring), under time limits."""
     with _open_plain(dump) as f:
         p = subprocess.Popen(
             [*base, "-d", db],
@@ -214,22 +356,32 @@ def _load(base: list[str], db: str, dump: str, env: dict, deadline: float, timeo
             env=env,
             start_new_session=True,
         )
-        err: list[bytes] = []
-        reader = threading.Thread(target=lambda: err.append(p.stderr.read()), daemon=True)
+        err = Tail(TAIL_KEEP)
+
+        def read_stderr() -> None:
+            while chunk := p.stderr.read1(65536):
+                err.add(chunk)
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
         reader.start()
         expired = threading.Event()
 
         def expire() -> None:
             expired.set()
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
+            kill_group(p.pid)
 
-        timer = threading.Timer(max(1.0, deadline - time.monotonic()), expire)
+        left = max(1.0, deadline - time.monotonic())
+        timer = threading.Timer(left, expire)
         timer.start()
         try:
             try:
                 p.stdin.write(b"\\restrict " + secrets.token_hex(24).encode() + b"\n")
-                for chunk in _without_restrict_lines(f):
+                ms = int(left * 1000)
+                p.stdin.write(
+                    f"SET statement_timeout = {ms};\nSET lock_timeout = {min(ms, 60_000)};\n"
+                    f"SET idle_in_transaction_session_timeout = {min(ms, 60_000)};\n".encode()
+                )
+                for chunk in _filtered(f):
                     p.stdin.write(chunk)
                 p.stdin.close()
             except (BrokenPipeError, ConnectionResetError):
@@ -237,22 +389,23 @@ def _load(base: list[str], db: str, dump: str, env: dict, deadline: float, timeo
             rc = p.wait()
         finally:
             timer.cancel()
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, signal.SIGKILL)
+            if p.poll() is None:  # interrupted: nothing of it survives
+                kill_group(p.pid)
                 p.wait()
-        reader.join(timeout=5)
+            reader.join(timeout=5)
+            with contextlib.suppress(OSError):
+                p.stderr.close()
+    stderr = bytes(err.buf)
     if expired.is_set():
         raise CheckFailed(f"loading the dump: still running after {timeout:g}s")
     if rc != 0:
-        stderr = b"".join(err)
         if b"backslash commands are restricted" in stderr:
             raise CheckFailed("the dump holds psql backslash commands: refused (a dump from pg_dump has none)")
         raise CheckFailed(f"loading the dump failed: {_tail(stderr, hide)}")
 
 
-def _without_restrict_lines(f):
-    """The dump's lines, minus pg_dump's own \\restrict / \\unrestrict lines outside COPY data."""
+def _filtered(f):
+    """The dump's lines, minus the pg_dump lines a drill does not replay (_DROPPED) outside COPY data."""
     in_copy = False
     batch: list[bytes] = []
     size = 0
@@ -260,7 +413,9 @@ def _without_restrict_lines(f):
         if in_copy:
             if line in _COPY_END:
                 in_copy = False
-        elif _RESTRICT_LINE.match(line):
+        elif line.startswith((b"\\", b"SET ", b"ALTER ", b"GRANT ", b"REVOKE ")) and any(
+            r.match(line) for r in _DROPPED
+        ):
             continue
         elif line.startswith(b"COPY ") and _COPY_START.match(line):
             in_copy = True
@@ -318,17 +473,13 @@ def _sqlite(chk: Check, path: str, timeout: float, monotonic) -> str:
 # ---- command ------------------------------------------------------------------------------------
 def _command(chk: Check, restore_dir: str, sandbox: str, environ, timeout: float) -> str:
     argv = [a.replace("{restore_dir}", restore_dir) for a in chk.command]
-    from cermin.ops.childenv import child_env  # none of the agent's secrets (other tenants' among them)
-
-    env = child_env(None, environ, {"CERMIN_RESTORE_DIR": restore_dir})
+    env = dict(os.environ if environ is None else environ) | {"CERMIN_RESTORE_DIR": restore_dir}
     try:
-        p = subprocess.run(
-            argv, cwd=sandbox, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise CheckFailed(f"{argv[0]}: still running after {timeout:g}s: stopped") from None
+        p = run_bounded(argv, env, timeout, cwd=sandbox, kill_leftovers=True)
     except OSError as e:
         raise CheckFailed(f"cannot run {argv[0]}: {e.strerror or e}") from None
+    if p.timed_out:
+        raise CheckFailed(f"{argv[0]}: still running after {timeout:g}s: stopped")
     if p.returncode != 0:
         raise CheckFailed(f"{argv[0]}: exit code {p.returncode}: {_tail(p.stderr or p.stdout)}")
     return f"{argv[0]} exited 0"
