@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -102,7 +105,17 @@ def _cache(own_cache):
     pass
 
 
-def pg_system(pg, database: str, query: str) -> str:
+def drill_role(pg, name: str = "cermin_drill", rights: str = "CREATEDB") -> str:
+    """A login of its own for drills (the cluster is shared by the session's tests: made once)."""
+    pg.psql(f"DO $$BEGIN CREATE ROLE {name} LOGIN {rights}; EXCEPTION WHEN duplicate_object THEN NULL; END$$;")
+    return name
+
+
+def pg_system(pg, database: str, query: str, check: str | None = None, timeout: str = "30min") -> str:
+    """A postgres source (the server's superuser dumps it) and a check; the check's own connection
+    settings `check` (TOML lines), by default the drill role's login on the same server."""
+    if check is None:
+        check = f'user = "{drill_role(pg)}"'
     return f"""
 [[tenants.acme.systems.app.sources]]
 type = "postgres"
@@ -115,7 +128,26 @@ database = "{database}"
 type = "postgres"
 name = "passports"
 query = "{query}"
+timeout = "{timeout}"
+{check}
 """
+
+
+def plant_dump(site, sql: bytes, source: str) -> None:
+    """A snapshot planted by someone holding the repository password, named like the source's dumps."""
+    commands.backup(
+        site.repo(),
+        BackupOptions(
+            stdin=io.BytesIO(sql),
+            stdin_filename=f"{source}.sql",
+            hostname="acme.app",
+            tags=["system=acme/app", f"source={source}"],
+        ),
+    )
+
+
+def scratch_databases(pg) -> list[str]:
+    return [d for d in pg.databases() if d.startswith("cermin_drill_")]
 
 
 def make_pg_database(pg, name: str = "paspor") -> str:
@@ -229,16 +261,7 @@ def test_dump_with_psql_meta_commands_is_refused(tmp_path, postgres):
     site = Site(tmp_path, pg_system(postgres, db, "SELECT 1 FROM passports"))
     marker = tmp_path / "pwned"
     evil = f"CREATE TABLE passports (id int);\nINSERT INTO passports VALUES (1);\n\\! touch {marker}\n".encode()
-    repo = site.repo()
-    commands.backup(
-        repo,
-        BackupOptions(
-            stdin=io.BytesIO(evil),
-            stdin_filename="victim.sql",
-            hostname="acme.app",
-            tags=["system=acme/app", "source=victim"],
-        ),
-    )
+    plant_dump(site, evil, "victim")
     res = site.drill()
     assert res.report.verdict == "fail" and res.exit_code != 0
     (chk,) = res.report.checks
@@ -255,6 +278,183 @@ def test_failing_postgres_query_fails_the_drill(tmp_path, postgres):
     assert res.report.verdict == "fail"
     assert res.report.checks[0].detail == "the check query returned no rows"
     assert not [d for d in postgres.databases() if d.startswith("cermin_drill_")]
+
+
+# ---- PostgreSQL: the dump is hostile, so is the SQL in it -----------------------------------------------
+@pytest.mark.parametrize("login", ["superuser", "createrole", "server-program"])
+def test_a_powerful_login_on_the_sources_server_is_refused(tmp_path, postgres, login, request):
+    """As a superuser a planted dump's COPY ... TO PROGRAM is a shell on the database host: such a login (or
+    CREATEROLE, or a member of pg_execute_server_program) never loads a dump on the source's own server."""
+    import tempfile
+
+    db = make_pg_database(postgres, "powerful")
+    check, why = {
+        "superuser": ("", "is a superuser"),  # the source's own login: the server's superuser
+        "createrole": (f'user = "{drill_role(postgres, "cermin_drill_cr", "CREATEDB CREATEROLE")}"', "CREATEROLE"),
+        "server-program": (f'user = "{drill_role(postgres, "cermin_drill_prog")}"', "a member of pg_"),
+    }[login]
+    postgres.psql("GRANT pg_execute_server_program TO cermin_drill_prog;")
+    site = Site(tmp_path, pg_system(postgres, db, "SELECT 1 FROM passports", check))
+    outside = tempfile.mkdtemp(prefix="cermin-pwn-")  # where the server's user may write
+    os.chmod(outside, 0o777)
+    request.addfinalizer(lambda: shutil.rmtree(outside, ignore_errors=True))
+    marker = os.path.join(outside, "pwned")
+    evil = "CREATE TABLE passports (id int);\nINSERT INTO passports VALUES (1);\n"
+    evil += f"COPY (SELECT 1) TO PROGRAM 'touch {marker}';\n"
+    plant_dump(site, evil.encode(), "powerful")
+    before = postgres.databases()
+    res = site.drill()
+    (chk,) = res.report.checks
+    assert not chk.ok and chk.detail.startswith("refused: the login ") and why in chk.detail, chk.detail
+    assert "source's own server" in chk.detail and "\n" not in chk.detail
+    assert res.report.verdict == "fail" and res.exit_code == 1
+    assert not os.path.exists(marker), "the dump ran a program on the database host"
+    assert postgres.databases() == before  # nothing was created, nothing loaded
+
+
+class Forward:
+    """A TCP forwarder on another loopback port: the same cluster, seen as a scratch server of its own."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+
+        def pump(a, b):
+            with contextlib.suppress(OSError):
+                while data := a.recv(65536):
+                    b.sendall(data)
+            with contextlib.suppress(OSError):
+                b.shutdown(socket.SHUT_WR)
+
+        def serve():
+            with contextlib.suppress(OSError):
+                while True:
+                    c, _ = self.srv.accept()
+                    u = socket.create_connection(("127.0.0.1", port))
+                    threading.Thread(target=pump, args=(c, u), daemon=True).start()
+                    threading.Thread(target=pump, args=(u, c), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.srv.close()
+
+
+def test_a_scratch_server_of_its_own_may_use_any_login(tmp_path, postgres):
+    db = make_pg_database(postgres, "scratchsrv")
+    fwd = Forward(postgres.port)
+    try:
+        check = f'host = "127.0.0.1"\nport = {fwd.port}\nuser = "{postgres.user}"\ndatabase = "template1"'
+        site = Site(tmp_path, pg_system(postgres, db, "SELECT 1 FROM passports WHERE id = 7", check))
+        site.backup()
+        res = site.drill()
+    finally:
+        fwd.close()
+    (chk,) = res.report.checks
+    assert chk.ok and res.report.verdict == "pass", chk.detail
+    assert not scratch_databases(postgres)
+
+
+def test_a_dump_runs_in_its_scratch_database_under_time_limits(tmp_path, postgres):
+    """pg_dump's header switches the time limits off; the drill drops those lines and sets its own first."""
+    db = make_pg_database(postgres, "limits")
+    query = "SELECT 1 FROM seen WHERE st <> '0' AND lt <> '0' AND db LIKE 'cermin_drill_%'"
+    site = Site(tmp_path, pg_system(postgres, db, query))
+    plant_dump(
+        site,
+        b"SET statement_timeout = 0;\nSET lock_timeout = 0;\nSET idle_in_transaction_session_timeout = 0;\n"
+        b"CREATE TABLE seen AS SELECT current_setting('statement_timeout') AS st,\n"
+        b"  current_setting('lock_timeout') AS lt, current_database() AS db;\n"
+        b"ALTER TABLE public.seen OWNER TO postgres;\nGRANT SELECT ON TABLE public.seen TO nobody_at_all;\n",
+        "limits",
+    )
+    res = site.drill()
+    (chk,) = res.report.checks
+    assert chk.ok, chk.detail
+    assert not scratch_databases(postgres)
+
+
+def test_a_dump_past_the_checks_timeout_is_stopped_and_dropped(tmp_path, postgres):
+    db = make_pg_database(postgres, "sleepy")
+    site = Site(tmp_path, pg_system(postgres, db, "SELECT 1", timeout="3s"))
+    plant_dump(site, b"SET statement_timeout = 0;\nSELECT pg_sleep(600);\n", "sleepy")
+    res = site.drill()
+    (chk,) = res.report.checks
+    assert not chk.ok and ("still running after 3s" in chk.detail or "statement timeout" in chk.detail), chk.detail
+    assert not scratch_databases(postgres)
+    assert (
+        postgres.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid();"
+        ).strip()
+        == "0"
+    )
+
+
+def test_databases_a_dump_creates_are_dropped_and_fail_the_check(tmp_path, postgres):
+    db = make_pg_database(postgres, "planter")
+    site = Site(tmp_path, pg_system(postgres, db, "SELECT 1 FROM passports"))
+    plant_dump(
+        site,
+        b"CREATE TABLE passports (id int);\nINSERT INTO passports VALUES (1);\n"
+        b'CREATE DATABASE planted_one;\nCREATE DATABASE "planted two";\n',
+        "planter",
+    )
+    res = site.drill()
+    (chk,) = res.report.checks
+    assert not chk.ok and "created databases of its own: 'planted two', 'planted_one' (dropped)" in chk.detail
+    assert not {"planted_one", "planted two"} & set(postgres.psql("SELECT datname FROM pg_database;").splitlines())
+    assert not scratch_databases(postgres)
+
+
+def test_check_connection_settings_are_validated(tmp_path):
+    from types import SimpleNamespace
+
+    from cermin.ops.config import ConfigError
+
+    pg = SimpleNamespace(host="127.0.0.1", port=5432, user="postgres")
+    for i, (extra, message) in enumerate(
+        [
+            ("port = 70000", "checks[0].port: is not a port"),
+            ('password = "hunter2"', "checks[0].password: secrets do not belong"),
+            ('password_file = "/a"\npassword_env = "B"', "checks[0].password_env: give password_file or password_env"),
+            ('password_file = "drill.pw"', "checks[0].password_file: give an absolute path"),
+        ]
+    ):
+        (tmp_path / str(i)).mkdir()
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Site(tmp_path / str(i), pg_system(pg, "db", "SELECT 1", extra))
+    bad = '\n[[tenants.acme.systems.app.checks]]\ntype = "files"\nuser = "x"\n'
+    with pytest.raises(ConfigError, match=re.escape("checks[1].user: only a postgres check connects")):
+        Site(tmp_path, pg_system(pg, "db", "SELECT 1", "") + bad)
+
+
+def test_where_a_postgres_check_connects():
+    from cermin.ops.config import Check, Source
+    from cermin.ops.drillchecks import check_target, same_server
+
+    src = Source(type="postgres", database="d", user="backup", password_file="/etc/src.pw")
+    chk = Check(type="postgres", query="SELECT 1")
+    t = check_target(chk, src)
+    assert (t.host, t.port, t.user, t.password_file) == ("127.0.0.1", 5432, "backup", "/etc/src.pw")
+    t = check_target(Check(type="postgres", query="q", user="drill"), src)
+    assert t.user == "drill" and not t.password_file and not t.password_env  # not the source's password
+    t = check_target(Check(type="postgres", query="q", user="drill", password_env="DRILL_PW"), src)
+    assert t.password_env == "DRILL_PW" and not t.password_file
+    t = check_target(Check(type="postgres", query="q", host="scratch.invalid", port=6432), src)
+    assert (t.host, t.port, t.user, t.password_file) == ("scratch.invalid", 6432, "backup", "")
+
+    def pg(host, port=5432):
+        return Source(type="postgres", database="d", host=host, port=port)
+
+    assert same_server(pg("127.0.0.1"), pg("localhost")) and same_server(pg("/run/postgresql"), pg("127.0.0.1"))
+    assert same_server(pg("127.0.0.1"), pg("::1")) and same_server(pg(""), pg("127.0.0.2"))
+    assert same_server(pg("192.0.2.7,127.0.0.1"), pg("localhost"))
+    assert not same_server(pg("127.0.0.1"), pg("127.0.0.1", 6432))
+    assert not same_server(pg("127.0.0.1"), pg("192.0.2.7"))  # TEST-NET-1: not this host
+    assert same_server(pg("192.0.2.7"), pg("192.0.2.7"))
 
 
 # ---- SQLite application -----------------------------------------------------------------------------
