@@ -597,3 +597,21 @@ def test_export_evidence(demo, visitor, tmp_path):
     # the PDF
     path, _ = download("PDF", "pdf")
     assert path.read_bytes().startswith(b"%PDF-")
+
+
+def test_every_page_loads_clean(demo, visitor):
+    """Each area of the navigation, each tenant's and each system's page: 200, htmx loaded, nothing refused by
+    the Content-Security-Policy, no script error (the watch checks the console after the test)."""
+    v = visitor()
+    page = v.page
+    v.login(ADMIN, demo.passwords[ADMIN])
+    nav = page.locator("header nav a")
+    paths = [urlsplit(h).path for h in nav.evaluate_all("els => els.map(e => e.href)")]
+    assert {"/", "/alerts", "/approvals", "/audit", "/export", "/api/docs"} <= set(paths), paths
+    systems = fleet_rows(page)
+    tenants = sorted({s.split("/")[0] for s in systems})
+    for path in [*paths, *(f"/tenants/{t}" for t in tenants), *(f"/systems/{s}" for s in systems)]:
+        v.goto(path)
+        expect(page.locator("main h1").first).to_be_visible()
+        assert page.evaluate("typeof htmx") == "object", path
+        assert page.locator("[style]").count() == 0, path  # no inline style (the CSP would refuse it)
