@@ -88,6 +88,7 @@ class Site:
         for tenant in ("imigrasi", "dukcapil", "perpustakaan"):
             _secret(etc / f"{tenant}.pw", f"data center password of {tenant}")
         _secret(etc / "paspor-db.pw", "unused with trust authentication")
+        _secret(etc / "paspor-drill.pw", "unused with trust authentication")
         for tenant, (key, secret) in S3_KEYS.items():
             (etc / f"s3-{tenant}.env").write_text(f"AWS_ACCESS_KEY_ID={key}\nAWS_SECRET_ACCESS_KEY={secret}\n")
             (etc / f"s3-{tenant}.env").chmod(0o600)
@@ -100,7 +101,13 @@ class Site:
         hook.write_text(f'#!/bin/sh\necho "$CERMIN_PHASE $CERMIN_SYSTEM" >> {self.hook_log}\n')
         hook.chmod(0o755)
 
-        # tenant 1: passports in PostgreSQL
+        # tenant 1: passports in PostgreSQL. Its drills load a dump that came out of a repository (the tenant's
+        # own mirror among them) with a login of their own that may create databases and nothing more: the
+        # server's superuser (the source's login here) is refused on the source's own server
+        assert 'user = "cermin_drill"' in text
+        postgres.psql(
+            "DO $$BEGIN CREATE ROLE cermin_drill LOGIN CREATEDB; EXCEPTION WHEN duplicate_object THEN NULL; END$$;"
+        )
         db = postgres.new_database("paspor")
         postgres.psql(
             "CREATE TABLE passports (id serial PRIMARY KEY, holder text NOT NULL, issued date NOT NULL);"

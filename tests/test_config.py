@@ -36,22 +36,22 @@ def test_documented_example_resolves():
 @pytest.mark.parametrize(
     "old,new,where,message",
     [
-        ('class = "rendah"', 'class = "rendahh"', "102: tenants.perpustakaan.systems.arsip.class", "unknown class"),
+        ('class = "rendah"', 'class = "rendahh"', "104: tenants.perpustakaan.systems.arsip.class", "unknown class"),
         (
             'user = "backup"',
             'user = "backup"\npassword = "hunter2"',
             "64: tenants.imigrasi.systems.paspor.sources[0].password",
             "secrets do not belong",
         ),
-        ("min_files = 1", 'min_files = "x"', "111: tenants.perpustakaan.systems.arsip.checks[0].min_files", "int"),
+        ("min_files = 1", 'min_files = "x"', "113: tenants.perpustakaan.systems.arsip.checks[0].min_files", "int"),
         (
             "min_files = 1",
             "min_filez = 1",
-            "111: tenants.perpustakaan.systems.arsip.checks[0].min_filez",
+            "113: tenants.perpustakaan.systems.arsip.checks[0].min_filez",
             "unknown key",
         ),
         ('rpo = "1h"', 'rpo = "1m"', "12: classes.strategis.rpo", "ambiguous"),
-        ('schedule = "0 */2 * * *"', 'schedule = "0 */2 * *"', "77: tenants.dukcapil.systems.antrian.schedule", "cron"),
+        ('schedule = "0 */2 * * *"', 'schedule = "0 */2 * *"', "79: tenants.dukcapil.systems.antrian.schedule", "cron"),
         ('mirror = "imigrasi-own"\n', "", "52: tenants.imigrasi.systems.paspor:", "requires a mirror copy"),
         ("port = 5432", "port = 99999", "62: tenants.imigrasi.systems.paspor.sources[0].port", "not a port"),
         (
@@ -63,13 +63,13 @@ def test_documented_example_resolves():
         (
             'primary = "dc-perpustakaan"',
             'primary = "dc-nowhere"',
-            "103: tenants.perpustakaan.systems.arsip.primary",
+            "105: tenants.perpustakaan.systems.arsip.primary",
             "unknown repository",
         ),
         (
             'query = "SELECT 1 FROM tickets LIMIT 1"',
             'query = " "',
-            "92: tenants.dukcapil.systems.antrian.checks[0].query",
+            "94: tenants.dukcapil.systems.antrian.checks[0].query",
             "query",
         ),
     ],
