@@ -437,3 +437,12 @@ def test_verify_slices_continue_after_downtime(tmp_path):
     a.tick()
     runs = [r for r in a.store.runs("dukcapil/antrian", kind="verify") if r.copy == "primary"]
     assert [r.details["subset"] for r in runs][0] == f"{k0 % 2 + 1}/2"
+
+
+def test_every_copy_s_snapshots_are_in_the_store(tmp_path):
+    """The dashboard's timeline says which copies hold each snapshot: the mirror's too, and forgotten ones gone."""
+    clock = Clock(T0)
+    a = agent_for(make_site(tmp_path), clock)
+    a.tick()
+    held = {s.copy for s in a.store.snapshots("dukcapil/antrian")}
+    assert held == {"primary", "mirror"}

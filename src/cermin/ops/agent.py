@@ -402,6 +402,7 @@ class Agent:
         if "primary" not in repos:
             return
         self._forget(job, out, repos["primary"], "primary")
+        self._sync_copy(s, "primary", repos["primary"])
         for copy in ("immutable", "mirror"):
             if copy in s.copies:
                 self._mirror(job, out, repos["primary"], copy)
@@ -492,6 +493,36 @@ class Agent:
         self._step(job, out, "mirror", copy, mirror)
         if "repo" in holder:
             self._forget(job, out, holder["repo"], copy)
+            self._sync_copy(s, copy, holder["repo"])
+
+    def _sync_copy(self, s: ResolvedSystem, copy: str, repo) -> None:
+        """The copy's whole listing of this system's snapshots in the store (the dashboard's timeline shows
+        which copies hold each; forgotten ones are marked gone), with effective verdicts, and the Object
+        Lock retention of the newest one in an immutable copy. Best effort: the copy's runs hold the truth."""
+        from cermin.guard.verdict import effective_verdicts
+        from cermin.ops.state import SeenSnapshot
+        from cermin.repo.snapshots import list_snapshots
+
+        try:
+            refs = [r for r in list_snapshots(repo, hosts=(s.hostname,)) if not r.future]
+            eff = effective_verdicts(repo, refs, context=refs)
+            newest = max(refs, key=lambda r: r.snapshot.time, default=None)
+            until = _retention(repo, newest.id) if newest is not None and copy == "immutable" else None
+            seen = [
+                SeenSnapshot(
+                    r.id,
+                    _parse(r.snapshot.time),
+                    size=r.snapshot.summary.total_bytes if r.snapshot.summary else None,
+                    files=r.snapshot.summary.total_files if r.snapshot.summary else None,
+                    verdict=eff[r.id].verdict if r.id in eff else None,
+                    score=eff[r.id].score if r.id in eff else None,
+                    retain_until=until if newest is not None and r.id == newest.id else None,
+                )
+                for r in refs
+            ]
+            self._store_write(lambda: self.store.record_snapshots(s.id, copy, seen, self.clock(), complete=True))
+        except CerminError:
+            pass
 
     # ---- maintenance -----------------------------------------------------------------------------------
     def _last_slices(self, system_id: str) -> dict[str, tuple[int, int]]:
@@ -688,6 +719,22 @@ def _newest_time(repo, hostname: str) -> datetime | None:
 
     refs = [r for r in list_snapshots(repo, hosts=(hostname,)) if not r.future]
     return max((_parse(r.snapshot.time) for r in refs), default=None)
+
+
+def _retention(repo, snapshot_id: str) -> datetime | None:
+    """The Object Lock retain-until of a snapshot object (one request), or None."""
+    from cermin.backend.base import Kind
+
+    b = repo.backend
+    while b is not None and not hasattr(b, "retention"):
+        b = getattr(b, "inner", None)
+    if b is None:
+        return None
+    try:
+        until = b.retention(Kind.SNAPSHOT, snapshot_id)
+    except Exception:
+        return None
+    return until if isinstance(until, datetime) else None
 
 
 def _has_lock(repo) -> bool:
