@@ -99,18 +99,37 @@ def drill_run(g, target, config_path, last_clean, copy, keep, key_file, reports_
     multiple=True,
     help="A trusted public key: a .pub file, the agent's key file, or base64 (repeatable).",
 )
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar="CERMIN_CONFIG",
+    help=f"Without --key, trust the agent key of this TOML file (or CERMIN_CONFIG; default {DEFAULT_CONFIG} "
+    "when it exists): its key_file's .pub, or <workdir>/agent.key.pub.",
+)
 @click.pass_obj
-def drill_verify(g, report, keys):
-    """Check a signed drill report (a JSON file, or with -r the id of a drill_report record)."""
+def drill_verify(g, report, keys, config_path):
+    """Check a signed drill report (a JSON file, or with -r the id of a drill_report record). Exit 0 only
+    when it is intact and signed by a trusted key (--key, or the agent's key from the configuration); a
+    valid signature by any other key exits 1."""
     import os
 
     from cermin.ops.agentkey import read_public_key
     from cermin.ops.drillreport import load_report_file, verify_report
 
-    trusted = [read_public_key(k) for k in keys]
+    if keys:
+        trusted, hint = [read_public_key(k) for k in keys], "not one of the keys given with --key"
+    else:
+        trusted, hint = _config_keys(config_path)
     out = Output(g)
+
+    def render(v):
+        if not v.trusted:
+            v.hint = hint
+        return out.render(v)
+
     if os.path.exists(report) or not g.repo:
-        return out.render(verify_report(load_report_file(report), trusted, source=report))
+        return render(verify_report(load_report_file(report), trusted, source=report))
     from cermin.backend.base import Kind
     from cermin.cli.common import open_repo
     from cermin.format import records
@@ -123,4 +142,24 @@ def drill_verify(g, report, keys):
         why = "no" if not names else f"{len(names)}"
         raise UsageError(f"{report}: not a file, and {why} aux records in the repository start with it")
     rec = repo.load_record(Kind.AUX, names[0], lambda raw: records.decode(raw, AuxRecord))
-    return out.render(verify_report(rec, trusted, source=f"aux/{names[0][:12]}"))
+    return render(verify_report(rec, trusted, source=f"aux/{names[0][:12]}"))
+
+
+def _config_keys(config_path: str | None) -> tuple[list[bytes], str]:
+    """([the agent's public key], a hint when it is not trusted) from the configuration: `config_path`
+    (-c or CERMIN_CONFIG: it must load), else the default one when it exists."""
+    import os
+
+    from cermin.ops.agentkey import read_public_key
+    from cermin.ops.config import load_config
+
+    if config_path is None:
+        if not os.path.exists(DEFAULT_CONFIG):
+            return [], "no trusted key to check it against: give --key PUB (the agent's .pub) or -c CONFIG"
+        config_path = DEFAULT_CONFIG
+    cfg = load_config(config_path)
+    key_file = cfg.agent.key_file or os.path.join(cfg.agent.workdir, "agent.key")
+    for path in (key_file + ".pub", key_file):
+        if os.path.exists(path):
+            return [read_public_key(path)], f"not the agent's key ({path}) of {config_path}"
+    return [], f"no agent key at {key_file}.pub (of {config_path}) to check it against: give --key PUB"

@@ -11,8 +11,10 @@ signed envelope carries the report, the signature, the public key and its finger
 It is the JSON file's content and the `data` of the `drill_report` aux record (FORMAT.md §10a).
 Verification recomputes the canonical bytes from the report exactly as stored — an added, removed or
 changed field anywhere in it changes them — checks the fingerprint names the key given, and, when
-the verifier has trusted keys, that the key is one of them. Everything read back is hostile: types
-are checked before anything is used.
+the verifier has trusted keys, that the key is one of them. Anyone can make a key and sign an edited
+report with it: only a trusted key proves who signed, so `cermin drill verify` exits 0 only for a
+report signed by one (`--key`, or the agent's key from the configuration). Everything read back is
+hostile: types are checked before anything is used.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from cermin.engine.results import Line, answer, fail, note, warning
+from cermin.engine.results import Line, answer, fail, note
 from cermin.errors import EXIT_FATAL, CerminError
 from cermin.ops.agentkey import AgentKey, fingerprint
 
@@ -130,40 +132,48 @@ def envelope_json(env: SignedReport) -> dict:
 # ---- verification -------------------------------------------------------------------------------
 @dataclass
 class Verification:
+    """`ok`: intact and signed by the key it names — and, when the verifier named trusted keys, by one of
+    them. `trusted`: by a key the verifier named. Only a trusted signature proves who signed: the command
+    line's exit code is 0 for `ok and trusted` alone."""
+
     ok: bool
     why: str  # what failed, or what was proven
     key_fingerprint: str = ""
     trusted: bool = False  # the key is one the verifier named
     report: DrillReport | None = None
     source: str = ""  # the file or aux record verified
+    intact: bool = False  # the signature is valid for the report as stored (whoever's key it is)
+    hint: str = ""  # the command line: where trusted keys come from, when none was found or none matched
 
     def __iter__(self):  # ok, why = verify_report(...)
         return iter((self.ok, self.why))
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.ok else EXIT_FATAL
+        return 0 if self.ok and self.trusted else EXIT_FATAL
 
     def to_json(self) -> list[dict]:
-        d = {"message_type": "drill_verify", "source": self.source, "ok": self.ok, "why": self.why}
-        d |= {"key_fingerprint": self.key_fingerprint, "trusted": self.trusted}
+        ok, why = self.ok and self.trusted, self.why  # `ok` as the exit code says
+        if self.intact and not self.trusted:
+            hint = f": {self.hint}" if self.hint else ""
+            why = f"signature valid but by an untrusted key {self.key_fingerprint}{hint}"
+        d = {"message_type": "drill_verify", "source": self.source, "ok": ok, "why": why}
+        d |= {"key_fingerprint": self.key_fingerprint, "trusted": self.trusted, "intact": self.intact}
         if self.report is not None:
             r = self.report
             d |= {"report_id": r.id, "system": r.system, "verdict": r.verdict, "finished": r.finished}
         return [d]
 
     def to_text(self, verbose: int = 0) -> list[Line]:
-        if not self.ok:
+        if not self.intact:
             return [fail(f"{self.source}: NOT VALID: {self.why}")]
+        if not self.trusted:
+            return [fail(f"{self.source}: {self.to_json()[0]['why']}")]
         r = self.report
         lines = [answer(f"{self.source}: valid signature by {self.key_fingerprint}")]
         if r is not None:
             lines.append(
                 answer(f"  drill of {r.system} from {r.copy} at {r.finished}: {r.verdict}, RTO {r.rto_measured_s:.1f}s")
-            )
-        if not self.trusted:
-            lines.append(
-                warning("the key was not checked against a trusted one: give --key PUB to prove who signed it")
             )
         return lines
 
@@ -206,8 +216,6 @@ def verify_report(obj, trusted_public_keys=(), source: str = "") -> Verification
     if fingerprint(pub_raw) != fp:
         return bad(f"the public key is not the one it claims ({fp[:23]}…)")
     trusted = [bytes(k) for k in trusted_public_keys]
-    if trusted and pub_raw not in trusted:
-        return Verification(False, f"signed by {fp}, which is not a trusted key", fp, source=source)
     try:
         data = signed_bytes(report)
     except (TypeError, ValueError, RecursionError):
@@ -222,7 +230,10 @@ def verify_report(obj, trusted_public_keys=(), source: str = "") -> Verification
         parsed = msgspec.convert(report, DrillReport)
     except msgspec.ValidationError as e:
         return Verification(False, f"signed, but not a drill report this cermin reads: {e}", fp, source=source)
-    return Verification(True, "intact and signed", fp, bool(trusted), parsed, source)
+    if trusted and pub_raw not in trusted:
+        why = f"signature valid but by an untrusted key {fp}: not one of the {len(trusted)} trusted"
+        return Verification(False, why, fp, False, parsed, source, intact=True)
+    return Verification(True, "intact and signed", fp, bool(trusted), parsed, source, intact=True)
 
 
 # ---- the aux record -----------------------------------------------------------------------------
