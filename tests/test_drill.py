@@ -91,8 +91,8 @@ mirror = "mirror"
         kw.setdefault("signing_key", self.key)
         return run_drill(self.cfg, self.system, **kw)
 
-    def cli(self, *args, ok=None):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
+    def cli(self, *args, ok=None, env=None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")} | (env or {})
         env["CERMIN_CACHE_DIR"] = str(self.dir / "cli-cache")
         r = subprocess.run([*cermin_exe(), *args], capture_output=True, env=env, timeout=300)
         if ok is not None:
@@ -198,7 +198,7 @@ def test_postgres_drill_signed_stored_and_verified(tmp_path, postgres):
     assert b"valid signature" in out.stdout
     other = generate_key(str(tmp_path / "other.key"))
     out = site.cli("drill", "verify", res.json_path, "--key", other.path + ".pub", ok=False)
-    assert b"not a trusted key" in out.stderr + out.stdout
+    assert f"signature valid but by an untrusted key {site.key.fingerprint}".encode() in out.stderr + out.stdout
     out = site.cli("--json", "-r", str(tmp_path / "primary"), "drill", "verify", res.aux[:16], "--key", pub, ok=False)
     # (without the password the record cannot be read: an error line, not a traceback)
     assert json.loads(out.stdout.splitlines()[-1])["message_type"] == "error"
@@ -240,19 +240,49 @@ def test_an_edited_report_fails(tmp_path, edit):
 
 
 def test_a_report_resigned_with_another_key_is_not_trusted(tmp_path):
+    """Anyone can make a key and sign an edited report with it: `drill verify` never exits 0 for it."""
+    import msgspec
+
     from cermin.ops.drillreport import SignedReport, sign
 
     site = Site(tmp_path, _sqlite_system(tmp_path))
     site.backup()
     res = site.drill()
-    import msgspec
-
     env = msgspec.convert(json.loads(open(res.json_path).read()), SignedReport)
-    forged, _ = sign(msgspec.structs.replace(env.report, rto_measured_s=0.001), generate_key(str(tmp_path / "k2")))
+    mallory = generate_key(str(tmp_path / "k2"))
+    forged, _ = sign(msgspec.structs.replace(env.report, rto_measured_s=0.001), mallory)
     doc = msgspec.to_builtins(forged)
-    assert verify_report(doc).ok  # intact, and signed by the key it names ...
+    v = verify_report(doc)
+    assert v.intact and not v.trusted and v.exit_code == 1  # intact, signed by the key it names: proves nothing
     v = verify_report(doc, [site.key.public_raw])
-    assert not v.ok and "not a trusted key" in v.why  # ... which is not the agent's
+    assert not v.ok and v.intact and "untrusted key" in v.why and v.exit_code == 1  # ... which is not the agent's
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(doc))
+    untrusted = f"signature valid but by an untrusted key {mallory.fingerprint}".encode()
+    pub = site.key_path + ".pub"
+    # the agent's key from the configuration (-c, CERMIN_CONFIG), from --key, or no trusted key at all: exit 1
+    for args, env_ in [([], None), (["-c", str(site.path)], None), ([], {"CERMIN_CONFIG": str(site.path)})]:
+        out = site.cli("drill", "verify", str(path), *args, env=env_, ok=False)
+        assert out.returncode == 1 and untrusted in out.stdout + out.stderr, (args, out.stdout, out.stderr)
+    out = site.cli("drill", "verify", str(path), "--key", pub, ok=False)
+    assert out.returncode == 1 and untrusted + b": not one of the keys given" in out.stdout + out.stderr
+    out = site.cli("--json", "drill", "verify", str(path), "-c", str(site.path), ok=False)
+    line = json.loads(out.stdout)
+    assert line["intact"] and not line["trusted"] and not line["ok"] and line["why"].startswith(untrusted.decode())
+    assert f"not the agent's key ({pub}) of {site.path}" in line["why"]
+    # the genuine report: trusted through the configuration without --key; with no trusted key, not proven
+    for args, env_ in [(["-c", str(site.path)], None), ([], {"CERMIN_CONFIG": str(site.path)})]:
+        out = site.cli("drill", "verify", res.json_path, *args, env=env_, ok=True)
+        assert f"valid signature by {site.key.fingerprint}".encode() in out.stdout
+    out = site.cli("drill", "verify", res.json_path, ok=False)
+    assert out.returncode == 1 and b"no trusted key to check it against" in out.stdout + out.stderr
+    os.rename(pub, pub + ".moved")  # the private key itself, when the .pub is not there (mode 600: ours)
+    site.cli("drill", "verify", res.json_path, "-c", str(site.path), ok=True)
+    os.rename(site.key_path, site.key_path + ".moved")
+    out = site.cli("drill", "verify", res.json_path, "-c", str(site.path), ok=False)
+    assert out.returncode == 1 and f"no agent key at {pub}".encode() in out.stdout + out.stderr
+    out = site.cli("drill", "verify", res.json_path, "-c", str(tmp_path / "missing.toml"), ok=False)
+    assert out.returncode == 2 and b"cannot read the configuration" in out.stderr
 
 
 def test_dump_with_psql_meta_commands_is_refused(tmp_path, postgres):
