@@ -476,12 +476,13 @@ def test_drill_down_to_the_attacked_system(demo, visitor):
     expect(timeline.first).to_be_visible()
     verdicts = page.locator("table.timeline tbody td[class^=verdict-]").all_inner_texts()
     assert verdicts[0] in ("infected", "suspicious") and "clean" in verdicts[1:], verdicts
-    flagged = timeline.first.locator("code").inner_text()
-    expect(timeline.first.locator("td.copies")).to_contain_text("primary")
-    # its open alarm is about that snapshot (until the alerts test acknowledges it)
+    expect(timeline.first.locator("td.copies .chip").first).to_be_visible()  # the copies holding it
+    # its open alarm (until the alerts test acknowledges it) is about a snapshot the timeline shows flagged
     alarm = page.locator("section.alarmed tbody tr")
     if alarm.count():
-        expect(alarm.first.locator("code")).to_have_text(flagged)
+        snapshot = alarm.first.locator("code").inner_text()
+        flagged = timeline.filter(has=page.locator("code", has_text=snapshot))
+        expect(flagged.locator("td[class^=verdict-]")).to_have_text(re.compile("infected|suspicious"))
         expect(page.locator("section.totals ul.reasons")).to_contain_text("open guard alarm")
     expect(page.locator("#drills").locator("xpath=..")).to_contain_text("Never drilled")
     expect(page.locator("table.runs tbody tr").first).to_be_visible()
