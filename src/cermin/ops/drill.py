@@ -13,7 +13,10 @@
    ran and passed, and the RTO was met;
 5. signs the report with the agent's Ed25519 key (ops/agentkey.py), appends it to the repository it
    restored from as a `drill_report` aux record (when that repository takes writes) and writes it
-   as JSON and a readable HTML page (ops/drillreport.py); removes the sandbox unless `keep`.
+   as JSON and a readable HTML page (ops/drillreport.py); removes the sandbox unless `keep` — whatever
+   happened: an exception, Ctrl-C or SIGTERM (cli/main.py raises it) unwinds through one finally. A
+   sandbox carries a marker file locked while its drill runs; what a drill killed outright (SIGKILL, a
+   crash) left is removed by the next drill's sweep (`sweep_sandboxes`).
 A drill never raises for what it finds — a damaged pack, a missing snapshot, an unreachable
 repository, a failing check: each is an error in the signed report and the verdict is `fail`. Only a
 configuration error (unknown system or copy) or an unusable signing key raises.
@@ -24,6 +27,7 @@ will call for many systems in parallel, each into its own target.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -210,6 +214,7 @@ class DrillResult:
     write_error: str = ""
     sandbox: str = ""  # kept (keep=True)
     key_created: str = ""  # the key was generated for this drill (its path)
+    swept: list[str] = field(default_factory=list)  # sandboxes of drills that died, removed first
 
     @property
     def report(self) -> DrillReport:
@@ -241,6 +246,8 @@ class DrillResult:
         lines: list[Line] = []
         if self.key_created:
             lines.append(warning(f"made a new agent key {self.key_created} ({self.signed.key_fingerprint})"))
+        if self.swept:
+            lines.append(note(f"removed {len(self.swept)} sandbox(es) left by drills that did not finish"))
         lines += summary_lines(self.signed)
         lines += [error(x) for x in r.errors]
         lines += [fail(f"check {c.name} failed: {c.detail}") for c in r.checks if not c.ok and not c.skipped]
@@ -287,34 +294,35 @@ def run_drill(
     `snapshot`: None (latest of each source), "last-clean", or a snapshot id; `signing_key`: an
     AgentKey or the path of one (default: the config's key_file or <workdir>/agent.key, made if
     absent); `repo`: the copy's repository already open."""
-    t0 = monotonic()
-    now = now or (lambda: datetime.now(UTC))
-    started = now()
     if isinstance(system, str):
         system = cfg.system(system)
     workdir = workdir or cfg.agent.workdir
+    swept = sweep_sandboxes(workdir)  # before the clock starts: cleaning up after others is not recovering
+    t0 = monotonic()
+    now = now or (lambda: datetime.now(UTC))
+    started = now()
     key, created = resolve_key(cfg, signing_key, workdir)
     repo_name = copy_repo_name(cfg, system, copy)
     entry = cfg.repositories[repo_name]
     errors: list[str] = []
     found = SystemDrill()
-    sandbox = ""
-    try:
-        if repo is None:
-            repo = open_config_repo(cfg, repo_name, environ)
-        refs, errors = select_snapshots(repo, system, snapshot)
-        if snapshot not in (None, LATEST, LAST_CLEAN) and refs:
-            snapshot = next(iter(refs.values())).id  # the report names the full id, not the prefix asked for
-        if refs:
-            sandbox = make_sandbox(workdir, system)
-            found = drill_system(repo, system, refs, sandbox, environ, progress, no_lock, monotonic)
-            errors += found.errors
-    except CerminError as e:
-        what = "the repository" if repo is None else "the drill"
-        errors.append(clean_text(f"{what} ({repo_name}, {copy} copy): {e}"))
-    except OSError as e:
-        errors.append(clean_text(f"sandbox under {workdir}: {e.strerror or e}"))
-    try:
+    sandbox: Sandbox | None = None
+    try:  # from the sandbox on, one finally removes it: on an error, an interrupt or SIGTERM (cli/main.py)
+        try:
+            if repo is None:
+                repo = open_config_repo(cfg, repo_name, environ)
+            refs, errors = select_snapshots(repo, system, snapshot)
+            if snapshot not in (None, LATEST, LAST_CLEAN) and refs:
+                snapshot = next(iter(refs.values())).id  # the report names the full id, not the prefix asked for
+            if refs:
+                sandbox = make_sandbox(workdir, system)
+                found = drill_system(repo, system, refs, sandbox.path, environ, progress, no_lock, monotonic)
+                errors += found.errors
+        except CerminError as e:
+            what = "the repository" if repo is None else "the drill"
+            errors.append(clean_text(f"{what} ({repo_name}, {copy} copy): {e}"))
+        except OSError as e:
+            errors.append(clean_text(f"sandbox under {workdir}: {e.strerror or e}"))
         measured = monotonic() - t0
         if not found.snapshots and not errors:
             errors.append("nothing was restored")
@@ -347,7 +355,7 @@ def run_drill(
             cermin_version=__version__,
         )
         signed, digest = sign(report, key)
-        result = DrillResult(signed, digest, key_created=key.path if created else "")
+        result = DrillResult(signed, digest, key_created=key.path if created else "", swept=swept)
         if repo is not None:
             result.aux, result.store_error = _store(repo, signed, report.finished, no_lock)
         try:
@@ -356,12 +364,12 @@ def run_drill(
             )
         except OSError as e:
             result.write_error = f"{e.strerror or e}: {e.filename or reports_dir}"
-        if keep:
-            result.sandbox = sandbox
+        if keep and sandbox is not None:
+            result.sandbox = sandbox.path
         return result
     finally:
-        if sandbox and not keep:
-            remove_tree(sandbox)
+        if sandbox is not None:
+            sandbox.release(keep)
 
 
 def _store(repo, signed: SignedReport, time_: str, no_lock: bool) -> tuple[str | None, str]:
@@ -374,10 +382,84 @@ def _store(repo, signed: SignedReport, time_: str, no_lock: bool) -> tuple[str |
         return None, clean_text(str(e), 300)
 
 
-def make_sandbox(workdir: str, system: ResolvedSystem) -> str:
+SANDBOX_MARKER = ".cermin-drill-sandbox"  # in every sandbox cermin made; locked while its drill runs
+
+
+@dataclass
+class Sandbox:
+    """A drill's private directory `<workdir>/drills/<tenant>-<system>-XXXX/` (mode 0700). Its marker file
+    says cermin made it and is held locked (flock) while the drill runs: a sandbox whose marker nobody
+    holds was left by a drill that died (SIGKILL, a crash, a power cut), and the next drill removes it
+    (`sweep_sandboxes`). Kept (`--keep`), it loses its marker: no sweep takes data asked for."""
+
+    path: str
+    fd: int  # the marker, locked
+
+    def release(self, keep: bool = False) -> None:
+        try:
+            if keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.path, SANDBOX_MARKER))
+            else:
+                remove_tree(self.path)
+        finally:
+            os.close(self.fd)  # the lock goes with it
+
+
+def make_sandbox(workdir: str, system: ResolvedSystem) -> Sandbox:
+    import fcntl
+
     base = os.path.join(workdir, "drills")
     os.makedirs(base, mode=0o700, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"{system.tenant}-{system.name}-", dir=base)  # mode 0700
+    path = tempfile.mkdtemp(prefix=f"{system.tenant}-{system.name}-", dir=base)  # mode 0700
+    fd = -1
+    try:
+        # locked before it has its name: a sweep never finds the marker unlocked while its drill lives
+        tmp = os.path.join(path, SANDBOX_MARKER + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"cermin drill of {system.id}: pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        os.rename(tmp, os.path.join(path, SANDBOX_MARKER))
+    except BaseException:
+        remove_tree(path)
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return Sandbox(path, fd)
+
+
+def sweep_sandboxes(workdir: str) -> list[str]:
+    """Remove the sandboxes under `<workdir>/drills/` that cermin made (their marker is there) and no
+    running drill holds (its marker is not locked): what drills that died left behind. Their paths.
+    Anything else there is left alone; a sweep that cannot look is no error."""
+    import fcntl
+
+    base = os.path.join(workdir, "drills")
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                continue
+            fd = os.open(os.path.join(path, SANDBOX_MARKER), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a sandbox of cermin's (kept, or not ours), or gone meanwhile
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a drill runs in it (this process's other threads included)
+            remove_tree(path)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def remove_tree(path: str) -> None:
