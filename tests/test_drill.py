@@ -796,3 +796,80 @@ def test_a_hooks_output_is_kept_only_as_a_tail(tmp_path):
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert errors == ["post hook sh: exit code 3: the last words"]
     assert grown < 100 * 1024, f"the peak memory grew by {grown // 1024} MiB"
+
+
+# ---- sandboxes never outlive their drill -------------------------------------------------------------------
+def test_sigterm_during_a_slow_check_leaves_no_sandbox(tmp_path):
+    import signal
+    import time
+
+    started, pidfile = tmp_path / "started", tmp_path / "check.pid"
+    slow = f"""
+[[tenants.acme.systems.app.checks]]
+type = "command"
+name = "slow"
+command = ["sh", "-c", "echo $$ > {pidfile}; touch {started}; exec sleep 300"]
+"""
+    site = Site(tmp_path, _sqlite_system(tmp_path) + slow)
+    site.backup()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
+    env["CERMIN_CACHE_DIR"] = str(tmp_path / "cli-cache")
+    proc = subprocess.Popen(
+        [*cermin_exe(), "drill", "acme/app", "--config", str(site.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        end = time.monotonic() + 120
+        while not started.exists() and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert started.exists(), proc.communicate(timeout=30)
+        (sandbox,) = os.listdir(site.work / "drills")
+        assert os.path.exists(site.work / "drills" / sandbox / "antrian" / "antrian.sqlite")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, (out, err)
+    assert b"terminated" in err and b"Traceback" not in err
+    assert os.listdir(site.work / "drills") == [], "the restored data was left behind"
+    assert _wait_dead(int(pidfile.read_text())), "the check outlived the drill"
+
+
+def test_an_unexpected_error_leaves_no_sandbox(tmp_path, monkeypatch):
+    from cermin.ops import drill
+
+    site = Site(tmp_path, _sqlite_system(tmp_path))
+    site.backup()
+
+    def broken(*args, **kw):
+        assert len(os.listdir(site.work / "drills")) == 1  # restored by now
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(drill, "run_check", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        site.drill()
+    assert os.listdir(site.work / "drills") == []
+
+
+def test_the_next_drill_sweeps_what_dead_drills_left(tmp_path):
+    from cermin.ops.drill import SANDBOX_MARKER, make_sandbox
+
+    site = Site(tmp_path, _sqlite_system(tmp_path))
+    site.backup()
+    kept = site.drill(keep=True).sandbox  # asked for: never swept (it has no marker)
+    assert not os.path.exists(os.path.join(kept, SANDBOX_MARKER))
+    dead = make_sandbox(str(site.work), site.system)  # a drill killed outright: its lock went with it
+    os.mkdir(os.path.join(dead.path, "antrian"))
+    (site.work / "drills" / "x" / "y").mkdir(parents=True)  # not cermin's
+    live = make_sandbox(str(site.work), site.system)  # another drill, running (a thread of this process)
+    os.close(dead.fd)
+    res = site.drill()
+    assert res.report.verdict == "pass" and res.swept == [dead.path]
+    assert any("removed 1 sandbox(es)" in line.text for line in res.to_text())
+    assert sorted(os.listdir(site.work / "drills")) == sorted(os.path.basename(p) for p in (kept, live.path, "x"))
+    live.release()
+    assert sorted(os.listdir(site.work / "drills")) == sorted(os.path.basename(p) for p in (kept, "x"))
