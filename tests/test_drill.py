@@ -873,3 +873,46 @@ def test_the_next_drill_sweeps_what_dead_drills_left(tmp_path):
     assert sorted(os.listdir(site.work / "drills")) == sorted(os.path.basename(p) for p in (kept, live.path, "x"))
     live.release()
     assert sorted(os.listdir(site.work / "drills")) == sorted(os.path.basename(p) for p in (kept, "x"))
+
+
+def test_a_command_check_leaves_no_process_behind(tmp_path):
+    slow, quick = tmp_path / "slow.pid", tmp_path / "quick.pid"
+    checks = f"""
+[[tenants.acme.systems.app.checks]]
+type = "command"
+name = "slow"
+timeout = "1s"
+command = ["sh", "-c", "sleep 300 & echo $! > {slow}; wait"]
+
+[[tenants.acme.systems.app.checks]]
+type = "command"
+name = "quick"
+command = ["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $! > {quick}"]
+"""
+    site = Site(tmp_path, _sqlite_system(tmp_path) + checks)
+    site.backup()
+    res = site.drill()
+    by_name = {c.name: c for c in res.report.checks}
+    assert by_name["slow"].detail == "sh: still running after 1s: stopped" and by_name["quick"].ok
+    assert _wait_dead(int(slow.read_text())), "a timed-out check's helper survived"
+    assert _wait_dead(int(quick.read_text())), "a check's background helper survived the check"
+
+
+def test_psql_output_is_kept_only_as_a_tail(tmp_path, postgres):
+    """A dump that makes the server send 300 MB of notices, then fails: the tail, not the whole stream."""
+    import resource
+
+    db = make_pg_database(postgres, "noisy")
+    site = Site(tmp_path, pg_system(postgres, db, "SELECT 1"))
+    noisy = (
+        b"DO $$BEGIN FOR i IN 1..150000 LOOP RAISE NOTICE '%', repeat('x', 2000); END LOOP; END$$;\n"
+        b"SELECT 1/0 AS the_last_words;\n"
+    )
+    plant_dump(site, noisy, "noisy")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = site.drill()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    (chk,) = res.report.checks
+    assert not chk.ok and "division by zero" in chk.detail, chk.detail
+    assert grown < 100 * 1024, f"the peak memory grew by {grown // 1024} MiB"
+    assert not scratch_databases(postgres)
