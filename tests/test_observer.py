@@ -253,9 +253,11 @@ def test_stdin_and_error_events(local_repo, tmp_path, monkeypatch):
     data = text(50_000)
     s = run_backup(local_repo, BackupOptions(stdin=io.BytesIO(data), stdin_filename="dump.sql", observers=[rec]))
     assert not s.errors
-    (ev,) = rec.events
+    read, ev = rec.events  # the stream is a file read (a new one: no parent), then the stdin event
+    assert type(read) is FileRead and read.path == b"dump.sql" and read.new and read.size == len(data)
     assert type(ev) is StdinRead and ev.name == b"dump.sql" and ev.size == len(data)
     assert sum(raw for raw, _ in ev.chunks) == len(data) and ev.head == data[:16] and 0 < ev.head_entropy < 6
+    assert (read.chunks, read.head, read.head_entropy) == (ev.chunks, ev.head, ev.head_entropy)
 
     src = tmp_path / "src"
     os.makedirs(src)

@@ -5,7 +5,7 @@ to `BackupOptions.observers`. It sees each item once, as restic's archiver `Comp
 
 - `start(BackupStart)`         once, first: the parent snapshot's id and totals (what the tree held
                                before), so an observer can tell what disappeared even inside
-                               removed directories.
+                               removed directories; for a stdin backup, the stream's file name.
 - `file_read(FileRead)`        a file whose content was read (new or changed): its size and mtime, the
                                previous version's size/mtime/stored size, each chunk's raw and stored
                                length, and a cheap fingerprint of its head (magic bytes, entropy).
@@ -17,7 +17,11 @@ to `BackupOptions.observers`. It sees each item once, as restic's archiver `Comp
                                removed directory is one event; what was below it is not listed.
 - `directory(DirectoryDone)`   a directory whose tree is complete, with counts of what it holds (the
                                path components above the backup targets are directories too).
-- `stdin(StdinRead)`           the data of `backup --stdin`.
+- `stdin(StdinRead)`           the data of `backup --stdin`, right after its `file_read`: the stream
+                               is also a file read (path = its file name), whose previous version is
+                               the file of that name in the parent snapshot (a stdin backup's parent:
+                               the newest snapshot this client wrote of the same host, file name and
+                               tags), so an observer judges a dump as it judges a changed file.
 - `error(BackupError)`         an item that could not be saved (the message is also in the summary).
 - `finish(summary)`            once, at the end, with the SnapshotSummary: returns fields for
                                `Snapshot.extra` (e.g. `{"guard": {"verdict": "suspicious", ...}}`).
@@ -28,7 +32,8 @@ pickle, can cross a process boundary if the pipeline moves into worker processes
 keep them without holding on to the pipeline's buffers or nodes. With no observer, no event is built.
 
 Threads. Events come from several threads at once and observers must lock their own state:
-- `file_read` comes from the file worker threads (`cermin-file-*`), many at a time;
+- `file_read` comes from the file worker threads (`cermin-file-*`), many at a time (a stdin backup's
+  from the calling thread);
 - `file_unchanged` from the walker thread (the one that called `run_backup`), concurrently with the
   workers' events;
 - `directory` and `file_removed` from whichever thread completed the directory's last entry (the walker
@@ -100,9 +105,10 @@ class FileRead(msgspec.Struct, frozen=True, gc=False):
 
 
 class BackupStart(msgspec.Struct, frozen=True, gc=False):
-    parent: str = ""  # the parent snapshot's id; "" for none (a first backup, stdin)
+    parent: str = ""  # the parent snapshot's id; "" for none (a first backup)
     parent_files: int = -1  # its summary's total_files / total_bytes (read from the repository: hostile;
     parent_bytes: int = -1  # clipped to >= -1 here); -1: no parent
+    stdin: bytes = b""  # a stdin backup: the stream's file name (the whole source is that one file)
 
 
 class FileUnchanged(msgspec.Struct, frozen=True, gc=False):

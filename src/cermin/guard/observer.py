@@ -11,7 +11,11 @@ Each file adds evidence points (policy.STRONG / WEAK) when it shows a property o
 churn rarely has: its changed regions stopped compressing while it compressed before, its format's magic
 is gone, its head turned from structured to ciphertext-flat. Names add points (ransomware extensions, many
 files gaining one unknown extension, ransom notes in several directories), mass deletion and rewrite add a
-little. A changed canary file is infected outright. Points -> score = 1 - exp(-points / SCALE)."""
+little. A changed canary file is infected outright. Points -> score = 1 - exp(-points / SCALE).
+
+A stream (a stdin backup: BackupStart.stdin names its file) is one file that is the whole source, read as
+a changed file against the previous dump: its evidence weighs policy.STREAM_FACTOR files, and a stream
+that lost most of its bytes is a source emptied (half of them: shrank)."""
 
 from __future__ import annotations
 
@@ -113,6 +117,8 @@ class GuardObserver(BackupObserver):
             note = sig.ransom_note_name(name)
         else:
             found = self._changed(ev, name, kind, new_raw, ratio, share, flat_head)
+            if found is not None and self._parent.stdin:  # the one file of a stream is the whole source
+                found = (found[0] * policy.STREAM_FACTOR, found[1])
         with self._lock:
             c = self._counts
             c["files_read"] += 1
@@ -259,6 +265,19 @@ class GuardObserver(BackupObserver):
             if prev_bytes and self._bytes < (1 - policy.SHRINK_FRACTION) * prev_bytes:
                 mass += policy.MASS_POINTS
                 reasons.append(f"source shrank from {prev_bytes} to {self._bytes} bytes")
+        elif self._parent.stdin:  # a stream: its bytes are the source, compared with its previous version's
+            before = self._prev_bytes if c["files_changed"] else -1
+            if before < 0 and self._parent.parent_files == 1:  # the previous version's node was unreadable
+                before = self._parent.parent_bytes
+            name = display_path(self._parent.stdin)
+            if before < policy.MIN_COMPARE_BYTES:
+                pass
+            elif self._bytes <= (1 - policy.STREAM_EMPTIED_FRACTION) * before:
+                mass += policy.STREAM_EMPTIED_POINTS
+                reasons.append(f"source emptied: {name} went from {before} to {self._bytes} bytes")
+            elif self._bytes < (1 - policy.SHRINK_FRACTION) * before:
+                mass += policy.MASS_POINTS
+                reasons.append(f"source shrank: {name} went from {before} to {self._bytes} bytes")
         for what, text in _REASONS:
             if per_signal[what]:
                 reasons.append(text.format(n=per_signal[what]))

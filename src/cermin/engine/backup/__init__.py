@@ -27,7 +27,7 @@ from cermin.engine.progress import Progress, Reporter, Ticker
 from cermin.engine.results import Line, error, error_json, note, warning, warning_json
 from cermin.errors import EXIT_INCOMPLETE, CerminError, UsageError
 from cermin.format import pack
-from cermin.format.records import Snapshot
+from cermin.format.records import FILE, Node, Snapshot
 from cermin.repo import localstate
 from cermin.repo.repository import Repository
 from cermin.repo.saver import BlobSaver
@@ -168,16 +168,19 @@ class Backup:
         st = self.state
         s = st.sum
         s.backup_start = now_rfc3339()
+        name = b""
+        if self.opts.stdin is not None:
+            name = os.fsencode(self.opts.stdin_filename)
+            if not name or b"/" in name or name in (b".", b".."):
+                raise UsageError("--stdin-filename must be a plain file name")
         parent = self._find_parent()
         if st.obs is not None:
-            st.obs.start(_start_event(parent))
+            st.obs.start(_start_event(parent, name))
         self.adopted = self._adopt_unindexed()
         try:
             if self.opts.stdin is not None:
-                name = os.fsencode(self.opts.stdin_filename)
-                if not name or b"/" in name or name in (b".", b".."):
-                    raise UsageError("--stdin-filename must be a plain file name")
-                tree_id, paths = self.trees.store([self.files.save_stdin(self.opts.stdin, name)]), [name]
+                prev = self._previous_stdin(parent, name)
+                tree_id, paths = self.trees.store([self.files.save_stdin(self.opts.stdin, name, prev)]), [name]
             else:
                 paths = self._targets()
                 tree_id = self.walker.walk_targets(paths, parent.snapshot.tree if parent else b"")
@@ -210,7 +213,7 @@ class Backup:
             extra=extra,
         )
         snap_id = None if self.opts.dry_run else self.repo.save_snapshot(snap)
-        if snap_id is not None and self.opts.stdin is None:
+        if snap_id is not None:  # a stdin snapshot too: its paths are its file name, never an absolute path
             localstate.remember_snapshot(self.repo.config.id, localstate.group_key(snap.hostname, snap.paths), snap_id)
         return BackupSummary(
             snapshot_id=snap_id,
@@ -258,30 +261,53 @@ class Backup:
     def _find_parent(self) -> SnapshotRef | None:
         if self.opts.parent:
             return resolve(self.repo, self.opts.parent)
-        if self.opts.stdin is not None:
-            return None
         host = self.opts.hostname or socket.gethostname()
-        paths = sorted({os.path.normpath(os.path.abspath(p)) for p in self.opts.paths})
+        tags: list[str] = []
+        if self.opts.stdin is not None:
+            # The stream is read whole every time: its parent is what the guard compares it with (the
+            # previous dump's size, compressibility and format, BackupStart's totals). Same host, the
+            # same file name and, when tags are given, the same tags (one source of one system).
+            paths = [os.fsencode(self.opts.stdin_filename)]
+            tags = sorted(set(self.opts.tags))
+        else:
+            paths = sorted({os.path.normpath(os.path.abspath(p)) for p in self.opts.paths})
         # A parent's unchanged files are carried forward unread, so only a snapshot this client
         # wrote itself may be one: whoever holds the password can plant a "newer" snapshot whose
-        # metadata matches the disk but whose contents are theirs. Without a record (a new client,
-        # a lost cache) there is no parent, and every file is read once.
+        # metadata matches the disk but whose contents are theirs (for a stream: a "previous version"
+        # that makes the next one look unchanged to the guard). Without a record (a new client, a
+        # lost cache) there is no parent, and every file is read once (a stream is judged as new).
         own = set(localstate.own_snapshots(self.repo.config.id, localstate.group_key(host, paths)))
         foreign = None
         for ref in reversed(list_snapshots(self.repo, hosts=(host,))):
-            if ref.future or sorted(ref.snapshot.paths) != paths or ref.snapshot.extra.get("repaired"):
+            snap = ref.snapshot
+            if ref.future or sorted(snap.paths) != paths or snap.extra.get("repaired") or snap.hostname != host:
+                continue
+            if tags and sorted(set(snap.tags)) != tags:
                 continue
             if ref.id in own:
                 break
             foreign = foreign or ref
         else:
             ref = None
-        if foreign is not None:
+        if foreign is not None and self.opts.stdin is not None:
+            self.state.warn(
+                f"snapshot {foreign.id[:8]} is newer than any this client wrote for {display_path(paths[0])}: "
+                "not used as the parent, the guard compares the stream with an older one or none "
+                "(`--parent` trusts it)"
+            )
+        elif foreign is not None:
             self.state.warn(
                 f"snapshot {foreign.id[:8]} is newer than any this client wrote for these paths: not used as "
                 "the parent, so its files are read again (`--parent` trusts it)"
             )
         return ref
+
+    def _previous_stdin(self, parent: SnapshotRef | None, name: bytes) -> Node | None:
+        """The stream's previous version: the file of that name in the parent's root tree."""
+        if parent is None:
+            return None
+        prev = self.trees.child_nodes(parent.snapshot.tree).get(name)
+        return prev if prev is not None and prev.type == FILE else None
 
 
 def run_backup(repo: Repository, opts: BackupOptions, progress: Reporter | None = None) -> BackupSummary:
@@ -297,12 +323,13 @@ def run_backup(repo: Repository, opts: BackupOptions, progress: Reporter | None 
         return b.run()
 
 
-def _start_event(parent: SnapshotRef | None) -> BackupStart:
+def _start_event(parent: SnapshotRef | None, stdin: bytes = b"") -> BackupStart:
     if parent is None:
-        return BackupStart()
+        return BackupStart(stdin=stdin)
     ps = parent.snapshot.summary
 
     def count(v) -> int:
         return v if isinstance(v, int) and 0 <= v < 1 << 62 else -1
 
-    return BackupStart(parent.id, count(getattr(ps, "total_files", -1)), count(getattr(ps, "total_bytes", -1)))
+    files, size = count(getattr(ps, "total_files", -1)), count(getattr(ps, "total_bytes", -1))
+    return BackupStart(parent.id, files, size, stdin)

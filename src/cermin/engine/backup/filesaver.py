@@ -261,8 +261,10 @@ class FileSaver:
         return ids, chunks, size, facts
 
     # ---- stdin -------------------------------------------------------------------------------
-    def save_stdin(self, stream, name: bytes) -> Node:
-        """Calling thread: store the stream as one file named `name`."""
+    def save_stdin(self, stream, name: bytes, prev: Node | None = None) -> Node:
+        """Calling thread: store the stream as one file named `name`; `prev` is its version in the parent
+        snapshot. Observers see it as a file read (with the previous version, as a changed file), then
+        as `stdin`."""
         ids, chunks, size, facts = self._store_stream(stream)
         now = time.time_ns()
         node = Node(
@@ -279,9 +281,19 @@ class FileSaver:
             content=b"".join(ids),
         )
         s = self.st.sum
-        s.files_new = s.total_files = 1
+        s.total_files = 1
+        if prev is None:
+            s.files_new = 1
+        else:
+            s.files_changed = 1
         s.bytes_read = s.total_bytes = size
-        if self.st.obs is not None:
-            head, entropy = facts or (b"", -1.0)
-            self.st.obs.stdin(StdinRead(name, size, tuple(chunks), head, entropy))
+        obs = self.st.obs
+        if obs is not None:
+            ev = self._event(name, node, prev, chunks, facts, False)
+            if obs.node_key:  # the fingerprint the next stdin backup of this name is compared with
+                fp = obs.node_fingerprint(ev)
+                if fp is not None:
+                    node.extra = {**node.extra, obs.node_key: fp}
+            obs.file_read(ev)
+            obs.stdin(StdinRead(name, size, ev.chunks, ev.head, ev.head_entropy))
         return node
