@@ -64,13 +64,14 @@ def demo(tmp_path_factory):
     with open(locked_pw, "w") as f:
         f.write("kunci's own long password\n")
     config = os.path.join(root, "cermin.toml")
-    subprocess.run(
+    added = subprocess.run(
         [*cermin_exe(), "web", "user", "add", LOCKED, "--role", "viewer", "--tenant", "arsip"]
         + ["--password-file", locked_pw, "-c", config],
         env=env,
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert added.returncode == 0, added.stderr
     log = str(work / "server.log")
     with open(log, "w") as err:
         proc = subprocess.Popen(
@@ -103,6 +104,7 @@ def demo(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
