@@ -26,12 +26,12 @@ class DrillGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=DrillGroup, subcommand_metavar="SYSTEM|SNAP [OPTIONS] | verify REPORT [--key PUB]")
+@click.group(cls=DrillGroup, subcommand_metavar="SYSTEM|SNAP [OPTIONS] | verify REPORT [--key PUB | -c CONFIG]")
 def drill():
     """Restore drills: `drill SYSTEM|SNAP` restores into a sandbox, verifies every file, runs the
     system's checks, measures the RTO and writes a signed report (exit 1 when it fails); `drill
-    verify REPORT` checks one. `drill SYSTEM --help` lists the drill's options (--config,
-    --last-clean, --from-copy, --keep, ...)."""
+    verify REPORT` checks one (exit 0 only when signed by a trusted key). `drill SYSTEM --help` lists
+    the drill's options (--config, --last-clean, --from-copy, --keep, ...)."""
 
 
 def config_option(f):
