@@ -473,7 +473,9 @@ def _sqlite(chk: Check, path: str, timeout: float, monotonic) -> str:
 # ---- command ------------------------------------------------------------------------------------
 def _command(chk: Check, restore_dir: str, sandbox: str, environ, timeout: float) -> str:
     argv = [a.replace("{restore_dir}", restore_dir) for a in chk.command]
-    env = dict(os.environ if environ is None else environ) | {"CERMIN_RESTORE_DIR": restore_dir}
+    from cermin.ops.childenv import child_env  # none of the agent's secrets (other tenants' among them)
+
+    env = child_env(None, environ, {"CERMIN_RESTORE_DIR": restore_dir})
     try:
         p = run_bounded(argv, env, timeout, cwd=sandbox, kill_leftovers=True)
     except OSError as e:
