@@ -29,6 +29,7 @@ SECRETS = {
     "GLOBEX_REPO_PW": "globex repository password",
     "ACME_DB_PW": "acme database password",
     "GLOBEX_DB_PW": "globex database password",
+    "ACME_CHECK_PW": "acme drill login password",
     "STATE_URL": "postgresql://agent:statepw@127.0.0.1/cermin",
     "NOTIFY_URLS": "mailtos://user:mailpw@example.org",
     "CERMIN_PASSWORD": "the shell's repository password",
@@ -77,6 +78,12 @@ command = {json.dumps(PRINT_ENV)}
 type = "postgres"
 database = "shop"
 password_env = "ACME_DB_PW"
+
+[[tenants.acme.systems.app.checks]]
+type = "postgres"
+query = "SELECT 1"
+user = "cermin_drill"
+password_env = "ACME_CHECK_PW"
 
 [tenants.acme.systems.app.hooks]
 pre = [{json.dumps(write_env(log))}]
