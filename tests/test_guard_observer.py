@@ -283,3 +283,28 @@ def test_removed_directories_count_every_file_they_held(repo, tree):
     _, g = guard_backup(repo, src)
     assert g["signals"]["files_removed_in_dirs"] >= 30
     assert any(r.startswith("mass deletion:") or r.startswith("source emptied:") for r in g["reasons"]), g
+
+
+def test_small_files_turned_into_ciphertext_are_caught(repo, tmp_path):
+    """Ten text files under 1 KiB encrypted in place (names kept, no notes): no entropy estimate applies, but
+    ciphertext never compresses, however short; editing them instead stays clean."""
+    src = tmp_path / "small"
+    rnd = random.Random(3)
+    paths = []
+    for i in range(40):
+        d = src / f"d{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / f"note{i}.txt"
+        p.write_bytes(_words(rnd, rnd.randint(400, 900)))
+        paths.append(str(p))
+    _first(repo, src)
+    for p in paths[:10]:  # benign: a line appended
+        with open(p, "ab") as f:
+            f.write(b"one more line of ordinary text\n")
+    _, g = guard_backup(repo, src)
+    assert g["verdict"] == "clean", g
+    for p in paths[10:20]:
+        encrypt_file(p, "whole", rnd)
+    _, g = guard_backup(repo, src)
+    assert g["verdict"] != "clean", g
+    assert g["signals"].get("compress_loss", 0) >= 10

@@ -157,8 +157,8 @@ def file_flag(prev: Node, cur: Node, flagged: bool = False) -> str | None:
         return None  # no fingerprint, or `cur` still announces a format
     (ra, ea, ka), (rb, eb, _) = a, b
     flat = cur.size >= policy.MIN_ENTROPY_BYTES and eb >= policy.HIGH_ENTROPY
-    dense = cur.size >= policy.MIN_COMPARE_BYTES and rb >= policy.INCOMPRESSIBLE
-    compressed = prev.size >= policy.MIN_COMPARE_BYTES and 0 <= ra <= policy.COMPRESSIBLE
+    dense = cur.size >= policy.MIN_CIPHER_BYTES and rb >= policy.INCOMPRESSIBLE
+    compressed = prev.size >= policy.MIN_CIPHER_BYTES and 0 <= ra <= policy.COMPRESSIBLE
     if ka and (flat or dense):
         return f"lost its {clip(ka, 20)} format and looks like ciphertext"
     if compressed and dense:

@@ -18,8 +18,14 @@ COMPRESSIBLE = 0.80
 # Intermittent encryption (every other block) leaves a chunk half ciphertext: its ratio rises by about
 # (1 - r_prev) / 2 >= 0.2 when r_prev <= 0.6. Ordinary edits of a text file move it by a few hundredths.
 RATIO_RISE = 0.25
-# Below this many new raw bytes, compression ratios are noise (zstd's frame overhead, tiny dictionaries).
+# Below this many new raw bytes, small changes of the ratio are noise (zstd's frame overhead, tiny
+# dictionaries): the RATIO_RISE and half-incompressible rules need this much.
 MIN_COMPARE_BYTES = 2048
+# Ciphertext never compresses, however short (zstd stores it at >= its size): a file that compressed to
+# <= COMPRESSIBLE and whose new bytes (this many or more) now store at >= INCOMPRESSIBLE was encrypted.
+# Shorter files are not judged; files too small to compress are never witnesses (their ratio is above
+# COMPRESSIBLE already).
+MIN_CIPHER_BYTES = 256
 
 # ---- head entropy (bits/byte over the first 4 KiB) ---------------------------------------------------
 # Ciphertext's 4 KiB histogram measures ~7.95; compressed data 7.6..7.99 (hence never alone); text 4..5.5.
@@ -58,17 +64,5 @@ MASS_DELETE_FRACTION = 0.5
 MASS_REWRITE_FRACTION = 0.7
 SHRINK_FRACTION = 0.5  # the source lost more than half its bytes
 MASS_POINTS = 1.0
-
-# ---- a stream (a stdin backup: a database dump, a SQLite copy, a command's output) ------------------
-# Its one file is the whole source, compared with the previous dump of the same name: a dump that turned
-# into ciphertext is all of the source encrypted, as ten files of a tree are (STRONG -> infected; WEAK ->
-# suspicious). A dump keeps its nature between runs (text stays text, a database file keeps its magic):
-# benign edits change rows, not the compressibility of the whole.
-STREAM_FACTOR = 10.0
-# A stream that lost most of its bytes is a source emptied (suspicious on its own, as a tree losing 90%
-# of its files); one that lost half a source shrank (points, never a verdict alone). Only streams of at
-# least MIN_COMPARE_BYTES before are judged: a tiny command output going empty means nothing.
-STREAM_EMPTIED_FRACTION = 0.9
-STREAM_EMPTIED_POINTS = 3.0
 
 MAX_PATHS = 100  # affected paths kept in the verdict

@@ -160,11 +160,13 @@ def compressibility_loss(prev_ratio: float, new_raw: int, new_ratio: float, shar
 
     Whole-file and first-MiB encryption make the new chunks ciphertext (ratio ~1); every-other-block
     encryption makes them half ciphertext: the ratio rises by RATIO_RISE or more."""
-    if prev_ratio < 0 or prev_ratio > policy.COMPRESSIBLE or new_raw < policy.MIN_COMPARE_BYTES:
+    if prev_ratio < 0 or prev_ratio > policy.COMPRESSIBLE or new_raw < policy.MIN_CIPHER_BYTES:
         return False
-    if new_ratio >= policy.INCOMPRESSIBLE or share >= 0.5:
+    if new_ratio >= policy.INCOMPRESSIBLE:  # ciphertext, at any size (small files included)
         return True
-    return new_ratio - prev_ratio >= policy.RATIO_RISE
+    if new_raw < policy.MIN_COMPARE_BYTES:
+        return False
+    return share >= 0.5 or new_ratio - prev_ratio >= policy.RATIO_RISE
 
 
 # ---- names ---------------------------------------------------------------------------------------------
