@@ -65,4 +65,16 @@ MASS_REWRITE_FRACTION = 0.7
 SHRINK_FRACTION = 0.5  # the source lost more than half its bytes
 MASS_POINTS = 1.0
 
+# ---- a stream (a stdin backup: a database dump, a SQLite copy, a command's output) ------------------
+# Its one file is the whole source, compared with the previous dump of the same name: a dump that turned
+# into ciphertext is all of the source encrypted, as ten files of a tree are (STRONG -> infected; WEAK ->
+# suspicious). A dump keeps its nature between runs (text stays text, a database file keeps its magic):
+# benign edits change rows, not the compressibility of the whole.
+STREAM_FACTOR = 10.0
+# A stream that lost most of its bytes is a source emptied (suspicious on its own, as a tree losing 90%
+# of its files); one that lost half a source shrank (points, never a verdict alone). Only streams of at
+# least MIN_COMPARE_BYTES before are judged: a tiny command output going empty means nothing.
+STREAM_EMPTIED_FRACTION = 0.9
+STREAM_EMPTIED_POINTS = 3.0
+
 MAX_PATHS = 100  # affected paths kept in the verdict
