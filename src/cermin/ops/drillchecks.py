@@ -266,7 +266,7 @@ def _postgres(chk: Check, source: Source, dump: str, environ, timeout: float) ->
         except OSError as e:
             raise CheckFailed(f"cannot run {psql}: {e.strerror or e}") from None
         if p.timed_out:
-            raise CheckFailed(f"{what}: still running after {timeout:g}s")
+            raise CheckFailed(f"{what}: still running after {seconds if seconds is not None else timeout:g}s")
         if p.returncode != 0:
             raise CheckFailed(f"{what}: {_tail(p.stderr, hide)}")
         return p.stdout.decode("utf-8", "replace")
