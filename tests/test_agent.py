@@ -444,5 +444,6 @@ def test_every_copy_s_snapshots_are_in_the_store(tmp_path):
     clock = Clock(T0)
     a = agent_for(make_site(tmp_path), clock)
     a.tick()
-    held = {s.copy for s in a.store.snapshots("dukcapil/antrian")}
-    assert held == {"primary", "mirror"}
+    snaps = a.store.snapshots("dukcapil/antrian")
+    assert {s.copy for s in snaps} == {"primary", "mirror"}
+    assert len({s.snapshot_id for s in snaps}) == 1, "the mirror's copy is recorded under the primary's id"

@@ -493,15 +493,22 @@ class Agent:
         self._step(job, out, "mirror", copy, mirror)
         if "repo" in holder:
             self._forget(job, out, holder["repo"], copy)
-            self._sync_copy(s, copy, holder["repo"])
+            self._sync_copy(s, copy, holder["repo"], primary.config.id)
 
-    def _sync_copy(self, s: ResolvedSystem, copy: str, repo) -> None:
+    def _sync_copy(self, s: ResolvedSystem, copy: str, repo, primary_id: str = "") -> None:
         """The copy's whole listing of this system's snapshots in the store (the dashboard's timeline shows
         which copies hold each; forgotten ones are marked gone), with effective verdicts, and the Object
         Lock retention of the newest one in an immutable copy. Best effort: the copy's runs hold the truth."""
+        from cermin.engine.mirrorstatus import origin_of
         from cermin.guard.verdict import effective_verdicts
         from cermin.ops.state import SeenSnapshot
         from cermin.repo.snapshots import list_snapshots
+
+        def key(r) -> str:
+            # a copy mirrored from the primary is recorded under the primary's snapshot id: one snapshot,
+            # held by several copies (the timeline's "held by"), not one row per copy's own id
+            o = origin_of(r.snapshot) if primary_id else None
+            return o[1] if o is not None and o[0] == primary_id else r.id
 
         try:
             refs = [r for r in list_snapshots(repo, hosts=(s.hostname,)) if not r.future]
@@ -510,7 +517,7 @@ class Agent:
             until = _retention(repo, newest.id) if newest is not None and copy == "immutable" else None
             seen = [
                 SeenSnapshot(
-                    r.id,
+                    key(r),
                     _parse(r.snapshot.time),
                     size=r.snapshot.summary.total_bytes if r.snapshot.summary else None,
                     files=r.snapshot.summary.total_files if r.snapshot.summary else None,
