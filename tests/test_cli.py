@@ -211,7 +211,8 @@ def test_readme_states_the_python_and_venv_requirement():
     head = readme.split("# cermin", 1)[0]
     assert head.splitlines()[1].startswith("pip install . && ")
     test_command = (
-        "apt-get update && apt-get install -y postgresql chromium libpangoft2-1.0-0 && pip install '.[test]' && python -m pytest -n auto"
+        "apt-get update && apt-get install -y postgresql chromium libpangoft2-1.0-0"
+        " && pip install '.[test]' && python -m pytest -n auto"
     )
     assert head.splitlines()[2].startswith(test_command + " ")
     with open(os.path.join(root, ".ci", "run"), encoding="utf-8") as f:
