@@ -440,7 +440,7 @@ class _Replay:
                     self._bytes(len(blob))
                 data = bytes(buf)
                 if i >= 0:
-                    facts[i] = head_facts(data)
+                    facts[i] = data[:ENTROPY_BYTES]  # judged with the chunk lengths, as the backup does
                 hits = rules.match(data)
                 with self._lock:
                     self.yara_files += 1
@@ -521,8 +521,9 @@ class _Replay:
                 return
             chunks.append((loc.raw_length, 0 if (k or bid in seen) else loc.length - crypto.TAG_LEN))
             seen.add(bid)
+        first = chunks[0] if chunks else None
         if i in facts:
-            head, entropy = facts[i]
+            head, entropy = head_facts(facts[i], first)
         elif not n.size:
             head, entropy = head_facts(b"")
         else:
@@ -530,7 +531,7 @@ class _Replay:
             if isinstance(got, str):
                 self._error(p, f"data unreadable ({got}): not scanned")
                 return
-            head, entropy = head_facts(got)
+            head, entropy = head_facts(got, first)
         ev = self._event(p, n, o, tuple(chunks), head, entropy, prev_leads.get(i), heads, bad)
         fp = self.obs.node_fingerprint(ev)  # the same calls, in the same order, as the backup makes
         self.obs.file_read(ev)
@@ -588,7 +589,7 @@ class _Replay:
             got = _head(lead, heads, bad)
             if isinstance(got, str):
                 return ()  # as for a parent made before the guard: compared by its stored size alone
-            head, entropy = head_facts(got)
+            head, entropy = head_facts(got, chunks[0] if chunks else None)
         ev = FileRead(p, o.size, o.mtime_ns, tuple(chunks), head, entropy)
         pairs = _pairs(self._fp_obs.node_fingerprint(ev))
         if len(self.fp_cache) < FP_CACHE_MAX:

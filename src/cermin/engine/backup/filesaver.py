@@ -20,7 +20,7 @@ from cermin.engine import fsmeta
 from cermin.engine.backup.state import BackupState
 from cermin.engine.backup.trees import DirJob, Trees, node_fingerprint
 from cermin.engine.fsread import SparseReader, WalkPath, open_for_read
-from cermin.engine.observer import FileRead, StdinRead, head_facts
+from cermin.engine.observer import ENTROPY_BYTES, FileRead, StdinRead, head_facts
 from cermin.format import crypto, pack
 from cermin.format.records import FILE, Node
 from cermin.util import display_path
@@ -156,7 +156,7 @@ class FileSaver:
         return node
 
     def _event(self, path: bytes, node: Node, prev: Node | None, chunks, facts, changed: bool) -> FileRead:
-        head, entropy = facts or (b"", -1.0)
+        head, entropy = head_facts(facts, chunks[0] if chunks else None) if facts is not None else (b"", -1.0)
         if prev is None:
             return FileRead(path, node.size, node.mtime_ns, tuple(chunks), head, entropy, changed_during_read=changed)
         return FileRead(
@@ -213,14 +213,14 @@ class FileSaver:
             # chunk.data is only valid until the next chunk: the job gets its own copy.
             data = bytes(ch.data)
             if want_facts and facts is None:
-                facts = head_facts(data)
+                facts = data[:ENTROPY_BYTES]  # judged once the chunk's compressed size is known
             window.append(self.chunk_pool.submit(store, data))
             if len(window) >= 2 * self.workers:
                 collect_one()
         while window:
             collect_one()
         if want_facts and facts is None:
-            facts = (b"", 0.0)  # empty
+            facts = b""  # empty
         return ids, chunks, size, facts
 
     def _store_whole(self, fd: int) -> Stored:
@@ -240,7 +240,7 @@ class FileSaver:
             os.lseek(fd, 0, os.SEEK_SET)
             return self._store_stream(io.FileIO(fd, "rb", closefd=False))
         data = buf[:n]
-        facts = head_facts(data) if self.st.fingerprint else None
+        facts = bytes(data[:ENTROPY_BYTES]) if self.st.fingerprint else None
         if n < self.st.repo.secrets.chunker_min:  # FastCDC never cuts below its minimum
             return self._store_chunks([data] if n else [], facts)
         return self._store_chunks((ch.data for ch in self._chunker().cut_buf(data)), facts)
