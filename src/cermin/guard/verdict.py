@@ -387,8 +387,8 @@ def _inherit(ordered: list[SnapshotRef], out: dict[str, Verdict]) -> None:
         if v.alarm:
             source = (r, v.verdict, v.raised_at if v.raised_at is not None else float("-inf"))
             continue
-        if source is None:
-            continue
+        if source is None or r.snapshot.time <= source[0].snapshot.time:
+            continue  # taken at the same instant: a copy of it (two mirror runs), not a later backup
         src, what, _ = source
         v.judged, v.inherited_from, v.verdict = v.verdict, src.id, SUSPICIOUS
         v.reasons.append(
