@@ -73,16 +73,14 @@ class Exported:
 @click.pass_obj
 def export_evidence(g, config_path, tenant, since, until, fmt, table, output):
     """Evidence for auditors: policy, backups, copies, immutability, drills and alarms over a period."""
-    import getpass
     import os
     import socket
     import sys
     from datetime import UTC, datetime
 
-    from cermin.ops.agentview import state_url
     from cermin.ops.config import load_config
-    from cermin.ops.evidence import build_evidence, parse_period
-    from cermin.ops.state import StateStore
+    from cermin.ops.evidence import evidence_of_config, parse_period
+    from cermin.util import username
     from cermin.web import exportdoc
 
     if table and fmt != "csv":
@@ -96,16 +94,8 @@ def export_evidence(g, config_path, tenant, since, until, fmt, table, output):
     cfg = load_config(config_path)
     now = datetime.now(UTC)
     start, end = parse_period(since, until, now)
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    who = f"{user}@{socket.gethostname()} (cermin export evidence)"
-    store = StateStore.open(state_url(cfg), upgrade=False)
-    try:
-        ev = build_evidence(store, cfg, tenant=tenant, since=start, until=end, now=now, generated_by=who)
-    finally:
-        store.close()
+    who = f"{username()}@{socket.gethostname()} (cermin export evidence)"
+    ev = evidence_of_config(cfg, tenant, start, end, now, who)
     body = exportdoc.render(ev, fmt, table)
     if output == "-":
         sys.stdout.buffer.write(body)

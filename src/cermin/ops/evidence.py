@@ -740,6 +740,18 @@ def build_evidence(
     )
 
 
+def evidence_of_config(cfg: Config, tenant: str | None, since: datetime, until: datetime, now: datetime, who: str):
+    """build_evidence over the state store the configuration names (opened read-only: no migration)."""
+    from cermin.ops.agentview import state_url
+    from cermin.ops.state import StateStore
+
+    store = StateStore.open(state_url(cfg), upgrade=False)
+    try:
+        return build_evidence(store, cfg, tenant=tenant, since=since, until=until, now=now, generated_by=who)
+    finally:
+        store.close()
+
+
 def _system(row, rd: _Read, st, classes, drills, mine, since, end, check_report) -> SystemEvidence:
     sid = row.id
     required = [x for x in (row.required or []) if isinstance(x, str)]
