@@ -76,6 +76,11 @@ def test_ransom_names():
         assert sig.ransom_note_name(n), n
     for n in (b"README.md", b"README", b"readme.txt", b"notes.txt", b"restore.py", b"howto.pdf", b"HELP.md"):
         assert not sig.ransom_note_name(n), n
+    # Pictures: a note's wallpaper says what it is; icon themes repeat these names in every size directory
+    for n in (b"YOUR_FILES_ARE_ENCRYPTED.png", b"decrypt-info.bmp", b"RESTORE_MY_FILES.jpg"):
+        assert sig.ransom_note_name(n), n
+    for n in (b"dialog-warning-symbolic.symbolic.png", b"network-wireless-encrypted.png", b"view-restore.png"):
+        assert not sig.ransom_note_name(n), n
     assert b"lockbit" in sig.RANSOM_EXTENSIONS and b"locked" in sig.RANSOM_EXTENSIONS
     for legit in (b"lock", b"java", b"txt", b"gz", b"gpg", b"bak", b"enc", b"py"):
         assert legit not in sig.RANSOM_EXTENSIONS

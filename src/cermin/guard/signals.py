@@ -188,14 +188,25 @@ _NOTE = re.compile(
     rb"!+read|instruction|_readme|help[_ -]?(file|decrypt|restore|recover)|attention|warning)",
     re.I,
 )
-_NOTE_EXT = frozenset((b"txt", b"html", b"htm", b"hta", b"rtf", b"url", b"png", b"bmp", b"jpg", b""))
+# An image note (a wallpaper or a picture beside the text note) must say more: icon themes ship
+# dialog-warning.png, view-restore.png and network-wireless-encrypted.png in every size directory.
+_NOTE_STRONG = re.compile(
+    rb"(decrypt|ransom|your[_ -]?files|files[_ -]?(are[_ -]?)?encrypted|(recover|restore|unlock)[_ -]?(my[_ -]?|your[_ -]?)?files"
+    rb"|read[_ -]?me[_ -!]|!+read|_readme)",
+    re.I,
+)
+_NOTE_TEXT_EXT = frozenset((b"txt", b"html", b"htm", b"hta", b"rtf", b"url", b""))
+_NOTE_IMAGE_EXT = frozenset((b"png", b"bmp", b"jpg"))
 
 
 def ransom_note_name(name: bytes) -> bool:
     """The name looks like a ransom note (README_DECRYPT.txt, HOW_TO_RECOVER_FILES.html, _readme.txt ...)."""
-    if extension(name) not in _NOTE_EXT or len(name) > 80:
+    if len(name) > 80:
         return False
-    return _NOTE.search(name) is not None
+    ext = extension(name)
+    if ext in _NOTE_TEXT_EXT:
+        return _NOTE.search(name) is not None
+    return ext in _NOTE_IMAGE_EXT and _NOTE_STRONG.search(name) is not None
 
 
 def appended_extension(new_name: bytes, removed_names) -> bytes | None:
