@@ -29,9 +29,26 @@ from cermin.errors import UsageError
 @click.option("--quota-bytes", default="0", show_default=True, help="Per-tenant storage quota (0: none), e.g. 500GiB.")
 @click.option("--quota-objects", type=click.IntRange(min=0), default=0, show_default=True, help="Per-tenant objects.")
 @click.option("--max-locks", type=click.IntRange(min=1), default=64, show_default=True, help="Lock files per tenant.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=64),
+    default=1,
+    show_default=True,
+    help="Worker processes sharing the listening socket (their shared state lives under ROOT/.cermin-server).",
+)
 @click.pass_context
 def serve(
-    ctx, root, listen, tls_cert, tls_key, approval_window, max_object_size, quota_bytes, quota_objects, max_locks
+    ctx,
+    root,
+    listen,
+    tls_cert,
+    tls_key,
+    approval_window,
+    max_object_size,
+    quota_bytes,
+    quota_objects,
+    max_locks,
+    workers,
 ):
     """Serve repositories over HTTP: backup tokens append, read tokens read, deletions need two admins."""
     if ctx.invoked_subcommand is not None:
@@ -45,17 +62,28 @@ def serve(
     }
     if limits["max_object_size"] <= 0:
         raise UsageError("--max-object-size must be positive")
-    host, port = _listen(root, listen, tls_cert, tls_key)
+    host, port = _listen(root, listen, tls_cert, tls_key, workers)
+    import json
+    import os
+    import secrets
+
     import uvicorn
 
-    from cermin.server.app import build_app
+    from cermin.server.app import APP_ENV, build_app
 
-    app = build_app(root, float(approval_window), **limits)
+    run = secrets.token_hex(8)  # one id for this run, the same in every worker
     tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key}
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, **tls)
+    opts = {"host": host, "port": port, "log_level": "warning", "access_log": False, **tls}
+    if workers == 1:
+        uvicorn.run(build_app(root, float(approval_window), run=run, **limits), **opts)
+        return
+    # uvicorn binds the socket here and spawns the workers; each builds its app from this (no secret)
+    cfg = {"root": os.path.abspath(root), "window": float(approval_window), "limits": limits, "run": run}
+    os.environ[APP_ENV] = json.dumps(cfg)
+    uvicorn.run("cermin.server.app:app_from_env", factory=True, workers=workers, **opts)
 
 
-def _listen(root, listen: str, tls_cert, tls_key) -> tuple[str, int]:
+def _listen(root, listen: str, tls_cert, tls_key, workers: int = 1) -> tuple[str, int]:
     """Check the serve options and say where it listens (on stderr): (host, port)."""
     if not root:
         raise UsageError("--root is required")
@@ -64,7 +92,8 @@ def _listen(root, listen: str, tls_cert, tls_key) -> tuple[str, int]:
         raise UsageError(f"bad --listen {listen!r}: use HOST:PORT")
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
-    click.echo(f"cermin serve: {root} on {'https' if tls_cert else 'http'}://{listen}", err=True)
+    procs = f" ({workers} worker processes)" if workers > 1 else ""
+    click.echo(f"cermin serve: {root} on {'https' if tls_cert else 'http'}://{listen}{procs}", err=True)
     if not tls_cert and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo("cermin serve: warning: plain http on a non-loopback address: tokens travel unencrypted", err=True)
     return host, int(port)

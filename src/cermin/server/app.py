@@ -36,9 +36,10 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -51,6 +52,7 @@ from cermin.backend.local import LocalBackend, _fsync_dir
 from cermin.errors import CerminError, ObjectNotFound
 from cermin.server.approvals import HIDDEN_KINDS, ApprovalStore, StaleRequest
 from cermin.server.auth import TENANT_RE, TokenEntry, TokenStore
+from cermin.server.shared import TenantFiles
 from cermin.util import plural
 
 KINDS = {k.value: k for k in Kind}
@@ -73,52 +75,10 @@ AUDIT_TOKEN_PER_MIN = 30  # refusals (and routine own-lock removals) logged per 
 WRITE_BUF = 1 << 20
 
 
-class RWLock:
-    """Many uploads at once (shared), or one approval executing (exclusive); writers are preferred."""
-
-    def __init__(self) -> None:
-        self._c = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting = 0
-
-    @contextlib.contextmanager
-    def shared(self):
-        with self._c:
-            while self._writer or self._waiting:
-                self._c.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._c:
-                self._readers -= 1
-                self._c.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self):
-        with self._c:
-            self._waiting += 1
-            while self._writer or self._readers:
-                self._c.wait()
-            self._waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._c:
-                self._writer = False
-                self._c.notify_all()
-
-
 @dataclass
 class TenantState:
     backend: LocalBackend
-    gate: RWLock = field(default_factory=RWLock)
-    mutex: threading.Lock = field(default_factory=threading.Lock)
-    locks: threading.Lock = field(default_factory=threading.Lock)  # lock link + owner record, removal
-    usage: tuple[int, int] | None = None  # (bytes, objects), locks included; computed on first need
-    changed_ns: dict = field(default_factory=dict)  # kind -> last creation seen by this process (ns)
+    files: TenantFiles  # gate, lock-file mutex, usage counter, change times: shared by every worker
 
 
 class Refused(Exception):
@@ -136,27 +96,32 @@ class Server:
         quota_bytes: int = 0,
         quota_objects: int = 0,
         max_locks: int = MAX_LOCKS,
+        run: str | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         os.makedirs(self.root, mode=0o700, exist_ok=True)
-        state = os.path.join(self.root, ".cermin-server")
+        state = self.state_dir = os.path.join(self.root, ".cermin-server")
+        # one id per server run, the same in every worker: usage counters of another run are recomputed
+        self.run = run or secrets.token_hex(8)
         self.tokens = TokenStore(state)
         self.approvals = ApprovalStore(state, window) if window is not None else ApprovalStore(state)
         self.owners_dir = os.path.join(state, "lockowners")
         self.audit_path = os.path.join(state, "audit.log")
         self.max_object_size = max_object_size
         self.quota_bytes, self.quota_objects, self.max_locks = quota_bytes, quota_objects, max_locks
-        self._audit_lock = threading.Lock()
-        self._rate: dict[tuple[str, str], list] = {}  # (addr|token, id) -> [window start, lines, suppressed]
-        self._anon_total = [0.0, 0]
+        self._rate_path = os.path.join(state, "audit-rate.sqlite")  # shared by every worker
+        self._rate_db = threading.local()
         self._tenants: dict[str, TenantState] = {}
         self._tenants_lock = threading.Lock()
 
     def state(self, tenant: str) -> TenantState:
+        """The tenant's backend and shared state files (touches no disk: safe on the event loop)."""
         with self._tenants_lock:
             t = self._tenants.get(tenant)
             if t is None:
-                t = self._tenants[tenant] = TenantState(LocalBackend(os.path.join(self.root, tenant)))
+                t = self._tenants[tenant] = TenantState(
+                    LocalBackend(os.path.join(self.root, tenant)), TenantFiles(self.state_dir, tenant, self.run)
+                )
             return t
 
     def backend(self, tenant: str) -> LocalBackend:
@@ -179,17 +144,31 @@ class Server:
             "token": token_id[:32],
             "status": status,
             "reason": _clip(reason),
+            "worker": os.getpid(),
         }
         self._append(rec)
 
     def _append(self, rec: dict) -> None:
+        """One write(2) with O_APPEND: lines of several threads and worker processes never mix."""
         line = json.dumps(rec, ensure_ascii=True) + "\n"  # one line whatever the client sent
-        with self._audit_lock:
-            fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
+        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def _rate(self) -> sqlite3.Connection:
+        """This thread's connection to the audit rate table (shared by every worker process)."""
+        db = getattr(self._rate_db, "conn", None)
+        if db is None:
+            db = sqlite3.connect(self._rate_path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")  # counters for one minute: losing them in a crash is harmless
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS rate (key TEXT PRIMARY KEY, start REAL, lines INTEGER, suppressed INTEGER)"
+            )
+            self._rate_db.conn = db
+        return db
 
     def _allowed(self, key: tuple[str, str]) -> bool:
         """At most AUDIT_ANON_PER_MIN lines per address and minute without a token (200 in all), and
@@ -198,23 +177,44 @@ class Server:
         now = time.time()
         anon = key[0] == "addr"
         limit = AUDIT_ANON_PER_MIN if anon else AUDIT_TOKEN_PER_MIN
-        with self._audit_lock:
-            if now - self._anon_total[0] > 60:
-                self._anon_total = [now, 0]
-            if len(self._rate) > 10_000:
-                self._rate = {k: v for k, v in self._rate.items() if now - v[0] <= 60}
-                if len(self._rate) > 10_000:
-                    self._rate.clear()
-            slot = self._rate.setdefault(key, [now, 0, 0])
+        k = f"{key[0]}:{key[1]}"
+        db = self._rate()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+
+            def slot(k: str) -> list:
+                row = db.execute("SELECT start, lines, suppressed FROM rate WHERE key = ?", (k,)).fetchone()
+                return list(row) if row else [now, 0, 0]
+
+            def put(k: str, v: list) -> None:
+                db.execute("INSERT OR REPLACE INTO rate VALUES (?, ?, ?, ?)", (k, *v))
+
+            total = slot("*anon*")
+            if now - total[0] > 60:
+                total = [now, 0, 0]
+            mine = slot(k)
+            if mine[1] == 0 and mine[2] == 0:  # a new key: keep the table small
+                if db.execute("SELECT COUNT(*) FROM rate").fetchone()[0] > 10_000:
+                    db.execute("DELETE FROM rate WHERE start < ?", (now - 60,))
+                    if db.execute("SELECT COUNT(*) FROM rate").fetchone()[0] > 10_000:
+                        db.execute("DELETE FROM rate")
             suppressed = 0
-            if now - slot[0] > 60:
-                suppressed, slot[:] = slot[2], [now, 0, 0]
-            if slot[1] >= limit or (anon and self._anon_total[1] >= AUDIT_ANON_TOTAL_PER_MIN):
-                slot[2] += 1
+            if now - mine[0] > 60:
+                suppressed, mine = mine[2], [now, 0, 0]
+            if mine[1] >= limit or (anon and total[1] >= AUDIT_ANON_TOTAL_PER_MIN):
+                mine[2] += 1
+                put(k, mine)
+                db.execute("COMMIT")
                 return False
-            slot[1] += 1
+            mine[1] += 1
+            put(k, mine)
             if anon:
-                self._anon_total[1] += 1
+                total[1] += 1
+                put("*anon*", total)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         if suppressed:
             who = "unauthenticated requests" if anon else "refusals or own-lock removals of this token"
             self._append(
@@ -386,7 +386,8 @@ class Server:
 
     def _remove_lock(self, request: Request, tenant: str, entry: TokenEntry, name: str) -> Response:
         st = self.state(tenant)
-        with st.locks:  # not while the same lock is being created and its owner recorded
+        st.files.ensure()
+        with st.files.locks.hold():  # not while the same lock is being created and its owner recorded
             owner = self.lock_owner(tenant, name)
             if entry.id != owner and entry.role != "admin":
                 self.audit(request, 403, f"lock {name[:12]} belongs to token {owner or '(unknown)'}", entry.id)
@@ -442,17 +443,14 @@ class Server:
 
     def _precheck(self, st: TenantState, tenant: str, kind: Kind, name: str, length: int, entry: TokenEntry) -> None:
         backend = st.backend
+        st.files.ensure()
         if not os.path.isdir(os.path.join(backend.root, Kind.KEY.value)):
-            with st.mutex:  # first write of a new tenant repository: lay out its directories
+            with st.files.mutex.hold():  # first write of a new tenant repository: lay out its directories
                 if not os.path.isdir(os.path.join(backend.root, Kind.KEY.value)):
                     backend.create()
         os.makedirs(os.path.dirname(backend._path(kind, name)), exist_ok=True)
         if kind is Kind.LOCK:
-            n = sum(1 for _ in backend.list(Kind.LOCK))
-            if n >= self.max_locks:
-                raise _refused(
-                    429, f"too many lock files ({n}); an admin can remove stale ones (`cermin unlock`)", entry
-                )
+            self._check_lock_count(st, entry)  # early, before the body is read; again when it is linked
         if self.quota_bytes or self.quota_objects:
             used_bytes, used_objects = self._usage(st)
             if self.quota_objects and used_objects + 1 > self.quota_objects:
@@ -460,16 +458,25 @@ class Server:
             if self.quota_bytes and used_bytes + length > self.quota_bytes:
                 raise _refused(507, f"tenant quota of {self.quota_bytes} bytes reached", entry)
 
+    def _check_lock_count(self, st: TenantState, entry: TokenEntry) -> None:
+        n = sum(1 for _ in st.backend.list(Kind.LOCK))
+        if n >= self.max_locks:
+            raise _refused(429, f"too many lock files ({n}); an admin can remove stale ones (`cermin unlock`)", entry)
+
     def _usage(self, st: TenantState) -> tuple[int, int]:
-        with st.mutex:
-            if st.usage is None:
+        """(bytes, objects) of the tenant, locks included; counted by listing once per server run,
+        then kept in a file every worker updates under the tenant's mutex."""
+        with st.files.mutex.hold():
+            used = st.files.usage()
+            if used is None:
                 b = n = 0
                 for k in Kind:  # locks included: they take disk space too
                     for _name, size in st.backend.list(k):
                         b += size
                         n += 1
-                st.usage = (b, n)
-            return st.usage
+                used = (b, n)
+                st.files.set_usage(used)
+            return used
 
     async def _receive(
         self, request: Request, backend: LocalBackend, kind: Kind, name: str, entry: TokenEntry, limit: int
@@ -523,15 +530,16 @@ class Server:
         entry: TokenEntry,
     ) -> Response:
         final = st.backend._path(kind, name)
-        with st.gate.shared():  # not while an approved deletion executes
-            with st.mutex:
-                if st.usage is not None:
-                    b, n = st.usage
+        st.files.ensure()
+        with st.files.gate.shared():  # not while an approved deletion executes (in any worker)
+            if self.quota_bytes or self.quota_objects:
+                with st.files.mutex.hold():
+                    b, n = self._usage(st)
                     if (self.quota_objects and n + 1 > self.quota_objects) or (
                         self.quota_bytes and b + size > self.quota_bytes
                     ):
                         raise _refused(507, "tenant quota reached", entry)
-                    st.usage = (b + size, n + 1)  # reserved; given back if the link fails
+                    st.files.set_usage((b + size, n + 1))  # reserved; given back if the link fails
             try:
                 os.chmod(tmp, 0o400)
                 os.utime(tmp)  # its creation time, for the approval re-check
@@ -551,13 +559,14 @@ class Server:
                 self._unreserve(st, size)
                 raise CerminError(f"cannot store {kind.value}/{name[:12]}: {e.strerror or e}") from None
             if kind in CHANGE_KINDS:
-                st.changed_ns[kind] = time.time_ns()
+                st.files.mark_changed(kind.value)
         return Response(status_code=201)
 
     def _link_lock(self, st: TenantState, tenant: str, name: str, tmp: str, final: str, entry: TokenEntry) -> None:
         """Create the lock (FileExistsError if it exists: its owner record stays as it is), then
         record this token as its owner; if that fails, the lock goes again."""
-        with st.locks:
+        with st.files.locks.hold():
+            self._check_lock_count(st, entry)  # exact: every worker counts under this lock
             os.link(tmp, final)
             try:
                 self._write_owner(tenant, name, entry)
@@ -565,11 +574,9 @@ class Server:
                 _unlink(final)
                 raise
 
-    @staticmethod
-    def _unreserve(st: TenantState, size: int) -> None:
-        with st.mutex:
-            if st.usage is not None:
-                st.usage = (st.usage[0] - size, st.usage[1] - 1)
+    def _unreserve(self, st: TenantState, size: int) -> None:
+        if self.quota_bytes or self.quota_objects:
+            st.files.adjust_usage(-size, -1)
 
     # ---- deletions: one request per plan, executed after a second admin approves ------------------
     async def delete_many(self, request: Request) -> Response:
@@ -650,15 +657,20 @@ class Server:
         if request.path_params["verb"] not in ("approve", "reject"):
             return JSONResponse({"error": "use approve or reject"}, 404)
         st = self.state(tenant)
+        st.files.ensure()
+        # an approval freezes the tenant (in every worker) before it takes the approvals file: uploads
+        # take the gate first too, then (re-uploading a queued object) the approvals file
+        gate = st.files.gate.exclusive() if approve else contextlib.nullcontext()
         try:
-            r = self.approvals.decide(
-                tenant,
-                request.path_params["rid"],
-                entry.id,
-                approve,
-                lambda r: self._execute(st, tenant, r),
-                self.alive_admin,
-            )
+            with gate:
+                r = self.approvals.decide(
+                    tenant,
+                    request.path_params["rid"],
+                    entry.id,
+                    approve,
+                    lambda r: self._execute(st, tenant, r),
+                    self.alive_admin,
+                )
         except PermissionError as e:
             self.audit(request, 403, str(e), entry.id)
             return JSONResponse({"error": str(e)}, 403)
@@ -676,34 +688,34 @@ class Server:
         return JSONResponse(r.to_json())
 
     def _execute(self, st: TenantState, tenant: str, r) -> None:
+        """Run an approved request. The caller holds the tenant's gate exclusively: no object or lock
+        is created (by any worker) while we check and delete."""
         backend = st.backend
+        st.files.ensure()
         if r.action == "delete-tenant":
             import shutil
 
-            with st.gate.exclusive():
-                shutil.rmtree(backend.root, ignore_errors=True)
-                shutil.rmtree(os.path.join(self.owners_dir, tenant), ignore_errors=True)
-                st.usage, st.changed_ns = None, {}
+            shutil.rmtree(backend.root, ignore_errors=True)
+            shutil.rmtree(os.path.join(self.owners_dir, tenant), ignore_errors=True)
+            with st.files.mutex.hold():
+                st.files.set_usage(None)
             self.approvals.drop_tenant(tenant, r.id)
             return
         bad = set(r.objects) - {Kind.DATA.value, Kind.INDEX.value, Kind.SNAPSHOT.value, Kind.KEY.value, Kind.AUX.value}
         if bad:  # e.g. config, queued by an older server: deleting it loses the repository
             raise StaleRequest(f"{', '.join(sorted(bad))} cannot be deleted this way (only with the whole tenant)")
-        with st.gate.exclusive():  # no object or lock is created while we check and delete
-            self._recheck(st, r)
-            freed = n = 0
-            for kind_name, names in r.objects.items():
-                kind = KINDS[kind_name]
-                for name in names:
-                    try:
-                        size = backend.size(kind, name)
-                        backend.remove(kind, name)
-                        freed, n = freed + size, n + 1
-                    except ObjectNotFound:
-                        pass
-            with st.mutex:
-                if st.usage is not None:
-                    st.usage = (st.usage[0] - freed, st.usage[1] - n)
+        self._recheck(st, r)
+        freed = n = 0
+        for kind_name, names in r.objects.items():
+            kind = KINDS[kind_name]
+            for name in names:
+                try:
+                    size = backend.size(kind, name)
+                    backend.remove(kind, name)
+                    freed, n = freed + size, n + 1
+                except ObjectNotFound:
+                    pass
+        st.files.adjust_usage(-freed, -n)
 
     def _recheck(self, st: TenantState, r) -> None:
         """Refuse to delete while a client works, or when something new may reference the objects."""
@@ -723,7 +735,7 @@ class Server:
             watch = ()
         since = r.requested_at_ns or int(r.requested_at * 1e9)
         for k in watch:
-            if st.changed_ns.get(k, 0) > since:
+            if st.files.changed_ns(k.value) > since:
                 raise StaleRequest(f"{k.value} objects were added since the request: plan it again")
             for n, _ in st.backend.list(k):
                 if _mtime_ns(st.backend, k, n) > since:
@@ -732,9 +744,16 @@ class Server:
                         "plan it again (e.g. run prune again)"
                     )
 
+    async def health(self, request: Request) -> Response:
+        """GET /_health: answered on the event loop without touching the disk (no token needed, names
+        nothing but the worker's process id): a load balancer's probe, and the proof in the tests
+        that no request blocks the loop."""
+        return JSONResponse({"ok": True, "worker": os.getpid()})
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
+                Route("/_health", self.health, methods=["GET"]),
                 Route("/{tenant}/_approvals", self.approvals_list, methods=["GET"]),
                 Route("/{tenant}/_approvals/{rid}/{verb:str}", self.approvals_decide, methods=["POST"]),
                 Route("/{tenant}/_delete", self.delete_many, methods=["POST"]),
@@ -786,3 +805,13 @@ def build_app(root: str, window: float | None = None, **limits) -> Starlette:
     """The ASGI app for `cermin serve`. Files and directories it creates are private (umask 077)."""
     os.umask(0o077)
     return Server(root, window, **limits).app()
+
+
+APP_ENV = "CERMIN_SERVE_APP"
+
+
+def app_from_env() -> Starlette:
+    """The app of one worker process of `cermin serve --workers N` (uvicorn's factory): the settings
+    come from the parent through CERMIN_SERVE_APP (JSON: root, window, limits, run id; no secret)."""
+    cfg = json.loads(os.environ[APP_ENV])
+    return build_app(cfg["root"], cfg["window"], run=cfg["run"], **cfg["limits"])

@@ -9,6 +9,7 @@ token is revoked, "expired" after the window, "stale" when the repository change
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -17,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+
+from cermin.server.shared import FileLock
 
 WINDOW = 3600.0  # seconds an approval may take
 HIDDEN_KINDS = ("data", "index")  # what a pending request hides from every client
@@ -52,38 +55,83 @@ class Request:
 
 
 class ApprovalStore:
+    """Requests in one JSON file, shared by every worker process of the server: changes are made
+    under a file lock on a fresh read of the file and replace it atomically, each with a strictly
+    larger mtime (its generation); readers (`hidden`, on every read of a pack) re-read the file only
+    when its generation changed."""
+
     def __init__(self, state_dir: str, window: float = WINDOW) -> None:
         self.path = os.path.join(state_dir, "approvals.json")
         self.window = window
-        self._lock = threading.RLock()
-        self._reqs: dict[str, Request] | None = None
+        self._lock = FileLock(self.path + ".lock")
+        self._txn_reqs = threading.local()  # the working copy of the thread holding the lock
+        self._cache: tuple[tuple, dict[str, Request]] = ((), {})
+        self._cache_lock = threading.Lock()
 
-    # ---- persistence (only the server process writes this file) ---------------------------------
-    def _all(self) -> dict[str, Request]:
-        if self._reqs is None:
+    # ---- persistence ------------------------------------------------------------------------------
+    def _read(self) -> tuple[tuple, dict[str, Request]]:
+        try:
+            f = open(self.path)
+        except FileNotFoundError:
+            return (0,), {}
+        with f:
+            st = os.fstat(f.fileno())
+            raw = json.load(f)
+        reqs = {}
+        for r in raw:
+            if "objects" not in r:  # written by an older server: one object per request
+                r["objects"] = {r.pop("kind"): [r.pop("name")]} if r.get("kind") != "tenant" else {}
+                if r.get("action") == "delete" and not r["objects"]:
+                    r["action"] = "delete-tenant"
+            r = {k: v for k, v in r.items() if k in Request.__dataclass_fields__}
+            reqs[r["id"]] = Request(**r)
+        return (st.st_mtime_ns, st.st_ino, st.st_size), reqs
+
+    def _snapshot(self) -> dict[str, Request]:
+        """The requests as last written, for reading only (never changed in place)."""
+        try:
+            st = os.stat(self.path)
+            stamp: tuple = (st.st_mtime_ns, st.st_ino, st.st_size)
+        except FileNotFoundError:
+            stamp = (0,)
+        with self._cache_lock:
+            if self._cache[0] == stamp:
+                return self._cache[1]
+        stamp, reqs = self._read()
+        with self._cache_lock:
+            self._cache = (stamp, reqs)
+        return reqs
+
+    @contextlib.contextmanager
+    def _txn(self):
+        """A working copy of the requests read under the file lock (the same one for nested calls)."""
+        with self._lock.hold():
+            outer = getattr(self._txn_reqs, "reqs", None)
+            if outer is not None:
+                yield outer
+                return
+            self._txn_reqs.reqs = self._read()[1]
             try:
-                with open(self.path) as f:
-                    raw = json.load(f)
-            except FileNotFoundError:
-                raw = []
-            reqs = {}
-            for r in raw:
-                if "objects" not in r:  # written by an older server: one object per request
-                    r["objects"] = {r.pop("kind"): [r.pop("name")]} if r.get("kind") != "tenant" else {}
-                    if r.get("action") == "delete" and not r["objects"]:
-                        r["action"] = "delete-tenant"
-                r = {k: v for k, v in r.items() if k in Request.__dataclass_fields__}
-                reqs[r["id"]] = Request(**r)
-            self._reqs = reqs
-        return self._reqs
+                yield self._txn_reqs.reqs
+            finally:
+                self._txn_reqs.reqs = None
+
+    def _all(self) -> dict[str, Request]:
+        return self._txn_reqs.reqs
 
     def _write(self) -> None:
         reqs = self._all()
         d = os.path.dirname(self.path)
+        try:
+            prev = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            prev = 0
+        gen = max(prev + 1, time.time_ns())  # strictly increasing: readers never miss a change
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".approvals-")
         with os.fdopen(fd, "w") as f:
             json.dump([asdict(r) for r in reqs.values()], f, indent=1)
             f.flush()
+            os.utime(f.fileno(), ns=(gen, gen))
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
@@ -104,8 +152,7 @@ class ApprovalStore:
     def request(
         self, tenant: str, action: str, objects: dict[str, list[str]], token_id: str, label: str = ""
     ) -> Request:
-        with self._lock:
-            reqs = self._all()
+        with self._txn() as reqs:
             for r in reqs.values():  # asking twice for the same thing gives the same request
                 self._refresh(r, None)
                 if r.status == "pending" and r.tenant == tenant and r.action == action and r.objects == objects:
@@ -125,10 +172,10 @@ class ApprovalStore:
             return r
 
     def list(self, tenant: str, alive: Callable[[str], bool] | None = None) -> list[Request]:
-        with self._lock:
+        with self._txn() as reqs:
             changed = False
             out = []
-            for r in self._all().values():
+            for r in reqs.values():
                 if r.tenant == tenant:
                     changed |= self._refresh(r, alive)
                     out.append(r)
@@ -139,20 +186,19 @@ class ApprovalStore:
     def hidden(self, tenant: str, alive: Callable[[str], bool] | None = None) -> dict[str, set[str]]:
         """kind -> names queued for deletion by a live pending request: gone for every client."""
         out: dict[str, set[str]] = {k: set() for k in HIDDEN_KINDS}
-        with self._lock:
-            for r in self._all().values():
-                if r.tenant == tenant and r.status == "pending":
-                    if time.time() - r.requested_at > self.window or (alive is not None and not alive(r.requested_by)):
-                        continue
-                    for k in HIDDEN_KINDS:
-                        out[k].update(r.objects.get(k, ()))
+        for r in self._snapshot().values():
+            if r.tenant == tenant and r.status == "pending":
+                if time.time() - r.requested_at > self.window or (alive is not None and not alive(r.requested_by)):
+                    continue
+                for k in HIDDEN_KINDS:
+                    out[k].update(r.objects.get(k, ()))
         return out
 
     def cancel_for(self, tenant: str, kind: str, name: str, reason: str) -> list[str]:
         """An object queued for deletion was needed again (uploaded anew): its requests die."""
-        with self._lock:
+        with self._txn() as reqs:
             ids = []
-            for r in self._all().values():
+            for r in reqs.values():
                 if r.tenant == tenant and r.status == "pending" and name in r.objects.get(kind, ()):
                     r.status, r.decided_at, r.reason = "cancelled", time.time(), reason
                     ids.append(r.id)
@@ -161,8 +207,8 @@ class ApprovalStore:
             return ids
 
     def drop_tenant(self, tenant: str, keep: str) -> None:
-        with self._lock:
-            for r in self._all().values():
+        with self._txn() as reqs:
+            for r in reqs.values():
                 if r.tenant == tenant and r.status == "pending" and r.id != keep:
                     r.status, r.decided_at, r.reason = "cancelled", time.time(), "the tenant was deleted"
             self._write()
@@ -179,8 +225,8 @@ class ApprovalStore:
         """Approve (and run `execute(request)`) or reject. Raises PermissionError / LookupError /
         ValueError for the refusals the server turns into 403 / 404 / 409. `execute` may raise
         StaleRequest: the request is then closed as "stale" (re-plan and request again)."""
-        with self._lock:
-            r = self._all().get(rid)
+        with self._txn() as reqs:
+            r = reqs.get(rid)
             if r is None or r.tenant != tenant:
                 raise LookupError(f"no approval request {rid}")
             if self._refresh(r, alive):
