@@ -492,11 +492,9 @@ class Server:
         size = 0
         buf = bytearray()
 
-        def flush(data: bytes) -> None:
+        def flush(data: bytes) -> None:  # in a worker thread
             h.update(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
 
         try:
             try:
@@ -783,6 +781,13 @@ def _range_number(digits: str) -> int:
 
 def _clip(s: str, n: int = AUDIT_FIELD) -> str:
     return s if len(s) <= n else s[:n] + f"...({len(s)} chars)"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of data (called in worker threads only; tests replace it to stall the disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _unlink(path: str) -> None:
