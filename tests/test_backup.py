@@ -24,6 +24,7 @@ from cermin.backend.base import Kind
 from cermin.backend.local import LocalBackend
 from cermin.engine import fsread
 from cermin.engine.backup import BackupOptions, run_backup
+from cermin.engine.backup import chunks as chunks_mod
 from cermin.engine.backup import filesaver as filesaver_mod
 from cermin.engine.restore import RestoreOptions, run_restore
 from cermin.engine.treewalk import diff_trees, walk
@@ -56,12 +57,12 @@ def test_unchanged_files_are_not_reread(local_repo, tmp_path):
     first = do_backup(local_repo, src)
     assert first.snapshot.summary.files_new == 20
     reads = []
-    orig = filesaver_mod.FileSaver._read_file
-    filesaver_mod.FileSaver._read_file = lambda self, fd, *a: reads.append(1) or orig(self, fd, *a)
+    orig = filesaver_mod.FileSaver.submit  # every file to be read is handed to a worker here
+    filesaver_mod.FileSaver.submit = lambda self, *a: reads.append(1) or orig(self, *a)
     try:
         second = do_backup(local_repo, src)
     finally:
-        filesaver_mod.FileSaver._read_file = orig
+        filesaver_mod.FileSaver.submit = orig
     s = second.snapshot.summary
     assert reads == [] and s.files_unmodified == 20 and s.bytes_read == 0
     assert second.parent == first.snapshot_id
@@ -140,20 +141,20 @@ def test_file_growing_during_read_is_reported(local_repo, tmp_path, monkeypatch)
     os.makedirs(src)
     target = src / "log"
     target.write_bytes(os.urandom(3 * 1024 * 1024))
-    real = filesaver_mod.FileSaver._store_whole
+    real = chunks_mod.Cutter.whole
 
-    def grow_while_reading(self, fd):  # fault injection: a writer appends while we read
+    def grow_while_reading(self, fd, emit):  # fault injection (in the forked worker): a writer appends while we read
         with open(target, "ab") as w:
             w.write(b"appended line\n" * 1000)
-        return real(self, fd)
+        return real(self, fd, emit)
 
-    monkeypatch.setattr(filesaver_mod.FileSaver, "_store_whole", grow_while_reading)
+    monkeypatch.setattr(chunks_mod.Cutter, "whole", grow_while_reading)
     s = do_backup(local_repo, src)
     assert s.snapshot.summary.changed_during_read == 1
     assert any("changed while it was read" in w for w in s.warnings)
     ((_, node),) = [(p, n) for p, n in walk(local_repo, s.snapshot.tree) if p.endswith(b"/log")]
     assert node.size == sum(local_repo.index.raw_length(b) for b in node.blob_ids())
-    monkeypatch.setattr(filesaver_mod.FileSaver, "_store_whole", real)
+    monkeypatch.setattr(chunks_mod.Cutter, "whole", real)
     again = do_backup(local_repo, src)
     assert again.snapshot.summary.files_changed == 1, "a file that changed while read is read again"
 

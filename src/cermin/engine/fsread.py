@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
-import stat
 
 CACHEDIR_TAG = b"CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
@@ -95,15 +94,14 @@ class SparseReader:
 
 
 def open_for_read(name: bytes, dfd: int) -> int:
+    """Open a file the walker stat()ed as regular, never following a symlink and never blocking on a
+    FIFO swapped in since. The reader fstat()s the fd before reading: a file replaced by a
+    non-regular one is refused there (engine/backup/workers.py `read_one`)."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        fd = os.open(name, flags | _O_NOATIME, dir_fd=dfd)
+        return os.open(name, flags | _O_NOATIME, dir_fd=dfd)
     except PermissionError:
-        fd = os.open(name, flags, dir_fd=dfd)  # O_NOATIME needs ownership
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(0, "replaced by a non-regular file")
-    return fd
+        return os.open(name, flags, dir_fd=dfd)  # O_NOATIME needs ownership
 
 
 def is_cache_dir(dfd: int) -> bool:

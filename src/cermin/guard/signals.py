@@ -191,8 +191,8 @@ _NOTE = re.compile(
 # An image note (a wallpaper or a picture beside the text note) must say more: icon themes ship
 # dialog-warning.png, view-restore.png and network-wireless-encrypted.png in every size directory.
 _NOTE_STRONG = re.compile(
-    rb"(decrypt|ransom|your[_ -]?files|files[_ -]?(are[_ -]?)?encrypted|(recover|restore|unlock)[_ -]?(my[_ -]?|your[_ -]?)?files"
-    rb"|read[_ -]?me[_ -!]|!+read|_readme)",
+    rb"(decrypt|ransom|your[_ -]?files|files[_ -]?(are[_ -]?)?encrypted"
+    rb"|(recover|restore|unlock)[_ -]?(my[_ -]?|your[_ -]?)?files|read[_ -]?me[_ -!]|!+read|_readme)",
     re.I,
 )
 _NOTE_TEXT_EXT = frozenset((b"txt", b"html", b"htm", b"hta", b"rtf", b"url", b""))

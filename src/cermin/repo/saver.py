@@ -77,30 +77,45 @@ class BlobSaver:
 
     def save(self, blob_type: int, blob_id: bytes, data, payload: bytes | None = None) -> SaveResult:
         """Store `data` under `blob_id` unless already stored. `payload` may carry pre-compressed bytes."""
+        if not self._claim(blob_id):
+            return SaveResult(False, len(data), 0)
+        if payload is None:
+            payload = pack.compress(data, self.level)
+        return self._add(blob_type, blob_id, len(data), payload)
+
+    def save_payload(self, blob_type: int, blob_id: bytes, raw_len: int, payload: bytes) -> SaveResult:
+        """Store a blob compressed elsewhere (a backup worker process) unless already stored."""
+        if not self._claim(blob_id):
+            return SaveResult(False, raw_len, 0)
+        return self._add(blob_type, blob_id, raw_len, payload)
+
+    def _claim(self, blob_id: bytes) -> bool:
+        """True when this caller is to store the blob: neither stored nor being stored by another."""
         if self._error is not None:
             raise self._error
         with self._lock:
             if blob_id in self:
-                return SaveResult(False, len(data), 0)
+                return False
             self._pending.add(blob_id)
-        if payload is None:
-            payload = pack.compress(data, self.level)
+        return True
+
+    def _add(self, blob_type: int, blob_id: bytes, raw_len: int, payload: bytes) -> SaveResult:
         with self._lock:
             self.added[blob_type] += 1
             if blob_type == pack.DATA:
-                self.raw_added += len(data)
+                self.raw_added += raw_len
                 self.stored_added += len(payload)
         pool = self._pools[blob_type]
         b = pool.get()
         try:
-            b.add(blob_type, blob_id, payload, len(data))
+            b.add(blob_type, blob_id, payload, raw_len)
         finally:
             if b.size >= self.target:
                 pool.put(pack.PackBuilder(self.repo.keys))
                 self._submit(b)
             else:
                 pool.put(b)
-        return SaveResult(True, len(data), len(payload))
+        return SaveResult(True, raw_len, len(payload))
 
     def _submit(self, builder: pack.PackBuilder) -> None:
         self._inflight.acquire()

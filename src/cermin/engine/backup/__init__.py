@@ -2,7 +2,8 @@
 
 - `walker`: the calling thread lists directories through dir fds, applies excludes, stats every entry
   and skips files unchanged since the parent snapshot; it opens every changed file;
-- `filesaver`: a bounded pool of workers reads, chunks and stores file contents while the walker goes on;
+- `filesaver` hands changed files (open fds, in batches) to worker processes (`workers`) that read, cut,
+  hash and compress them (`chunks`); it packs and encrypts what they send and completes the nodes;
 - `trees`: a directory's tree blob is stored once all of its entries are done, by whichever thread
   finished the last one;
 - `state`: counters, messages and observers shared by all three (`cermin.engine.observer` for events).
@@ -145,7 +146,7 @@ class Backup:
         self.repo = repo
         self.opts = opts
         self.progress = progress or BackupProgress()
-        self.workers = opts.workers or max(2, os.cpu_count() or 2)
+        self.workers = opts.workers or max(2, os.cpu_count() or 2)  # processes reading files
         self.saver = BlobSaver(repo, builders=1, dry_run=opts.dry_run)  # AES-GCM is fast: one open pack is enough
         self.state = BackupState(repo, self.saver, self.progress, list(opts.observers))
         self.trees = Trees(self.state)
@@ -183,6 +184,7 @@ class Backup:
                 tree_id, paths = self.trees.store([self.files.save_stdin(self.opts.stdin, name, prev)]), [name]
             else:
                 paths = self._targets()
+                self.files.start()
                 tree_id = self.walker.walk_targets(paths, parent.snapshot.tree if parent else b"")
             self.saver.flush()
         finally:

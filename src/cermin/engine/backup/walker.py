@@ -1,6 +1,7 @@
 """Walking the backup targets: directories listed through dir fds, excludes, cache tags, one file
 system, stat and the unchanged check against the parent snapshot, and the trees of the path
-components above the targets. Runs on the calling thread; changed files go to the FileSaver."""
+components above the targets. Runs on the calling thread; changed files go to the FileSaver, which
+hands them to worker processes and takes their results between directories."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ class Walker:
         return self._wait(job)
 
     def _wait(self, job: DirJob) -> bytes:
-        self.files.submit_batch()  # nothing more will be added before this tree is needed
+        self.files.drain()  # nothing more will be added before this tree is needed
         return self.trees.wait(job)
 
     def _walk_dir(self, dfd: int, path: WalkPath, parent_tree: bytes, job: DirJob) -> None:
@@ -130,6 +131,7 @@ class Walker:
             self._save_entry(dfd, name, stat, path, prev.get(name), job)
         st.progress.dirs += 1
         self.trees.listed(job)
+        self.files.poll()
 
     def _save_entry(
         self, dfd: int, name: bytes, st: os.stat_result, path: WalkPath, prev: Node | None, job: DirJob
@@ -156,6 +158,9 @@ class Walker:
                 job.nodes.append(node)
                 if self.st.obs is not None:
                     self.st.obs.file_unchanged(FileUnchanged(path.join(name), node.size, node.mtime_ns))
+                return
+            if st.st_size == 0:
+                job.nodes.append(self.files.save_empty(dfd, name, st, path, prev, node))
                 return
             self.files.submit(dfd, name, st, path, prev, node, job)
             return

@@ -1,0 +1,138 @@
+"""Cutting one file or stream into chunks: read, cut (FastCDC), hash (keyed BLAKE3) and compress.
+
+Used inside the worker processes (`workers`) for files and in the calling process for a stream from
+stdin. The output is plain data (`Chunk` tuples) that crosses a process boundary as it is; packing and
+encryption happen in the parent, where a blob's nonce is its offset in the pack.
+
+Files are read into buffers, never through mmap: a file truncated while it is read must not kill the
+process (SIGBUS).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from cermin.engine.fsread import SparseReader
+from cermin.engine.observer import ENTROPY_BYTES, head_facts
+from cermin.format import pack
+
+WHOLE_READ_LIMIT = 8 * 1024 * 1024  # files up to this size are read in one go and cut in memory
+EMIT_BYTES = 8 * 1024 * 1024  # a large file's chunks go to the parent in groups of about this
+KNOWN_MEMO = 65_536  # ids this cutter compressed in this run: duplicates are not compressed twice
+
+# (blob id, raw length, compressed payload; None when the repository already holds the blob)
+Chunk = tuple[bytes, int, bytes | None]
+# chunks, bytes read, (head, head entropy) or None when no observer wants the fingerprint
+Cut = tuple[list[Chunk], int, tuple[bytes, float] | None]
+
+
+class Cutter:
+    """One per process (per thread for the stream pool): owns a chunker and a read buffer.
+
+    `known(blob_id)` says the repository already stores a blob (the index as of the fork): its bytes
+    are neither compressed nor sent. The parent deduplicates again against everything stored since."""
+
+    def __init__(self, repo, want_facts: bool, known: Callable[[bytes], bool]) -> None:
+        s = repo.secrets
+        self.chunker = repo.make_chunker()
+        self.chunk_min = s.chunker_min
+        self.level = s.compression_level
+        self.blob_id = repo.blob_id
+        self.known = known
+        self.want_facts = want_facts
+        self._buf: memoryview | None = None
+        self._sent: set[bytes] = set()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def chunk(self, data) -> Chunk:
+        bid = self.blob_id(data)
+        if bid in self._sent or self.known(bid):
+            return bid, len(data), None
+        if len(self._sent) >= KNOWN_MEMO:
+            self._sent.clear()
+        self._sent.add(bid)
+        return bid, len(data), pack.compress(data, self.level)
+
+    def facts(self, head, chunks: list[Chunk]) -> tuple[bytes, float] | None:
+        if not self.want_facts:
+            return None
+        first = None
+        if chunks:
+            bid, raw, payload = chunks[0]
+            first = (raw, len(payload) if payload is not None else 0)
+        return head_facts(head, first)
+
+    # ---- files -------------------------------------------------------------------------------
+    def file(self, fd: int, size: int, blocks: int, emit: Callable[[list[Chunk]], None]) -> Cut:
+        """Chunk an open regular file whose stat said `size` and `blocks`. Large files send their
+        chunks through `emit` as they are made (bounded memory); the rest are returned."""
+        if blocks * 512 < size:
+            return self.stream(SparseReader(fd), emit)
+        if size <= WHOLE_READ_LIMIT:
+            return self.whole(fd, emit)
+        return self.stream(io.FileIO(fd, "rb", closefd=False), emit)
+
+    def whole(self, fd: int, emit: Callable[[list[Chunk]], None]) -> Cut:
+        """One read into this cutter's buffer, then cut in memory (cut_stream allocates 8 MiB a call)."""
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = memoryview(bytearray(WHOLE_READ_LIMIT + 1))
+        n = 0
+        while n < len(buf):
+            k = os.readv(fd, [buf[n:]])  # straight into the buffer: no FileIO, no extra fstat
+            if not k:
+                break
+            n += k
+        if n == len(buf):  # grew past the limit while we read: start over, streaming
+            os.lseek(fd, 0, os.SEEK_SET)
+            return self.stream(io.FileIO(fd, "rb", closefd=False), emit)
+        data = buf[:n]
+        if n < self.chunk_min:  # FastCDC never cuts below its minimum
+            chunks = [self.chunk(data)] if n else []
+        else:
+            chunks = [self.chunk(ch.data) for ch in self.chunker.cut_buf(data)]
+        return chunks, n, self.facts(data[:ENTROPY_BYTES], chunks)
+
+    def stream(self, f, emit: Callable[[list[Chunk]], None], window: int = 4) -> Cut:
+        """Large files and streams: this thread reads and cuts; hashing and compression run on two
+        threads a bounded window ahead (BLAKE3 and zstd release the GIL on large inputs), so one big
+        file keeps more than one core busy. Chunks go to `emit` in groups of bounded size."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cermin-chunk")
+        pending: deque = deque()
+        out: list[Chunk] = []
+        out_bytes = 0
+        size = 0
+        head = None
+        first: list[Chunk] = []
+
+        def collect() -> None:
+            nonlocal out_bytes, out
+            c = pending.popleft().result()
+            if not first:
+                first.append(c)
+            out.append(c)
+            out_bytes += len(c[2] or b"")
+            if out_bytes >= EMIT_BYTES:
+                emit(out)
+                out, out_bytes = [], 0
+
+        for ch in self.chunker.cut_stream(f):
+            data = bytes(ch.data)  # only valid until the next chunk
+            if head is None:
+                head = data[:ENTROPY_BYTES]
+            size += len(data)
+            pending.append(self._pool.submit(self.chunk, data))
+            if len(pending) >= window:
+                collect()
+        while pending:
+            collect()
+        return out, size, self.facts(head or b"", first)

@@ -1,0 +1,107 @@
+"""The backup's worker processes (engine/backup/workers.py): a worker that dies or fails stops the backup
+with a one-line error and commits nothing; no worker outlives its backup; large files stream through."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from conftest import reopen
+from helpers import do_backup, do_restore
+
+from cermin.backend.base import Kind
+from cermin.engine.backup import workers as workers_mod
+from cermin.engine.check import run_check
+from cermin.errors import CerminError
+
+
+def _children() -> set[int]:
+    """Live (not yet reaped) child processes of this process."""
+    me = str(os.getpid())
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:
+                out.add(int(pid))
+    return out
+
+
+def _tree(root, files: int = 300) -> None:
+    for d in range(3):
+        os.makedirs(root / f"d{d}", exist_ok=True)
+        for i in range(files // 3):
+            (root / f"d{d}" / f"f{i}").write_bytes(b"%d-%d " % (d, i) * 300)
+
+
+def _failing_read(monkeypatch, how):
+    """Fault injection inside the forked worker: reading a file named "boom" runs `how`."""
+    real = workers_mod.read_one
+
+    def read_one(cutter, fd, size, blocks, emit):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/boom"):
+            how()
+        return real(cutter, fd, size, blocks, emit)
+
+    monkeypatch.setattr(workers_mod, "read_one", read_one)
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        (lambda: os.kill(os.getpid(), signal.SIGKILL), "exited unexpectedly (killed by signal 9)"),
+        (lambda: (_ for _ in ()).throw(MemoryError("out of memory")), "backup worker failed: MemoryError"),
+    ],
+    ids=["killed", "raised"],
+)
+def test_a_failing_worker_stops_the_backup_and_commits_nothing(local_repo, tmp_path, monkeypatch, how, message):
+    src = tmp_path / "src"
+    _tree(src)
+    first = do_backup(local_repo, src)
+    (src / "d1" / "boom").write_bytes(b"x" * 5000)
+    _failing_read(monkeypatch, how)
+    before = _children()
+    with pytest.raises(CerminError) as e:
+        do_backup(local_repo, src)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert _children() == before, "every worker is reaped"
+    repo = reopen(local_repo)
+    assert [n for n, _ in repo.backend.list(Kind.SNAPSHOT)] == [first.snapshot_id]
+    assert not run_check(repo, read_data=True).errors
+    monkeypatch.undo()
+    again = do_backup(repo, src)
+    assert not again.errors and again.snapshot.summary.files_new == 1
+
+
+def test_no_worker_outlives_its_backup(local_repo, tmp_path):
+    src = tmp_path / "src"
+    _tree(src)
+    before = _children()
+    s = do_backup(local_repo, src, workers=3)
+    assert not s.errors and s.snapshot.summary.files_new == 300
+    assert _children() == before
+
+
+def test_large_and_empty_files_stream_through_workers(local_repo, tmp_path):
+    """A file larger than one read (streamed in parts, chunks sent as they are made), empty files
+    (finished without a worker) and duplicates across workers: restored byte for byte, stored once."""
+    src = tmp_path / "src"
+    os.makedirs(src)
+    big = os.urandom(21 * 1024 * 1024)
+    (src / "big").write_bytes(big)
+    (src / "big-copy").write_bytes(big)
+    for i in range(50):
+        (src / f"empty{i}").write_bytes(b"")
+    s = do_backup(local_repo, src, workers=2)
+    assert not s.errors and s.snapshot.summary.files_new == 52
+    assert s.snapshot.summary.data_added_raw <= len(big)
+    r = do_restore(local_repo, s.snapshot_id, tmp_path / "out", verify=True)
+    assert not r.errors
+    out = tmp_path / "out" / str(src).lstrip("/")
+    assert (out / "big").read_bytes() == big and (out / "big-copy").read_bytes() == big
+    assert all((out / f"empty{i}").stat().st_size == 0 for i in range(50))
