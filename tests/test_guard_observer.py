@@ -308,3 +308,28 @@ def test_small_files_turned_into_ciphertext_are_caught(repo, tmp_path):
     _, g = guard_backup(repo, src)
     assert g["verdict"] != "clean", g
     assert g["signals"].get("compress_loss", 0) >= 10
+
+
+def test_documentation_named_like_notes_is_clean(repo, tree):
+    """A system's own docs (howto.txt, recover.txt, 00_README.txt, FOO_WARNING.txt in one or two directories
+    each, a dozen on a Debian /usr/share) and icon themes (dialog-warning.png in every size directory)
+    do not make a first backup suspicious; the same names beside encrypted files still count."""
+    src, texts = tree
+    docs = {"doc/util-linux": ("howto-debug.txt", "howto-build.txt"), "doc/vim": ("recover.txt", "howto.txt")}
+    docs |= {"doc/xz": ("00_README.txt",), "doc/cmake": ("LINK_WARNING.txt", "DIRS_WARNING.txt")}
+    for d, names in docs.items():
+        os.makedirs(src / d)
+        for name in names:
+            (src / d / name).write_text("plain documentation " * 40)
+    for size in (16, 24, 32, 48, 64, 96):
+        os.makedirs(src / f"icons/{size}x{size}")
+        (src / f"icons/{size}x{size}/dialog-warning-symbolic.symbolic.png").write_bytes(
+            b"\x89PNG\r\n\x1a\n" + bytes(300)
+        )
+    _first(repo, src)
+    rnd = random.Random(3)
+    for p in texts[:3]:
+        encrypt_file(p, "whole", rnd)
+    (src / "doc/vim/HOW_TO_DECRYPT.txt").write_text("pay")
+    _, g = guard_backup(repo, src)
+    assert g["verdict"] != "clean" and g["signals"]["ransom_note"] >= 1, g

@@ -237,12 +237,16 @@ class GuardObserver(BackupObserver):
                 for p in self._renamed[ext]:
                     add(policy.WEAK, p, "mass_rename")
         note_dirs = 0
+        # A note-like name in one or two directories is what a system's own documentation looks like
+        # (howto.txt, recover.txt, 00_README.txt, FOO_WARNING.txt: a dozen on a Debian /usr/share): it
+        # counts only beside evidence from the files themselves.
+        beside_evidence = points > 0
         for name, dirs in sorted(self._notes.items()):
             note_dirs = max(note_dirs, len(dirs))
             if len(dirs) >= policy.NOTE_DIRS:
                 reasons.append(f"ransom note {display_path(name)} appeared in {len(dirs)} directories")
                 add(policy.NOTE_POINTS, name, "ransom_note")
-            else:
+            elif beside_evidence:
                 for d in sorted(dirs):
                     add(policy.WEAK, d + b"/" + name if d else name, "ransom_note")
         # A removed directory is one event: what it held shows only as the parent's totals minus what
