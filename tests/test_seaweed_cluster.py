@@ -145,3 +145,53 @@ def test_a_volume_server_killed_mid_backup_loses_nothing_acknowledged(cluster, t
     out = tmp_path / "out2"
     cli("restore", "latest", "--target", str(out), "--verify")
     assert_same_tree(src, out / str(src).lstrip("/"))
+
+
+def test_small_range_reads_of_packs_are_served_by_few_requests(cluster, monkeypatch):
+    """backend/s3.py fetches the aligned block around a small range read of a pack and keeps it:
+    every range reads the right bytes (across block boundaries, at and past the end), and a walk
+    over many small blobs of one pack (what reading trees does) costs a request per block, not two
+    per blob."""
+    import obstore
+
+    from cermin.backend.base import Kind
+    from cermin.backend.s3 import RANGE_BLOCK, S3Backend
+    from cermin.format.crypto import file_id
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    backend = S3Backend(f"s3:{cluster.endpoint}/{BUCKET}/ranges")
+    objects = {}
+    for size in (RANGE_BLOCK * 2 + 12_345, RANGE_BLOCK * 2, 1000):
+        data = os.urandom(size)
+        backend.save(Kind.DATA, file_id(data), data)
+        objects[file_id(data)] = data
+    calls = []
+    real_get = obstore.get
+    monkeypatch.setattr(obstore, "get", lambda *a, **kw: calls.append(kw.get("options")) or real_get(*a, **kw))
+    for name, data in objects.items():
+        size = len(data)
+        for offset, length in [
+            (0, 40),
+            (RANGE_BLOCK - 10, 20),
+            (RANGE_BLOCK * 2 - 5, 10),
+            (size - 7, 7),
+            (size - 7, 100),
+            (5, RANGE_BLOCK // 4),
+            (RANGE_BLOCK - 1000, RANGE_BLOCK // 2),  # a larger range: read directly
+            (size + 10, 10),
+        ]:
+            got = backend.load(Kind.DATA, name, offset, length)
+            assert got == data[offset : offset + length], (size, offset, length)
+    big = next(iter(objects))
+    before = len(calls)
+    for i in range(400):  # 400 small blobs in the first block of a fresh backend's cache
+        off = i * 600
+        assert backend.load(Kind.DATA, big, off, 500) == objects[big][off : off + 500]
+    assert len(calls) - before == 0, "blocks already read are served from memory"
+    fresh = S3Backend(f"s3:{cluster.endpoint}/{BUCKET}/ranges")
+    before = len(calls)
+    for i in range(800):
+        off = i * 600
+        assert fresh.load(Kind.DATA, big, off, 500) == objects[big][off : off + 500]
+    assert len(calls) - before == 2, f"{len(calls) - before} requests for 800 reads in two blocks"

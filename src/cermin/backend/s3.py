@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlparse
@@ -59,6 +60,12 @@ class LockPolicy:
 
 
 CONNECT_TIMEOUT = 5  # seconds; an endpoint that does not accept a connection by then is not there
+# Small range reads of packs (tree blobs, pack prefixes: a walk over a snapshot's trees makes two per
+# directory) fetch the aligned block around them, and the last blocks are kept: objects are
+# write-once, so a block never goes stale. Measured on SeaweedFS: a 300-byte range GET costs the
+# server as much CPU as a 256 KiB one (~3 ms); a re-backup of /usr/share made ~10,000 of them.
+RANGE_BLOCK = 256 * 1024
+RANGE_CACHE_BLOCKS = 64  # 16 MiB
 AMBIENT_ENV = "CERMIN_S3_AMBIENT_CREDENTIALS"
 
 
@@ -235,6 +242,8 @@ class S3Backend(BackendBase):
         self._creds = credentials
         _credentials(credentials)  # refuse now, before any request could go looking for them
         self._stores: dict[object, object] = {}
+        self._blocks: OrderedDict[tuple, bytes] = OrderedDict()  # (key, version, block number) -> bytes
+        self._blocks_lock = threading.Lock()
         self._boto_client = None
         self._boto_probe = None
         self._mutex = threading.Lock()
@@ -434,6 +443,8 @@ class S3Backend(BackendBase):
                     end = self.size(kind, name)
                 if end <= offset:
                     return b""
+                if kind is Kind.DATA and end - offset <= RANGE_BLOCK // 4:
+                    return self._load_blocks(key, version, offset, end)
                 opts["range"] = (offset, end)
             r = obstore.get(self._store(), key, options=opts or None)
             return bytes(r.bytes())
@@ -447,6 +458,39 @@ class S3Backend(BackendBase):
             if offset and (_status(e) == 416 or "range" in str(e).lower()):
                 return b""  # nothing at or after that offset (a short read, as local files give)
             raise self._wrap(e, f"{kind.value}/{name}") from None
+
+    def _load_blocks(self, key: str, version: str | None, offset: int, end: int) -> bytes:
+        """Bytes [offset, end) of an object through the block cache (short at the object's end).
+        Raises what obstore raises, for `_load` to sort."""
+        import obstore
+
+        parts = []
+        for n in range(offset // RANGE_BLOCK, (end - 1) // RANGE_BLOCK + 1):
+            ck = (key, version, n)
+            with self._blocks_lock:
+                block = self._blocks.get(ck)
+                if block is not None:
+                    self._blocks.move_to_end(ck)
+            if block is None:
+                opts: dict = {"range": (n * RANGE_BLOCK, (n + 1) * RANGE_BLOCK)}  # the server clips the end
+                if version:
+                    opts["version"] = version
+                try:
+                    block = bytes(obstore.get(self._store(), key, options=opts).bytes())
+                except Exception as e:
+                    if parts and _status(e) == 416:
+                        break  # the object ended exactly at the previous block
+                    raise
+                with self._blocks_lock:
+                    self._blocks[ck] = block
+                    while len(self._blocks) > RANGE_CACHE_BLOCKS:
+                        self._blocks.popitem(last=False)
+            parts.append(block)
+            if len(block) < RANGE_BLOCK:
+                break  # the object ends in this block
+        first = offset - (offset // RANGE_BLOCK) * RANGE_BLOCK
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return data[first : first + (end - offset)]
 
     def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """The first version ever written under this name (cermin never writes a second one)."""
