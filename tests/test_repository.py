@@ -96,3 +96,27 @@ def test_damaged_object_detected_by_name(local_repo):
     open(path, "wb").write(bytes(data))
     with pytest.raises(CorruptObject, match="damaged"):
         local_repo.load_object(Kind.SNAPSHOT, name)
+
+
+def test_tree_cache_is_bounded_by_size(local_repo):
+    """Decoded trees are cached by their encoded size too: 256 trees of 1,000 files held ~180 MiB."""
+    from cermin.format import pack, records
+    from cermin.format.records import FILE, Node, Tree
+    from cermin.repo import repository
+    from cermin.repo.saver import BlobSaver
+
+    saver = BlobSaver(local_repo)
+    ids = []
+    for t in range(12):
+        nodes = [Node(name=b"file-%d-%05d" % (t, i), type=FILE, size=i, mode=0o644) for i in range(20_000)]
+        data = records.encode(Tree(nodes=nodes))
+        ids.append(local_repo.blob_id(data))
+        saver.save(pack.TREE, ids[-1], data)
+    saver.flush()
+    for tid in ids:
+        assert len(local_repo.load_tree(tid).nodes) == 20_000
+    assert 0 < local_repo._tree_cache_bytes <= repository.TREE_CACHE_BYTES
+    assert len(local_repo._tree_cache) < len(ids)
+    before = dict(local_repo._tree_cache)
+    local_repo.load_tree(ids[0], cache=False)
+    assert dict(local_repo._tree_cache) == before

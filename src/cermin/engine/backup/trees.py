@@ -50,7 +50,7 @@ class Trees:
         if not tree_id:
             return {}
         try:
-            return {n.name: n for n in self.st.repo.load_tree(tree_id).nodes}
+            return {n.name: n for n in self.st.repo.load_tree(tree_id, cache=False).nodes}
         except CerminError as e:
             self.st.warn(f"parent tree unreadable, files are re-read: {e}")
             return {}
