@@ -177,7 +177,8 @@ def live(tmp_path):
     t.join(30)
 
 
-def test_requests_are_answered_while_a_disk_write_is_stalled(live, monkeypatch):
+@pytest.mark.parametrize("size", [3 << 20, 20_000], ids=["streamed", "small"])
+def test_requests_are_answered_while_a_disk_write_is_stalled(live, monkeypatch, size):
     """Event ordering, no timer: an upload's write is stalled until the test lets it go; a health
     probe, a read and a listing must be answered before that. If any disk I/O ran on the event loop
     (or the upload held the loop), they could not be answered and the test fails at its timeout."""
@@ -193,7 +194,9 @@ def test_requests_are_answered_while_a_disk_write_is_stalled(live, monkeypatch):
         real(fd, data)
 
     monkeypatch.setattr(server_app, "_write_all", stalled)
-    body = os.urandom(3 << 20)  # more than one write buffer: the stall hits while the body still streams
+    # streamed: more than one write buffer, the stall hits while the body still arrives; small: read
+    # whole, then written in one worker-thread call
+    body = os.urandom(size)
     done: list[int] = []
     up = threading.Thread(
         target=lambda: done.append(http.request("POST", f"{base}/data/{file_id(body)}", body=body, headers=auth).status)

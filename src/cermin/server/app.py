@@ -73,6 +73,7 @@ AUDIT_ANON_PER_MIN = 20  # unauthenticated refusals logged per client address an
 AUDIT_ANON_TOTAL_PER_MIN = 200
 AUDIT_TOKEN_PER_MIN = 30  # refusals (and routine own-lock removals) logged per token and minute
 WRITE_BUF = 1 << 20
+SMALL_BODY = 1 << 20  # a body up to this size (with a Content-Length) is stored in one worker-thread call
 
 
 @dataclass
@@ -413,18 +414,16 @@ class Server:
         need = LOCK if kind is Kind.LOCK else WRITE
         tmp = None
         try:
-            entry = await run_in_threadpool(self.authorize, request, tenant, need)
             length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or len(length) > 18):
-                raise _refused(400, "bad Content-Length", entry)
             limit = min(MAX_LOCK_SIZE, self.max_object_size) if kind is Kind.LOCK else self.max_object_size
-            if length is not None and int(length) > limit:
-                raise _refused(413, _too_large(kind, limit), entry)
-            if self.bad_name(kind, name):
-                raise _refused(400, "bad object name", entry)
-            assert kind is not None
             st = self.state(tenant)
-            await run_in_threadpool(self._precheck, st, tenant, kind, name, int(length or 0), entry)
+            entry = await run_in_threadpool(self._admit, request, st, tenant, kind, name, need, length, limit)
+            assert kind is not None
+            if length is not None and int(length) <= SMALL_BODY:
+                # small (indexes, snapshots, trees, locks, most packs of a small backup): read whole,
+                # then written, synced, checked and linked in ONE worker-thread call
+                body = await self._read_small(request, kind, entry, limit)
+                return await run_in_threadpool(self._store_small, request, st, tenant, kind, name, body, entry)
             tmp, size, digest = await self._receive(request, st.backend, kind, name, entry, limit)
             if kind is not Kind.CONFIG and digest != name:
                 raise _refused(400, "content does not match its name", entry)
@@ -440,6 +439,58 @@ class Server:
         finally:
             if tmp is not None:
                 await run_in_threadpool(_unlink, tmp)
+
+    def _admit(
+        self,
+        request: Request,
+        st: TenantState,
+        tenant: str,
+        kind: Kind | None,
+        name: str,
+        need: str,
+        length: str | None,
+        limit: int,
+    ) -> TokenEntry:
+        """Everything an upload needs before its body is read, in one worker-thread call."""
+        entry = self.authorize(request, tenant, need)
+        if length is not None and (not length.isdigit() or len(length) > 18):
+            raise _refused(400, "bad Content-Length", entry)
+        if length is not None and int(length) > limit:
+            raise _refused(413, _too_large(kind, limit), entry)  # type: ignore[arg-type]
+        if self.bad_name(kind, name):
+            raise _refused(400, "bad object name", entry)
+        assert kind is not None
+        self._precheck(st, tenant, kind, name, int(length or 0), entry)
+        return entry
+
+    async def _read_small(self, request: Request, kind: Kind, entry: TokenEntry, limit: int) -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _refused(413, _too_large(kind, limit), entry)
+        return bytes(body)
+
+    def _store_small(
+        self, request: Request, st: TenantState, tenant: str, kind: Kind, name: str, body: bytes, entry: TokenEntry
+    ) -> Response:
+        """Hash, check, write, sync and link a small body (in a worker thread)."""
+        import blake3
+
+        if kind is not Kind.CONFIG and blake3.blake3(body).hexdigest() != name:
+            raise _refused(400, "content does not match its name", entry)
+        final = st.backend._path(kind, name)
+        tmp = os.path.join(os.path.dirname(final), f".tmp-{name[:16]}-{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                _write_all(fd, body)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return self._commit(request, st, tenant, kind, name, tmp, len(body), entry)
+        finally:
+            _unlink(tmp)
 
     def _precheck(self, st: TenantState, tenant: str, kind: Kind, name: str, length: int, entry: TokenEntry) -> None:
         backend = st.backend
