@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -30,13 +31,17 @@ def test_32_clients_back_up_into_one_server_with_two_workers(tmp_path):
     root = str(tmp_path / "root")
     srv = ServeProcess(root, 3600, "--workers", "2")
     try:
-        _run(srv, root, tmp_path)
+        workers = _run(srv, root, tmp_path)
     finally:
         srv.stop()
     assert srv.proc.returncode is not None
+    deadline = time.monotonic() + 30  # stopping the server stops its workers
+    while any(os.path.exists(f"/proc/{w}") for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}")], "a worker outlived cermin serve"
 
 
-def _run(srv: ServeProcess, root: str, tmp_path) -> None:
+def _run(srv: ServeProcess, root: str, tmp_path) -> set[int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERMIN_")}
     store = TokenStore(os.path.join(root, ".cermin-server"))
     clients = []  # (tenant, host, source, token)
@@ -106,4 +111,6 @@ def _run(srv: ServeProcess, root: str, tmp_path) -> None:
     assert [a for a in audit if a["status"] >= 400] == []
     removals = [a for a in audit if "removed by its owner" in a.get("reason", "")]
     assert len(removals) >= len(clients)  # each backup removed its own lock
-    assert len({a["worker"] for a in removals}) == 2, "one worker process served every client"
+    workers = {a["worker"] for a in removals}
+    assert len(workers) == 2, "one worker process served every client"
+    return workers

@@ -194,8 +194,10 @@ def test_tenant_deletion_needs_two_admins(served, tmp_path):
     assert a2("snapshots", ok=False).returncode == 10
 
 
-def test_tls(tmp_path):
-    """--tls-cert/--tls-key serve HTTPS; the client trusts the server's certificate via CERMIN_CACERT."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tls(tmp_path, workers):
+    """--tls-cert/--tls-key serve HTTPS, with one worker process or several; the client trusts the
+    server's certificate via CERMIN_CACERT."""
     import datetime
     import ipaddress
 
@@ -252,6 +254,8 @@ def test_tls(tmp_path):
             str(tmp_path / "cert.pem"),
             "--tls-key",
             str(tmp_path / "key.pem"),
+            "--workers",
+            str(workers),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
