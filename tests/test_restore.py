@@ -18,7 +18,8 @@ from helpers import MTIME, Hostile, assert_good_restored, do_backup, do_restore,
 
 from cermin.backend.local import LocalBackend
 from cermin.engine import fsmeta
-from cermin.engine.restore import RestoreOptions, Restorer, run_restore
+from cermin.engine.restore import RestoreOptions, run_restore
+from cermin.engine.restorework import link_first
 from cermin.format.records import BLOCKDEV, CHARDEV, FIFO, Node
 from cermin.repo.repository import Repository
 
@@ -196,25 +197,23 @@ def test_hard_link_source_swapped_for_symlink_is_not_followed(local_repo, hostil
     (target / "d").mkdir(parents=True)
     (target / "d" / "secret").write_bytes(b"mine\n")
     st = os.stat(target / "d" / "secret")
-    r = Restorer(local_repo, RestoreOptions(target=str(target), workers=1))
+    tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        r._tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
         os.rename(target / "d", target / "d.old")
         os.symlink(outside, target / "d")
         with pytest.raises(OSError):
-            r._link((b"/d/secret", st.st_dev, st.st_ino), r._tfd, b"stolen")
+            link_first(tfd, (b"/d/secret", st.st_dev, st.st_ino), tfd, b"stolen")
         assert not os.path.lexists(target / "stolen")
         os.unlink(target / "d")
         os.symlink("d.old", target / "d")
         with pytest.raises(OSError):  # the right file, but reached through a symlink
-            r._link((b"/d/secret", st.st_dev, st.st_ino), r._tfd, b"stolen")
+            link_first(tfd, (b"/d/secret", st.st_dev, st.st_ino), tfd, b"stolen")
         os.unlink(target / "d")
         os.rename(target / "d.old", target / "d")
-        r._link((b"/d/secret", st.st_dev, st.st_ino), r._tfd, b"linked")
+        link_first(tfd, (b"/d/secret", st.st_dev, st.st_ino), tfd, b"linked")
         assert os.stat(target / "linked").st_ino == st.st_ino
     finally:
-        os.close(r._tfd)
-        r.pool.shutdown()
+        os.close(tfd)
 
 
 def test_metadata_of_special_entry_swapped_for_symlink_is_not_followed(world):

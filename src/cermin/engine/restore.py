@@ -1,9 +1,11 @@
-"""Restore a snapshot (or a subtree of it) into a directory, files written by parallel workers.
+"""Restore a snapshot (or a subtree of it) into a directory: the trees are walked here, the entries
+are created and the files written by worker processes (engine/restorework.py).
 
-The walker creates directories and entries through dir fds (any depth works) and hands each
-regular file's fd to a worker, which writes the blobs at their offsets (holes stay holes),
-optionally reads the file back to verify it, and sets its metadata. Directory metadata is set
-after all entries inside were created, so read-only directories restore too.
+The walker creates the directories through dir fds (any depth works) and hands the other entries
+of each directory to the workers in batches (a batch: up to 256 entries or 8 MiB of file data,
+with the fds of their directories). A directory's metadata is set once its walk is done and every
+batch with entries in it has come back, so read-only directories restore too and no mtime is
+changed afterwards.
 
 A snapshot is hostile input. Every tree's entries pass `format.names.valid_nodes` before any
 filesystem call: an invalid name (empty, `.`, `..`, `/`, NUL), an unknown type or a repeated name
@@ -17,29 +19,33 @@ component by component and must still be the very file this run created.
 
 from __future__ import annotations
 
-import errno
 import fnmatch
+import gc
 import os
 import stat
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from bisect import bisect_right
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import accumulate
 
-from cermin.engine import fsmeta
+from cermin.engine import fsmeta, restorework
 from cermin.engine.progress import Progress, Reporter, Ticker
 from cermin.engine.results import Line, error, error_json, fail, note, warning, warning_json
 from cermin.engine.treewalk import bad_entry_message, find_node
 from cermin.errors import EXIT_FATAL, CerminError, UsageError
-from cermin.format import pack
 from cermin.format.names import is_valid_name, valid_nodes
-from cermin.format.records import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, ID_LEN, SOCKET, SYMLINK, Node, Snapshot
-from cermin.repo.packcache import PackCache
+from cermin.format.records import DIR, FILE, ID_LEN, NODE_TYPES, SYMLINK, Node, Snapshot
 from cermin.repo.repository import Repository
 from cermin.util import display_path, fmt_bytes, plural
 
-BATCH_FILES = 64
+# A batch is one hand-off to a worker: large enough that its cost (a message each way) is small
+# against the entries' syscalls, small enough that the last batches still spread over the workers.
+BATCH_ENTRIES = 256
 BATCH_BYTES = 8 * 1024 * 1024
+IN_FLIGHT = 2  # batches queued per worker: one running, one waiting, so it never idles
+OPEN_BATCHES = 4  # batches being filled at once (one per pack); each holds its directories' fds
+WORKER_PACK_CACHE = 32 * 1024 * 1024  # per worker process: packs are read in backup order
 
 
 @dataclass
@@ -137,6 +143,41 @@ class _Match:
         return not self.inc or self._hit(self.inc, name, path)
 
 
+class _Dir:
+    """A directory this walk opened: its metadata is set when its walk is done (`walked`) and no batch
+    with entries in it is out (`pending`)."""
+
+    __slots__ = ("fd", "path", "node", "owned", "pending", "walked")
+
+    def __init__(self, fd: int, path: bytes, node: Node | None, owned: bool) -> None:
+        self.fd, self.path, self.node, self.owned = fd, path, node, owned
+        self.pending = 0
+        self.walked = False
+
+
+class _Batch:
+    __slots__ = ("groups", "fds", "dirs", "entries", "bytes")
+
+    def __init__(self) -> None:
+        self.groups: list[list] = []  # [fd index, out, snap dir path, fresh, nodes]
+        self.fds: list[int] = []
+        self.dirs: list[_Dir] = []
+        self.entries = self.bytes = 0
+
+    def nodes_for(self, d: _Dir, out: bytes, snap_path: bytes, fresh: bool) -> list[Node]:
+        if self.dirs and self.dirs[-1] is d:
+            return self.groups[-1][4]
+        nodes: list[Node] = []
+        self.groups.append([len(self.fds), out, snap_path, fresh, nodes])
+        self.fds.append(d.fd)
+        self.dirs.append(d)
+        d.pending += 1
+        return nodes
+
+    def full(self) -> bool:
+        return self.entries >= BATCH_ENTRIES or self.bytes >= BATCH_BYTES or len(self.fds) >= restorework.MAX_FDS
+
+
 class Restorer:
     def __init__(
         self, repo: Repository, opts: RestoreOptions, progress: RestoreProgress | None = None, trees=None
@@ -148,32 +189,36 @@ class Restorer:
         self.opts = opts
         self.progress = progress or RestoreProgress()
         self.workers = opts.workers or max(2, os.cpu_count() or 2)
-        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cermin-restore")
-        self._slots = threading.BoundedSemaphore(self.workers * 2)  # batches in flight
-        self._batch: list[tuple] = []
-        self._batch_bytes = 0
+        # Forked workers where the backend allows it (restorework.fork_safe), threads otherwise.
+        self.processes = hasattr(os, "fork") and restorework.fork_safe(repo.backend)
         self._match = _Match(opts.includes, opts.excludes)
-        self._mutex = threading.Lock()
-        # snapshot (device, inode, content) -> (path relative to the target, st_dev, st_ino) of the file this
-        # run created. The content is part of the key: entries of one tree may come from several snapshots
-        # (per-file restore), where one inode held different versions, and a link never changes content.
-        self._links: dict[tuple[int, int, bytes], tuple[bytes, int, int]] = {}
-        self._tfd = -1
         self._meta = dict(owner=not opts.no_owner, xattrs=not opts.no_xattrs, special=not opts.no_special)
-        self._zero_ids: set[bytes] = set()
-        self._packs = PackCache(repo)
+        self._pool = None
+        self._batches: OrderedDict[bytes | None, _Batch] = OrderedDict()  # open batches by pack
+        self._home: dict[bytes, int] = {}  # pack id -> the worker that was last sent a batch starting in it
+        self._link_batches: list[_Batch] = []  # per worker: hard-link group members go to one worker
+        self._inflight: dict[int, tuple[int, _Batch]] = {}
+        self._load = [0] * self.workers  # batches out per worker
+        self._next_batch = 0
+        self._open: set[_Dir] = set()
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self.files = self.dirs = self.other = self.bytes = self.verified = self.invalid = 0
 
     def _err(self, path: bytes, msg: str) -> None:
-        with self._mutex:
-            self.errors.append(f"{display_path(path)}: {msg}")
+        self.errors.append(f"{display_path(path)}: {msg}")
+
+    def _warn(self, path: bytes, msg: str) -> None:
+        self.warnings.append(f"{display_path(path)}: {msg}")
 
     def _bad(self, dir_path: bytes, node: Node, why: str) -> None:
-        with self._mutex:
-            self.invalid += 1
-            self.errors.append(bad_entry_message(dir_path, node, why))
+        self.invalid += 1
+        self.errors.append(bad_entry_message(dir_path, node, why))
+
+    def sample(self) -> tuple[int, int]:
+        """(files, bytes) written so far, as the workers count them."""
+        pool = self._pool
+        return pool.progress() if pool is not None else (0, 0)
 
     def run(self, snap: Snapshot) -> RestoreSummary:
         t0 = time.monotonic()
@@ -188,26 +233,36 @@ class Restorer:
         node = find_node(self.trees, snap.tree, subpath)  # a path that does not resolve creates no target
         try:
             os.makedirs(target, exist_ok=True)
-            tfd = self._tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise CerminError(f"cannot use target directory {target}: {e.strerror}") from None
+        ok = False
+        # Trees decode into many small objects: with the collector running, decoding a tree of
+        # 1,000 entries took 10 ms; restore creates no cycles worth collecting meanwhile.
+        gc_was = gc.isenabled()
+        gc.disable()
         try:
             if not os.access(target, os.W_OK):
                 raise CerminError(f"cannot write to target directory {target}: permission denied")
-            futures: list[Future] = []
+            self._start(tfd)
+            root = _Dir(tfd, b"", None, False)  # the target itself: its metadata is left alone
             if node.type == DIR:
-                self._restore_tree(tfd, b"", subpath.rstrip(b"/"), node.subtree, futures, False)
+                self._restore_tree(root, b"", subpath.rstrip(b"/"), node.subtree, False)
             else:
-                self._restore_entry(tfd, b"", parent, node, futures, False)
-            self._submit_batch(futures)
-            for f in futures:
-                f.result()
+                self._restore_nodes(root, b"", parent, [node], False)
+            self._flush_all()
+            while self._inflight:
+                self._collect()
+            ok = True
         finally:
-            for item in self._batch:  # never handed to a worker (an error stopped the walk)
-                os.close(item[0])
-            self._batch = []
-            self.pool.shutdown(wait=True)
+            if self._pool is not None:
+                self._pool.close(kill=not ok)
+            for d in self._open:  # never finished: an error stopped the walk
+                os.close(d.fd)
+            self._open.clear()
             os.close(tfd)
+            if gc_was:
+                gc.enable()
         return RestoreSummary(
             target=target,
             files=self.files,
@@ -221,57 +276,185 @@ class Restorer:
             invalid_entries=self.invalid,
         )
 
-    # ---- walking -----------------------------------------------------------------------------
-    def _restore_tree(self, dfd: int, out: bytes, snap_path: bytes, tree_id: bytes, futures, fresh: bool) -> bool:
-        """Restore the entries of one tree into dfd; True when anything was restored.
+    def _start(self, tfd: int) -> None:
+        repo, meta, verify = self.repo, self._meta, self.opts.verify
 
-        out: dfd's path relative to the target. fresh: dfd is a directory this restore created, so
+        def make_writer(i: int, counters, packs, umask0: bool) -> restorework.Writer:
+            packs = packs or restorework.WorkerPacks(repo, WORKER_PACK_CACHE)
+            return restorework.Writer(repo, tfd, meta, verify, packs, counters, i, umask0)
+
+        n = self.workers
+        self._link_batches = [_Batch() for _ in range(n)]
+        if self.processes:
+            self._pool = restorework.ProcessPool(n, make_writer)
+        else:
+            self._pool = restorework.ThreadPool(n, make_writer, repo)
+
+    # ---- walking -----------------------------------------------------------------------------
+    def _restore_tree(self, d: _Dir, out: bytes, snap_path: bytes, tree_id: bytes, fresh: bool) -> None:
+        """Restore the entries of one tree into directory d.
+
+        out: d's path relative to the target. fresh: d is a directory this restore created, so
         nothing is in the way of new entries."""
         try:
-            nodes = valid_nodes(self.trees.load_tree(tree_id).nodes, lambda n, why: self._bad(snap_path, n, why))
+            nodes = self.trees.load_tree(tree_id).nodes
         except CerminError as e:
             self._err(snap_path or b"/", str(e))
-            return False
-        any_restored = False
-        for node in nodes:
-            if self._restore_entry(dfd, out, snap_path, node, futures, fresh):
-                any_restored = True
-        return any_restored
+            return
+        if not all_valid(nodes):
+            nodes = valid_nodes(nodes, lambda n, why: self._bad(snap_path, n, why))
+        self._restore_nodes(d, out, snap_path, nodes, fresh)
 
-    def _restore_entry(self, dfd: int, out: bytes, snap_path: bytes, node: Node, futures, fresh: bool) -> bool:
-        path = snap_path + b"/" + node.name
-        if self._match.excluded(node.name, path):
-            return False
-        selected = self._match.included(node.name, path)
-        if node.type == DIR:
-            if not selected and not self._wants_any(node.subtree, path):
-                return False
-            return self._restore_dir(dfd, out, path, node, selected, futures)
-        if not selected:
-            return False
-        if node.type in (CHARDEV, BLOCKDEV) and self.opts.no_special:
-            self._warn(path, "device node not restored (--no-special)")
-            return False
+    def _restore_nodes(self, d: _Dir, out: bytes, snap_path: bytes, nodes: list[Node], fresh: bool) -> None:
+        m = self._match
+        others: list[Node] = []
+        subdirs: list[tuple[Node, bool]] = []
+        if not m.inc and not m.exc:
+            for n in nodes:
+                if n.type == DIR:
+                    subdirs.append((n, True))
+                else:
+                    others.append(n)
+        else:
+            for n in nodes:
+                path = snap_path + b"/" + n.name
+                if m.excluded(n.name, path):
+                    continue
+                selected = m.included(n.name, path)
+                if n.type == DIR:
+                    if selected or self._wants_any(n.subtree, path):
+                        subdirs.append((n, selected))
+                elif selected:
+                    others.append(n)
+        if others:
+            self._queue(d, out, snap_path, fresh, others)
+        for n, selected in subdirs:
+            self._restore_dir(d, out, snap_path + b"/" + n.name, n, selected, fresh)
+
+    def _queue(self, d: _Dir, out: bytes, snap_path: bytes, fresh: bool, nodes: list[Node]) -> None:
+        """Hand these entries of directory d to the workers, in batches by the pack a file starts in
+        (backups fill several packs at once, so neighbouring files alternate between packs)."""
+        if any([n.links > 1 for n in nodes]):
+            for n in nodes:
+                if n.links > 1 and n.type == FILE:
+                    self._queue_linked(d, out, snap_path, fresh, n)
+            nodes = [n for n in nodes if not (n.links > 1 and n.type == FILE)]
+        lookup = self.repo.index.lookup
+        keys = []
+        for n in nodes:
+            loc = lookup(n.content[:ID_LEN]) if n.content and n.type == FILE else None
+            keys.append(loc.pack_id if loc is not None else None)
+        i, total = 0, len(nodes)
+        while i < total:
+            key, j = keys[i], i + 1
+            while j < total and keys[j] == key:
+                j += 1
+            self._add_run(key, d, out, snap_path, fresh, nodes[i:j])
+            i = j
+
+    def _add_run(self, key, d: _Dir, out: bytes, snap_path: bytes, fresh: bool, nodes: list[Node]) -> None:
+        cum = list(accumulate([n.size for n in nodes]))
+        i, total = 0, len(nodes)
+        while i < total:
+            b = self._batch_for(key)
+            base = cum[i - 1] if i else 0
+            # up to the entry that fills the batch's bytes, and within its entry count (sliced, not
+            # looped over: a directory may hold a million entries)
+            j = min(total, i + BATCH_ENTRIES - b.entries, bisect_right(cum, base + BATCH_BYTES - b.bytes, i) + 1)
+            b.nodes_for(d, out, snap_path, fresh).extend(nodes[i:j])
+            b.entries += j - i
+            b.bytes += cum[j - 1] - base
+            i = j
+            if b.full():
+                del self._batches[key]
+                self._flush(b, key=key)
+
+    def _batch_for(self, key) -> _Batch:
+        b = self._batches.get(key)
+        if b is not None:
+            self._batches.move_to_end(key)
+            return b
+        if len(self._batches) >= OPEN_BATCHES:
+            old_key, old = self._batches.popitem(last=False)
+            self._flush(old, key=old_key)
+        b = self._batches[key] = _Batch()
+        return b
+
+    def _queue_linked(self, d: _Dir, out: bytes, snap_path: bytes, fresh: bool, n: Node) -> None:
+        w = hash((n.device, n.inode, n.content)) % self.workers
+        b = self._link_batches[w]
+        b.nodes_for(d, out, snap_path, fresh).append(n)
+        b.entries += 1
+        b.bytes += n.size
+        if b.full():
+            self._flush(b, w)
+            self._link_batches[w] = _Batch()
+
+    def _flush_all(self) -> None:
+        while self._batches:
+            key, b = self._batches.popitem(last=False)
+            self._flush(b, key=key)
+        for w, b in enumerate(self._link_batches):
+            self._flush(b, w)
+            self._link_batches[w] = _Batch()
+
+    def _flush(self, b: _Batch, w: int | None = None, key: bytes | None = None) -> None:
+        """Send a batch to worker w; else to the worker that last had its pack (`key`) while that one
+        has room, or to the least busy one if it is idle or the pack is new; else wait for results."""
+        if not b.entries:
+            return
+        load = self._load
+        while True:
+            if w is not None:
+                k = w
+                if load[k] < IN_FLIGHT:
+                    break
+            else:
+                home = self._home.get(key) if key is not None else None
+                if home is not None and load[home] < IN_FLIGHT:
+                    k = home
+                    break
+                k = min(range(self.workers), key=load.__getitem__)
+                if load[k] == 0 or (home is None and load[k] < IN_FLIGHT):
+                    break  # an idle worker reads the pack again rather than wait
+            self._collect()
+        if key is not None:
+            self._home[key] = k
+        no = self._next_batch
+        self._next_batch += 1
+        self._inflight[no] = (k, b)
+        load[k] += 1
+        assert self._pool is not None
+        self._pool.send(k, no, b.groups, b.fds)
+
+    def _collect(self) -> None:
+        """Take one batch's result; finish the directories that were waiting only for it."""
+        assert self._pool is not None
+        no, res = self._pool.recv()
+        k, b = self._inflight.pop(no)
+        self._load[k] -= 1
+        files, other, nbytes, verified, errors, warnings = res
+        self.files += files
+        self.other += other
+        self.bytes += nbytes
+        self.verified += verified
+        self.errors.extend(errors)
+        self.warnings.extend(warnings)
+        for d in b.dirs:
+            d.pending -= 1
+            if not d.pending and d.walked:
+                self._finish(d)
+
+    def _finish(self, d: _Dir) -> None:
+        if d.node is None:
+            return  # the target
         try:
-            if node.type == FILE:
-                return self._restore_file(dfd, out, path, node, futures, fresh)
-            try:
-                self._restore_special(dfd, node, fresh)
-            except OSError as e:
-                if node.type != SOCKET:
-                    raise
-                self._warn(path, f"socket not restored: {_why(e)}")  # e.g. no /proc: skipped, not a failure
-                return False
-            fsmeta.apply_path_meta(dfd, node.name, node, lambda m: self._warn(path, m), **self._meta)
-            self.other += 1
-            return True
-        except (OSError, ValueError, OverflowError) as e:  # values from a hostile tree: out of range
-            self._err(path, f"cannot restore: {_why(e)}")
-            return False
-
-    def _warn(self, path: bytes, msg: str) -> None:
-        with self._mutex:
-            self.warnings.append(f"{display_path(path)}: {msg}")
+            fsmeta.apply_file_meta(d.fd, d.node, lambda m: self._warn(d.path, m), owned=d.owned, **self._meta)
+        except (OSError, ValueError, OverflowError) as e:
+            self._warn(d.path, f"cannot set metadata: {_why(e)}")
+        finally:
+            self._open.discard(d)
+            os.close(d.fd)
 
     def _wants_any(self, tree_id: bytes, snap_path: bytes) -> bool:
         """With --include, whether anything below this directory is selected (trees only)."""
@@ -287,8 +470,9 @@ class Restorer:
                 return True
         return False
 
-    def _restore_dir(self, dfd, out, path, node, selected, futures) -> bool:
+    def _restore_dir(self, parent: _Dir, out: bytes, path: bytes, node: Node, selected: bool, fresh: bool) -> None:
         name = node.name
+        dfd = parent.fd
         created = True
         try:
             try:
@@ -304,178 +488,55 @@ class Restorer:
                 os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | 0o700)
         except OSError as e:
             self._err(path, f"cannot create directory: {e.strerror}")
-            return False
-        try:
-            sub_match = self._match
-            if selected and self._match.inc:  # everything below a selected directory is selected
-                self._match = _Match([], [p.decode("utf-8", "surrogateescape") for p in self._match.exc])
-            try:
-                self._restore_tree(fd, out + b"/" + name, path, node.subtree, futures, created)
-            finally:
-                self._match = sub_match
-            try:
-                fsmeta.apply_file_meta(fd, node, lambda m: self._warn(path, m), **self._meta)
-            except (OSError, ValueError, OverflowError) as e:
-                self._warn(path, f"cannot set metadata: {_why(e)}")
-            self.dirs += 1
-            return True
-        finally:
-            os.close(fd)
-
-    def _link(self, first: tuple[bytes, int, int], dfd: int, name: bytes) -> None:
-        """Hard-link `name` in dfd to the file this run created first for the same snapshot inode.
-
-        The source is found again from the target's fd, each directory opened with O_NOFOLLOW, and
-        must still be that very file (st_dev, st_ino): a link never reaches outside the target."""
-        rel, dev, ino = first
-        *dirs, src = rel.split(b"/")[1:]
-        opened: list[int] = []
-        cur = self._tfd
-        try:
-            for d in dirs:
-                cur = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
-                opened.append(cur)
-            st = os.stat(src, dir_fd=cur, follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (dev, ino):
-                raise OSError(errno.ESTALE, "the first copy of this hard link was replaced")
-            _remove_existing(dfd, name)
-            os.link(src, name, src_dir_fd=cur, dst_dir_fd=dfd, follow_symlinks=False)
-        finally:
-            for fd in opened:
-                os.close(fd)
-
-    def _restore_special(self, dfd: int, node: Node, fresh: bool) -> None:
-        name = node.name
-        if not fresh:
-            _remove_existing(dfd, name)
-        if node.type == SYMLINK:
-            os.symlink(node.target, name, dir_fd=dfd)
-        elif node.type == FIFO:
-            os.mkfifo(name, 0o600, dir_fd=dfd)
-        elif node.type in (CHARDEV, BLOCKDEV):
-            kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
-            os.mknod(name, 0o600 | kind, node.rdev, dir_fd=dfd)
-        elif node.type == SOCKET:
-            fsmeta.make_socket(dfd, name)
-
-    def _restore_file(self, dfd, out, path, node: Node, futures, fresh: bool) -> bool:
-        name = node.name
-        key = (node.device, node.inode, node.content)
-        first = self._links.get(key) if node.links > 1 else None
-        if first is not None:
-            try:
-                self._link(first, dfd, name)
-                self.files += 1
-                return True
-            except OSError:
-                pass  # e.g. the first copy was replaced meanwhile: write the content again
-        try:
-            if not fresh:
-                _remove_existing(dfd, name)
-            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
-        except OSError as e:
-            self._err(path, f"cannot create file: {e.strerror}")
-            return False
-        if node.links > 1 and first is None:
-            st = os.fstat(fd)
-            self._links[key] = (out + b"/" + name, st.st_dev, st.st_ino)
-        self._batch.append((fd, path, node, fresh))
-        self._batch_bytes += node.size
-        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
-            self._submit_batch(futures)
-        self.files += 1
-        return True
-
-    def _submit_batch(self, futures) -> None:
-        """Files go to workers in batches: one hand-off serves many small files."""
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
-        if not batch:
             return
-        self._slots.acquire()
-        futures.append(self.pool.submit(self._write_batch, batch))
-
-    def _write_batch(self, batch) -> None:
+        # A directory made in one this restore created (mode 0o700, no setgid bit yet) already has
+        # our ids: no chown needed.
+        d = _Dir(fd, path, node, created and fresh)
+        self._open.add(d)
+        sub_match = self._match
+        if selected and self._match.inc:  # everything below a selected directory is selected
+            self._match = _Match([], [p.decode("utf-8", "surrogateescape") for p in self._match.exc])
         try:
-            for i, (fd, path, node, fresh) in enumerate(batch):
-                try:
-                    self._write_file(fd, path, node, fresh)
-                except BaseException:
-                    for rest in batch[i + 1 :]:
-                        os.close(rest[0])
-                    raise
+            self._restore_tree(d, out + b"/" + name, path, node.subtree, created)
         finally:
-            self._slots.release()
-
-    # ---- workers -----------------------------------------------------------------------------
-    def _write_file(self, fd: int, path: bytes, node: Node, fresh: bool) -> None:
-        try:
-            off = end = 0
-            c = node.content
-            for i in range(0, len(c), ID_LEN):
-                bid = c[i : i + ID_LEN]
-                if bid in self._zero_ids:
-                    off += self.repo.index.raw_length(bid) or 0
-                    continue
-                data = self._packs.load_blob(bid, pack.DATA)
-                if data.count(0) != len(data):
-                    _pwrite_all(fd, data, off)
-                    end = off + len(data)
-                else:
-                    self._zero_ids.add(bid)  # written as a hole
-                off += len(data)
-                self.progress.bytes += len(data)
-            if off != node.size:
-                raise CerminError(f"content is {off} bytes, expected {node.size}")
-            if end < off:
-                os.ftruncate(fd, off)  # trailing zero chunks: the size without writing them
-            if self.opts.verify:
-                self._verify(fd, node)
-            fsmeta.apply_file_meta(fd, node, lambda m: self._warn(path, m), owned=fresh, **self._meta)
-            with self._mutex:
-                self.bytes += off
-            self.progress.files += 1
-        except CerminError as e:
-            self._err(path, str(e))
-        except (OSError, ValueError, OverflowError) as e:
-            self._err(path, f"write error: {_why(e)}")
-        finally:
-            os.close(fd)
-
-    def _verify(self, fd: int, node: Node) -> None:
-        """Read the written file back and check every chunk against its blob id."""
-        off = 0
-        c = node.content
-        for i in range(0, len(c), ID_LEN):
-            bid = c[i : i + ID_LEN]
-            n = self.repo.index.raw_length(bid)
-            data = os.pread(fd, n, off) if n else b""
-            if self.repo.blob_id(data) != bid:
-                raise CerminError(f"verification failed at offset {off}: restored bytes differ")
-            off += len(data)
-        with self._mutex:
-            self.verified += 1
+            self._match = sub_match
+        d.walked = True
+        self.dirs += 1
+        if not d.pending:
+            self._finish(d)
 
 
 def _why(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
-def _pwrite_all(fd: int, data: bytes, off: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, off)
-        view = view[n:]
-        off += n
+_NODE_TYPES = frozenset(NODE_TYPES)
 
 
-def _remove_existing(dfd: int, name: bytes) -> None:
+def all_valid(nodes: list[Node]) -> bool:
+    """True only when `format.names.valid_nodes` would keep every entry: the same conditions, checked
+    over the whole tree at once in C (joins, sets) instead of three calls per entry. Anything else,
+    or anything unusual (a name that is not bytes), is left to valid_nodes, which names the problem."""
     try:
-        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        raise OSError(errno.EISDIR, "a directory is in the way")
-    os.unlink(name, dir_fd=dfd)
+        names = [n.name for n in nodes]
+        seen = set(names)
+        if len(seen) != len(names) or b"" in seen or b"." in seen or b".." in seen:
+            return False
+        if set(map(type, names)) - {bytes}:
+            return False
+        joined = b"".join(names)
+        if b"/" in joined or b"\x00" in joined:
+            return False
+        types = {n.type for n in nodes}
+        if types - _NODE_TYPES:
+            return False
+        if SYMLINK in types:
+            for n in nodes:
+                if n.type == SYMLINK and (not n.target or type(n.target) is not bytes or b"\x00" in n.target):
+                    return False
+        return True
+    except TypeError:  # an unhashable type or name
+        return False
 
 
 def run_restore(
@@ -488,12 +549,13 @@ def run_restore(
     c = r.progress
 
     def sample(t: float) -> Progress:
+        files, nbytes = r.sample()
         return Progress(
             operation="restore",
             unit="files",
-            done=c.files,
+            done=files,
             total=c.total_files,
-            bytes_done=c.bytes,
+            bytes_done=nbytes,
             bytes_total=c.total_bytes,
             elapsed=t,
         )
