@@ -28,24 +28,17 @@ to `BackupOptions.observers`. It sees each item once, as restic's archiver `Comp
                                This is how an observer *marks* a snapshot; it never aborts a backup.
 
 Events are frozen msgspec Structs of primitives only (bytes, int, float, bool, tuples of them): they
-pickle, can cross a process boundary if the pipeline moves into worker processes, and an observer may
-keep them without holding on to the pipeline's buffers or nodes. With no observer, no event is built.
+pickle and cross process boundaries, and an observer may keep them without holding on to the
+pipeline's buffers or nodes. With no observer, no event is built.
 
-Threads. Events come from several threads at once and observers must lock their own state:
-- `file_read` comes from the file worker threads (`cermin-file-*`), many at a time (a stdin backup's
-  from the calling thread);
-- `file_unchanged` from the walker thread (the one that called `run_backup`), concurrently with the
-  workers' events;
-- `directory` and `file_removed` from whichever thread completed the directory's last entry (the walker
-  or a worker); that thread sends a directory's `file_removed` events, then its `directory` event,
-  after the events of all its entries have returned (so a parent's `directory` follows each of its
-  subdirectories'); events of other directories may interleave with them;
-- `start` from the calling thread, before any other event;
-- `error` from any thread; `stdin` from the calling thread;
-- `finish` from the calling thread, once, after every worker has stopped and every other event has
-  returned. It is not called when the backup fails (a storage error, an interrupt).
-Each event is delivered exactly once per item and per observer. Keep event handlers short: they run
-inside the pipeline, and a slow handler slows the backup (pure-Python work holds the GIL).
+Processes and threads. Files are read in worker processes (engine/backup/workers.py); every event is
+delivered in the process and on the thread that called `run_backup`, one at a time, in this order
+within a directory: its entries' events, then its `file_removed` events, then its `directory` event
+(so a parent's `directory` follows each of its subdirectories'); events of other directories
+interleave with them. `start` comes first; `finish` once, after every other event has returned (it is
+not called when the backup fails: a storage error, an interrupt). Each event is delivered exactly once
+per item and per observer. The per-file part of the keyed observer (`assess`, a pure function) runs in
+the worker that read the file; keep the handlers here short: they run on the walking thread.
 
 Failures. An observer that raises (an `Exception`, in any event or in `finish`) is detached: it gets no
 further events, its `finish` is not called, and one backup error names it. The backup goes on and its
@@ -90,6 +83,9 @@ class FileRead(msgspec.Struct, frozen=True, gc=False):
     changed_during_read: bool = False
     # The previous version's Node.extra[node_key] as sorted (key, value) pairs (see BackupObserver.node_key).
     previous_fingerprint: tuple[tuple[str, float | int | str], ...] = ()
+    # What the keyed observer's `assess` returned for this file in the process that read it (plain data,
+    # as decoded from msgpack: tuples arrive as lists); None: not assessed there (assess it here).
+    assessment: Any = None
 
     @property
     def new(self) -> bool:
@@ -155,9 +151,13 @@ class BackupObserver:
     # node's extra under this key, and the next backup's FileRead/FileRemoved carry it back as
     # `previous_fingerprint`/`fingerprint`. Only the first observer with a key is asked.
     node_key: ClassVar[str] = ""
+    # With a node_key: a pure function of one FileRead (no observer state; of `path` only its last
+    # component), run in the worker process that read the file, its plain-data result arriving as
+    # `FileRead.assessment`. Moves the per-file part of an observer off the walking process.
+    assess: ClassVar[Callable[[FileRead], Any] | None] = None
 
     def node_fingerprint(self, ev: FileRead) -> dict[str, Any] | None:
-        """Worker thread, once per FileRead, just before `file_read(ev)`; keep it cheap."""
+        """Once per FileRead, just before `file_read(ev)`; keep it cheap."""
         return None
 
     def start(self, ev: BackupStart) -> None:
@@ -187,7 +187,7 @@ class BackupObserver:
 
 class Observers:
     """Several observers as one: fans each event out, detaches an observer that raises and reports it
-    through `on_failure(message)`. Thread-safe: events may arrive from any thread."""
+    through `on_failure(message)`. Thread-safe (a stdin backup's uploads and the walker may overlap)."""
 
     def __init__(self, observers: Iterable[BackupObserver], on_failure: Callable[[str], None]) -> None:
         self._active: tuple[BackupObserver, ...] = tuple(observers)
@@ -197,6 +197,7 @@ class Observers:
         keyed = [o for o in self._active if o.node_key]
         self._keyed = keyed[0] if keyed else None
         self.node_key = keyed[0].node_key if keyed else ""
+        self.assess = keyed[0].assess if keyed else None  # run by the worker processes (see BackupObserver)
 
     def __bool__(self) -> bool:
         return bool(self._active)

@@ -48,6 +48,62 @@ _BENIGN_APPENDED = frozenset(
 ) | frozenset(sig.EXPECTED_KIND)
 
 
+def assess(ev: FileRead) -> tuple[dict[str, Any], tuple[float, str] | None, bool, bool]:
+    """One file's evidence, from the event alone (of its path only the name): (fingerprint for its node,
+    (points, signal) or None, new and ciphertext-like without a format, new with a ransom-note name).
+    Pure, so it runs in the worker process that read the file; GuardObserver.file_read adds it up."""
+    name = ev.path.rpartition(b"/")[2]
+    kind = sig.kind_of(ev.head)
+    new_raw, ratio, share = sig.chunk_stats(ev.chunks)
+    fp = _fingerprint(ev, kind, new_raw, ratio, share)
+    flat_head = sig.ciphertext_head(ev.head_entropy, ev.size)
+    if ev.previous_size < 0:
+        cipherlike = not kind and (flat_head or (new_raw >= policy.MIN_COMPARE_BYTES and share >= 0.5))
+        found = None
+        if not kind and sig.extension(name) in sig.RANSOM_EXTENSIONS:
+            found = (policy.KNOWN_EXT_POINTS, "ransom_ext")
+        elif flat_head and sig.magic_mismatch(name, ev.head, ev.size):
+            found = (policy.WEAK, "magic_mismatch")
+        return fp, found, bool(cipherlike), sig.ransom_note_name(name)
+    return fp, _changed(ev, name, kind, new_raw, ratio, share, flat_head), False, False
+
+
+def _fingerprint(ev: FileRead, kind: str, new_raw: int, ratio: float, share: float) -> dict[str, Any]:
+    """Node.extra["g"]: stored/raw, head entropy, format kind."""
+    raw = ev.raw
+    if new_raw and new_raw < raw:  # deduplicated chunks: count them at the previous version's ratio
+        prev_r = dict(ev.previous_fingerprint).get("r", -1.0)
+        if isinstance(prev_r, (int, float)) and prev_r >= 0:
+            ratio = (ratio * new_raw + prev_r * (raw - new_raw)) / raw
+    elif not new_raw:
+        ratio = dict(ev.previous_fingerprint).get("r", -1.0)
+    e = ev.head_entropy
+    return {"r": round(float(ratio), 3), "e": round(e, 2) if e >= 0 else -1.0, "k": kind}
+
+
+def _changed(ev: FileRead, name, kind, new_raw, ratio, share, flat_head) -> tuple[float, str] | None:
+    fp = dict(ev.previous_fingerprint)
+    prev_r = fp.get("r", -1.0)
+    if (not isinstance(prev_r, (int, float)) or prev_r < 0) and ev.previous_stored > 0 and ev.previous_size:
+        prev_r = ev.previous_stored / ev.previous_size  # a parent made before the guard
+    prev_k = fp.get("k")  # None: unknown (no fingerprint)
+    prev_e = fp.get("e", -1.0)
+    loss = sig.compressibility_loss(float(prev_r), new_raw, ratio, share)
+    if prev_k and not kind:
+        return (policy.STRONG, "format_broken")
+    if loss and not kind:
+        return (policy.STRONG, "compress_loss")
+    if loss and kind == prev_k and ratio >= policy.INCOMPRESSIBLE and prev_r <= policy.COMPRESSIBLE - 0.2:
+        # header kept, body turned into ciphertext (the attack on header-only tests); also what a
+        # database that started storing compressed blobs looks like, hence weak
+        return (policy.WEAK, "compress_loss_magic_kept")
+    if isinstance(prev_e, (int, float)) and 0 <= prev_e <= policy.LOW_ENTROPY and flat_head and not kind:
+        return (policy.WEAK, "entropy_jump")
+    if prev_k is None and flat_head and sig.magic_mismatch(name, ev.head, ev.size):
+        return (policy.WEAK, "magic_mismatch")
+    return None
+
+
 class GuardObserver(BackupObserver):
     """Memory stays bounded by the directories in flight, not by the tree: a directory's new and removed
     files are compared (renames) when its `directory` event arrives, then dropped; evidence keeps
@@ -75,20 +131,13 @@ class GuardObserver(BackupObserver):
         self._bytes = 0
         self._parent = BackupStart()  # the parent's totals: removals inside removed directories count too
 
-    # ---- per-file fingerprint (worker threads) ------------------------------------------------------
+    # ---- per-file assessment (in the worker process that read the file, see `assess`) ----------------
+    assess = staticmethod(assess)
+
     def node_fingerprint(self, ev: FileRead) -> dict[str, Any]:
-        kind = sig.kind_of(ev.head)
-        new_raw, ratio, share = sig.chunk_stats(ev.chunks)
-        self._tls.last = (ev, kind, new_raw, ratio, share)  # file_read(ev) follows on this thread
-        raw = ev.raw
-        if new_raw and new_raw < raw:  # deduplicated chunks: count them at the previous version's ratio
-            prev_r = dict(ev.previous_fingerprint).get("r", -1.0)
-            if isinstance(prev_r, (int, float)) and prev_r >= 0:
-                ratio = (ratio * new_raw + prev_r * (raw - new_raw)) / raw
-        elif not new_raw:
-            ratio = dict(ev.previous_fingerprint).get("r", -1.0)
-        e = ev.head_entropy
-        return {"r": round(float(ratio), 3), "e": round(e, 2) if e >= 0 else -1.0, "k": kind}
+        a = ev.assessment if ev.assessment is not None else assess(ev)
+        self._tls.last = (ev, a)  # file_read(ev) follows on this thread
+        return a[0]
 
     # ---- events -------------------------------------------------------------------------------------
     def start(self, ev: BackupStart) -> None:
@@ -98,27 +147,17 @@ class GuardObserver(BackupObserver):
         path = ev.path
         d, _, name = path.rpartition(b"/")
         last = getattr(self._tls, "last", None)
-        if last is not None and last[0] is ev:  # computed once, by node_fingerprint
-            _, kind, new_raw, ratio, share = last
-            self._tls.last = None
+        if ev.assessment is not None:
+            a = ev.assessment
+        elif last is not None and last[0] is ev:  # computed once, by node_fingerprint
+            a = last[1]
         else:
-            kind = sig.kind_of(ev.head)
-            new_raw, ratio, share = sig.chunk_stats(ev.chunks)
-        flat_head = sig.ciphertext_head(ev.head_entropy, ev.size)
+            a = assess(ev)
+        self._tls.last = None
+        _, found, cipherlike, note = a
         new = ev.previous_size < 0
-        cipherlike = note = False
-        if new:
-            cipherlike = not kind and (flat_head or (new_raw >= policy.MIN_COMPARE_BYTES and share >= 0.5))
-            found = None
-            if not kind and sig.extension(name) in sig.RANSOM_EXTENSIONS:
-                found = (policy.KNOWN_EXT_POINTS, "ransom_ext")
-            elif flat_head and sig.magic_mismatch(name, ev.head, ev.size):
-                found = (policy.WEAK, "magic_mismatch")
-            note = sig.ransom_note_name(name)
-        else:
-            found = self._changed(ev, name, kind, new_raw, ratio, share, flat_head)
-            if found is not None and self._parent.stdin:  # the one file of a stream is the whole source
-                found = (found[0] * policy.STREAM_FACTOR, found[1])
+        if found is not None and not new and self._parent.stdin:  # the one file of a stream is the whole source
+            found = (found[0] * policy.STREAM_FACTOR, found[1])
         with self._lock:
             c = self._counts
             c["files_read"] += 1
@@ -143,28 +182,6 @@ class GuardObserver(BackupObserver):
         kept = self._paths[points]
         if len(kept) < KEEP_PATHS:
             kept.append(path)
-
-    def _changed(self, ev: FileRead, name, kind, new_raw, ratio, share, flat_head) -> tuple[float, str] | None:
-        fp = dict(ev.previous_fingerprint)
-        prev_r = fp.get("r", -1.0)
-        if (not isinstance(prev_r, (int, float)) or prev_r < 0) and ev.previous_stored > 0 and ev.previous_size:
-            prev_r = ev.previous_stored / ev.previous_size  # a parent made before the guard
-        prev_k = fp.get("k")  # None: unknown (no fingerprint)
-        prev_e = fp.get("e", -1.0)
-        loss = sig.compressibility_loss(float(prev_r), new_raw, ratio, share)
-        if prev_k and not kind:
-            return (policy.STRONG, "format_broken")
-        if loss and not kind:
-            return (policy.STRONG, "compress_loss")
-        if loss and kind == prev_k and ratio >= policy.INCOMPRESSIBLE and prev_r <= policy.COMPRESSIBLE - 0.2:
-            # header kept, body turned into ciphertext (the attack on header-only tests); also what a
-            # database that started storing compressed blobs looks like, hence weak
-            return (policy.WEAK, "compress_loss_magic_kept")
-        if isinstance(prev_e, (int, float)) and 0 <= prev_e <= policy.LOW_ENTROPY and flat_head and not kind:
-            return (policy.WEAK, "entropy_jump")
-        if prev_k is None and flat_head and sig.magic_mismatch(name, ev.head, ev.size):
-            return (policy.WEAK, "magic_mismatch")
-        return None
 
     def file_unchanged(self, ev: FileUnchanged) -> None:
         with self._lock:

@@ -31,9 +31,10 @@ INFLIGHT = 2  # batches queued per worker: one being read, one waiting (bounds o
 class _Pending:
     """A file handed to a worker: where its node goes, and the chunks stored for it so far."""
 
-    __slots__ = ("node", "path", "prev", "job", "slot", "stat", "ids", "sizes")
+    __slots__ = ("node", "path", "prev", "job", "slot", "stat", "ids", "sizes", "before")
 
     def __init__(self, node: Node, path: WalkPath, prev: Node | None, job: DirJob, slot: int, st) -> None:
+        self.before = None  # with an observer: the previous version's (size, stored size, fingerprint)
         self.node = node
         self.path = path
         self.prev = prev
@@ -61,7 +62,8 @@ class FileSaver:
         """Fork the workers: before the walk, so they inherit as few of this process's threads' locks
         in use as possible (they use none of them) and the index as loaded."""
         if self._pool is None:
-            self._pool = Workers(self.st.repo, self.workers, self.st.fingerprint)
+            obs = self.st.obs
+            self._pool = Workers(self.st.repo, self.workers, self.st.fingerprint, obs.assess if obs else None)
 
     def close(self) -> None:
         for fd in self._fds:
@@ -85,7 +87,10 @@ class FileSaver:
         slot = len(job.nodes)
         job.nodes.append(node)
         self.trees.add_pending(job)
-        self._batch.append(_Pending(node, path, prev, job, slot, st))
+        p = _Pending(node, path, prev, job, slot, st)
+        if prev is not None and self.st.obs is not None:
+            p.before = self._before(prev)
+        self._batch.append(p)
         self._fds.append(fd)
         self._batch_bytes += st.st_size
         if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
@@ -98,7 +103,7 @@ class FileSaver:
         except OSError:
             pass
         node.content = b""
-        self._complete(node, path, prev, [], [], 0, (b"", -1.0) if self.st.fingerprint else None, False)
+        self._complete(node, path, prev, [], 0, (b"", -1.0) if self.st.fingerprint else None, False)
         return node
 
     def submit_batch(self) -> None:
@@ -112,7 +117,8 @@ class FileSaver:
         batch, fds = self._batch, self._fds
         self._batch, self._fds, self._batch_bytes = [], [], 0
         try:
-            self._pool.send(w, Batch(bid, [(p.stat.st_size, p.stat.st_blocks) for p in batch]), fds)
+            files = [(p.stat.st_size, p.stat.st_blocks, p.node.name, p.before) for p in batch]
+            self._pool.send(w, Batch(bid, files), fds)
         finally:
             for fd in fds:  # the worker holds its own copies now
                 os.close(fd)
@@ -160,10 +166,12 @@ class FileSaver:
             node.content = b"".join(p.ids)
             changed = r.size != st.st_size or r.after_mtime_ns != st.st_mtime_ns or r.after_size != st.st_size
             facts = (r.head, r.entropy) if r.facts else None
-            self._complete(node, p.path, p.prev, p.ids, p.sizes, r.size, facts, changed)
+            self._complete(node, p.path, p.prev, p.sizes, r.size, facts, changed, p.before, r.assessment)
         self.trees.entry_done(p.job)
 
-    def _complete(self, node: Node, path: WalkPath, prev, ids, sizes, size: int, facts, changed: bool) -> None:
+    def _complete(
+        self, node: Node, path: WalkPath, prev, sizes, size: int, facts, changed: bool, before=None, assessment=None
+    ) -> None:
         node.size = size
         s = self.st.sum
         s.bytes_read += size
@@ -178,13 +186,29 @@ class FileSaver:
                 f"(saved {size} bytes as read; next backup reads it again)"
             )
         self.st.progress.files += 1
-        obs = self.st.obs
-        if obs is not None:
-            self._observe(path.join(node.name), node, prev, sizes, facts, changed)
+        if self.st.obs is not None:
+            if prev is not None and before is None:
+                before = self._before(prev)
+            self._observe(path.join(node.name), node, sizes, facts, changed, before, assessment)
 
-    def _observe(self, path: bytes, node: Node, prev: Node | None, sizes, facts, changed: bool) -> FileRead:
+    def _observe(self, path: bytes, node: Node, sizes, facts, changed: bool, before, assessment=None) -> FileRead:
         obs = self.st.obs
-        ev = self._event(path, node, prev, sizes, facts, changed)
+        head, entropy = facts if facts is not None else (b"", -1.0)
+        psize, pmtime, pstored, pfp = before if before is not None else (-1, -1, -1, ())
+        ev = FileRead(
+            path,
+            node.size,
+            node.mtime_ns,
+            tuple(sizes),
+            head,
+            entropy,
+            psize,
+            pmtime,
+            pstored,
+            changed,
+            pfp,
+            assessment,
+        )
         if obs.node_key:  # set before the tree is stored: entry_done follows
             fp = obs.node_fingerprint(ev)
             if fp is not None:
@@ -192,23 +216,10 @@ class FileSaver:
         obs.file_read(ev)
         return ev
 
-    def _event(self, path: bytes, node: Node, prev: Node | None, sizes, facts, changed: bool) -> FileRead:
-        head, entropy = facts if facts is not None else (b"", -1.0)
-        if prev is None:
-            return FileRead(path, node.size, node.mtime_ns, tuple(sizes), head, entropy, changed_during_read=changed)
-        return FileRead(
-            path,
-            node.size,
-            node.mtime_ns,
-            tuple(sizes),
-            head,
-            entropy,
-            prev.size,
-            prev.mtime_ns,
-            self._stored_size(prev) if self.st.fingerprint else -1,
-            changed,
-            node_fingerprint(prev, self.st.obs.node_key),
-        )
+    def _before(self, prev: Node) -> tuple:
+        """The previous version as FileRead and the worker's `assess` see it."""
+        stored = self._stored_size(prev) if self.st.fingerprint else -1
+        return prev.size, prev.mtime_ns, stored, node_fingerprint(prev, self.st.obs.node_key)
 
     def _stored_size(self, prev: Node) -> int:
         """Compressed size of a previous version, from the index; -1 when a chunk is not indexed."""
@@ -256,6 +267,7 @@ class FileSaver:
             s.files_changed = 1
         s.bytes_read = s.total_bytes = size
         if self.st.obs is not None:
-            ev = self._observe(name, node, prev, p.sizes, facts, False)
+            before = self._before(prev) if prev is not None else None
+            ev = self._observe(name, node, p.sizes, facts, False, before)
             self.st.obs.stdin(StdinRead(name, size, ev.chunks, ev.head, ev.head_entropy))
         return node

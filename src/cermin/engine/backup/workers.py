@@ -24,12 +24,14 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgspec
 
 from cermin.engine import fsmeta
 from cermin.engine.backup.chunks import Chunk, Cutter
+from cermin.engine.observer import FileRead
 from cermin.errors import CerminError
 
 MAX_FDS = 253  # SCM_MAX_FD: descriptors one message can carry
@@ -38,7 +40,9 @@ FRAME = struct.Struct("<I")
 
 class Batch(msgspec.Struct, array_like=True):
     id: int
-    files: list[tuple[int, int]]  # (size, blocks) from the walker's stat, one per attached fd
+    # One per attached fd: size and blocks from the walker's stat, and for the keyed observer's `assess`
+    # the file's name and its previous version (size, stored size, fingerprint pairs) or None.
+    files: list[tuple[int, int, bytes, Any]]
 
 
 class FileResult(msgspec.Struct, array_like=True):
@@ -51,6 +55,7 @@ class FileResult(msgspec.Struct, array_like=True):
     head: bytes = b""
     entropy: float = -1.0
     facts: bool = False  # head/entropy were computed (an observer wants the fingerprint)
+    assessment: Any = None  # the keyed observer's `assess` (engine/observer.py), None when it failed
 
 
 class Part(msgspec.Struct, tag="p", array_like=True):
@@ -93,7 +98,29 @@ def read_one(cutter: Cutter, fd: int, size: int, blocks: int, emit) -> FileResul
     return FileResult("", n, after.st_size, after.st_mtime_ns, xattrs, chunks, head, entropy, facts is not None)
 
 
-def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool) -> None:
+def assessed(assess: Callable[[FileRead], Any], r: FileResult, name: bytes, prev, sizes) -> Any:
+    """The keyed observer's per-file part, here where the file was read; None when it raises (the
+    parent then runs it itself, and an observer that fails there is detached as any other)."""
+    size, _, stored, fp = prev if prev is not None else (-1, -1, -1, ())
+    ev = FileRead(
+        name,
+        r.size,
+        0,
+        tuple(sizes),
+        r.head,
+        r.entropy,
+        size,
+        -1,
+        stored,
+        previous_fingerprint=tuple(tuple(p) for p in fp),
+    )
+    try:
+        return assess(ev)
+    except Exception:  # noqa: BLE001 - reported when the parent runs it again
+        return None
+
+
+def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, assess) -> None:
     enc = msgspec.msgpack.Encoder()
     dec = msgspec.msgpack.Decoder(Batch)
 
@@ -112,8 +139,18 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool) -> N
             if flags & socket.MSG_CTRUNC or len(fds) != len(batch.files):
                 raise CerminError(f"received {len(fds)} of {len(batch.files)} files (descriptor limit?)")
             results = []
-            for i, ((size, blocks), fd) in enumerate(zip(batch.files, fds, strict=True)):
-                results.append(read_one(cutter, fd, size, blocks, lambda ch, b=batch.id, i=i: send(Part(b, i, ch))))
+            for i, ((size, blocks, name, prev), fd) in enumerate(zip(batch.files, fds, strict=True)):
+                sizes: list[tuple[int, int]] = []
+
+                def emit(chunks, b=batch.id, i=i, sizes=sizes) -> None:
+                    sizes.extend((raw, len(p) if p is not None else 0) for _, raw, p in chunks)
+                    send(Part(b, i, chunks))
+
+                r = read_one(cutter, fd, size, blocks, emit)
+                if assess is not None and not r.error:
+                    sizes.extend((raw, len(p) if p is not None else 0) for _, raw, p in r.chunks)
+                    r.assessment = assessed(assess, r, name, prev, sizes)
+                results.append(r)
             send(Done(batch.id, results))
     except BrokenPipeError:
         return  # the parent is gone or stopping
@@ -171,7 +208,7 @@ class _Reader:
 class Workers:
     """The forked workers of one backup, their sockets, and the replies as they come."""
 
-    def __init__(self, repo, n: int, want_facts: bool) -> None:
+    def __init__(self, repo, n: int, want_facts: bool, assess=None) -> None:
         self.pids: list[int] = []
         self.ctrl: list[socket.socket] = []
         self.readers: list[_Reader] = []
@@ -192,7 +229,7 @@ class Workers:
                         for j, ((a, b), (c, d)) in enumerate(pairs):
                             for s in (a, c) if j == i else (a, b, c, d):
                                 s.close()
-                        _serve(c_child, d_child, repo, want_facts)
+                        _serve(c_child, d_child, repo, want_facts, assess)
                         code = 0
                     finally:
                         os._exit(code)
