@@ -1,6 +1,7 @@
 """The repository server: one repository per tenant under --root, append-only for backup clients.
 
-HTTP API (every request carries `Authorization: Bearer <token>`):
+HTTP API (every request but /_health carries `Authorization: Bearer <token>`):
+  GET    /_health                     {"ok": true, "worker": pid}: on the event loop, no disk
   GET    /{tenant}/{kind}/            list: JSON [[name, size], ...]
   HEAD   /{tenant}/{kind}/{name}      size in Content-Length
   GET    /{tenant}/{kind}/{name}      bytes (Range: bytes=a-b supported)
@@ -22,11 +23,14 @@ since it was made (the server cannot read them, so any may reference what it wou
 otherwise it is closed as "stale" and must be planned again. During execution the tenant is
 frozen: no object or lock can be created.
 
-All disk I/O runs in worker threads; uploads stream to a temporary file (hashed on the way), are
-checked, then hard-linked to their final name (write-once). A lock's owner record is written only
-by the request whose link created the lock (a 409 re-upload of its bytes changes nothing). Refused
-requests are written to the audit log (JSON lines) with the token id, never the token; rate-limited
-per client address (unauthenticated) or per token.
+All disk I/O runs in worker threads, never on the event loop; bodies up to 1 MiB are read whole
+and stored in one thread call, larger ones stream to a temporary file (hashed on the way); both are
+checked, then hard-linked to their final name (write-once). With `--workers N` several processes
+serve one root: every lock, counter and pending request they must agree on lives on disk
+(server/shared.py, the approvals file, the audit rate table), never only in one process's memory.
+A lock's owner record is written only by the request whose link created the lock (a 409
+re-upload of its bytes changes nothing). Refused requests are written to the audit log (JSON lines)
+with the token id, never the token; rate-limited per client address (unauthenticated) or per token.
 """
 
 from __future__ import annotations
