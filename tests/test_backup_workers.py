@@ -105,3 +105,24 @@ def test_large_and_empty_files_stream_through_workers(local_repo, tmp_path):
     out = tmp_path / "out" / str(src).lstrip("/")
     assert (out / "big").read_bytes() == big and (out / "big-copy").read_bytes() == big
     assert all((out / f"empty{i}").stat().st_size == 0 for i in range(50))
+
+
+def test_open_files_handed_out_stay_under_the_limit(local_repo, tmp_path, monkeypatch):
+    """Descriptors in flight count against RLIMIT_NOFILE: with room for one batch, the walker waits for
+    results before it hands out the next, and the backup completes."""
+    from cermin.engine.backup import filesaver as filesaver_mod
+
+    src = tmp_path / "src"
+    _tree(src)
+    monkeypatch.setattr(filesaver_mod, "fds_in_flight_limit", lambda: filesaver_mod.BATCH_FILES)
+    most = []
+    real = filesaver_mod.FileSaver.submit_batch
+
+    def submit_batch(self):
+        real(self)
+        most.append(self._out)
+
+    monkeypatch.setattr(filesaver_mod.FileSaver, "submit_batch", submit_batch)
+    s = do_backup(local_repo, src, workers=4)
+    assert not s.errors and s.snapshot.summary.files_new == 300
+    assert most and max(most) <= filesaver_mod.BATCH_FILES

@@ -61,7 +61,9 @@ def _file_printer(out: Output):
 @click.option("--stdin", "use_stdin", is_flag=True, help="Back up data read from standard input.")
 @click.option("--stdin-filename", default="stdin", show_default=True, help="File name for --stdin data.")
 @click.option("--no-guard", is_flag=True, help="Do not run the ransomware guard (no verdict in the snapshot).")
-@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker threads (default: CPUs).")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=None, help="Processes reading files (default: CPUs, 2 to 8)."
+)
 @click.option(
     "--on-alarm",
     envvar="CERMIN_ON_ALARM",

@@ -48,7 +48,7 @@ class BackupOptions:
     hostname: str | None = None
     parent: str | None = None
     dry_run: bool = False
-    workers: int = 0  # 0: one per CPU, at least 2
+    workers: int = 0  # processes reading files; 0: one per CPU, 2 to 8
     stdin: BinaryIO | None = None
     stdin_filename: str = "stdin"
     observers: list[BackupObserver] = field(default_factory=list)  # see cermin.engine.observer
@@ -146,7 +146,8 @@ class Backup:
         self.repo = repo
         self.opts = opts
         self.progress = progress or BackupProgress()
-        self.workers = opts.workers or max(2, os.cpu_count() or 2)  # processes reading files
+        # Processes reading files. Past ~8 the walking process is the bound, and each costs two buffers.
+        self.workers = opts.workers or min(8, max(2, os.cpu_count() or 2))
         self.saver = BlobSaver(repo, builders=1, dry_run=opts.dry_run)  # AES-GCM is fast: one open pack is enough
         self.state = BackupState(repo, self.saver, self.progress, list(opts.observers))
         self.trees = Trees(self.state)

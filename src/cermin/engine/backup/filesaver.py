@@ -28,6 +28,23 @@ BATCH_BYTES = 4 * 1024 * 1024  # ... or fewer when they add up to this much
 INFLIGHT = 2  # batches queued per worker: one being read, one waiting (bounds open files and memory)
 
 
+def fds_in_flight_limit() -> int:
+    """Open files this process may hand out at once: descriptors in flight over a Unix socket count
+    against RLIMIT_NOFILE (the kernel refuses more with ETOOMANYREFS), so raise the soft limit to the
+    hard one, as Go programs do, and use half of it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = 65536 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return max(BATCH_FILES, soft // 2)
+
+
 class _Pending:
     """A file handed to a worker: where its node goes, and the chunks stored for it so far."""
 
@@ -57,6 +74,8 @@ class FileSaver:
         self._inflight: dict[int, tuple[int, list[_Pending]]] = {}  # batch id -> (worker, files)
         self._load = [0] * workers
         self._next = 0
+        self._out = 0  # files handed to workers and not done yet
+        self._max_out = fds_in_flight_limit()
 
     def start(self) -> None:
         """Fork the workers: before the walk, so they inherit as few of this process's threads' locks
@@ -110,7 +129,7 @@ class FileSaver:
         if not self._batch:
             return
         self.start()
-        while min(self._load) >= INFLIGHT:
+        while min(self._load) >= INFLIGHT or (self._out and self._out + len(self._batch) > self._max_out):
             self._pump(block=True)
         w = self._load.index(min(self._load))
         bid, self._next = self._next, self._next + 1
@@ -124,6 +143,7 @@ class FileSaver:
                 os.close(fd)
         self._inflight[bid] = (w, batch)
         self._load[w] += 1
+        self._out += len(batch)
 
     def poll(self) -> None:
         """Take the results that are ready, without waiting (the walker calls it now and then)."""
@@ -143,6 +163,7 @@ class FileSaver:
             elif isinstance(msg, Done):
                 w, batch = self._inflight.pop(msg.batch)
                 self._load[w] -= 1
+                self._out -= len(batch)
                 for p, r in zip(batch, msg.files, strict=True):
                     self._file_done(p, r)
 
