@@ -44,6 +44,10 @@ def _big_tree(root) -> None:
     os.utime(ro, ns=(MTIME, MTIME))
     os.chmod(ro, 0o555)
     make_rich_tree(str(root / "rich"))
+    with open(root / "big", "wb") as f:  # more than a worker's read window: streamed window by window
+        f.write(os.urandom(restorework.WINDOW + 3 * 1024 * 1024))
+        f.write(b"\0" * (2 * 1024 * 1024))
+        f.write(b"tail")
 
 
 @pytest.mark.parametrize("processes", [True, False])
@@ -67,6 +71,28 @@ def test_processes_and_threads_restore_the_same_tree(local_repo, tmp_path, monke
     assert os.stat(restored / "ro").st_mtime_ns == MTIME  # set after the last entry inside was made
     a, b = restored / "links" / "a", restored / "links" / "b"
     assert all(os.stat(a / f"l{i}").st_ino == os.stat(b / f"l{i}").st_ino for i in range(300))
+
+
+def test_hostile_sizes_and_missing_blobs_fail_only_their_file(local_repo, hostile, tmp_path):
+    """A file whose size understates its content, one that overstates it and one naming a blob that
+    is not in the repository: each is an error of its own; the batch's other files restore."""
+    import msgspec
+
+    blobs = [hostile.file(b"x", bytes([65 + i]) * 70_000) for i in range(3)]
+    content = b"".join(b.content for b in blobs)
+    good = [hostile.file(b"g%d" % i, b"good %d\n" % i) for i in range(50)]
+    under = msgspec.structs.replace(blobs[0], name=b"under", content=content, size=0)
+    over = msgspec.structs.replace(blobs[0], name=b"over", content=content, size=2**62)
+    missing = msgspec.structs.replace(blobs[0], name=b"missing", content=blobs[1].content + os.urandom(32))
+    sid = hostile.snapshot([*good[:25], under, over, missing, *good[25:]])
+    s = do_restore(reopen(local_repo.backend), sid, tmp_path / "out", workers=2)
+    errors = sorted(s.errors)
+    assert len(errors) == 3, errors
+    assert errors[0].startswith("/missing: blob ") and errors[0].endswith("is not in the index (missing data)")
+    assert errors[1] == f"/over: content is {3 * 70_000} bytes, expected {2**62}"
+    assert errors[2] == f"/under: content is {3 * 70_000} bytes, expected 0"
+    for i in range(50):
+        assert (tmp_path / "out" / f"g{i}").read_bytes() == b"good %d\n" % i
 
 
 def _one_file_snapshot(local_repo, tmp_path):

@@ -286,7 +286,8 @@ class Restorer:
         repo, meta, verify = self.repo, self._meta, self.opts.verify
 
         def make_writer(i: int, counters, packs, umask0: bool) -> restorework.Writer:
-            packs = packs or restorework.WorkerPacks(repo, WORKER_PACK_CACHE)
+            if packs is None and repo.backend.caps.versions:  # whole packs: the original version is picked
+                packs = restorework.WorkerPacks(repo, WORKER_PACK_CACHE)
             return restorework.Writer(repo, tfd, meta, verify, packs, counters, i, umask0)
 
         n = self.workers

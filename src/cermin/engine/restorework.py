@@ -47,6 +47,11 @@ Group = tuple[int, bytes, bytes, bool, list[Node]]
 _batch_decoder = msgspec.msgpack.Decoder(tuple[int, list[tuple[int, bytes, bytes, bool, list[Node]]]])
 _encoder = msgspec.msgpack.Encoder()
 _HEADER = struct.Struct("<II")  # payload length, number of fds
+# A worker reads the blobs of up to WINDOW bytes of files at a time, one read per pack for blobs no
+# more than READ_GAP apart: each stretch of a pack is read once, and only ~WINDOW is held.
+WINDOW = 8 * 1024 * 1024
+READ_GAP = 256 * 1024
+MAX_PREFETCH_IDS = 1024  # blobs listed at once (a hostile tree may give a file any size)
 MAX_FDS = 32  # directories per batch: bounds the fds open at once (SCM_RIGHTS carries at most 253)
 _COUNTERS = struct.Struct("<qq")  # per worker: files done, bytes written (progress, read by the parent)
 
@@ -70,7 +75,8 @@ def fork_safe(backend) -> bool:
 class Writer:
     """One worker's state: its pack cache, the all-zero blobs seen, its hard-link groups."""
 
-    def __init__(self, repo, tfd: int, meta: dict, verify: bool, packs: PackCache, counters, slot: int, umask0: bool):
+    def __init__(self, repo, tfd: int, meta: dict, verify: bool, packs, counters, slot: int, umask0: bool):
+        """packs: a PackCache (threads, object stores) or None: read ranges of packs per window."""
         self.repo = repo
         self.tfd = tfd
         self.meta = meta
@@ -84,6 +90,9 @@ class Writer:
         self.umask0 = umask0
         self.chown = meta["owner"] and fsmeta.IS_ROOT
         self.zero_ids: set[bytes] = set()
+        # blob id -> (the bytes read, its offset in them, location, pack cipher), or the error reading it
+        self.window: dict[bytes, object] = {}
+        self.ciphers: dict[bytes, object] = {}  # pack id -> its cipher (from the pack's prefix)
         # snapshot (device, inode, content) -> (path relative to the target, st_dev, st_ino) of the file this
         # worker created. The content is part of the key: entries of one tree may come from several snapshots
         # (per-file restore), where one inode held different versions, and a link never changes content.
@@ -99,11 +108,104 @@ class Writer:
     def run(self, groups: list[Group], fds: list[int]) -> tuple:
         """Restore every entry of the batch; the counts and messages of this batch."""
         self._reset()
-        for fdi, out, snap_path, fresh, nodes in groups:
-            dfd = fds[fdi]
-            for node in nodes:
-                self._entry(dfd, out, snap_path, node, fresh)
+        items = [(fds[fdi], out, snap_path, n, fresh) for fdi, out, snap_path, fresh, nodes in groups for n in nodes]
+        if self.packs is not None:
+            for it in items:
+                self._entry(*it)
+        else:
+            # Windows of up to WINDOW bytes of files: their blobs are read first, a few ranges per pack.
+            i, total = 0, len(items)
+            while i < total:
+                j, size = i, 0
+                while j < total and (j == i or size + items[j][3].size <= WINDOW):
+                    size += items[j][3].size
+                    j += 1
+                self._prefetch([it[3] for it in items[i:j]])
+                for it in items[i:j]:
+                    self._entry(*it)
+                self.window.clear()
+                i = j
         return (self.files, self.other, self.bytes, self.verified, self.errors, self.warnings)
+
+    def _prefetch(self, nodes: list[Node]) -> None:
+        ids: list[bytes] = []
+        for n in nodes:
+            if n.type == FILE and n.content and n.size <= WINDOW and len(n.content) <= MAX_PREFETCH_IDS * ID_LEN:
+                if n.links > 1 and (n.device, n.inode, n.content) in self.links:
+                    continue  # a hard link to a file already written: nothing to read
+                c = n.content
+                ids.extend(c[k : k + ID_LEN] for k in range(0, len(c), ID_LEN))
+        if ids:
+            self._fetch(ids)
+
+    def _fetch(self, ids: list[bytes]) -> None:
+        """Read the blobs `ids` into the window: per pack, one read per run of blobs that lie close
+        together (restore order is backup order, so a window's blobs are mostly neighbours)."""
+        lookup = self.repo.index.lookup
+        by_pack: dict[bytes, list] = {}
+        window, zero = self.window, self.zero_ids
+        size = 0
+        for bid in ids:
+            if bid in window or bid in zero:
+                continue
+            if size >= WINDOW:  # sizes in a tree are hostile input: the rest is read when written
+                break
+            loc = lookup(bid)
+            if loc is None:
+                window[bid] = CorruptObject(f"blob {bid.hex()[:16]} is not in the index (missing data)")
+            elif loc.type != pack.DATA:
+                window[bid] = CorruptObject(f"blob {bid.hex()[:16]} has type {loc.type}, expected {pack.DATA}")
+            else:
+                window[bid] = None  # placeholder: listed once
+                size += loc.length
+                by_pack.setdefault(loc.pack_id, []).append((loc.offset, bid, loc))
+        for pack_id, blobs in by_pack.items():
+            blobs.sort(key=lambda b: b[0])
+            start = 0
+            for k in range(1, len(blobs) + 1):
+                if k == len(blobs) or blobs[k][0] - (blobs[k - 1][0] + blobs[k - 1][2].length) > READ_GAP:
+                    self._read_run(pack_id, blobs[start:k])
+                    start = k
+
+    def _read_run(self, pack_id: bytes, blobs: list) -> None:
+        name = pack_id.hex()
+        first = blobs[0][0]
+        end = max(off + loc.length for off, _bid, loc in blobs)
+        try:
+            cipher = self._cipher(pack_id, name)
+            data = self.repo.backend.load(Kind.DATA, name, first, end - first)
+        except CerminError as e:
+            for _off, bid, _loc in blobs:
+                self.window[bid] = e
+            return
+        for off, bid, loc in blobs:
+            self.window[bid] = (data, off - first, loc, cipher)
+
+    def _cipher(self, pack_id: bytes, name: str):
+        c = self.ciphers.get(pack_id)
+        if c is None:
+            if len(self.ciphers) > 4096:
+                self.ciphers.clear()
+            prefix = self.repo.backend.load(Kind.DATA, name, 0, pack.PREFIX_LEN)
+            c = self.ciphers[pack_id] = pack.pack_cipher(self.repo.keys, prefix, f"pack {name[:12]}")
+        return c
+
+    def _blob(self, bid: bytes) -> bytes:
+        """A data blob: from the window (read on demand when it is not there), or the pack cache."""
+        if self.packs is not None:
+            return self.packs.load_blob(bid, pack.DATA)
+        hit = self.window.get(bid)
+        if hit is None:  # not in the window: read for this use only
+            self.window.pop(bid, None)
+            self._fetch([bid])
+            hit = self.window.pop(bid, None)
+        if isinstance(hit, Exception):
+            raise hit
+        data, rel, loc, cipher = hit
+        ct = data[rel : rel + loc.length]
+        if len(ct) != loc.length:
+            raise CorruptObject(f"blob {bid.hex()[:16]}: pack {loc.pack_id.hex()[:12]} is truncated")
+        return self.repo.open_blob(cipher, loc.offset, loc.type, bid, ct, loc.raw_length)
 
     def _warn(self, snap_path: bytes, name: bytes, msg: str) -> None:
         self.warnings.append(f"{display_path(snap_path + b'/' + name)}: {msg}")
@@ -189,15 +291,27 @@ class Writer:
             os.close(fd)
 
     def _write(self, fd: int, node: Node) -> int:
-        off = end = 0
         c = node.content
+        if self.packs is None and (node.size > WINDOW or len(c) > MAX_PREFETCH_IDS * ID_LEN):
+            saved, self.window = self.window, {}  # a large file: its own windows, the batch's kept
+            try:
+                return self._write_blobs(fd, c, True)
+            finally:
+                self.window = saved
+        return self._write_blobs(fd, c, False)
+
+    def _write_blobs(self, fd: int, c: bytes, big: bool) -> int:
+        off = end = 0
         zero = self.zero_ids
         for i in range(0, len(c), ID_LEN):
             bid = c[i : i + ID_LEN]
             if bid in zero:
                 off += self.repo.index.raw_length(bid) or 0
                 continue
-            data = self.packs.load_blob(bid, pack.DATA)
+            if big and bid not in self.window:  # the next WINDOW bytes of its blobs
+                self.window.clear()
+                self._fetch(self._next_ids(c, i))
+            data = self._blob(bid)
             if data[:1] != b"\0" or data.count(0) != len(data):
                 _pwrite_all(fd, data, off)
                 end = off + len(data)
@@ -207,6 +321,16 @@ class Writer:
         if end < off:
             os.ftruncate(fd, off)  # trailing zero chunks: the size without writing them
         return off
+
+    def _next_ids(self, c: bytes, i: int) -> list[bytes]:
+        ids, size = [], 0
+        raw_length = self.repo.index.raw_length
+        while i < len(c) and (not ids or size < WINDOW) and len(ids) < MAX_PREFETCH_IDS:
+            bid = c[i : i + ID_LEN]
+            ids.append(bid)
+            size += raw_length(bid) or 0
+            i += ID_LEN
+        return ids
 
     def _verify(self, fd: int, node: Node) -> None:
         """Read the written file back and check every chunk against its blob id."""
