@@ -26,6 +26,7 @@ from cermin.engine import fsread
 from cermin.engine.backup import BackupOptions, run_backup
 from cermin.engine.backup import chunks as chunks_mod
 from cermin.engine.backup import filesaver as filesaver_mod
+from cermin.engine.backup import workers as workers_mod
 from cermin.engine.restore import RestoreOptions, run_restore
 from cermin.engine.treewalk import diff_trees, walk
 from cermin.format import pack, records
@@ -121,14 +122,14 @@ def test_file_vanishing_during_walk_marks_incomplete(local_repo, tmp_path, monke
     os.makedirs(src)
     (src / "stays").write_bytes(b"1")
     (src / "goes").write_bytes(b"2")
-    real_open = filesaver_mod.open_for_read
+    real_open = workers_mod.open_for_read
 
     def delete_then_open(name, dfd):  # fault injection: the file disappears after it was listed
         if name == b"goes":
             os.unlink(name, dir_fd=dfd)
         return real_open(name, dfd)
 
-    monkeypatch.setattr(filesaver_mod, "open_for_read", delete_then_open)
+    monkeypatch.setattr(workers_mod, "open_for_read", delete_then_open)
     s = do_backup(local_repo, src)
     assert s.snapshot.incomplete and len(s.errors) == 1 and "goes" in s.errors[0] and "vanished" in s.errors[0]
     names = {p.rsplit(b"/", 1)[1] for p, _ in walk(local_repo, s.snapshot.tree)}

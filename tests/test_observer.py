@@ -15,7 +15,7 @@ import pytest
 from conftest import reopen
 
 from cermin.engine.backup import BackupOptions, run_backup
-from cermin.engine.backup import filesaver as filesaver_mod
+from cermin.engine.backup import workers as workers_mod
 from cermin.engine.observer import (
     BackupError,
     BackupObserver,
@@ -264,14 +264,14 @@ def test_stdin_and_error_events(local_repo, tmp_path, monkeypatch):
     os.makedirs(src)
     (src / "ok").write_bytes(b"1")
     (src / "goes").write_bytes(b"2")
-    real_open = filesaver_mod.open_for_read
+    real_open = workers_mod.open_for_read
 
     def vanish(name, dfd):
         if name == b"goes":
             os.unlink(name, dir_fd=dfd)
         return real_open(name, dfd)
 
-    monkeypatch.setattr(filesaver_mod, "open_for_read", vanish)
+    monkeypatch.setattr(workers_mod, "open_for_read", vanish)
     rec = Recorder()
     s = backup(local_repo, src, rec)
     errs = rec.of(BackupError)
@@ -326,7 +326,7 @@ def test_entries_that_fail_are_errors_not_removals(local_repo, tree, monkeypatch
     backup(local_repo, tree, Recorder())
     root = os.fsencode(str(tree))
     os.unlink(tree / "gone")
-    real_open, real_listdir = filesaver_mod.open_for_read, os.listdir
+    real_open, real_listdir = workers_mod.open_for_read, os.listdir
 
     def unreadable(name, dfd):
         if name == b"keep":
@@ -339,7 +339,7 @@ def test_entries_that_fail_are_errors_not_removals(local_repo, tree, monkeypatch
         return real_listdir(fd)
 
     os.utime(tree / "keep")  # changed: it is opened again
-    monkeypatch.setattr(filesaver_mod, "open_for_read", unreadable)
+    monkeypatch.setattr(workers_mod, "open_for_read", unreadable)
     monkeypatch.setattr(os, "listdir", unlistable)
     rec = Recorder()
     s = backup(local_repo, tree, rec)

@@ -1,10 +1,11 @@
-"""The parent's side of reading files: batches of open files go to the worker processes (`workers`);
-their chunks become blobs in packs, their results nodes, counters and observer events.
+"""The parent's side of reading files: batches of files go to the worker processes (`workers`); their
+chunks become blobs in packs, their results nodes, counters and observer events.
 
-The walker opens a changed file relative to its directory's fd and calls `submit`; files travel in
-batches so one message serves many. An empty file needs no read and is finished on the spot. A stream
-from stdin is cut in this process (`chunks.Cutter`). Everything here runs on the walker's thread:
-the only other threads of the parent upload packs.
+The walker calls `submit` for a changed file; files travel in batches, with their directories' fds,
+so one message serves many, and a worker opens each file relative to its directory. An empty file
+needs no read and is finished on the spot. A stream from stdin is cut in this process
+(`chunks.Cutter`). Everything here runs on the walker's thread: the only other threads of the
+parent upload packs.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from cermin.engine import fsmeta
 from cermin.engine.backup.chunks import Chunk, Cutter
 from cermin.engine.backup.state import BackupState
 from cermin.engine.backup.trees import DirJob, Trees, node_fingerprint
-from cermin.engine.backup.workers import Batch, Done, FileResult, Part, Workers
-from cermin.engine.fsread import WalkPath, open_for_read
+from cermin.engine.backup.workers import MAX_FDS, Batch, Done, FileResult, Part, Workers
+from cermin.engine.fsread import WalkPath
 from cermin.engine.observer import FileRead, StdinRead
 from cermin.format import crypto, pack
 from cermin.format.records import FILE, Node
@@ -29,7 +30,8 @@ INFLIGHT = 2  # batches queued per worker: one being read, one waiting (bounds o
 
 
 def fds_in_flight_limit() -> int:
-    """Open files this process may hand out at once: descriptors in flight over a Unix socket count
+    """Files this process may hand out at once (a worker holds each open while its batch is queued, and
+    the directories' descriptors in flight over a Unix socket count
     against RLIMIT_NOFILE (the kernel refuses more with ETOOMANYREFS), so raise the soft limit to the
     hard one, as Go programs do, and use half of it."""
     import resource
@@ -48,9 +50,10 @@ def fds_in_flight_limit() -> int:
 class _Pending:
     """A file handed to a worker: where its node goes, and the chunks stored for it so far."""
 
-    __slots__ = ("node", "path", "prev", "job", "slot", "stat", "ids", "sizes", "before")
+    __slots__ = ("node", "path", "prev", "job", "slot", "stat", "dir", "ids", "sizes", "before")
 
-    def __init__(self, node: Node, path: WalkPath, prev: Node | None, job: DirJob, slot: int, st) -> None:
+    def __init__(self, node: Node, path: WalkPath, prev: Node | None, job: DirJob, slot: int, st, d=0) -> None:
+        self.dir = d  # index of its directory's fd in the batch
         self.before = None  # with an observer: the previous version's (size, stored size, fingerprint)
         self.node = node
         self.path = path
@@ -69,7 +72,9 @@ class FileSaver:
         self.workers = workers
         self._pool: Workers | None = None
         self._batch: list[_Pending] = []
-        self._fds: list[int] = []
+        self._fds: list[int] = []  # the current batch's directories (duplicated: the walker closes its own)
+        # directory (its job: fd numbers are reused once the walker closes one) -> index in _fds
+        self._dirs: dict[DirJob, int] = {}
         self._batch_bytes = 0
         self._inflight: dict[int, tuple[int, list[_Pending]]] = {}  # batch id -> (worker, files)
         self._load = [0] * workers
@@ -87,32 +92,28 @@ class FileSaver:
     def close(self) -> None:
         for fd in self._fds:
             os.close(fd)
-        self._fds, self._batch = [], []
+        self._fds, self._batch, self._dirs = [], [], {}
         if self._pool is not None:
             self._pool.close(abort=bool(self._inflight))  # files still out: the backup is stopping
             self._pool = None
 
     # ---- walker side -------------------------------------------------------------------------
     def submit(self, dfd: int, name: bytes, st: os.stat_result, path: WalkPath, prev, node: Node, job: DirJob) -> None:
-        """Open the file here (relative to the dir fd) and queue it; `node` is completed from a worker's result."""
-        try:
-            fd = open_for_read(name, dfd)
-        except FileNotFoundError:
-            self.st.error(path.join(name), "vanished before it could be read")
-            return
-        except OSError as e:
-            self.st.error(path.join(name), f"cannot open: {e.strerror}")
-            return
+        """Queue a file of the directory open as `dfd`; a worker opens it there (never following a
+        symlink) and `node` is completed from its result."""
+        d = self._dirs.get(job)
+        if d is None:
+            d = self._dirs[job] = len(self._fds)
+            self._fds.append(os.dup(dfd))
         slot = len(job.nodes)
         job.nodes.append(node)
         self.trees.add_pending(job)
-        p = _Pending(node, path, prev, job, slot, st)
+        p = _Pending(node, path, prev, job, slot, st, d)
         if prev is not None and self.st.obs is not None:
             p.before = self._before(prev)
         self._batch.append(p)
-        self._fds.append(fd)
         self._batch_bytes += st.st_size
-        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES or len(self._fds) >= MAX_FDS:
             self.submit_batch()
 
     def save_empty(self, dfd: int, name: bytes, st: os.stat_result, path: WalkPath, prev, node: Node) -> Node:
@@ -134,9 +135,9 @@ class FileSaver:
         w = self._load.index(min(self._load))
         bid, self._next = self._next, self._next + 1
         batch, fds = self._batch, self._fds
-        self._batch, self._fds, self._batch_bytes = [], [], 0
+        self._batch, self._fds, self._dirs, self._batch_bytes = [], [], {}, 0
         try:
-            files = [(p.stat.st_size, p.stat.st_blocks, p.node.name, p.before) for p in batch]
+            files = [(p.dir, p.node.name, p.stat.st_size, p.stat.st_blocks, p.before) for p in batch]
             self._pool.send(w, Batch(bid, files), fds)
         finally:
             for fd in fds:  # the worker holds its own copies now

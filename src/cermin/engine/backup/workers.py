@@ -4,9 +4,9 @@ Why processes: with worker threads every syscall of the walker handed the GIL ov
 a file), and small-file backups were bounded by that, not by the disk or the CPU.
 
 A worker is a forked process with two Unix socket pairs made before the fork:
-- parent -> worker, SOCK_SEQPACKET: one message per batch, msgpack `Batch`, with the batch's open file
-  descriptors attached (SCM_RIGHTS). The parent opened them relative to their directory's fd without
-  following a symlink, so a worker never resolves a path. EOF: the worker exits.
+- parent -> worker, SOCK_SEQPACKET: one message per batch, msgpack `Batch`, with the fds of the batch's
+  directories attached (SCM_RIGHTS). A worker opens each file relative to its directory's fd without
+  following a symlink (as the walker would), so it never resolves a path. EOF: the worker exits.
 - worker -> parent, SOCK_STREAM: frames (u32 length + msgpack `Reply`): `Part` carries a large file's
   chunks as they are made (memory stays bounded), `Done` a batch's results, `Fatal` a failure that is
   not one file's (the worker exits after sending it).
@@ -31,6 +31,7 @@ import msgspec
 
 from cermin.engine import fsmeta
 from cermin.engine.backup.chunks import Chunk, Cutter
+from cermin.engine.fsread import open_for_read
 from cermin.engine.observer import FileRead
 from cermin.errors import CerminError
 
@@ -40,9 +41,9 @@ FRAME = struct.Struct("<I")
 
 class Batch(msgspec.Struct, array_like=True):
     id: int
-    # One per attached fd: size and blocks from the walker's stat, and for the keyed observer's `assess`
-    # the file's name and its previous version (size, stored size, fingerprint pairs) or None.
-    files: list[tuple[int, int, bytes, Any]]
+    # (index of its directory's fd, name, size and blocks from the walker's stat, and for the keyed
+    # observer's `assess` its previous version: (size, mtime, stored size, fingerprint pairs) or None)
+    files: list[tuple[int, bytes, int, int, Any]]
 
 
 class FileResult(msgspec.Struct, array_like=True):
@@ -77,8 +78,14 @@ Reply = Part | Done | Fatal
 
 
 # ---- the worker's side -----------------------------------------------------------------------
-def read_one(cutter: Cutter, fd: int, size: int, blocks: int, emit) -> FileResult:
-    """Chunk one open file; always closes `fd`. A file error is a result, anything else raises."""
+def read_one(cutter: Cutter, dfd: int, name: bytes, size: int, blocks: int, emit) -> FileResult:
+    """Open and chunk one file of the directory `dfd`. A file error is a result, anything else raises."""
+    try:
+        fd = open_for_read(name, dfd)
+    except FileNotFoundError:
+        return FileResult(error="vanished before it could be read")
+    except OSError as e:
+        return FileResult(error=f"cannot open: {e.strerror}")
     try:
         try:
             st = os.fstat(fd)
@@ -136,21 +143,23 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
             if not msg:
                 return
             batch = dec.decode(msg)
-            if flags & socket.MSG_CTRUNC or len(fds) != len(batch.files):
-                raise CerminError(f"received {len(fds)} of {len(batch.files)} files (descriptor limit?)")
+            if flags & socket.MSG_CTRUNC or len(fds) != 1 + max((f[0] for f in batch.files), default=-1):
+                raise CerminError(f"received {len(fds)} directories for a batch (descriptor limit?)")
             results = []
-            for i, ((size, blocks, name, prev), fd) in enumerate(zip(batch.files, fds, strict=True)):
+            for i, (d, name, size, blocks, prev) in enumerate(batch.files):
                 sizes: list[tuple[int, int]] = []
 
                 def emit(chunks, b=batch.id, i=i, sizes=sizes) -> None:
                     sizes.extend((raw, len(p) if p is not None else 0) for _, raw, p in chunks)
                     send(Part(b, i, chunks))
 
-                r = read_one(cutter, fd, size, blocks, emit)
+                r = read_one(cutter, fds[d], name, size, blocks, emit)
                 if assess is not None and not r.error:
                     sizes.extend((raw, len(p) if p is not None else 0) for _, raw, p in r.chunks)
                     r.assessment = assessed(assess, r, name, prev, sizes)
                 results.append(r)
+            for fd in fds:
+                os.close(fd)
             send(Done(batch.id, results))
     except BrokenPipeError:
         return  # the parent is gone or stopping
