@@ -80,6 +80,9 @@ def serve(
     # uvicorn binds the socket here and spawns the workers; each builds its app from this (no secret)
     cfg = {"root": os.path.abspath(root), "window": float(approval_window), "limits": limits, "run": run}
     os.environ[APP_ENV] = json.dumps(cfg)
+    # uvicorn's supervisor SIGKILLs a worker that has not answered its ping for this long (default 5 s):
+    # on a loaded machine a busy worker can take longer, and killing it drops every request in flight
+    opts["timeout_worker_healthcheck"] = 60
     uvicorn.run("cermin.server.app:app_from_env", factory=True, workers=workers, **opts)
 
 
