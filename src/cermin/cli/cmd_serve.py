@@ -73,7 +73,9 @@ def serve(
 
     run = secrets.token_hex(8)  # one id for this run, the same in every worker
     tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key}
-    opts = {"host": host, "port": port, "log_level": "warning", "access_log": False, **tls}
+    # keep idle connections 75 s (uvicorn: 5 s): a client busy compressing for longer found its pooled
+    # connection closed under it ("connection reset"; retried, but a wasted request) under load
+    opts = {"host": host, "port": port, "log_level": "warning", "access_log": False, "timeout_keep_alive": 75, **tls}
     if workers == 1:
         uvicorn.run(build_app(root, float(approval_window), run=run, **limits), **opts)
         return
