@@ -258,3 +258,32 @@ def test_batches_hold_bounded_directories(local_repo, tmp_path):
     assert not s.errors and s.files == 200
     assert sizes and max(sizes) <= restorework.MAX_FDS
     assert restore_mod.OPEN_BATCHES * restorework.MAX_FDS < 1024  # far below the usual fd limit
+
+
+def test_large_batches_and_large_results_never_deadlock(local_repo, hostile, tmp_path, monkeypatch):
+    """Batches larger than a socket buffer (entries with big xattrs) while the workers answer with
+    results larger than one (many long messages): the parent reads results while it sends, so
+    neither side waits on the other forever."""
+    big = [(b"user.pad", b"x" * 16_000)]
+    files = [hostile.file(b"f%04d" % i, b"%d" % i, xattrs=big) for i in range(1200)]
+    sid = hostile.snapshot(files)
+    orig = restorework.Writer.run
+
+    def chatty(self, groups, fds):
+        res = orig(self, groups, fds)
+        return (*res[:5], [*res[5], *(["w" * 200] * 20_000)])  # ~4 MB of warnings per batch
+
+    monkeypatch.setattr(restorework.Writer, "run", chatty)
+
+    def hung(signum, frame):
+        raise TimeoutError("the restore hung")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        s = do_restore(reopen(local_repo.backend), sid, tmp_path / "out", workers=2, no_xattrs=True)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert not s.errors and s.files == 1200
+    assert len(s.warnings) >= 20_000

@@ -27,7 +27,7 @@ import signal
 import socket
 import stat
 import struct
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from queue import SimpleQueue
 
@@ -505,6 +505,7 @@ class ProcessPool:
         self.pids: list[int] = []
         self.poll = select.poll()
         self.by_fd: dict[int, int] = {}
+        self.pending: deque[tuple[int, tuple]] = deque()  # results read while sending
         gc.freeze()  # the children's collections then never touch (and copy) the parent's objects
         try:
             for i in range(n):
@@ -527,23 +528,50 @@ class ProcessPool:
             gc.unfreeze()
 
     def send(self, w: int, batch_no: int, groups: list[Group], fds: list[int]) -> None:
+        """Send a batch without ever blocking on a full socket: while worker w cannot take more, the
+        results of any worker are read and kept. (A blocking send could wait on a worker that is
+        itself blocked sending a large result, e.g. thousands of messages naming long paths.)"""
         payload = _encoder.encode((batch_no, groups))
-        try:
-            _send(self.socks[w], payload, fds)
-        except OSError:  # EPIPE: it died; say how
+        sock = self.socks[w]
+        parts = [(memoryview(_HEADER.pack(len(payload), len(fds))), fds), (memoryview(payload), [])]
+        for view, extra in parts:
+            while view:
+                try:
+                    if extra:
+                        n = socket.send_fds(sock, [view], extra, socket.MSG_DONTWAIT)
+                        extra = []
+                    else:
+                        n = sock.send(view, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    self._wait_writable(w)
+                    continue
+                except OSError:  # EPIPE: it died; say how
+                    self._failed(w)
+                view = view[n:]
+
+    def _wait_writable(self, w: int) -> None:
+        p = select.poll()
+        for i, s in enumerate(self.socks):
+            p.register(s.fileno(), select.POLLIN | (select.POLLOUT if i == w else 0))
+        for fd, ev in p.poll():
+            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                self.pending.append(self._read(self.by_fd[fd]))
+
+    def _read(self, w: int) -> tuple[int, tuple]:
+        payload = _recv(self.socks[w])[0]
+        if payload is None:
             self._failed(w)
+        msg = msgspec.msgpack.decode(payload)
+        if msg[0] == -1:
+            raise WorkerFailed(f"restore worker failed: {msg[1]}")
+        return msg[0], msg[1]
 
     def recv(self) -> tuple[int, tuple]:
+        if self.pending:
+            return self.pending.popleft()
         while True:
             for fd, _ in self.poll.poll():
-                w = self.by_fd[fd]
-                payload = _recv(self.socks[w])[0]
-                if payload is None:
-                    self._failed(w)
-                msg = msgspec.msgpack.decode(payload)
-                if msg[0] == -1:
-                    raise WorkerFailed(f"restore worker failed: {msg[1]}")
-                return msg[0], msg[1]
+                return self._read(self.by_fd[fd])
 
     def _failed(self, w: int):
         pid = self.pids[w]
