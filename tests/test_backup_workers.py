@@ -13,6 +13,7 @@ from helpers import do_backup, do_restore
 from cermin.backend.base import Kind
 from cermin.engine.backup import workers as workers_mod
 from cermin.engine.check import run_check
+from cermin.engine.treewalk import walk
 from cermin.errors import CerminError
 
 
@@ -126,3 +127,96 @@ def test_open_files_handed_out_stay_under_the_limit(local_repo, tmp_path, monkey
     s = do_backup(local_repo, src, workers=4)
     assert not s.errors and s.snapshot.summary.files_new == 300
     assert most and max(most) <= filesaver_mod.BATCH_FILES
+
+
+def test_a_file_failing_midway_leaves_no_blob_unstored(local_repo, tmp_path, monkeypatch):
+    """A large file whose read fails after some chunks were cut (EIO on a failing disk, NFS): a later
+    identical file in the same worker must still store those chunks (they were never sent)."""
+    import errno
+    import io
+    import types
+
+    from cermin.engine.backup import chunks as chunks_mod
+
+    class Failing(io.FileIO):
+        def readinto(self, b):
+            if os.readlink(f"/proc/self/fd/{self.fileno()}").endswith("/a/big") and self.tell() >= 12 << 20:
+                raise OSError(errno.EIO, "Input/output error")
+            return super().readinto(b)
+
+    monkeypatch.setattr(chunks_mod, "io", types.SimpleNamespace(FileIO=Failing))
+    src = tmp_path / "src"
+    os.makedirs(src / "a")
+    os.makedirs(src / "b")
+    data = os.urandom(20 << 20)
+    (src / "a" / "big").write_bytes(data)
+    (src / "b" / "copy").write_bytes(data)
+    s = do_backup(local_repo, src, workers=1)
+    assert len(s.errors) == 1 and "a/big: read error" in s.errors[0]
+    repo = reopen(local_repo)
+    assert not run_check(repo, read_data=True).errors
+    r = do_restore(repo, s.snapshot_id, tmp_path / "out", verify=True)
+    assert not r.errors
+    assert (tmp_path / "out" / str(src).lstrip("/") / "b" / "copy").read_bytes() == data
+
+
+def test_a_file_that_says_it_is_empty_is_read(local_repo, tmp_path):
+    """procfs (and FUSE with direct_io) report size 0 for files with content: they are read, not
+    assumed empty, and saved as read with a warning."""
+    s = do_backup(local_repo, "/proc/self/status")
+    nodes = [n for p, n in walk(local_repo, s.snapshot.tree) if p.endswith(b"/status")]
+    assert len(nodes) == 1 and nodes[0].size > 0
+    assert s.snapshot.summary.changed_during_read == 1
+
+
+def test_a_worker_gone_between_batches_is_a_clear_error(local_repo, tmp_path, monkeypatch):
+    """A worker killed between two batches (the OOM killer): the next hand-off fails with the worker's
+    fate in one line, not a raw BrokenPipeError (which the CLI would take for a closed stdout)."""
+    from cermin.engine.backup import filesaver as filesaver_mod
+
+    src = tmp_path / "src"
+    _tree(src, files=600)
+    real = filesaver_mod.FileSaver.submit_batch
+    sent = []
+
+    def submit_batch(self):
+        if len(sent) == 2 and self._pool is not None:
+            for pid in self._pool.pids:
+                os.kill(pid, signal.SIGKILL)
+            for pid in self._pool.pids:
+                os.waitpid(pid, 0)
+            self._pool.pids = [-1] * len(self._pool.pids)
+        sent.append(1)
+        real(self)
+
+    monkeypatch.setattr(filesaver_mod.FileSaver, "submit_batch", submit_batch)
+    with pytest.raises(CerminError) as e:
+        do_backup(local_repo, src, workers=2)
+    assert "exited unexpectedly" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_two_backups_in_one_process_stop_their_workers_cleanly(tmp_path, monkeypatch):
+    """The agent runs backups on threads of one process: a worker of one must not hold the other's
+    sockets (it would never see EOF and be killed after a timeout)."""
+    import threading
+
+    from conftest import FAST_KDF, PASSWORD
+
+    from cermin.backend.local import LocalBackend
+    from cermin.repo.repository import Repository
+
+    killed = []
+    real_kill = os.kill
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append(sig) or real_kill(pid, sig))
+    results, threads = [], []
+    for name in ("a", "b"):
+        src = tmp_path / name
+        _tree(src)
+        repo = Repository.init(LocalBackend(str(tmp_path / f"repo-{name}")), PASSWORD.encode(), kdf=FAST_KDF)
+        threads.append(threading.Thread(target=lambda r=repo, s=src: results.append(do_backup(r, s, workers=2))))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and all(not r.errors for r in results)
+    assert signal.SIGKILL not in killed, "every worker saw EOF and exited on its own"

@@ -188,6 +188,9 @@ class Backup:
                 self.files.start()
                 tree_id = self.walker.walk_targets(paths, parent.snapshot.tree if parent else b"")
             self.saver.flush()
+        except BaseException:
+            self.files.close(abort=True)
+            raise
         finally:
             self.files.close()
             self.saver.close()

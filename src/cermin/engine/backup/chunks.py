@@ -22,6 +22,7 @@ from cermin.format import pack
 
 WHOLE_READ_LIMIT = 8 * 1024 * 1024  # files up to this size are read in one go and cut in memory
 EMIT_BYTES = 8 * 1024 * 1024  # a large file's chunks go to the parent in groups of about this
+EMIT_CHUNKS = 1024
 KNOWN_MEMO = 65_536  # ids this cutter compressed in this run: duplicates are not compressed twice
 
 # (blob id, raw length, compressed payload; None when the repository already holds the blob)
@@ -56,10 +57,17 @@ class Cutter:
         bid = self.blob_id(data)
         if bid in self._sent or self.known(bid):
             return bid, len(data), None
-        if len(self._sent) >= KNOWN_MEMO:
-            self._sent.clear()
-        self._sent.add(bid)
         return bid, len(data), pack.compress(data, self.level)
+
+    def sent(self, chunks: list[Chunk]) -> None:
+        """These chunks reached the parent, which stores every payload it gets: later duplicates need
+        not be compressed or sent again. Only now: a file that fails midway drops what it had cut."""
+        memo = self._sent
+        for bid, _, payload in chunks:
+            if payload is not None:
+                if len(memo) >= KNOWN_MEMO:
+                    memo.clear()
+                memo.add(bid)
 
     def facts(self, head, chunks: list[Chunk]) -> tuple[bytes, float] | None:
         if not self.want_facts:
@@ -121,7 +129,7 @@ class Cutter:
                 first.append(c)
             out.append(c)
             out_bytes += len(c[2] or b"")
-            if out_bytes >= EMIT_BYTES:
+            if out_bytes >= EMIT_BYTES or len(out) >= EMIT_CHUNKS:  # known chunks add no bytes
                 emit(out)
                 out, out_bytes = [], 0
 

@@ -2,8 +2,8 @@
 chunks become blobs in packs, their results nodes, counters and observer events.
 
 The walker calls `submit` for a changed file; files travel in batches, with their directories' fds,
-so one message serves many, and a worker opens each file relative to its directory. An empty file
-needs no read and is finished on the spot. A stream from stdin is cut in this process
+so one message serves many, and a worker opens each file relative to its directory (even one whose
+size is 0: procfs and FUSE files have content they do not announce). A stream from stdin is cut here
 (`chunks.Cutter`). Everything here runs on the walker's thread: the only other threads of the
 parent upload packs.
 """
@@ -20,6 +20,7 @@ from cermin.engine.backup.trees import DirJob, Trees, node_fingerprint
 from cermin.engine.backup.workers import MAX_FDS, Batch, Done, FileResult, Part, Workers
 from cermin.engine.fsread import WalkPath
 from cermin.engine.observer import FileRead, StdinRead
+from cermin.errors import CerminError
 from cermin.format import crypto, pack
 from cermin.format.records import FILE, Node
 from cermin.util import display_path
@@ -89,12 +90,13 @@ class FileSaver:
             obs = self.st.obs
             self._pool = Workers(self.st.repo, self.workers, self.st.fingerprint, obs.assess if obs else None)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Stop the workers; `abort` (the backup failed or was interrupted) kills them at once."""
         for fd in self._fds:
             os.close(fd)
         self._fds, self._batch, self._dirs = [], [], {}
         if self._pool is not None:
-            self._pool.close(abort=bool(self._inflight))  # files still out: the backup is stopping
+            self._pool.close(abort=abort or bool(self._inflight))
             self._pool = None
 
     # ---- walker side -------------------------------------------------------------------------
@@ -115,16 +117,6 @@ class FileSaver:
         self._batch_bytes += st.st_size
         if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES or len(self._fds) >= MAX_FDS:
             self.submit_batch()
-
-    def save_empty(self, dfd: int, name: bytes, st: os.stat_result, path: WalkPath, prev, node: Node) -> Node:
-        """An empty file: nothing to read, only its extended attributes (through /proc, not followed)."""
-        try:
-            node.xattrs = fsmeta.read_xattrs(fsmeta.proc_path(dfd, name))
-        except OSError:
-            pass
-        node.content = b""
-        self._complete(node, path, prev, [], 0, (b"", -1.0) if self.st.fingerprint else None, False)
-        return node
 
     def submit_batch(self) -> None:
         if not self._batch:
@@ -170,9 +162,14 @@ class FileSaver:
 
     # ---- results -----------------------------------------------------------------------------
     def _store(self, p: _Pending, chunks: list[Chunk]) -> None:
-        save, prog = self.st.saver.save_payload, self.st.progress
+        saver, prog = self.st.saver, self.st.progress
         for bid, raw, payload in chunks:
-            stored = save(pack.DATA, bid, raw, payload).stored_len if payload is not None else 0
+            if payload is not None:
+                stored = saver.save_payload(pack.DATA, bid, raw, payload).stored_len
+            elif bid in saver:  # the worker found it in the index, or sent it for an earlier file
+                stored = 0
+            else:  # a snapshot must never name a blob nothing stored
+                raise CerminError(f"backup worker sent no data for blob {bid.hex()[:16]}, which is not stored")
             p.ids.append(bid)
             p.sizes.append((raw, stored))
             prog.bytes += raw

@@ -127,9 +127,8 @@ class Trees:
         obs.directory(DirectoryDone(job.path.full(), files, dirs, len(nodes) - files - dirs, removed))
 
     def wait(self, job: DirJob) -> bytes:
-        """Block until the root job's tree is stored (or a worker failed)."""
-        while not job.done.wait(0.2):
-            if self.st.fatal is not None:
-                break
+        """The root job's tree id, once every file handed out is done (FileSaver.drain)."""
         self.st.check()
+        if not job.done.is_set():
+            raise CerminError("internal error: a directory was left incomplete after every file was done")
         return job.tree_id

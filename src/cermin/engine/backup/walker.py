@@ -159,9 +159,6 @@ class Walker:
                 if self.st.obs is not None:
                     self.st.obs.file_unchanged(FileUnchanged(path.join(name), node.size, node.mtime_ns))
                 return
-            if st.st_size == 0:
-                job.nodes.append(self.files.save_empty(dfd, name, st, path, prev, node))
-                return
             self.files.submit(dfd, name, st, path, prev, node, job)
             return
         s.other += 1

@@ -99,6 +99,8 @@ def read_one(cutter: Cutter, dfd: int, name: bytes, size: int, blocks: int, emit
             after = os.fstat(fd)
         finally:
             os.close(fd)
+    except (BrokenPipeError, ConnectionResetError):
+        raise  # from `emit`: the parent is gone, not the file
     except OSError as e:
         return FileResult(error=f"read error: {e.strerror or e}")
     head, entropy = facts if facts is not None else (b"", -1.0)
@@ -122,7 +124,9 @@ def assessed(assess: Callable[[FileRead], Any], r: FileResult, name: bytes, prev
         previous_fingerprint=tuple(tuple(p) for p in fp),
     )
     try:
-        return assess(ev)
+        a = assess(ev)
+        msgspec.msgpack.encode(a)  # what cannot cross is refused here, not when the batch is sent
+        return a
     except Exception:  # noqa: BLE001 - reported when the parent runs it again
         return None
 
@@ -152,6 +156,7 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
                 def emit(chunks, b=batch.id, i=i, sizes=sizes) -> None:
                     sizes.extend((raw, len(p) if p is not None else 0) for _, raw, p in chunks)
                     send(Part(b, i, chunks))
+                    cutter.sent(chunks)
 
                 r = read_one(cutter, fds[d], name, size, blocks, emit)
                 if assess is not None and not r.error:
@@ -161,6 +166,8 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
             for fd in fds:
                 os.close(fd)
             send(Done(batch.id, results))
+            for r in results:
+                cutter.sent(r.chunks)
     except BrokenPipeError:
         return  # the parent is gone or stopping
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the backup
@@ -210,7 +217,36 @@ class _Reader:
                 self.start += FRAME.size + n
         if self.start == self.end:
             self.start = self.end = 0
+            if len(self.buf) > 4 << 20:  # grown for one large frame: give it back
+                self.buf = bytearray(1 << 20)
         return out
+
+
+def _child_setup(*keep: int) -> None:
+    """A fresh worker: ignores Ctrl-C and dies with its parent (the parent decides when to stop), and
+    holds no descriptor but stdio and `keep`: none of another backup's sockets (an agent runs several
+    at once), which would keep that backup's workers from ever seeing EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    gc.disable()
+    lo = 3
+    for fd in sorted(keep):
+        os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, max(lo, os.sysconf("SC_OPEN_MAX")))
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # EOF on the sockets still ends it, at its next send or receive
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 # ---- the parent's side -----------------------------------------------------------------------
@@ -228,21 +264,22 @@ class Workers:
         ]
         gc.freeze()  # the children never collect the parent's objects: their pages stay shared
         try:
-            for i, ((_, c_child), (_, d_child)) in enumerate(pairs):
+            for (_, c_child), (_, d_child) in pairs:
                 pid = os.fork()
                 if pid == 0:  # the child: only its own two ends stay open
                     code = 1
                     try:
-                        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-                        gc.disable()
-                        for j, ((a, b), (c, d)) in enumerate(pairs):
-                            for s in (a, c) if j == i else (a, b, c, d):
-                                s.close()
+                        _child_setup(c_child.fileno(), d_child.fileno())
                         _serve(c_child, d_child, repo, want_facts, assess)
                         code = 0
                     finally:
                         os._exit(code)
                 self.pids.append(pid)
+        except BaseException:
+            for pid in self.pids:
+                os.kill(pid, signal.SIGKILL)
+                _reap(pid)
+            raise
         finally:
             gc.unfreeze()
             for (_, c_child), (_, d_child) in pairs:
@@ -257,7 +294,11 @@ class Workers:
         return len(self.pids)
 
     def send(self, worker: int, batch: Batch, fds: list[int]) -> None:
-        socket.send_fds(self.ctrl[worker], [msgspec.msgpack.encode(batch)], fds)
+        try:
+            socket.send_fds(self.ctrl[worker], [msgspec.msgpack.encode(batch)], fds)
+        except OSError as e:
+            status = self._status(worker) if isinstance(e, (BrokenPipeError, ConnectionError)) else f" ({e})"
+            raise CerminError(f"backup worker {self.pids[worker]} exited unexpectedly{status}") from None
 
     def replies(self, block: bool) -> Iterator[Reply]:
         """Replies ready now (or, with `block`, after waiting for at least one)."""
