@@ -2,8 +2,8 @@
 chunks become blobs in packs, their results nodes, counters and observer events.
 
 The walker calls `submit` for a changed file; files travel in batches, with their directories' fds,
-so one message serves many, and a worker opens each file relative to its directory (even one whose
-size is 0: procfs and FUSE files have content they do not announce). A stream from stdin is cut here
+so one message serves many, and a worker opens each file relative to its directory. A file of size 0 on
+a block device's file system is finished on the spot (`known_empty`). A stream from stdin is cut here
 (`chunks.Cutter`). Everything here runs on the walker's thread: the only other threads of the
 parent upload packs.
 """
@@ -46,6 +46,13 @@ def fds_in_flight_limit() -> int:
         except (ValueError, OSError):
             pass
     return max(BATCH_FILES, soft // 2)
+
+
+def known_empty(st: os.stat_result) -> bool:
+    """Size 0 means empty on a file system backed by a block device (ext4, xfs). procfs, sysfs, FUSE
+    (direct_io), NFS and other anonymous-device file systems (major 0) may hold content they do not
+    announce: those files are read like any other."""
+    return st.st_size == 0 and os.major(st.st_dev) != 0
 
 
 class _Pending:
@@ -117,6 +124,17 @@ class FileSaver:
         self._batch_bytes += st.st_size
         if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES or len(self._fds) >= MAX_FDS:
             self.submit_batch()
+
+    def save_empty(self, dfd: int, name: bytes, st: os.stat_result, path: WalkPath, prev, node: Node) -> Node:
+        """An empty file on a block device's file system (see `known_empty`): nothing to read, only its
+        extended attributes (through /proc, not followed)."""
+        try:
+            node.xattrs = fsmeta.read_xattrs(fsmeta.proc_path(dfd, name))
+        except OSError:
+            pass
+        node.content = b""
+        self._complete(node, path, prev, [], 0, (b"", -1.0) if self.st.fingerprint else None, False)
+        return node
 
     def submit_batch(self) -> None:
         if not self._batch:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from cermin.engine import fsmeta
-from cermin.engine.backup.filesaver import FileSaver
+from cermin.engine.backup.filesaver import FileSaver, known_empty
 from cermin.engine.backup.state import BackupState
 from cermin.engine.backup.trees import DirJob, Trees
 from cermin.engine.fsread import CACHEDIR_TAG, Excluder, WalkPath, is_cache_dir
@@ -158,6 +158,9 @@ class Walker:
                 job.nodes.append(node)
                 if self.st.obs is not None:
                     self.st.obs.file_unchanged(FileUnchanged(path.join(name), node.size, node.mtime_ns))
+                return
+            if known_empty(st):
+                job.nodes.append(self.files.save_empty(dfd, name, st, path, prev, node))
                 return
             self.files.submit(dfd, name, st, path, prev, node, job)
             return
