@@ -38,7 +38,7 @@ from cermin.engine import fsmeta
 from cermin.errors import CerminError, CorruptObject
 from cermin.format import pack
 from cermin.format.records import BLOCKDEV, CHARDEV, FIFO, FILE, ID_LEN, SOCKET, SYMLINK, Node
-from cermin.repo.packcache import PackCache
+from cermin.repo.packcache import PackCache, blob_from_packs
 from cermin.util import display_path
 
 # A group: (index into the batch's fds, dir path relative to the target, dir path in the snapshot,
@@ -444,16 +444,7 @@ class WorkerPacks:
         return entry
 
     def load_blob(self, blob_id: bytes, want_type: int | None = None) -> bytes:
-        loc = self.repo.index.lookup(blob_id)
-        if loc is None:
-            raise CorruptObject(f"blob {blob_id.hex()[:16]} is not in the index (missing data)")
-        if want_type is not None and loc.type != want_type:
-            raise CorruptObject(f"blob {blob_id.hex()[:16]} has type {loc.type}, expected {want_type}")
-        data, cipher = self._get(loc.pack_id)
-        ct = data[loc.offset : loc.offset + loc.length]
-        if len(ct) != loc.length:
-            raise CorruptObject(f"blob {blob_id.hex()[:16]}: pack {loc.pack_id.hex()[:12]} is truncated")
-        return self.repo.open_blob(cipher, loc.offset, loc.type, blob_id, ct, loc.raw_length)
+        return blob_from_packs(self.repo, self._get, blob_id, want_type)
 
 
 # ---- pools: the same Writer on forked processes or on threads ----------------------------------

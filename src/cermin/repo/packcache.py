@@ -54,13 +54,18 @@ class PackCache:
             ev.set()
 
     def load_blob(self, blob_id: bytes, want_type: int | None = None) -> bytes:
-        loc = self.repo.index.lookup(blob_id)
-        if loc is None:
-            raise CorruptObject(f"blob {blob_id.hex()[:16]} is not in the index (missing data)")
-        if want_type is not None and loc.type != want_type:
-            raise CorruptObject(f"blob {blob_id.hex()[:16]} has type {loc.type}, expected {want_type}")
-        data, cipher = self._get(loc.pack_id)
-        ct = data[loc.offset : loc.offset + loc.length]
-        if len(ct) != loc.length:
-            raise CorruptObject(f"blob {blob_id.hex()[:16]}: pack {loc.pack_id.hex()[:12]} is truncated")
-        return self.repo.open_blob(cipher, loc.offset, loc.type, blob_id, ct, loc.raw_length)
+        return blob_from_packs(self.repo, self._get, blob_id, want_type)
+
+
+def blob_from_packs(repo: Repository, get_pack, blob_id: bytes, want_type: int | None = None) -> bytes:
+    """A blob through `get_pack(pack_id) -> (pack bytes, cipher)`, every bound and type checked."""
+    loc = repo.index.lookup(blob_id)
+    if loc is None:
+        raise CorruptObject(f"blob {blob_id.hex()[:16]} is not in the index (missing data)")
+    if want_type is not None and loc.type != want_type:
+        raise CorruptObject(f"blob {blob_id.hex()[:16]} has type {loc.type}, expected {want_type}")
+    data, cipher = get_pack(loc.pack_id)
+    ct = data[loc.offset : loc.offset + loc.length]
+    if len(ct) != loc.length:
+        raise CorruptObject(f"blob {blob_id.hex()[:16]}: pack {loc.pack_id.hex()[:12]} is truncated")
+    return repo.open_blob(cipher, loc.offset, loc.type, blob_id, ct, loc.raw_length)
