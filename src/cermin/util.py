@@ -51,3 +51,12 @@ def plural(n: int, word: str, words: str | None = None) -> str:
 def display_path(p: bytes) -> str:
     """Show a raw path; bytes that are not UTF-8 appear as \\xNN escapes."""
     return p.decode("utf-8", "backslashreplace")
+
+
+def main_thread_signals() -> None:
+    """ThreadPoolExecutor initializer: this thread blocks SIGINT and SIGTERM, so the kernel delivers
+    them to the main thread and interrupts the call it is blocked in (a read of a stalled stdin);
+    delivered to a helper thread, Python would only act once that call returned."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -18,6 +18,7 @@ from cermin.format import crypto, pack
 from cermin.format import index as fmt_index
 from cermin.format.records import IndexPack
 from cermin.repo.repository import SAVE_ATTEMPTS, Repository
+from cermin.util import main_thread_signals
 
 INDEX_EVERY_PACKS = 64
 INDEX_EVERY_BLOBS = 100_000  # many small blobs: write index files sooner, keep memory flat
@@ -58,7 +59,7 @@ class BlobSaver:
             self._pools[pack.DATA].put(pack.PackBuilder(repo.keys))
         self._pools[pack.TREE].put(pack.PackBuilder(repo.keys))
         self._builders = {pack.DATA: builders, pack.TREE: 1}
-        self._uploader = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="cermin-upload")
+        self._uploader = ThreadPoolExecutor(uploads, "cermin-upload", initializer=main_thread_signals)
         self._inflight = threading.Semaphore(uploads)  # finished packs waiting: bounds memory
         self._futures: list[Future] = []
         self._index_packs: list[IndexPack] = []

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from cermin.engine.fsread import SparseReader
 from cermin.engine.observer import ENTROPY_BYTES, head_facts
 from cermin.format import pack
+from cermin.util import main_thread_signals
 
 WHOLE_READ_LIMIT = 8 * 1024 * 1024  # files up to this size are read in one go and cut in memory
 EMIT_BYTES = 8 * 1024 * 1024  # a large file's chunks go to the parent in groups of about this
@@ -114,7 +115,7 @@ class Cutter:
         threads a bounded window ahead (BLAKE3 and zstd release the GIL on large inputs), so one big
         file keeps more than one core busy. Chunks go to `emit` in groups of bounded size."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cermin-chunk")
+            self._pool = ThreadPoolExecutor(2, "cermin-chunk", initializer=main_thread_signals)
         pending: deque = deque()
         out: list[Chunk] = []
         out_bytes = 0
