@@ -116,6 +116,8 @@ def _start_slow_backup(cli, tmp_path):
     e = dict(cli.env, CERMIN_PASSWORD=PASSWORD)
     p = subprocess.Popen(
         cermin_exe() + ["-r", cli.repo, "backup", "--stdin"],
+        # a pytest-xdist worker may ignore SIGINT, and an ignored SIGINT is inherited (Python keeps it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
