@@ -258,7 +258,7 @@ class Writer:
         final = self.umask0 and not chown and not (mode & 0o7000) and not (self.xattrs and node.xattrs)
         try:
             if not fresh:
-                _remove_existing(dfd, name)
+                remove_existing(dfd, name)
             flags = (os.O_RDWR if self.verify else os.O_WRONLY) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(name, flags, mode if final else 0o600, dir_fd=dfd)
         except OSError as e:
@@ -362,7 +362,7 @@ def link_first(tfd: int, first: tuple[bytes, int, int], dfd: int, name: bytes) -
         st = os.stat(src, dir_fd=cur, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (dev, ino):
             raise OSError(errno.ESTALE, "the first copy of this hard link was replaced")
-        _remove_existing(dfd, name)
+        remove_existing(dfd, name)
         os.link(src, name, src_dir_fd=cur, dst_dir_fd=dfd, follow_symlinks=False)
     finally:
         for fd in opened:
@@ -372,7 +372,7 @@ def link_first(tfd: int, first: tuple[bytes, int, int], dfd: int, name: bytes) -
 def _restore_special(dfd: int, node: Node, fresh: bool) -> None:
     name = node.name
     if not fresh:
-        _remove_existing(dfd, name)
+        remove_existing(dfd, name)
     if node.type == SYMLINK:
         os.symlink(node.target, name, dir_fd=dfd)
     elif node.type == FIFO:
@@ -405,9 +405,6 @@ def remove_existing(dfd: int, name: bytes) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise OSError(errno.EISDIR, "a directory is in the way")
     os.unlink(name, dir_fd=dfd)
-
-
-_remove_existing = remove_existing
 
 
 class WorkerPacks:
