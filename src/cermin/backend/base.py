@@ -71,6 +71,20 @@ class Leftover:
     mtime: float  # when it was last written (seconds since the epoch, the storage's clock)
 
 
+class Spool(Protocol):
+    """A temporary object being written (`Backend.spool`). `commit` makes it the object `name` with
+    the guarantees of `save` (durable before it is visible, never replacing an object:
+    ObjectExists); `discard` drops it. Either ends it; an interrupted process leaves a leftover."""
+
+    size: int  # bytes written so far
+
+    def write(self, parts: list) -> None: ...
+
+    def commit(self, name: str) -> None: ...
+
+    def discard(self) -> None: ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     location: str
@@ -138,6 +152,12 @@ class Backend(Protocol):
     def remove_leftover(self, path: str) -> None:
         """Remove one temporary file `leftovers` listed; gone already is fine. Never an object."""
 
+    def spool(self, kind: Kind) -> Spool | None:
+        """A new object written piece by piece before its name is known (a pack, named by the hash
+        of its bytes), so it is never held whole in memory; None: this store takes whole objects
+        (`save`), and callers build them in memory. Wrappers return None: every write goes through
+        their own `save`."""
+
 
 class BackendBase:
     """Defaults of the capability methods for a store without the capability. Drivers subclass it
@@ -196,6 +216,9 @@ class BackendBase:
     def remove_leftover(self, path: str) -> None:
         pass
 
+    def spool(self, kind: Kind) -> Spool | None:
+        return None
+
 
 def exists_by_size(backend: Backend, kind: Kind, name: str) -> bool:
     """`exists` for backends whose cheapest probe is a size lookup."""
@@ -219,6 +242,9 @@ class BackendWrapper:
     @property
     def caps(self) -> Capabilities:
         return self.inner.caps
+
+    def spool(self, kind: Kind) -> Spool | None:
+        return None  # never the inner store's: that would bypass this wrapper's `save`
 
     @property
     def lock(self):

@@ -40,6 +40,76 @@ def _io_error(e: OSError, what: str) -> CerminError:
     return CerminError(f"cannot write {what}: {e.strerror or e}")
 
 
+def _write_all(fd: int, parts: list) -> None:
+    """Write every buffer of `parts` in order (writev, continuing after short writes)."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views[:1024])  # IOV_MAX
+        while n:
+            if n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _publish(fd: int, tmp: str, final: str, what: str, root: str) -> None:
+    """Make the written temporary file `tmp` (open as `fd`, closed here) the object at `final`: data
+    durable first, then read-only, then linked (never replacing an object), then the link durable."""
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o400)  # objects are read-only once written
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            raise ObjectExists(f"{what} already exists") from None
+        _fsync_dir(os.path.dirname(final))
+    except OSError as e:
+        raise _io_error(e, f"{what} in {root}") from None
+
+
+class _FileSpool:
+    """A new object written straight to a temporary file (`LocalBackend.spool`)."""
+
+    def __init__(self, backend: LocalBackend, kind: Kind, fd: int, tmp: str) -> None:
+        self.backend = backend
+        self.kind = kind
+        self.fd = fd
+        self.tmp = tmp
+        self.size = 0
+
+    def write(self, parts: list) -> None:
+        try:
+            _write_all(self.fd, parts)
+        except OSError as e:
+            raise _io_error(e, f"{self.kind.value}/ (a new object) in {self.backend.root}") from None
+        self.size += sum(len(p) for p in parts)
+
+    def commit(self, name: str) -> None:
+        fd, self.fd = self.fd, -1
+        try:
+            _publish(fd, self.tmp, self.backend._path(self.kind, name), f"{self.kind.value}/{name}", self.backend.root)
+        finally:
+            _unlink_quietly(self.tmp)
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        _unlink_quietly(self.tmp)
+
+
 class LocalBackend(BackendBase):
     caps = Capabilities()  # a directory: unversioned, no retention, 8 MiB packs
 
@@ -105,26 +175,25 @@ class LocalBackend(BackendBase):
             raise _io_error(e, f"{what} in {self.root}") from None
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
-            finally:
+                _write_all(fd, [data])
+            except OSError as e:
                 os.close(fd)
-            os.chmod(tmp, 0o400)  # objects are read-only once written
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                raise ObjectExists(f"{what} already exists") from None
-            _fsync_dir(d)
-        except OSError as e:
-            raise _io_error(e, f"{what} in {self.root}") from None
+                raise _io_error(e, f"{what} in {self.root}") from None
+            _publish(fd, tmp, final, what, self.root)
         finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _unlink_quietly(tmp)
+
+    def spool(self, kind: Kind) -> _FileSpool:
+        """A temporary file in the kind's directory, linked to its final name by `commit`."""
+        d = os.path.join(self.root, kind.value)
+        tmp = os.path.join(d, f".tmp-spool-{secrets.token_hex(8)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            raise CerminError(f"repository directory {d} is missing (damaged repository?)") from None
+        except OSError as e:
+            raise _io_error(e, f"{kind.value}/ (a new object) in {self.root}") from None
+        return _FileSpool(self, kind, fd, tmp)
 
     def load(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(kind, name)

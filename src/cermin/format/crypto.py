@@ -143,3 +143,8 @@ def keyed_hasher(id_key: bytes):
 def file_id(data: bytes | memoryview) -> str:
     """Storage name of a whole file: unkeyed BLAKE3 of its bytes, so integrity is checkable without keys."""
     return blake3.blake3(data, max_threads=blake3.blake3.AUTO if len(data) > (8 << 20) else 1).hexdigest()
+
+
+def file_hasher():
+    """`file_id` of a file written in pieces: update() each piece in order, then hexdigest()."""
+    return blake3.blake3()

@@ -106,33 +106,69 @@ def blob_aad(blob_type: int, blob_id: bytes) -> bytes:
     return bytes((blob_type,)) + blob_id
 
 
-class PackBuilder:
-    """Accumulates encrypted blobs in memory; not thread-safe (the caller owns one at a time)."""
+SPOOL_WRITE = 1 << 20  # a spooled pack goes to its file in writes of about this much
 
-    def __init__(self, keys: MasterKeys) -> None:
+
+class PackBuilder:
+    """Accumulates encrypted blobs; not thread-safe (the caller owns one at a time).
+
+    In memory, `finish` returns the pack's bytes. With `spool` (a callable returning a
+    `Backend.spool` or None, called at the first blob) the blobs go to storage as they come, in
+    writes of SPOOL_WRITE, hashed on the way: `seal` writes the header and returns the pack's name,
+    and the caller commits or discards `self.spool`. Memory stays at one write, not one pack."""
+
+    def __init__(self, keys: MasterKeys, spool=None) -> None:
         salt = os.urandom(crypto.SALT_LEN)
         self._cipher = keys.object_cipher(salt)
         self._parts: list[bytes] = [MAGIC, salt]
+        self._buffered = PREFIX_LEN
+        self._open_spool = spool
+        self.spool = None
+        self._hash = None
         self.entries: list[IndexEntry] = []
         self.size = PREFIX_LEN
 
     def add(self, blob_type: int, blob_id: bytes, payload: bytes, raw_len: int) -> None:
+        if self._open_spool is not None:
+            self.spool, self._open_spool = self._open_spool(), None
+            if self.spool is not None:
+                self._hash = crypto.file_hasher()
         ct = self._cipher.encrypt(crypto.blob_nonce(self.size), payload, blob_aad(blob_type, blob_id))
         self.entries.append(IndexEntry(blob_id, blob_type, self.size, len(ct), raw_len))
         self._parts.append(ct)
         self.size += len(ct)
+        self._buffered += len(ct)
+        if self.spool is not None and self._buffered >= SPOOL_WRITE:
+            self._write()
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self) -> bytes:
+    def _write(self) -> None:
+        for p in self._parts:
+            self._hash.update(p)
+        self.spool.write(self._parts)
+        self._parts, self._buffered = [], 0
+
+    def _header(self) -> None:
         header = b"".join(HEADER_ENTRY.pack(t, ln, raw, bid) for bid, t, _, ln, raw in self.entries)
         hct = self._cipher.encrypt(crypto.HEADER_NONCE, header, HEADER_AAD)
         self._parts.append(hct)
         self._parts.append(struct.pack("<I", len(hct)))
+        self.size += len(hct) + 4
+
+    def finish(self) -> bytes:
+        """The whole pack (in memory)."""
+        self._header()
         data = b"".join(self._parts)
         self._parts = []
         return data
+
+    def seal(self) -> str:
+        """A spooled pack: write the rest and the header; returns its name (`crypto.file_id`)."""
+        self._header()
+        self._write()
+        return self._hash.hexdigest()
 
 
 def pack_cipher(keys: MasterKeys, pack_prefix: bytes, what: str):

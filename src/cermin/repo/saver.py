@@ -56,8 +56,8 @@ class BlobSaver:
         self._pending: set[bytes] = set()
         self._pools = {pack.DATA: queue.SimpleQueue(), pack.TREE: queue.SimpleQueue()}
         for _ in range(builders):
-            self._pools[pack.DATA].put(pack.PackBuilder(repo.keys))
-        self._pools[pack.TREE].put(pack.PackBuilder(repo.keys))
+            self._pools[pack.DATA].put(self._builder())
+        self._pools[pack.TREE].put(self._builder())
         self._builders = {pack.DATA: builders, pack.TREE: 1}
         self._uploader = ThreadPoolExecutor(uploads, "cermin-upload", initializer=main_thread_signals)
         self._inflight = threading.Semaphore(uploads)  # finished packs waiting: bounds memory
@@ -112,11 +112,19 @@ class BlobSaver:
             b.add(blob_type, blob_id, payload, raw_len)
         finally:
             if b.size >= self.target:
-                pool.put(pack.PackBuilder(self.repo.keys))
+                pool.put(self._builder())
                 self._submit(b)
             else:
                 pool.put(b)
         return SaveResult(True, raw_len, len(payload))
+
+    def _builder(self) -> pack.PackBuilder:
+        """A pack builder; on a store that takes objects in pieces (a local directory), its blobs go
+        to a temporary file as they come instead of staying in memory until the pack is full."""
+        if self.dry_run:
+            return pack.PackBuilder(self.repo.keys)
+        backend = self.repo.backend
+        return pack.PackBuilder(self.repo.keys, spool=lambda: backend.spool(Kind.DATA))
 
     def _submit(self, builder: pack.PackBuilder) -> None:
         self._inflight.acquire()
@@ -131,10 +139,16 @@ class BlobSaver:
     def _upload(self, builder: pack.PackBuilder) -> None:
         try:
             entries = builder.entries
-            data = builder.finish()
-            name = crypto.file_id(data)
-            if not self.dry_run:
-                entries, data, name = self._store(entries, data, name)
+            if builder.spool is not None:
+                name = builder.seal()
+                builder.spool.commit(name)
+                size = builder.size
+            else:
+                data = builder.finish()
+                name = crypto.file_id(data)
+                if not self.dry_run:
+                    entries, data, name = self._store(entries, data, name)
+                size = len(data)
             pack_id = bytes.fromhex(name)
             blobs = fmt_index.encode_entries(entries)
             if not self.ignore_index:
@@ -143,7 +157,7 @@ class BlobSaver:
                 if not self.write_index:  # only prune/repair need them, to write their own index
                     self.new_packs[pack_id] = blobs
                 self.packs_written += 1
-                self.bytes_uploaded += len(data)
+                self.bytes_uploaded += size
                 if not self.ignore_index:  # otherwise pending is this saver's whole dedup set
                     for e in entries:
                         self._pending.discard(e.blob_id)
@@ -156,6 +170,8 @@ class BlobSaver:
             if ready and self.write_index and not self.dry_run:
                 self.index_files.append(self.repo.save_index(ready))
         except BaseException as e:
+            if builder.spool is not None:
+                builder.spool.discard()
             if self._error is None:
                 self._error = e
             raise
@@ -193,7 +209,7 @@ class BlobSaver:
                 b = pool.get()
                 if len(b):
                     self._submit(b)
-                pool.put(pack.PackBuilder(self.repo.keys))
+                pool.put(self._builder())
         with self._lock:
             futures, self._futures = self._futures, []
         for f in futures:
@@ -206,4 +222,10 @@ class BlobSaver:
             self.index_files.append(self.repo.save_index(ready))
 
     def close(self) -> None:
+        """Wait for the uploads; a pack still being built (the run failed) is dropped."""
         self._uploader.shutdown(wait=True)
+        for pool in self._pools.values():
+            while not pool.empty():
+                b = pool.get()
+                if b.spool is not None:
+                    b.spool.discard()
