@@ -37,6 +37,7 @@ SAVE_ATTEMPTS = 3  # stores of one object found damaged after its save (backend/
 
 TREE_CACHE_TREES = 256
 TREE_CACHE_BYTES = 4 * 1024 * 1024  # encoded bytes of the cached trees
+CIPHER_CACHE = 64  # packs whose derived key load_blob keeps
 
 
 def _aad(kind: Kind) -> bytes:
@@ -75,7 +76,8 @@ class Repository:
         # of 1,000 files each held ~180 MiB (a re-backup of 200,000 files peaked at 274 MiB).
         self._tree_cache: OrderedDict[bytes, tuple[Tree, int]] = OrderedDict()
         self._tree_cache_bytes = 0
-        self._tree_lock = threading.Lock()
+        self._tree_lock = threading.Lock()  # also guards _ciphers
+        self._ciphers: OrderedDict[str, object] = OrderedDict()  # pack name -> its blobs' cipher
 
     # ---- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -319,19 +321,34 @@ class Repository:
         pack_name = loc.pack_id.hex()
         what = f"blob {blob_id.hex()[:16]} in pack {pack_name[:12]}"
         try:
-            return self._read_blob(self.backend.load, pack_name, loc, blob_id, what)
+            return self._read_blob(self.backend.load, pack_name, loc, blob_id, what, cached=True)
         except CorruptObject:
             if not self.backend.caps.versions:
                 raise
             return self._read_blob(self.backend.load_original, pack_name, loc, blob_id, what)  # cermin's version
 
-    def _read_blob(self, load, pack_name: str, loc, blob_id: bytes, what: str) -> bytes:
-        prefix = load(Kind.DATA, pack_name, 0, pack.PREFIX_LEN)
+    def _read_blob(self, load, pack_name: str, loc, blob_id: bytes, what: str, cached: bool = False) -> bytes:
+        """`cached`: the pack's cipher may come from, and go to, the small per-pack cache (reads of
+        many blobs of one pack, like a backup's walk of the parent's trees, derive it once). Only
+        for the plain `load`: the original version of a replaced object is read afresh."""
+        cipher = None
+        if cached:
+            with self._tree_lock:
+                cipher = self._ciphers.get(pack_name)
+        if cipher is None:
+            prefix = load(Kind.DATA, pack_name, 0, pack.PREFIX_LEN)
+            cipher = pack.pack_cipher(self.keys, prefix, what)
         ct = load(Kind.DATA, pack_name, loc.offset, loc.length)
         if len(ct) != loc.length:
             raise CorruptObject(f"{what}: pack is truncated")
-        cipher = pack.pack_cipher(self.keys, prefix, what)
-        return self.open_blob(cipher, loc.offset, loc.type, blob_id, ct, loc.raw_length)
+        data = self.open_blob(cipher, loc.offset, loc.type, blob_id, ct, loc.raw_length)
+        if cached:  # only a cipher that just opened a blob (authenticated) is kept
+            with self._tree_lock:
+                self._ciphers[pack_name] = cipher
+                self._ciphers.move_to_end(pack_name)
+                if len(self._ciphers) > CIPHER_CACHE:
+                    self._ciphers.popitem(last=False)
+        return data
 
     def open_blob(
         self, cipher, offset: int, blob_type: int, blob_id: bytes, ct: bytes, raw_len: int = pack.MAX_BLOB_SIZE
