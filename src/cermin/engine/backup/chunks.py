@@ -22,7 +22,9 @@ from cermin.format import pack
 from cermin.util import main_thread_signals
 
 WHOLE_READ_LIMIT = 8 * 1024 * 1024  # files up to this size are read in one go and cut in memory
-EMIT_BYTES = 8 * 1024 * 1024  # a large file's chunks go to the parent in groups of about this
+# A large file's chunks go to the parent in groups of at most this many bytes of payload (or one chunk,
+# when a single one is larger): what a worker holds and copies into a frame stays small.
+EMIT_BYTES = 1024 * 1024
 EMIT_CHUNKS = 1024
 KNOWN_MEMO = 65_536  # ids this cutter compressed in this run: duplicates are not compressed twice
 
@@ -89,11 +91,16 @@ class Cutter:
             return self.whole(fd, emit)
         return self.stream(io.FileIO(fd, "rb", closefd=False), emit)
 
-    def whole(self, fd: int, emit: Callable[[list[Chunk]], None]) -> Cut:
-        """One read into this cutter's buffer, then cut in memory (cut_stream allocates 8 MiB a call)."""
+    def _buffer(self, n: int) -> memoryview:
+        """This cutter's read buffer, at least `n` bytes (kept for the next file)."""
         buf = self._buf
-        if buf is None:
-            buf = self._buf = memoryview(bytearray(WHOLE_READ_LIMIT + 1))
+        if buf is None or len(buf) < n:
+            buf = self._buf = memoryview(bytearray(n))
+        return buf
+
+    def whole(self, fd: int, emit: Callable[[list[Chunk]], None]) -> Cut:
+        """One read into this cutter's buffer, then cut in memory."""
+        buf = self._buffer(WHOLE_READ_LIMIT + 1)[: WHOLE_READ_LIMIT + 1]
         n = 0
         while n < len(buf):
             k = os.readv(fd, [buf[n:]])  # straight into the buffer: no FileIO, no extra fstat
@@ -113,9 +120,16 @@ class Cutter:
     def stream(self, f, emit: Callable[[list[Chunk]], None], window: int = 4) -> Cut:
         """Large files and streams: this thread reads and cuts; hashing and compression run on two
         threads a bounded window ahead (BLAKE3 and zstd release the GIL on large inputs), so one big
-        file keeps more than one core busy. Chunks go to `emit` in groups of bounded size."""
+        file keeps more than one core busy. Chunks go to `emit` in groups of at most EMIT_BYTES.
+
+        Cut in this cutter's buffer (FastCDC's `cut_stream` allocates two maximum chunks a call): a
+        chunk is cut only while at least a maximum chunk follows its start (or the input ended), so
+        the boundaries are those `cut_stream` and `cut_buf` find."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(2, "cermin-chunk", initializer=main_thread_signals)
+        most = self.chunker.max_size
+        buf = self._buffer(max(WHOLE_READ_LIMIT, 2 * most))
+        readinto = getattr(f, "readinto", None)
         pending: deque = deque()
         out: list[Chunk] = []
         out_bytes = 0
@@ -128,20 +142,45 @@ class Cutter:
             c = pending.popleft().result()
             if not first:
                 first.append(c)
-            out.append(c)
-            out_bytes += len(c[2] or b"")
-            if out_bytes >= EMIT_BYTES or len(out) >= EMIT_CHUNKS:  # known chunks add no bytes
+            n = len(c[2] or b"")  # known chunks add no bytes
+            if out and (out_bytes + n > EMIT_BYTES or len(out) >= EMIT_CHUNKS):
                 emit(out)
                 out, out_bytes = [], 0
+            out.append(c)
+            out_bytes += n
 
-        for ch in self.chunker.cut_stream(f):
-            data = bytes(ch.data)  # only valid until the next chunk
-            if head is None:
-                head = data[:ENTROPY_BYTES]
-            size += len(data)
-            pending.append(self._pool.submit(self.chunk, data))
-            if len(pending) >= window:
-                collect()
+        end = 0
+        eof = False
+        while True:
+            while not eof and end < len(buf):
+                if readinto is not None:
+                    k = readinto(buf[end:])
+                else:
+                    piece = f.read(len(buf) - end)
+                    k = len(piece)
+                    buf[end : end + k] = piece
+                if not k:
+                    eof = True
+                else:
+                    end += k
+            if not end:
+                break
+            pos = 0
+            for ch in self.chunker.cut_buf(buf[:end]):
+                if not eof and end - pos < most:
+                    break
+                data = bytes(ch.data)
+                if head is None:
+                    head = data[:ENTROPY_BYTES]
+                pos += len(data)
+                pending.append(self._pool.submit(self.chunk, data))
+                if len(pending) >= window:
+                    collect()
+            buf[: end - pos] = buf[pos:end]
+            end -= pos
+            size += pos
+            if eof and not end:
+                break
         while pending:
             collect()
         return out, size, self.facts(head or b"", first)
