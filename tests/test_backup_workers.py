@@ -220,3 +220,100 @@ def test_two_backups_in_one_process_stop_their_workers_cleanly(tmp_path, monkeyp
         t.join()
     assert len(results) == 2 and all(not r.errors for r in results)
     assert signal.SIGKILL not in killed, "every worker saw EOF and exited on its own"
+
+
+def test_streamed_chunks_are_fastcdc_s_in_bounded_groups(monkeypatch):
+    """A stream is cut in the cutter's own buffer (refilled many times here, by short reads and by
+    `read` alone): the boundaries are FastCDC's `cut_stream` ones, and chunks reach `emit` in groups of
+    at most EMIT_BYTES of payload unless one chunk alone is larger."""
+    import io
+    import random
+
+    from conftest import FAST_KDF, PASSWORD
+
+    from cermin.backend.memory import MemoryBackend
+    from cermin.engine.backup import chunks as chunks_mod
+    from cermin.repo.repository import Repository
+
+    repo = Repository.init(MemoryBackend(), PASSWORD.encode(), kdf=FAST_KDF, chunker_params=(1024, 4096, 16384))
+    monkeypatch.setattr(chunks_mod, "WHOLE_READ_LIMIT", 40_000)  # the stream buffer: 40,000 bytes
+    monkeypatch.setattr(chunks_mod, "EMIT_BYTES", 20_000)
+    rnd = random.Random(5)
+    data = rnd.randbytes(300_000) + bytes(50_000) + rnd.randbytes(123_457)
+
+    class ShortReads:
+        def __init__(self) -> None:
+            self.f = io.BytesIO(data)
+
+        def read(self, n: int) -> bytes:
+            return self.f.read(rnd.randint(1, n))
+
+    want = [repo.blob_id(bytes(c.data)) for c in repo.make_chunker().cut_stream(io.BytesIO(data))]
+    assert len(want) > 20
+    cutter = chunks_mod.Cutter(repo, False, lambda bid: False)
+    try:
+        for stream, expect in ((io.BytesIO(data), want), (ShortReads(), want), (io.BytesIO(b""), [])):
+            groups: list[list] = []
+            rest, size, _ = cutter.stream(stream, groups.append)
+            groups.append(rest)
+            assert [bid for g in groups for bid, _, _ in g] == expect
+            assert size == (len(data) if expect else 0)
+            for g in groups[:-1]:
+                assert len(g) == 1 or sum(len(p) for _, _, p in g) <= chunks_mod.EMIT_BYTES
+    finally:
+        cutter.close()
+
+
+def test_frames_larger_than_the_read_buffer_arrive_whole(monkeypatch):
+    """The parent's reader: frames of every size, a few larger than its buffer, sent in odd pieces,
+    decode in order; a large one does not stay in the buffer."""
+    import socket
+    import threading
+
+    import msgspec
+
+    monkeypatch.setattr(workers_mod, "READ_BUFFER", 1000)
+    a, b = socket.socketpair(socket.AF_UNIX)
+    msgs = [workers_mod.Part(i, i, [(b"id", n, bytes([i]) * n)]) for i, n in enumerate([10, 990, 3000, 5, 70_000, 1])]
+    msgs.append(workers_mod.Done(99, [workers_mod.FileResult(size=7)]))
+    wire = b"".join(workers_mod.FRAME.pack(len(m)) + m for m in map(msgspec.msgpack.encode, msgs))
+
+    def writer() -> None:
+        i = 0
+        while i < len(wire):
+            step = (i * 7919) % 1500 + 1
+            a.sendall(wire[i : i + step])
+            i += step
+        a.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    r = workers_mod._Reader(b)
+    got = []
+    while r.fill():
+        got += r.frames()
+        assert len(r.buf) == 1000
+    t.join()
+    b.close()
+    assert got == msgs and r.big is None
+
+
+def test_an_outsized_frame_and_the_small_ones_after_it(local_repo, tmp_path):
+    """One worker sends a whole-read file of nearly WHOLE_READ_LIMIT incompressible bytes in its batch's
+    `Done` (larger than the parent's read buffer and than what a worker keeps of its frame buffer), then
+    small files: all restored byte for byte."""
+    from cermin.engine.backup import chunks as chunks_mod
+
+    src = tmp_path / "src"
+    os.makedirs(src)
+    big = os.urandom(chunks_mod.WHOLE_READ_LIMIT - 4096)
+    (src / "a-big").write_bytes(big)
+    for i in range(20):
+        (src / f"b{i}").write_bytes(os.urandom(1000 + i))
+    s = do_backup(local_repo, src, workers=1)
+    assert not s.errors and s.snapshot.summary.files_new == 21
+    r = do_restore(local_repo, s.snapshot_id, tmp_path / "out", verify=True)
+    assert not r.errors
+    out = tmp_path / "out" / str(src).lstrip("/")
+    assert (out / "a-big").read_bytes() == big
+    assert all((out / f"b{i}").read_bytes() == (src / f"b{i}").read_bytes() for i in range(20))

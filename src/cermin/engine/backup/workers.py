@@ -37,6 +37,8 @@ from cermin.errors import CerminError
 
 MAX_FDS = 253  # SCM_MAX_FD: descriptors one message can carry
 FRAME = struct.Struct("<I")
+READ_BUFFER = 1 << 20  # the parent's buffer per worker; a larger frame is received into its own
+SEND_KEEP = 2 << 20  # a worker's frame buffer is dropped after a frame larger than this
 
 
 class Batch(msgspec.Struct, array_like=True):
@@ -134,11 +136,16 @@ def assessed(assess: Callable[[FileRead], Any], r: FileResult, name: bytes, prev
 def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, assess) -> None:
     enc = msgspec.msgpack.Encoder()
     dec = msgspec.msgpack.Decoder(Batch)
+    frame = bytearray(FRAME.size)
 
     def send(msg) -> None:
-        body = enc.encode(msg)
-        out.sendall(FRAME.pack(len(body)))
-        out.sendall(body)
+        """One frame, encoded behind its length prefix in one buffer and sent with one call."""
+        nonlocal frame
+        enc.encode_into(msg, frame, FRAME.size)  # the buffer ends where the message does
+        FRAME.pack_into(frame, 0, len(frame) - FRAME.size)
+        out.sendall(frame)
+        if len(frame) > SEND_KEEP:  # one large file's Done: not kept for the small frames that follow
+            frame = bytearray(FRAME.size)
 
     cutter = Cutter(repo, want_facts, repo.index.__contains__)
     try:
@@ -181,35 +188,50 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
 
 
 class _Reader:
-    """Frames from one worker's stream socket, read in large pieces into a reusable buffer."""
+    """Frames from one worker's stream socket, read in large pieces into a reusable buffer; a frame
+    larger than that buffer is received straight into a buffer of its own size."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buf = bytearray(1 << 20)
+        self.buf = bytearray(READ_BUFFER)
         self.start = 0
         self.end = 0
+        self.big: bytearray | None = None  # the body of a frame larger than `buf`, as far as `got`
+        self.got = 0
         self.dec = msgspec.msgpack.Decoder(Reply)
 
     def fill(self) -> bool:
-        """One recv; False at EOF. A full buffer is compacted, or doubled when one frame fills it."""
-        if self.end == len(self.buf):
-            live = self.end - self.start
-            if self.start:
-                self.buf[:live] = self.buf[self.start : self.end]
+        """One recv; False at EOF."""
+        with memoryview(self.big if self.big is not None else self.buf) as mv:
+            if self.big is not None:
+                n = self.sock.recv_into(mv[self.got :])
+                self.got += n
+                return n > 0
+            if self.end == len(mv):  # full: the frame begun at `start` fits once moved to the front
+                live = self.end - self.start
+                mv[:live] = mv[self.start : self.end]
                 self.start, self.end = 0, live
-            else:
-                self.buf.extend(bytes(len(self.buf)))
-        with memoryview(self.buf) as mv:
             n = self.sock.recv_into(mv[self.end :])
         self.end += n
         return n > 0
 
     def frames(self) -> list:
         out = []
+        if self.big is not None:
+            if self.got < len(self.big):
+                return out
+            out.append(self.dec.decode(self.big))
+            self.big = None
         with memoryview(self.buf) as mv:
             while self.end - self.start >= FRAME.size:
                 (n,) = FRAME.unpack_from(mv, self.start)
-                if self.end - self.start - FRAME.size < n:
+                have = self.end - self.start - FRAME.size
+                if have < n:
+                    if FRAME.size + n > len(mv):
+                        self.big = bytearray(n)
+                        self.big[:have] = mv[self.start + FRAME.size : self.end]
+                        self.got = have
+                        self.start = self.end  # nothing follows it yet: the worker is still sending it
                     break
                 body = mv[self.start + FRAME.size : self.start + FRAME.size + n]
                 out.append(self.dec.decode(body))
@@ -217,8 +239,6 @@ class _Reader:
                 self.start += FRAME.size + n
         if self.start == self.end:
             self.start = self.end = 0
-            if len(self.buf) > 4 << 20:  # grown for one large frame: give it back
-                self.buf = bytearray(1 << 20)
         return out
 
 
