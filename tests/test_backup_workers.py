@@ -317,3 +317,34 @@ def test_an_outsized_frame_and_the_small_ones_after_it(local_repo, tmp_path):
     out = tmp_path / "out" / str(src).lstrip("/")
     assert (out / "a-big").read_bytes() == big
     assert all((out / f"b{i}").read_bytes() == (src / f"b{i}").read_bytes() for i in range(20))
+
+
+def test_a_backup_leaves_the_collector_as_it_found_it(local_repo, tmp_path, monkeypatch):
+    """The agent runs backups in a long-lived process: thresholds and frozen objects are restored after
+    a backup, a failed one too; the run itself ran with its start frozen and a larger young threshold."""
+    import gc
+
+    from cermin.engine.backup import filesaver as filesaver_mod
+
+    src = tmp_path / "src"
+    _tree(src, 30)
+    before = gc.get_threshold(), gc.get_freeze_count()
+    seen = []
+    real = filesaver_mod.FileSaver.start
+
+    def start(self):
+        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+        real(self)
+
+    monkeypatch.setattr(filesaver_mod.FileSaver, "start", start)
+    assert not do_backup(local_repo, src, workers=2).errors
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+    assert seen[0][0][0] >= 20_000 and seen[0][1] > 0
+
+    def fail(self):
+        raise CerminError("stop")
+
+    monkeypatch.setattr(filesaver_mod.FileSaver, "start", fail)
+    with pytest.raises(CerminError, match="stop"):
+        do_backup(local_repo, src, workers=2)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before

@@ -282,7 +282,10 @@ class Workers:
             (socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET), socket.socketpair(socket.AF_UNIX))
             for _ in range(n)
         ]
-        gc.freeze()  # the children never collect the parent's objects: their pages stay shared
+        # Frozen, the parent's objects are never scanned by a collection in either process: their pages
+        # stay shared. A freeze already in place (Backup.run's) is its owner's to undo, with these.
+        outer = gc.get_freeze_count()
+        gc.freeze()
         try:
             for (_, c_child), (_, d_child) in pairs:
                 pid = os.fork()
@@ -301,7 +304,8 @@ class Workers:
                 _reap(pid)
             raise
         finally:
-            gc.unfreeze()
+            if not outer:
+                gc.unfreeze()
             for (_, c_child), (_, d_child) in pairs:
                 c_child.close()
                 d_child.close()
