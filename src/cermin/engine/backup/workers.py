@@ -39,6 +39,9 @@ MAX_FDS = 253  # SCM_MAX_FD: descriptors one message can carry
 FRAME = struct.Struct("<I")
 READ_BUFFER = 1 << 20  # the parent's buffer per worker; a larger frame is received into its own
 SEND_KEEP = 2 << 20  # a worker's frame buffer is dropped after a frame larger than this
+# glibc frees an allocation of at least this much to the kernel at once, and trims its heaps above it
+# (a worker: see `_release_big_buffers`)
+RELEASE_BYTES = 1 << 20
 
 
 class Batch(msgspec.Struct, array_like=True):
@@ -249,12 +252,29 @@ def _child_setup(*keep: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
+    _release_big_buffers()
     gc.disable()
     lo = 3
     for fd in sorted(keep):
         os.closerange(lo, fd)
         lo = fd + 1
     os.closerange(lo, max(lo, os.sysconf("SC_OPEN_MAX")))
+
+
+def _release_big_buffers() -> None:
+    """glibc keeps what a process frees for its next allocations, and raises its mmap threshold to the
+    largest block it freed (up to 32 MiB): a worker's chunk copies, payloads and frames (up to 4 MiB
+    each) then stayed resident as free heap. Fixed thresholds give a block of RELEASE_BYTES or more back
+    to the kernel when it is freed. /usr/share: the two workers' PSS at the peak 89-97 -> 60-71 MiB, for
+    ~170,000 more page faults (~0.35 s of system time)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, RELEASE_BYTES)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, RELEASE_BYTES)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: its own policy
 
 
 def _die_with_parent() -> None:
