@@ -348,3 +348,29 @@ def test_a_backup_leaves_the_collector_as_it_found_it(local_repo, tmp_path, monk
     with pytest.raises(CerminError, match="stop"):
         do_backup(local_repo, src, workers=2)
     assert (gc.get_threshold(), gc.get_freeze_count()) == before
+
+
+def test_the_read_buffer_is_handed_back_after_a_large_file(local_repo, tmp_path):
+    """After a file larger than KEEP_BUFFER, the buffer's pages past it go back to the kernel (they
+    read as zeros again), and the next files are cut as before."""
+    from cermin.engine.backup import chunks as chunks_mod
+
+    data = os.urandom(3 << 20)
+    small = os.urandom(5000)
+    (tmp_path / "big").write_bytes(data)
+    (tmp_path / "small").write_bytes(small)
+    cutter = chunks_mod.Cutter(local_repo, False, lambda bid: False)
+    try:
+        for name, want in (("big", data), ("small", small), ("big", data)):
+            fd = os.open(tmp_path / name, os.O_RDONLY)
+            try:
+                chunks, n, _ = cutter.whole(fd, None)
+            finally:
+                os.close(fd)
+            assert n == len(want) and chunks and sum(raw for _, raw, _ in chunks) == len(want)
+            assert chunks[0][0] == local_repo.blob_id(want[: chunks[0][1]])
+            kept = want[: chunks_mod.KEEP_BUFFER]
+            assert cutter._buf[: len(kept)] == kept
+            assert not any(cutter._buf[chunks_mod.KEEP_BUFFER : len(want)])
+    finally:
+        cutter.close()

@@ -11,6 +11,7 @@ process (SIGBUS).
 from __future__ import annotations
 
 import io
+import mmap
 import os
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +27,7 @@ WHOLE_READ_LIMIT = 8 * 1024 * 1024  # files up to this size are read in one go a
 # when a single one is larger): what a worker holds and copies into a frame stays small.
 EMIT_BYTES = 1024 * 1024
 EMIT_CHUNKS = 1024
+KEEP_BUFFER = 1024 * 1024  # of the read buffer, what stays resident after a larger file
 KNOWN_MEMO = 65_536  # ids this cutter compressed in this run: duplicates are not compressed twice
 
 # (blob id, raw length, compressed payload; None when the repository already holds the blob)
@@ -48,6 +50,7 @@ class Cutter:
         self.blob_id = repo.blob_id
         self.known = known
         self.want_facts = want_facts
+        self._map: mmap.mmap | None = None
         self._buf: memoryview | None = None
         self._sent: set[bytes] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -92,11 +95,20 @@ class Cutter:
         return self.stream(io.FileIO(fd, "rb", closefd=False), emit)
 
     def _buffer(self, n: int) -> memoryview:
-        """This cutter's read buffer, at least `n` bytes (kept for the next file)."""
+        """This cutter's read buffer, at least `n` bytes (kept for the next file): anonymous memory,
+        whose pages past KEEP_BUFFER `_release` hands back after a large file."""
         buf = self._buf
         if buf is None or len(buf) < n:
-            buf = self._buf = memoryview(bytearray(n))
+            self._buf = None
+            self._map = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)  # private: MADV_DONTNEED frees it
+            buf = self._buf = memoryview(self._map)
         return buf
+
+    def _release(self, used: int) -> None:
+        """A file used `used` bytes of the buffer: past KEEP_BUFFER they go back to the kernel (zeroed
+        pages when the next large file needs them), so a worker holds ~1 MiB between large files, not 8."""
+        if used > KEEP_BUFFER and self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED, KEEP_BUFFER, len(self._map) - KEEP_BUFFER)
 
     def whole(self, fd: int, emit: Callable[[list[Chunk]], None]) -> Cut:
         """One read into this cutter's buffer, then cut in memory."""
@@ -115,7 +127,9 @@ class Cutter:
             chunks = [self.chunk(data)] if n else []
         else:
             chunks = [self.chunk(ch.data) for ch in self.chunker.cut_buf(data)]
-        return chunks, n, self.facts(data[:ENTROPY_BYTES], chunks)
+        facts = self.facts(data[:ENTROPY_BYTES], chunks)
+        self._release(n)
+        return chunks, n, facts
 
     def stream(self, f, emit: Callable[[list[Chunk]], None], window: int = 4) -> Cut:
         """Large files and streams: this thread reads and cuts; hashing and compression run on two
@@ -183,4 +197,5 @@ class Cutter:
                 break
         while pending:
             collect()
+        self._release(size)
         return out, size, self.facts(head or b"", first)
