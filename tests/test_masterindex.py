@@ -45,3 +45,23 @@ def test_ids_sharing_a_prefix_are_told_apart():
     b = b"\x01" * 8 + b"\x02" * 8 + os.urandom(16)
     idx = MasterIndex.from_packs({b"P" * 32: fmt_index.pack_entries([(0, 40, 10, a, 10), (1, 50, 10, b, 10)])})
     assert idx.lookup(a).offset == 40 and idx.lookup(b).offset == 50 and idx.lookup(b).type == 1
+
+
+def test_contains_all_agrees_with_one_lookup_per_id():
+    """The vectorised check a backup runs per directory: true only when every id is indexed, in the
+    frozen arrays or added since; ids sharing their first 8 bytes are told apart."""
+    es = entries(3000, 7)
+    shared_a = b"\x05" * 8 + b"\x01" * 8 + os.urandom(16)
+    shared_b = b"\x05" * 8 + b"\x02" * 8 + os.urandom(16)
+    es += [(0, 40, 10, shared_a, 10), (0, 60, 10, shared_b, 10)]
+    idx = MasterIndex.from_packs({b"P" * 32: fmt_index.pack_entries(es)})
+    later = entries(5, 8)
+    idx.add_pack(b"Q" * 32, fmt_index.pack_entries(later))  # in the dict, not yet frozen
+    ids = [e[3] for e in es[::7]] + [shared_b, shared_a] + [e[3] for e in later]
+    assert idx.contains_all(b"".join(ids)) and idx.contains_all(b"")
+    missing = b"\x05" * 8 + b"\x03" * 8 + os.urandom(16)  # same first 8 bytes as two indexed ids
+    for at in (0, 3, len(ids)):
+        probe = ids[:at] + [missing] + ids[at:]
+        assert not idx.contains_all(b"".join(probe))
+        assert all(i in idx for i in ids) and missing not in idx
+    assert MasterIndex().contains_all(b"") and not MasterIndex().contains_all(os.urandom(32))

@@ -156,6 +156,24 @@ class MasterIndex:
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self._blobs or (self._frozen is not None and self._frozen_find(blob_id) >= 0)
 
+    def contains_all(self, ids: bytes) -> bool:
+        """Whether every blob of `ids` (32-byte ids, concatenated) is indexed: one vectorised search
+        of the frozen arrays for all of them (a directory's unchanged files at once), each id the
+        search misses looked up alone (ids added since the freeze, equal first 8 bytes)."""
+        n = len(ids) // 32
+        f = self._frozen
+        if n == 0:
+            return True
+        if f is None or not len(f[0]):
+            return all(ids[i * 32 : i * 32 + 32] in self for i in range(n))
+        import numpy as np  # loaded already: the frozen part is numpy's
+
+        keys = np.frombuffer(ids, dtype=">u8", count=n * 4).reshape(n, 4)
+        hi, lo = keys[:, 0].astype(np.uint64), keys[:, 1].astype(np.uint64)
+        at = np.minimum(f[0].searchsorted(hi), len(f[0]) - 1)
+        found = (f[0][at] == hi) & (f[1][at] == lo)
+        return all(ids[i * 32 : i * 32 + 32] in self for i in np.flatnonzero(~found).tolist())
+
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         v = self._blobs.get(blob_id)
         if v is not None:

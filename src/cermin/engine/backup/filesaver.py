@@ -107,15 +107,18 @@ class FileSaver:
             self._pool = None
 
     # ---- walker side -------------------------------------------------------------------------
-    def submit(self, dfd: int, name: bytes, st: os.stat_result, path: WalkPath, prev, node: Node, job: DirJob) -> None:
+    def submit(
+        self, dfd: int, name: bytes, st: os.stat_result, path: WalkPath, prev, node: Node, job: DirJob, slot=None
+    ) -> None:
         """Queue a file of the directory open as `dfd`; a worker opens it there (never following a
-        symlink) and `node` is completed from its result."""
+        symlink) and `node`, appended to `job` (or already at `slot`), is completed from its result."""
         d = self._dirs.get(job)
         if d is None:
             d = self._dirs[job] = len(self._fds)
             self._fds.append(os.dup(dfd))
-        slot = len(job.nodes)
-        job.nodes.append(node)
+        if slot is None:
+            slot = len(job.nodes)
+            job.nodes.append(node)
         self.trees.add_pending(job)
         p = _Pending(node, path, prev, job, slot, st, d)
         if prev is not None and self.st.obs is not None:
