@@ -350,6 +350,23 @@ def test_a_backup_leaves_the_collector_as_it_found_it(local_repo, tmp_path, monk
     assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
+def test_overlapping_backups_leave_the_collector_as_the_first_found_it():
+    """Two backups in one agent process, the first finishing while the second runs: the second keeps
+    its settings until it ends, and then the process is as before either started."""
+    import gc
+
+    from cermin.engine.backup import _collector_settled
+
+    before = gc.get_threshold(), gc.get_freeze_count()
+    a, b = _collector_settled(), _collector_settled()
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert gc.get_threshold()[0] >= 20_000 and gc.get_freeze_count() > 0
+    b.__exit__(None, None, None)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+
+
 def test_the_read_buffer_is_handed_back_after_a_large_file(local_repo, tmp_path):
     """After a file larger than KEEP_BUFFER, the buffer's pages past it go back to the kernel (they
     read as zeros again), and the next files are cut as before."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -340,24 +341,38 @@ def run_backup(repo: Repository, opts: BackupOptions, progress: Reporter | None 
         return b.run()
 
 
+_gc_lock = threading.Lock()
+_gc_users = 0  # backups running in this process under the settled collector
+_gc_saved: tuple = ()  # (threshold, froze) as the first of them found them
+
+
 @contextmanager
 def _collector_settled() -> Iterator[None]:
-    """For one backup: what is alive at its start (modules, the index, the parent snapshot) is frozen
-    out of the collector's scans, and young collections come less often (a backup allocates millions
-    of short-lived objects, few of them in cycles). The agent and the dashboard run backups in long-lived
-    processes: everything is as it was afterwards. Objects frozen by someone else stay their business."""
-    threshold = gc.get_threshold()
-    freeze = not gc.get_freeze_count()
-    if freeze:
-        gc.freeze()
-    if threshold[0]:  # 0: automatic collection is off, and stays off
-        gc.set_threshold(max(threshold[0], GC_YOUNG), *threshold[1:])
+    """For the backups running: what is alive at the first one's start (modules, the index, the parent
+    snapshot) is frozen out of the collector's scans, and young collections come less often (a backup
+    allocates millions of short-lived objects, few of them in cycles). The agent and the dashboard run
+    backups, several at once, in long-lived processes: the last one to finish puts everything back as
+    the first one found it. Objects frozen by someone else stay their business."""
+    global _gc_users, _gc_saved
+    with _gc_lock:
+        if _gc_users == 0:
+            threshold, froze = gc.get_threshold(), not gc.get_freeze_count()
+            _gc_saved = (threshold, froze)
+            if froze:
+                gc.freeze()
+            if threshold[0]:  # 0: automatic collection is off, and stays off
+                gc.set_threshold(max(threshold[0], GC_YOUNG), *threshold[1:])
+        _gc_users += 1
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
-        if freeze:
-            gc.unfreeze()
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0:
+                threshold, froze = _gc_saved
+                gc.set_threshold(*threshold)
+                if froze:
+                    gc.unfreeze()
 
 
 def _start_event(parent: SnapshotRef | None, stdin: bytes = b"") -> BackupStart:
