@@ -175,3 +175,50 @@ def test_a_backup_spools_packs_and_a_full_disk_leaves_no_temporary_file(tmp_path
     repo = reopen(b)
     assert clean(repo)
     backup(repo, src)
+
+
+def test_a_failed_spool_write_never_becomes_a_pack(tmp_path, monkeypatch):
+    """A spool write that fails after writing part of its bytes (ENOSPC), or is interrupted (Ctrl-C on
+    the walking thread), breaks that pack: it is discarded, never sealed or linked under a name that
+    is not the hash of its bytes, and the saver stores nothing more (its blobs were counted pending)."""
+    import errno
+    import glob
+
+    import pytest
+    from conftest import FAST_KDF, PASSWORD
+
+    from cermin.backend import local as local_mod
+    from cermin.backend.local import LocalBackend
+    from cermin.format import crypto, pack
+    from cermin.repo.repository import Repository
+    from cermin.repo.saver import BlobSaver
+
+    real = local_mod._write_all
+    for how in ("enospc", "interrupt"):
+        root = tmp_path / how
+        repo = Repository.init(LocalBackend(str(root)), PASSWORD.encode(), kdf=FAST_KDF, pack_size=3 << 20)
+        saver = BlobSaver(repo, builders=1)
+        calls = []
+
+        def flaky(fd, parts, how=how, calls=calls):
+            calls.append(1)
+            if len(calls) == 2:
+                if how == "enospc":
+                    os.write(fd, memoryview(parts[0])[: len(parts[0]) // 2])  # what fitted
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                raise KeyboardInterrupt
+            real(fd, parts)
+
+        monkeypatch.setattr(local_mod, "_write_all", flaky)
+        with pytest.raises((KeyboardInterrupt, Exception)):
+            for _ in range(40):
+                data = os.urandom(350_000)
+                saver.save(pack.DATA, repo.blob_id(data), data)
+        with pytest.raises((KeyboardInterrupt, Exception)):  # nothing more is stored by this saver
+            data = os.urandom(1000)
+            saver.save(pack.DATA, repo.blob_id(data), data)
+        saver.close()
+        for path in glob.glob(str(root / "data" / "??" / "*")):
+            with open(path, "rb") as f:
+                assert crypto.file_id(f.read()) == os.path.basename(path), f"{how}: {path}"
+        assert _temp_files(str(root)) == [], how

@@ -65,3 +65,4 @@ def test_contains_all_agrees_with_one_lookup_per_id():
         assert not idx.contains_all(b"".join(probe))
         assert all(i in idx for i in ids) and missing not in idx
     assert MasterIndex().contains_all(b"") and not MasterIndex().contains_all(os.urandom(32))
+    assert not idx.contains_all(ids[0] + ids[1][:31])  # a ragged list (a damaged node) is never "all stored"

@@ -176,9 +176,11 @@ class LocalBackend(BackendBase):
         try:
             try:
                 _write_all(fd, [data])
-            except OSError as e:
+            except BaseException as e:
                 os.close(fd)
-                raise _io_error(e, f"{what} in {self.root}") from None
+                if isinstance(e, OSError):
+                    raise _io_error(e, f"{what} in {self.root}") from None
+                raise
             _publish(fd, tmp, final, what, self.root)
         finally:
             _unlink_quietly(tmp)

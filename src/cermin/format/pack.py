@@ -113,9 +113,11 @@ class PackBuilder:
     """Accumulates encrypted blobs; not thread-safe (the caller owns one at a time).
 
     In memory, `finish` returns the pack's bytes. With `spool` (a callable returning a
-    `Backend.spool` or None, called at the first blob) the blobs go to storage as they come, in
-    writes of SPOOL_WRITE, hashed on the way: `seal` writes the header and returns the pack's name,
-    and the caller commits or discards `self.spool`. Memory stays at one write, not one pack."""
+    `Backend.spool` or None) a pack past SPOOL_WRITE goes to storage as it grows, in writes of about
+    that much, hashed once written: `seal` writes the rest and the header and returns the pack's name,
+    and the caller commits or discards `self.spool`. Memory stays at one write, not one pack; a pack
+    that never reached SPOOL_WRITE stays in memory (`spool` None). A write that fails breaks the
+    builder: what the file holds is unknown, so it is only ever discarded."""
 
     def __init__(self, keys: MasterKeys, spool=None) -> None:
         salt = os.urandom(crypto.SALT_LEN)
@@ -125,29 +127,40 @@ class PackBuilder:
         self._open_spool = spool
         self.spool = None
         self._hash = None
+        self.broken = False
         self.entries: list[IndexEntry] = []
         self.size = PREFIX_LEN
 
     def add(self, blob_type: int, blob_id: bytes, payload: bytes, raw_len: int) -> None:
-        if self._open_spool is not None:
-            self.spool, self._open_spool = self._open_spool(), None
-            if self.spool is not None:
-                self._hash = crypto.file_hasher()
+        if self.broken:
+            raise CorruptObject("internal error: a pack whose write failed was given another blob")
         ct = self._cipher.encrypt(crypto.blob_nonce(self.size), payload, blob_aad(blob_type, blob_id))
         self.entries.append(IndexEntry(blob_id, blob_type, self.size, len(ct), raw_len))
         self._parts.append(ct)
         self.size += len(ct)
         self._buffered += len(ct)
-        if self.spool is not None and self._buffered >= SPOOL_WRITE:
+        if self._buffered >= SPOOL_WRITE and self._spooling():
             self._write()
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def _spooling(self) -> bool:
+        """Open the spool at the first write (a file exists only while it is being written)."""
+        if self._open_spool is not None:
+            self.spool, self._open_spool = self._open_spool(), None
+            if self.spool is not None:
+                self._hash = crypto.file_hasher()
+        return self.spool is not None
+
     def _write(self) -> None:
-        for p in self._parts:
+        try:
+            self.spool.write(self._parts)
+        except BaseException:
+            self.broken = True  # part of it may be in the file: never sealed, only discarded
+            raise
+        for p in self._parts:  # hashed only once written: the name is that of the file's bytes
             self._hash.update(p)
-        self.spool.write(self._parts)
         self._parts, self._buffered = [], 0
 
     def _header(self) -> None:
@@ -166,9 +179,17 @@ class PackBuilder:
 
     def seal(self) -> str:
         """A spooled pack: write the rest and the header; returns its name (`crypto.file_id`)."""
+        if self.broken:
+            raise CorruptObject("internal error: a pack whose write failed was sealed")
         self._header()
         self._write()
         return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        """Drop the spool file, if any (the run failed, or a write did)."""
+        if self.spool is not None:
+            self.spool.discard()
+            self.spool = None
 
 
 def pack_cipher(keys: MasterKeys, pack_prefix: bytes, what: str):

@@ -160,8 +160,10 @@ class MasterIndex:
         """Whether every blob of `ids` (32-byte ids, concatenated) is indexed: one vectorised search
         of the frozen arrays for all of them (a directory's unchanged files at once), each id the
         search misses looked up alone (ids added since the freeze, equal first 8 bytes)."""
-        n = len(ids) // 32
+        n, rest = divmod(len(ids), 32)
         f = self._frozen
+        if rest:
+            return False  # not a list of ids
         if n == 0:
             return True
         if f is None or not len(f[0]):

@@ -110,12 +110,19 @@ class BlobSaver:
         b = pool.get()
         try:
             b.add(blob_type, blob_id, payload, raw_len)
-        finally:
-            if b.size >= self.target:
-                pool.put(self._builder())
-                self._submit(b)
-            else:
-                pool.put(b)
+        except BaseException as e:
+            # Its spool write failed or was interrupted: the pack and every blob in it are lost, so
+            # this saver stores nothing more (those blobs count as pending: a later save would skip them).
+            if self._error is None:
+                self._error = e
+            b.discard()
+            pool.put(self._builder())
+            raise
+        if b.size >= self.target:
+            pool.put(self._builder())
+            self._submit(b)
+        else:
+            pool.put(b)
         return SaveResult(True, raw_len, len(payload))
 
     def _builder(self) -> pack.PackBuilder:
@@ -127,11 +134,16 @@ class BlobSaver:
         return pack.PackBuilder(self.repo.keys, spool=lambda: backend.spool(Kind.DATA))
 
     def _submit(self, builder: pack.PackBuilder) -> None:
-        self._inflight.acquire()
+        try:
+            self._inflight.acquire()
+        except BaseException:  # interrupted while waiting for an upload slot
+            builder.discard()
+            raise
         try:
             fut = self._uploader.submit(self._upload, builder)
         except BaseException:
             self._inflight.release()
+            builder.discard()
             raise
         with self._lock:
             self._futures.append(fut)
@@ -170,8 +182,7 @@ class BlobSaver:
             if ready and self.write_index and not self.dry_run:
                 self.index_files.append(self.repo.save_index(ready))
         except BaseException as e:
-            if builder.spool is not None:
-                builder.spool.discard()
+            builder.discard()
             if self._error is None:
                 self._error = e
             raise
@@ -226,6 +237,4 @@ class BlobSaver:
         self._uploader.shutdown(wait=True)
         for pool in self._pools.values():
             while not pool.empty():
-                b = pool.get()
-                if b.spool is not None:
-                    b.spool.discard()
+                pool.get().discard()

@@ -33,7 +33,10 @@ def same_file(prev: Node, st: os.stat_result) -> bool:
     """Every field `fsmeta.node_from_stat` takes from `st` equals the previous node's, so that node
     can be kept whole: unchanged (size, times and inode, as restic and borg decide), same metadata."""
     return (
-        prev.mtime_ns == st.st_mtime_ns
+        len(prev.content) % 32 == 0  # whole blob ids (a damaged tree could say otherwise)
+        and not prev.subtree
+        and not prev.target
+        and prev.mtime_ns == st.st_mtime_ns
         and prev.ctime_ns == st.st_ctime_ns
         and prev.size == st.st_size
         and prev.inode == st.st_ino
