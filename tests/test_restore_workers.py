@@ -287,3 +287,20 @@ def test_large_batches_and_large_results_never_deadlock(local_repo, hostile, tmp
         signal.signal(signal.SIGALRM, old)
     assert not s.errors and s.files == 1200
     assert len(s.warnings) >= 20_000
+
+
+def test_a_restore_leaves_a_freeze_in_place(local_repo, tmp_path):
+    """An agent restores while a backup of the same process holds the collector frozen: the restore's
+    fork freezes too, and does not undo the backup's freeze afterwards."""
+    import gc
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x" * 5000)
+    sid = do_backup(local_repo, src).snapshot_id
+    gc.freeze()
+    try:
+        assert not do_restore(reopen(local_repo.backend), sid, tmp_path / "out", workers=2).errors
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -494,7 +494,10 @@ class ProcessPool:
         self.poll = select.poll()
         self.by_fd: dict[int, int] = {}
         self.pending: deque[tuple[int, tuple]] = deque()  # results read while sending
-        gc.freeze()  # the children's collections then never touch (and copy) the parent's objects
+        # The children's collections then never touch (and copy) the parent's objects. A freeze already
+        # in place (a backup running in this process, engine/backup) is its owner's to undo.
+        outer = gc.get_freeze_count()
+        gc.freeze()
         try:
             for i in range(n):
                 parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -513,7 +516,8 @@ class ProcessPool:
             self.close(kill=True)
             raise
         finally:
-            gc.unfreeze()
+            if not outer:
+                gc.unfreeze()
 
     def send(self, w: int, batch_no: int, groups: list[Group], fds: list[int]) -> None:
         """Send a batch without ever blocking on a full socket: while worker w cannot take more, the
