@@ -391,3 +391,29 @@ def test_the_read_buffer_is_handed_back_after_a_large_file(local_repo, tmp_path)
             assert not any(cutter._buf[chunks_mod.KEEP_BUFFER : len(want)])
     finally:
         cutter.close()
+
+
+def test_a_file_renamed_over_after_the_stat_is_reported_changed(local_repo, tmp_path, monkeypatch):
+    """Another file of the same size and times renamed over the name between the walker's stat and
+    the worker's open: its bytes are saved as read, with a warning, and the next backup reads it again
+    (the node keeps the stat's inode, which no longer matches)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "victim").write_bytes(b"a" * 4000)
+    (tmp_path / "other").write_bytes(b"b" * 4000)
+    st = os.stat(src / "victim")
+    os.utime(tmp_path / "other", ns=(st.st_atime_ns, st.st_mtime_ns))
+    real = workers_mod.read_one
+
+    def read_one(cutter, dfd, name, size, blocks, emit):
+        if name == b"victim" and os.path.exists(tmp_path / "other"):
+            os.rename(tmp_path / "other", src / "victim")
+        return real(cutter, dfd, name, size, blocks, emit)
+
+    monkeypatch.setattr(workers_mod, "read_one", read_one)
+    s = do_backup(local_repo, src, workers=2)
+    assert not s.errors
+    assert s.snapshot.summary.changed_during_read == 1, s.warnings
+    assert any("victim: changed while it was read" in w for w in s.warnings)
+    again = do_backup(reopen(local_repo), src, workers=2)
+    assert again.snapshot.summary.files_changed == 1 and again.snapshot.summary.files_unmodified == 0

@@ -204,7 +204,14 @@ class FileSaver:
             self._store(p, r.chunks)
             node.xattrs = r.xattrs
             node.content = b"".join(p.ids)
-            changed = r.size != st.st_size or r.after_mtime_ns != st.st_mtime_ns or r.after_size != st.st_size
+            # Grown, shrunk or touched while read, or another file renamed over the name since the
+            # walker's stat (same size and time, other inode): saved as read, read again next time.
+            changed = (
+                r.size != st.st_size
+                or r.after_mtime_ns != st.st_mtime_ns
+                or r.after_size != st.st_size
+                or r.after_ino != st.st_ino
+            )
             facts = (r.head, r.entropy) if r.facts else None
             self._complete(node, p.path, p.prev, p.sizes, r.size, facts, changed, p.before, r.assessment)
         self.trees.entry_done(p.job)

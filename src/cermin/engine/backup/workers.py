@@ -62,6 +62,7 @@ class FileResult(msgspec.Struct, array_like=True):
     entropy: float = -1.0
     facts: bool = False  # head/entropy were computed (an observer wants the fingerprint)
     assessment: Any = None  # the keyed observer's `assess` (engine/observer.py), None when it failed
+    after_ino: int = 0  # the inode read: another file renamed over the name since the walker's stat differs
 
 
 class Part(msgspec.Struct, tag="p", array_like=True):
@@ -109,7 +110,9 @@ def read_one(cutter: Cutter, dfd: int, name: bytes, size: int, blocks: int, emit
     except OSError as e:
         return FileResult(error=f"read error: {e.strerror or e}")
     head, entropy = facts if facts is not None else (b"", -1.0)
-    return FileResult("", n, after.st_size, after.st_mtime_ns, xattrs, chunks, head, entropy, facts is not None)
+    return FileResult(
+        "", n, after.st_size, after.st_mtime_ns, xattrs, chunks, head, entropy, facts is not None, None, after.st_ino
+    )
 
 
 def assessed(assess: Callable[[FileRead], Any], r: FileResult, name: bytes, prev, sizes) -> Any:
