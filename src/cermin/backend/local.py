@@ -167,12 +167,7 @@ class LocalBackend(BackendBase):
             os.makedirs(d, exist_ok=True)
         tmp = os.path.join(d, f".tmp-{name[:16]}-{secrets.token_hex(6)}")
         what = f"{kind.value}/{name}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileNotFoundError:
-            raise CerminError(f"repository directory {d} is missing (damaged repository?)") from None
-        except OSError as e:
-            raise _io_error(e, f"{what} in {self.root}") from None
+        fd = self._create(tmp, what)
         try:
             try:
                 _write_all(fd, [data])
@@ -187,15 +182,18 @@ class LocalBackend(BackendBase):
 
     def spool(self, kind: Kind) -> _FileSpool:
         """A temporary file in the kind's directory, linked to its final name by `commit`."""
-        d = os.path.join(self.root, kind.value)
-        tmp = os.path.join(d, f".tmp-spool-{secrets.token_hex(8)}")
+        tmp = os.path.join(self.root, kind.value, f".tmp-spool-{secrets.token_hex(8)}")
+        return _FileSpool(self, kind, self._create(tmp, f"{kind.value}/ (a new object)"), tmp)
+
+    def _create(self, tmp: str, what: str) -> int:
+        """A new temporary file (never an existing one), open for writing."""
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:
+            d = os.path.dirname(tmp)
             raise CerminError(f"repository directory {d} is missing (damaged repository?)") from None
         except OSError as e:
-            raise _io_error(e, f"{kind.value}/ (a new object) in {self.root}") from None
-        return _FileSpool(self, kind, fd, tmp)
+            raise _io_error(e, f"{what} in {self.root}") from None
 
     def load(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(kind, name)
