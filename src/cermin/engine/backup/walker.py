@@ -14,7 +14,7 @@ from cermin.engine.backup.state import BackupState
 from cermin.engine.backup.trees import DirJob, Trees
 from cermin.engine.fsread import CACHEDIR_TAG, Excluder, WalkPath, is_cache_dir
 from cermin.engine.observer import FileUnchanged
-from cermin.format.records import DIR, FILE, SYMLINK, Node
+from cermin.format.records import DIR, FILE, ID_LEN, SYMLINK, Node
 from cermin.util import display_path
 
 
@@ -29,17 +29,14 @@ def unchanged(prev: Node | None, st: os.stat_result) -> bool:
     )
 
 
-def same_file(prev: Node, st: os.stat_result) -> bool:
-    """Every field `fsmeta.node_from_stat` takes from `st` equals the previous node's, so that node
-    can be kept whole: unchanged (size, times and inode, as restic and borg decide), same metadata."""
+def same_file(prev: Node | None, st: os.stat_result) -> bool:
+    """Unchanged, and every other field `fsmeta.node_from_stat` takes from `st` equals the previous
+    node's too, so that node can be kept whole."""
     return (
-        len(prev.content) % 32 == 0  # whole blob ids (a damaged tree could say otherwise)
+        unchanged(prev, st)
+        and len(prev.content) % ID_LEN == 0  # whole blob ids (a damaged tree could say otherwise)
         and not prev.subtree
         and not prev.target
-        and prev.mtime_ns == st.st_mtime_ns
-        and prev.ctime_ns == st.st_ctime_ns
-        and prev.size == st.st_size
-        and prev.inode == st.st_ino
         and prev.device == st.st_dev
         and prev.mode == (st.st_mode & 0o7777)
         and prev.uid == st.st_uid
@@ -154,7 +151,7 @@ class Walker:
                 st.error(path.join(name), f"cannot stat: {e.strerror}")
                 continue
             p = get(name)
-            if p is not None and p.type == FILE and same_file(p, stat):
+            if same_file(p, stat):
                 same.append((len(nodes), stat))
                 nodes.append(p)  # the previous node is this one; kept if its blobs are all stored
                 continue
