@@ -156,8 +156,11 @@ class Repository:
         return config
 
     @classmethod
-    def open(cls, backend: Backend, password: bytes, config: Config | None = None) -> Repository:
-        """Open with a password; `config` may be one already read (saves a round trip on S3/HTTP)."""
+    def open(
+        cls, backend: Backend, password: bytes, config: Config | None = None, meanwhile: Callable[[], object] | None = None
+    ) -> Repository:
+        """Open with a password; `config` may be one already read (saves a round trip on S3/HTTP);
+        `meanwhile` is work for this thread while the key is derived (keyslots.open_master)."""
         config = config or cls.read_config(backend)
         warnings: list[str] = []
 
@@ -176,7 +179,7 @@ class Repository:
             return keys, secrets
 
         master, key_name, (keys, secrets) = keyslots.open_master(
-            backend, password, config.id, warnings.append, secrets_of
+            backend, password, config.id, warnings.append, secrets_of, meanwhile
         )
         repo = cls(backend, keys, config, secrets, key_name)
         for w in warnings:
