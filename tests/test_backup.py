@@ -272,3 +272,37 @@ def test_planted_present_dated_snapshot_does_not_pass_its_contents_to_the_next_b
     run_restore(repo, repo.load_snapshot(new), RestoreOptions(target=str(tmp_path / "out"), workers=1))
     restored = (tmp_path / "out" / str(src).lstrip("/") / "authorized_keys").read_bytes()
     assert restored == b"ssh-ed25519 AAAA owner\n", f"the new backup holds the planted content {restored!r}"
+
+
+def test_unchanged_directories_keep_the_parent_snapshot_s_trees(local_repo, tmp_path, monkeypatch):
+    """A directory whose entries all equal the parent snapshot's keeps that tree (no encoding, hashing
+    or lookup again); a change stores new trees for its directory and the ones above only."""
+    from cermin.engine.backup.trees import Trees
+
+    src = tmp_path / "src"
+    for d in ("a", "b", "c"):
+        (src / d).mkdir(parents=True)
+        for i in range(3):
+            (src / d / f"{d}{i}").write_bytes(b"%s %d\n" % (d.encode(), i) * 50)
+    first = local_repo.load_snapshot(backup(local_repo, src))
+    (src / "b" / "b1").write_bytes(b"changed\n")
+    stored: list[list[bytes]] = []
+    real = Trees.store
+    monkeypatch.setattr(Trees, "store", lambda self, nodes: stored.append([n.name for n in nodes]) or real(self, nodes))
+    second = local_repo.load_snapshot(backup(local_repo, src))
+    assert [b"b0", b"b1", b"b2"] in stored and [b"a", b"b", b"c"] in stored
+    assert [b"a0", b"a1", b"a2"] not in stored and [b"c0", b"c1", b"c2"] not in stored
+
+    def subtrees(snap) -> dict[bytes, bytes]:
+        tid = snap.tree
+        for part in str(src).strip("/").split("/"):
+            tid = next(n.subtree for n in local_repo.load_tree(tid).nodes if n.name == part.encode())
+        return {n.name: n.subtree for n in local_repo.load_tree(tid).nodes}
+
+    before, after = subtrees(first), subtrees(second)
+    assert before[b"a"] == after[b"a"] and before[b"c"] == after[b"c"] and before[b"b"] != after[b"b"]
+    stored.clear()
+    third = backup(local_repo, src)
+    assert local_repo.load_snapshot(third).tree == second.tree
+    assert len(stored) == len(str(src).strip("/").split("/"))  # "/" and the components above the target only
+    restores_identically(local_repo, third, src, tmp_path / "out")

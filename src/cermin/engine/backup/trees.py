@@ -25,7 +25,7 @@ def node_fingerprint(node: Node, key: str) -> tuple:
 class DirJob:
     """A directory being backed up: its nodes, and how many of them are still being worked on."""
 
-    __slots__ = ("nodes", "pending", "listed", "parent", "slot", "tree_id", "done", "path", "prev")
+    __slots__ = ("nodes", "pending", "listed", "parent", "slot", "tree_id", "done", "path", "prev", "same")
 
     def __init__(
         self, parent: DirJob | None, slot: int, path: WalkPath, prev: dict[bytes, Node] | None, root: bool = False
@@ -39,21 +39,26 @@ class DirJob:
         self.done = threading.Event() if root else None
         self.path = path
         self.prev = prev  # the parent snapshot's entries, kept only when observers want removals
+        self.same: tuple[bytes, list[Node]] | None = None  # the parent's tree: its id and nodes, in order
 
 
 class Trees:
     def __init__(self, state: BackupState) -> None:
         self.st = state
 
-    def child_nodes(self, tree_id: bytes) -> dict[bytes, Node]:
-        """The entries of a tree of the parent snapshot, by name."""
+    def child_nodes(self, tree_id: bytes, job: DirJob | None = None) -> dict[bytes, Node]:
+        """The entries of a tree of the parent snapshot, by name; `job` (the directory compared with it)
+        may keep that tree's id when its new entries turn out equal (`_complete`)."""
         if not tree_id:
             return {}
         try:
-            return {n.name: n for n in self.st.repo.load_tree(tree_id, cache=False).nodes}
+            nodes = self.st.repo.load_tree(tree_id, cache=False).nodes
         except CerminError as e:
             self.st.warn(f"parent tree unreadable, files are re-read: {e}")
             return {}
+        if job is not None:
+            job.same = (tree_id, nodes)
+        return {n.name: n for n in nodes}
 
     def job(
         self, parent: DirJob | None, slot: int, path: WalkPath, prev: dict[bytes, Node] | None, root: bool = False
@@ -92,7 +97,11 @@ class Trees:
             nodes = [n for n in job.nodes if n is not None]
             if self.st.obs is not None:
                 self._report(job, nodes)
-            job.tree_id = self.store(nodes)
+            same, job.same = job.same, None
+            if same is not None and nodes == same[1]:  # entries as before (carried-over nodes, same subtrees)
+                job.tree_id = same[0]  # stored, and verified against its id when it was read
+            else:
+                job.tree_id = self.store(nodes)
             job.nodes = []
             parent = job.parent
             if parent is None:

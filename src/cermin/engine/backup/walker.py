@@ -123,7 +123,7 @@ class Walker:
 
     def _walk_dir(self, dfd: int, path: WalkPath, parent_tree: bytes, job: DirJob) -> None:
         st = self.st
-        prev = self.trees.child_nodes(parent_tree)
+        prev = self.trees.child_nodes(parent_tree, job)
         if st.obs is not None:
             job.prev = prev  # for the entries removed since, reported when the tree is complete
         try:
