@@ -157,7 +157,11 @@ class Repository:
 
     @classmethod
     def open(
-        cls, backend: Backend, password: bytes, config: Config | None = None, meanwhile: Callable[[], object] | None = None
+        cls,
+        backend: Backend,
+        password: bytes,
+        config: Config | None = None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> Repository:
         """Open with a password; `config` may be one already read (saves a round trip on S3/HTTP);
         `meanwhile` is work for this thread while the key is derived (keyslots.open_master)."""
