@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import threading
 
 import pytest
 from conftest import PASSWORD
@@ -15,6 +16,7 @@ from helpers import assert_same_tree, do_backup, do_restore, make_rich_tree, reo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cermin.backend import forked
 from cermin.engine import restore as restore_mod
 from cermin.engine import restorework
 from cermin.engine.restore import Restorer, all_valid
@@ -50,20 +52,27 @@ def _big_tree(root) -> None:
         f.write(b"tail")
 
 
-@pytest.mark.parametrize("processes", [True, False])
-def test_processes_and_threads_restore_the_same_tree(local_repo, tmp_path, monkeypatch, processes):
+@pytest.mark.parametrize("local", [True, False], ids=["own-reads", "reads-through-parent"])
+def test_workers_reading_packs_or_served_by_the_parent_restore_the_same_tree(local_repo, tmp_path, monkeypatch, local):
+    """Workers read a local store themselves; from a store that cannot be used after fork they ask
+    the parent (backend/forked.py): the same restore either way."""
     src = tmp_path / "src"
     _big_tree(src)
     sid = do_backup(local_repo, src).snapshot_id
     repo = reopen(local_repo.backend)
-    monkeypatch.setattr(restorework, "fork_safe", lambda backend: processes)
+    monkeypatch.setattr(restorework, "fork_safe", lambda backend: local)
     started = []
     orig = Restorer._start
     monkeypatch.setattr(Restorer, "_start", lambda self, tfd: (orig(self, tfd), started.append(self._pool))[0])
+    served: list[tuple] = []
+    real_answer = forked._answer
+    monkeypatch.setattr(forked, "_answer", lambda b, req: served.append(req) or real_answer(b, req))
     out = tmp_path / "out"
     s = do_restore(repo, sid, out, verify=True, workers=2)
     assert not s.errors, s.errors
-    assert isinstance(started[0], restorework.ProcessPool if processes else restorework.ThreadPool)
+    assert isinstance(started[0], restorework.ProcessPool)
+    assert bool(served) is not local  # the parent made the workers' reads
+    assert not [t for t in threading.enumerate() if t.name == "cermin-child-reads"]
     assert s.files == s.verified_files + 301  # the second copy of each hard link (300 + 1 in rich) is a link
     restored = out / str(src).lstrip("/")
     assert_same_tree(src, restored)

@@ -48,7 +48,6 @@ BATCH_ENTRIES = 256
 BATCH_BYTES = 8 * 1024 * 1024
 IN_FLIGHT = 2  # batches queued per worker: one running, one waiting, so it never idles
 OPEN_BATCHES = 4  # batches being filled at once (one per pack); each holds its directories' fds
-WORKER_PACK_CACHE = 16 * 1024 * 1024  # per worker process (a pack being read comes on top)
 TREE_PACK_CACHE = 16 * 1024 * 1024
 
 
@@ -190,12 +189,13 @@ class Restorer:
         self.opts = opts
         self.progress = progress or RestoreProgress()
         self.workers = opts.workers or max(2, os.cpu_count() or 2)
-        # Forked workers where the backend allows it (restorework.fork_safe), threads otherwise.
-        self.processes = hasattr(os, "fork") and restorework.fork_safe(repo.backend)
+        # Forked workers read packs themselves from a local store (restorework.fork_safe), through
+        # this process from an object store.
+        self.local = restorework.fork_safe(repo.backend)
         # Where trees come from: the repository, or anything with its `load_tree(tree_id) -> Tree` that
         # hands out repository trees plus its own (guard/perfile.py merges versions of several snapshots).
         if trees is None:
-            trees = _RepoTrees(repo) if self.processes else repo
+            trees = _RepoTrees(repo) if self.local else repo
         self.trees = trees
         self._match = _Match(opts.includes, opts.excludes)
         self._meta = dict(owner=not opts.no_owner, xattrs=not opts.no_xattrs, special=not opts.no_special)
@@ -285,17 +285,12 @@ class Restorer:
     def _start(self, tfd: int) -> None:
         repo, meta, verify = self.repo, self._meta, self.opts.verify
 
-        def make_writer(i: int, counters, packs, umask0: bool) -> restorework.Writer:
-            if packs is None and repo.backend.caps.versions:  # whole packs: the original version is picked
-                packs = restorework.WorkerPacks(repo, WORKER_PACK_CACHE)
-            return restorework.Writer(repo, tfd, meta, verify, packs, counters, i, umask0)
+        def make_writer(i: int, counters) -> restorework.Writer:  # in the worker
+            return restorework.Writer(repo, tfd, meta, verify, counters, i)
 
         n = self.workers
         self._link_batches = [_Batch() for _ in range(n)]
-        if self.processes:
-            self._pool = restorework.ProcessPool(n, make_writer)
-        else:
-            self._pool = restorework.ThreadPool(n, make_writer, repo)
+        self._pool = restorework.ProcessPool(n, make_writer, None if self.local else repo)
 
     # ---- walking -----------------------------------------------------------------------------
     def _restore_tree(self, d: _Dir, out: bytes, snap_path: bytes, tree_id: bytes, fresh: bool) -> None:

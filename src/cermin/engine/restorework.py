@@ -5,12 +5,12 @@ batches of (directory fd, entries). A worker creates each entry in that director
 symlinkat / mknodat (never following a symlink), writes a file's blobs at their offsets (all-zero
 blobs stay holes), optionally reads it back (--verify) and sets its metadata through its own fd.
 
-Workers are forked processes when the repository is read from a local directory or memory (the
-profile of the thread version was per-file Python work and GIL hand-offs on two cores): each has
-its own pack cache, its own GIL and umask 0, so a plain file costs openat(mode) + pwrite +
-futimens + close. Directory fds go over a Unix socket (SCM_RIGHTS), results come back as msgpack.
-Object-store clients (obstore's runtime, urllib3 pools) are not safe to use after fork, so other
-backends run the same code on threads.
+Workers are forked processes (the profile of an earlier thread version was per-file Python work and
+GIL hand-offs on two cores): each has its own window of pack ranges, its own GIL and umask 0, so a
+plain file costs openat(mode) + pwrite + futimens + close. Directory fds go over a Unix socket
+(SCM_RIGHTS), results come back as msgpack. A worker reads a local repository itself; object-store
+clients (obstore's runtime, urllib3 pools) hang after fork, so from those it reads through its
+parent (backend/forked.py), which makes the requests on a thread per worker.
 
 All members of a hard-link group go to the same worker (by key), in walk order: it makes the first
 one and links the others to it, re-found from the target's fd.
@@ -28,17 +28,16 @@ import socket
 import stat
 import struct
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
-from queue import SimpleQueue
 
 import msgspec
 
+from cermin.backend import forked
 from cermin.backend.base import Kind
 from cermin.engine import fsmeta
 from cermin.errors import CerminError, CorruptObject
 from cermin.format import pack
 from cermin.format.records import BLOCKDEV, CHARDEV, FIFO, FILE, ID_LEN, SOCKET, SYMLINK, Node
-from cermin.repo.packcache import PackCache, blob_from_packs
+from cermin.repo.packcache import blob_from_packs
 from cermin.util import display_path
 
 # A group: (index into the batch's fds, dir path relative to the target, dir path in the snapshot,
@@ -52,6 +51,7 @@ _HEADER = struct.Struct("<II")  # payload length, number of fds
 WINDOW = 8 * 1024 * 1024
 READ_GAP = 256 * 1024
 MAX_PREFETCH_IDS = 1024  # blobs listed at once (a hostile tree may give a file any size)
+READ_SERVER_WAIT = 30.0  # seconds to let a read for a worker in progress end when the pool closes
 MAX_FDS = 32  # directories per batch: bounds the fds open at once (SCM_RIGHTS carries at most 253)
 _COUNTERS = struct.Struct("<qq")  # per worker: files done, bytes written (progress, read by the parent)
 
@@ -73,21 +73,20 @@ def fork_safe(backend) -> bool:
 
 
 class Writer:
-    """One worker's state: its pack cache, the all-zero blobs seen, its hard-link groups."""
+    """One worker's state: its window of pack ranges, the all-zero blobs seen, its hard-link groups."""
 
-    def __init__(self, repo, tfd: int, meta: dict, verify: bool, packs, counters, slot: int, umask0: bool):
-        """packs: a PackCache (threads, object stores) or None: read ranges of packs per window."""
+    def __init__(self, repo, tfd: int, meta: dict, verify: bool, counters, slot: int):
         self.repo = repo
+        # a versioned store may hold a newer version planted over a pack: a blob that fails
+        # authentication in what `load` returns is read again from the version cermin wrote
+        self.versions = repo.backend.caps.versions
+        self.reader = forked.reader(repo.backend)  # reads asked for ahead, taken when needed
         self.tfd = tfd
         self.meta = meta
         self.owner, self.xattrs, self.special = meta["owner"], meta["xattrs"], meta["special"]
         self.verify = verify
-        self.packs = packs
         self.counters = counters
         self.off = slot * _COUNTERS.size
-        # With umask 0 (a worker process) a file is created with its final mode when nothing set
-        # later needs it writable or would clear bits: one fchmod less per file.
-        self.umask0 = umask0
         self.chown = meta["owner"] and fsmeta.IS_ROOT
         self.zero_ids: set[bytes] = set()
         # blob id -> (the bytes read, its offset in them, location, pack cipher), or the error reading it
@@ -109,91 +108,116 @@ class Writer:
         """Restore every entry of the batch; the counts and messages of this batch."""
         self._reset()
         items = [(fds[fdi], out, snap_path, n, fresh) for fdi, out, snap_path, fresh, nodes in groups for n in nodes]
-        if self.packs is not None:
-            for it in items:
+        # Windows of up to WINDOW bytes of files: their blobs are read first, a few ranges per pack,
+        # and the next window's reads are asked for before this one's files are written (a store
+        # served by the parent answers them meanwhile).
+        windows, i, total = [], 0, len(items)
+        while i < total:
+            j, size = i, 0
+            while j < total and (j == i or size + items[j][3].size <= WINDOW):
+                size += items[j][3].size
+                j += 1
+            windows.append(items[i:j])
+            i = j
+        ahead = self._plan(self._window_ids(windows[0])) if windows else None
+        for k, win in enumerate(windows):
+            self._collect(ahead)
+            ahead = self._plan(self._window_ids(windows[k + 1])) if k + 1 < len(windows) else None
+            for it in win:
                 self._entry(*it)
-        else:
-            # Windows of up to WINDOW bytes of files: their blobs are read first, a few ranges per pack.
-            i, total = 0, len(items)
-            while i < total:
-                j, size = i, 0
-                while j < total and (j == i or size + items[j][3].size <= WINDOW):
-                    size += items[j][3].size
-                    j += 1
-                self._prefetch([it[3] for it in items[i:j]])
-                for it in items[i:j]:
-                    self._entry(*it)
-                self.window.clear()
-                i = j
+            self.window.clear()
         return (self.files, self.other, self.bytes, self.verified, self.errors, self.warnings)
 
-    def _prefetch(self, nodes: list[Node]) -> None:
+    def _window_ids(self, items: list) -> list[bytes]:
         ids: list[bytes] = []
-        for n in nodes:
+        for it in items:
+            n = it[3]
             if n.type == FILE and n.content and n.size <= WINDOW and len(n.content) <= MAX_PREFETCH_IDS * ID_LEN:
                 if n.links > 1 and (n.device, n.inode, n.content) in self.links:
                     continue  # a hard link to a file already written: nothing to read
                 c = n.content
                 ids.extend(c[k : k + ID_LEN] for k in range(0, len(c), ID_LEN))
-        if ids:
-            self._fetch(ids)
+        return ids
 
     def _fetch(self, ids: list[bytes]) -> None:
-        """Read the blobs `ids` into the window: per pack, one read per run of blobs that lie close
-        together (restore order is backup order, so a window's blobs are mostly neighbours)."""
+        """Read the blobs `ids` into the window now."""
+        self._collect(self._plan(ids))
+
+    def _plan(self, ids: list[bytes]) -> tuple[dict, list]:
+        """Ask for the blobs `ids`: per pack, one read per run of blobs that lie close together
+        (restore order is backup order, so a window's blobs are mostly neighbours). Returns the
+        blobs that cannot be read (id -> error) and the reads asked for; `_collect` takes them."""
         lookup = self.repo.index.lookup
         by_pack: dict[bytes, list] = {}
-        window, zero = self.window, self.zero_ids
+        seen: dict[bytes, Exception | None] = {}
+        zero = self.zero_ids
         size = 0
         for bid in ids:
-            if bid in window or bid in zero:
+            if bid in seen or bid in zero:
                 continue
             if size >= WINDOW:  # sizes in a tree are hostile input: the rest is read when written
                 break
             loc = lookup(bid)
             if loc is None:
-                window[bid] = CorruptObject(f"blob {bid.hex()[:16]} is not in the index (missing data)")
+                seen[bid] = CorruptObject(f"blob {bid.hex()[:16]} is not in the index (missing data)")
             elif loc.type != pack.DATA:
-                window[bid] = CorruptObject(f"blob {bid.hex()[:16]} has type {loc.type}, expected {pack.DATA}")
+                seen[bid] = CorruptObject(f"blob {bid.hex()[:16]} has type {loc.type}, expected {pack.DATA}")
             else:
-                window[bid] = None  # placeholder: listed once
+                seen[bid] = None  # listed once
                 size += loc.length
                 by_pack.setdefault(loc.pack_id, []).append((loc.offset, bid, loc))
+        reads = []
         for pack_id, blobs in by_pack.items():
             blobs.sort(key=lambda b: b[0])
             start = 0
             for k in range(1, len(blobs) + 1):
                 if k == len(blobs) or blobs[k][0] - (blobs[k - 1][0] + blobs[k - 1][2].length) > READ_GAP:
-                    self._read_run(pack_id, blobs[start:k])
+                    reads.append(self._ask(pack_id, blobs[start:k]))
                     start = k
+        return {b: e for b, e in seen.items() if e is not None}, reads
 
-    def _read_run(self, pack_id: bytes, blobs: list) -> None:
+    def _ask(self, pack_id: bytes, blobs: list) -> tuple:
         name = pack_id.hex()
         first = blobs[0][0]
         end = max(off + loc.length for off, _bid, loc in blobs)
-        try:
-            cipher = self._cipher(pack_id, name)
-            data = self.repo.backend.load(Kind.DATA, name, first, end - first)
-        except CerminError as e:
-            for _off, bid, _loc in blobs:
-                self.window[bid] = e
-            return
-        for off, bid, loc in blobs:
-            self.window[bid] = (data, off - first, loc, cipher)
+        if pack_id not in self.ciphers and first <= READ_GAP:
+            first = 0  # the pack's prefix comes with the run: no read of its own (a request on S3)
+        return pack_id, name, first, blobs, self.reader.ask(Kind.DATA, name, first, end - first)
 
-    def _cipher(self, pack_id: bytes, name: str):
+    def _collect(self, planned: tuple[dict, list]) -> None:
+        errors, reads = planned
+        self.window.update(errors)
+        for pack_id, name, first, blobs, ticket in reads:
+            try:
+                data = self.reader.take(ticket)
+                cipher = self._cipher(pack_id, name, data[: pack.PREFIX_LEN] if first == 0 else None)
+            except CerminError as e:
+                for _off, bid, _loc in blobs:
+                    self.window[bid] = e
+                continue
+            for off, bid, loc in blobs:
+                self.window[bid] = (data, off - first, loc, cipher)
+
+    def _cipher(self, pack_id: bytes, name: str, prefix: bytes | None = None):
         c = self.ciphers.get(pack_id)
         if c is None:
             if len(self.ciphers) > 4096:
                 self.ciphers.clear()
-            prefix = self.repo.backend.load(Kind.DATA, name, 0, pack.PREFIX_LEN)
+            if prefix is None:
+                prefix = self.repo.backend.load(Kind.DATA, name, 0, pack.PREFIX_LEN)
             c = self.ciphers[pack_id] = pack.pack_cipher(self.repo.keys, prefix, f"pack {name[:12]}")
         return c
 
     def _blob(self, bid: bytes) -> bytes:
-        """A data blob: from the window (read on demand when it is not there), or the pack cache."""
-        if self.packs is not None:
-            return self.packs.load_blob(bid, pack.DATA)
+        """A data blob: from the window (read on demand when it is not there)."""
+        try:
+            return self._window_blob(bid)
+        except CorruptObject:
+            if not self.versions:
+                raise
+            return self.repo.original_blob(bid, pack.DATA)  # what cermin wrote, under a planted version
+
+    def _window_blob(self, bid: bytes) -> bytes:
         hit = self.window.get(bid)
         if hit is None:  # not in the window: read for this use only
             self.window.pop(bid, None)
@@ -251,11 +275,12 @@ class Writer:
                 return
             except OSError:
                 pass  # e.g. the first copy was replaced meanwhile: write the content again
-        # The final mode at creation when no later step needs the file writable (xattrs) or changes
-        # it (chown clears setuid bits; those and the sticky bit are set by fchmod after it).
+        # The final mode at creation (the worker's umask is 0: one fchmod less per file) when no later
+        # step needs the file writable (xattrs) or changes it (chown clears setuid bits; those and the
+        # sticky bit are set by fchmod after it).
         mode = fsmeta.restored_mode(node, self.owner, self.special)
         chown = self.chown and not (fresh and node.uid == fsmeta.EUID and node.gid == fsmeta.EGID)
-        final = self.umask0 and not chown and not (mode & 0o7000) and not (self.xattrs and node.xattrs)
+        final = not chown and not (mode & 0o7000) and not (self.xattrs and node.xattrs)
         try:
             if not fresh:
                 remove_existing(dfd, name)
@@ -292,7 +317,7 @@ class Writer:
 
     def _write(self, fd: int, node: Node) -> int:
         c = node.content
-        if self.packs is None and (node.size > WINDOW or len(c) > MAX_PREFETCH_IDS * ID_LEN):
+        if node.size > WINDOW or len(c) > MAX_PREFETCH_IDS * ID_LEN:
             saved, self.window = self.window, {}  # a large file: its own windows, the batch's kept
             try:
                 return self._write_blobs(fd, c, True)
@@ -449,47 +474,18 @@ class WorkerFailed(CerminError):
     pass
 
 
-class ThreadPool:
-    """Writers on threads, one thread each (a writer's batches run in order: hard-link groups)."""
-
-    def __init__(self, n: int, make_writer, repo) -> None:
-        self.n = n
-        self.counters = mmap.mmap(-1, _COUNTERS.size * n)
-        packs = PackCache(repo)  # thread-safe: one cache for all, as before
-        self.writers = [make_writer(i, self.counters, packs, False) for i in range(n)]
-        self.execs = [ThreadPoolExecutor(1, thread_name_prefix="cermin-restore") for _ in range(n)]
-        self.results: SimpleQueue = SimpleQueue()
-
-    def send(self, w: int, batch_no: int, groups: list[Group], fds: list[int]) -> None:
-        def job():
-            try:
-                self.results.put((batch_no, self.writers[w].run(groups, fds)))
-            except BaseException as e:  # a bug: fail the restore, as the process pool does
-                self.results.put((batch_no, e))
-
-        self.execs[w].submit(job)
-
-    def recv(self) -> tuple[int, tuple]:
-        batch_no, res = self.results.get()
-        if isinstance(res, BaseException):
-            raise res
-        return batch_no, res
-
-    def progress(self) -> tuple[int, int]:
-        return _sum_counters(self.counters, self.n)
-
-    def close(self, kill: bool = False) -> None:
-        for e in self.execs:
-            e.shutdown(wait=True, cancel_futures=kill)
-
-
 class ProcessPool:
-    """Writers on forked processes; batches and results over one socketpair per worker."""
+    """Writers on forked processes; batches and results over one socketpair per worker.
 
-    def __init__(self, n: int, make_writer) -> None:
+    `serve_reads`: the repository, when its store cannot be used after fork (`fork_safe`): the
+    workers then read through this process (backend/forked.py), one thread here per worker."""
+
+    def __init__(self, n: int, make_writer, serve_reads=None) -> None:
         self.n = n
         self.counters = mmap.mmap(-1, _COUNTERS.size * n)  # MAP_SHARED: the workers' progress
         self.socks: list[socket.socket] = []
+        self.reads: list[socket.socket] = []  # this end of each worker's read channel (serve_reads)
+        self.servers: list = []
         self.pids: list[int] = []
         self.poll = select.poll()
         self.by_fd: dict[int, int] = {}
@@ -501,17 +497,25 @@ class ProcessPool:
         try:
             for i in range(n):
                 parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                rparent, rchild = forked.pair() if serve_reads is not None else (None, None)
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - runs in the child
-                    parent.close()
-                    for s in self.socks:
-                        s.close()
+                    for s in (parent, rparent, *self.socks, *self.reads):
+                        if s is not None:
+                            s.close()
+                    if rchild is not None:
+                        serve_reads.backend = forked.ChildBackend(rchild, serve_reads.backend)
                     _child(i, child, make_writer, self.counters)
                 child.close()
+                if rchild is not None:
+                    rchild.close()
+                    self.reads.append(rparent)
                 self.socks.append(parent)
                 self.pids.append(pid)
                 self.poll.register(parent.fileno(), select.POLLIN)
                 self.by_fd[parent.fileno()] = i
+            # Only now, with every worker forked: no child inherits a thread of this pool.
+            self.servers = [forked.serve(serve_reads.backend, r) for r in self.reads]
         except BaseException:
             self.close(kill=True)
             raise
@@ -603,6 +607,14 @@ class ProcessPool:
                 except ChildProcessError:
                     pass
         self.pids = [0] * len(self.pids)
+        for r in self.reads:  # wakes a server blocked on its worker (gone now); it closes its socket
+            try:
+                r.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self.servers:
+            t.join(timeout=READ_SERVER_WAIT)
+        self.reads, self.servers = [], []
 
 
 def _child(i: int, sock: socket.socket, make_writer, counters) -> None:  # pragma: no cover - child
@@ -612,7 +624,7 @@ def _child(i: int, sock: socket.socket, make_writer, counters) -> None:  # pragm
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _die_with_parent()
         os.umask(0)
-        writer = make_writer(i, counters, None, True)
+        writer = make_writer(i, counters)
         while True:
             payload, fds = _recv(sock)
             if payload is None:

@@ -320,19 +320,28 @@ class Repository:
 
     # ---- blobs -----------------------------------------------------------------------------
     def load_blob(self, blob_id: bytes, want_type: int | None = None) -> bytes:
-        loc = self.index.lookup(blob_id)
-        if loc is None:
-            raise CorruptObject(f"blob {blob_id.hex()[:16]} is not in the index (missing data)")
-        if want_type is not None and loc.type != want_type:
-            raise CorruptObject(f"blob {blob_id.hex()[:16]} has type {loc.type}, expected {want_type}")
-        pack_name = loc.pack_id.hex()
-        what = f"blob {blob_id.hex()[:16]} in pack {pack_name[:12]}"
+        loc, pack_name, what = self._locate(blob_id, want_type)
         try:
             return self._read_blob(self.backend.load, pack_name, loc, blob_id, what, cached=True)
         except CorruptObject:
             if not self.backend.caps.versions:
                 raise
             return self._read_blob(self.backend.load_original, pack_name, loc, blob_id, what)  # cermin's version
+
+    def original_blob(self, blob_id: bytes, want_type: int | None = None) -> bytes:
+        """A blob read from the first version of its pack: on a versioned store, what cermin wrote
+        under a newer version someone planted (for readers that tried the newest version first)."""
+        loc, pack_name, what = self._locate(blob_id, want_type)
+        return self._read_blob(self.backend.load_original, pack_name, loc, blob_id, what)
+
+    def _locate(self, blob_id: bytes, want_type: int | None):
+        loc = self.index.lookup(blob_id)
+        if loc is None:
+            raise CorruptObject(f"blob {blob_id.hex()[:16]} is not in the index (missing data)")
+        if want_type is not None and loc.type != want_type:
+            raise CorruptObject(f"blob {blob_id.hex()[:16]} has type {loc.type}, expected {want_type}")
+        pack_name = loc.pack_id.hex()
+        return loc, pack_name, f"blob {blob_id.hex()[:16]} in pack {pack_name[:12]}"
 
     def _read_blob(self, load, pack_name: str, loc, blob_id: bytes, what: str, cached: bool = False) -> bytes:
         """`cached`: the pack's cipher may come from, and go to, the small per-pack cache (reads of

@@ -1,0 +1,184 @@
+"""Reads for forked worker processes from a store that cannot be used after `fork`.
+
+An object-store client holds threads and connection pools (obstore's tokio runtime, urllib3): a
+forked child that calls it hangs, because those threads do not exist in the child. So a child reads
+through `ChildBackend`, which asks its parent over a Unix socket; in the parent one `serve` thread
+per child calls the real backend (retries, version choice and all) and sends the bytes back.
+Nothing crosses but object names, ranges and bytes the child authenticates itself.
+
+Frames: a request is u32 length + msgpack [op, kind, name, offset, length]; a reply is u8 status +
+u32 length + the bytes (status 0) or "ErrorClass\\0message" (status 1).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import msgspec
+
+from cermin import errors
+from cermin.backend.base import Kind
+from cermin.errors import CerminError
+
+_REQUEST = struct.Struct("<I")
+_REPLY = struct.Struct("<BI")
+_MAX_REQUEST = 4096  # an op, a kind, a 64-character name and two integers
+_OPS = ("load", "load_original")
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    """(parent end, child end)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            return None
+        got += k
+    return buf
+
+
+def reader(backend):
+    """Reads that can be asked for ahead (`ask`) and taken later (`take`): a child's backend
+    pipelines them through its parent; any other backend reads when they are taken."""
+    return backend if isinstance(backend, ChildBackend) else _AtOnce(backend)
+
+
+class _AtOnce:
+    """A local store: the read is made when taken (reading ahead would only hold more memory)."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+
+    def ask(self, kind: Kind, name: str, offset: int, length: int | None) -> tuple:
+        return kind, name, offset, length
+
+    def take(self, ticket: tuple) -> bytes:
+        return self._backend.load(*ticket)
+
+
+class ChildBackend:
+    """The child's backend: the reads a restore worker makes, answered by the parent's `serve` in
+    the order they were asked. `ask` sends a request and returns at once; `take` waits for that
+    request's answer (answers to earlier requests that arrive first are kept until taken)."""
+
+    def __init__(self, sock: socket.socket, real) -> None:
+        self._sock = sock
+        self.location = real.location
+        self.caps = real.caps
+        self.lock = None  # the Object Lock policy governs writes, which a child never makes
+        self._asked = 0  # tickets handed out
+        self._answered = 0  # answers read from the socket
+        self._kept: dict[int, bytes | CerminError] = {}  # read, not yet taken
+        self._what: dict[int, str] = {}
+
+    def load(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.take(self.ask(kind, name, offset, length))
+
+    def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.take(self._request("load_original", kind, name, offset, length))
+
+    def ask(self, kind: Kind, name: str, offset: int, length: int | None) -> int:
+        return self._request("load", kind, name, offset, length)
+
+    def _request(self, op: str, kind: Kind, name: str, offset: int, length: int | None) -> int:
+        req = msgspec.msgpack.encode([op, kind.value, name, offset, length])
+        what = f"{kind.value}/{name[:12]}"
+        try:
+            self._sock.sendall(_REQUEST.pack(len(req)) + req)
+        except OSError as e:
+            raise CerminError(f"reading {what} through the parent process failed: {e}") from None
+        ticket = self._asked
+        self._asked += 1
+        self._what[ticket] = what
+        return ticket
+
+    def take(self, ticket: int) -> bytes:
+        while ticket not in self._kept:
+            self._kept[self._answered] = self._answer(self._what[self._answered])
+            self._answered += 1
+        self._what.pop(ticket)
+        got = self._kept.pop(ticket)
+        if isinstance(got, CerminError):
+            raise got
+        return got
+
+    def _answer(self, what: str) -> bytes | CerminError:
+        try:
+            head = _recv_exact(self._sock, _REPLY.size)
+            status, n = _REPLY.unpack(head) if head is not None else (2, 0)
+            body = _recv_exact(self._sock, n) if status != 2 else None
+        except OSError as e:
+            raise CerminError(f"reading {what} through the parent process failed: {e}") from None
+        if body is None:
+            raise CerminError(f"reading {what}: the parent process went away")
+        if status == 0:
+            return bytes(body)
+        cls_name, _, message = bytes(body).decode("utf-8", "replace").partition("\0")
+        cls = getattr(errors, cls_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, CerminError)):
+            cls = CerminError
+        return cls(message)
+
+
+def serve(backend, sock: socket.socket) -> threading.Thread:
+    """Answer one child's reads on a thread of this process until the child closes its end."""
+    t = threading.Thread(target=_serve, args=(backend, sock), name="cermin-child-reads", daemon=True)
+    t.start()
+    return t
+
+
+def _serve(backend, sock: socket.socket) -> None:
+    try:
+        while True:
+            head = _recv_exact(sock, _REQUEST.size)
+            if head is None:
+                return
+            (n,) = _REQUEST.unpack(head)
+            if n > _MAX_REQUEST:
+                return  # not our child's request: drop the connection, the child reports it
+            req = _recv_exact(sock, n)
+            if req is None:
+                return
+            try:
+                data = _answer(backend, req)
+            except CerminError as e:
+                msg = f"{type(e).__name__}\0{e}".encode()
+                sock.sendall(_REPLY.pack(1, len(msg)) + msg)
+                continue
+            except Exception as e:  # noqa: BLE001 - a bug here must still reach the child as one line
+                msg = f"CerminError\0reading for a restore worker failed: {type(e).__name__}: {e}".encode()
+                sock.sendall(_REPLY.pack(1, len(msg)) + msg)
+                continue
+            sock.sendall(_REPLY.pack(0, len(data)))
+            sock.sendall(data)
+    except OSError:
+        return  # the child is gone (killed, or the restore is stopping): nothing to answer
+    finally:
+        sock.close()
+
+
+def _answer(backend, req: bytes) -> bytes:
+    try:
+        op, kind, name, offset, length = msgspec.msgpack.decode(req)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        raise CerminError("malformed read request from a restore worker") from None
+    if (
+        op not in _OPS
+        or not isinstance(name, str)
+        or not isinstance(offset, int)
+        or offset < 0
+        or not (length is None or (isinstance(length, int) and length >= 0))
+    ):
+        raise CerminError("malformed read request from a restore worker")
+    try:
+        k = Kind(kind)
+    except ValueError:
+        raise CerminError("malformed read request from a restore worker") from None
+    return getattr(backend, op)(k, name, offset, length)

@@ -1,0 +1,76 @@
+"""Reads of forked restore workers served by their parent (backend/forked.py): answers in the order
+asked, taken in any order; the store's errors arrive as the same class; a bad request is refused and
+a dead peer is an error, never a hang."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from cermin.backend import forked
+from cermin.backend.base import Kind
+from cermin.backend.memory import MemoryBackend
+from cermin.errors import CerminError, ObjectNotFound
+
+NAMES = [bytes([i]).hex() * 32 for i in range(4)]
+
+
+def _served():
+    store = MemoryBackend()
+    for i, name in enumerate(NAMES):
+        store.save(Kind.DATA, name, bytes([i]) * 1000 + os.urandom(3 << 20))  # larger than a socket buffer
+    parent, child = forked.pair()
+    server = forked.serve(store, parent)
+    return store, forked.ChildBackend(child, store), child, server
+
+
+def test_reads_asked_ahead_are_taken_in_any_order():
+    store, backend, child, server = _served()
+    tickets = [backend.ask(Kind.DATA, name, 10, 2 << 20) for name in NAMES]
+    assert backend.load(Kind.DATA, NAMES[1], 0, 5) == b"\x01" * 5  # a plain read between them
+    for i in (3, 0, 2, 1):
+        assert backend.take(tickets[i]) == store.load(Kind.DATA, NAMES[i], 10, 2 << 20)
+    missing = backend.ask(Kind.DATA, "ff" * 32, 0, None)
+    whole = backend.ask(Kind.DATA, NAMES[0], 0, None)
+    assert backend.take(whole) == store.load(Kind.DATA, NAMES[0])
+    with pytest.raises(ObjectNotFound, match="does not exist"):  # the store's error, its class kept
+        backend.take(missing)
+    assert backend.load_original(Kind.DATA, NAMES[2], 0, 3) == b"\x02" * 3
+    child.close()
+    server.join(timeout=10)
+    assert not server.is_alive(), "the server ends with its worker"
+
+
+def test_a_bad_request_is_refused_and_a_dead_parent_is_an_error():
+    _, backend, child, server = _served()
+    child.sendall(struct.pack("<I", 5) + b"\xc1\xc1\xc1\xc1\xc1")  # not msgpack
+    with pytest.raises(CerminError, match="malformed read request"):
+        backend.take(_raw_ticket(backend))
+    with pytest.raises(CerminError, match="malformed read request"):
+        backend.take(backend._request("unlink", Kind.DATA, NAMES[0], 0, 1))
+    with pytest.raises(CerminError, match="malformed read request"):
+        backend.take(backend._request("load", Kind.DATA, NAMES[0], -5, 1))
+    child.sendall(struct.pack("<I", 1 << 30))  # a request no child sends: the parent hangs up
+    server.join(timeout=10)
+    assert not server.is_alive()
+    with pytest.raises(CerminError, match="went away|failed"):
+        backend.load(Kind.DATA, NAMES[0], 0, 1)
+
+
+def _raw_ticket(backend) -> int:
+    """The ticket of a request written to the socket by hand (the one sent just before)."""
+    t = backend._asked
+    backend._asked += 1
+    backend._what[t] = "raw"
+    return t
+
+
+def test_a_local_store_is_read_when_taken():
+    store = MemoryBackend()
+    store.save(Kind.DATA, NAMES[0], b"abc")
+    reader = forked.reader(store)
+    ticket = reader.ask(Kind.DATA, NAMES[0], 1, 1)
+    store.objects[(Kind.DATA, NAMES[0])] = b"xyz"  # nothing was read ahead
+    assert reader.take(ticket) == b"y"
