@@ -1,4 +1,5 @@
-"""S3 backend: obstore for object data, boto3 only for what obstore lacks (Object Lock, versions).
+"""S3 backend: obstore for object data, a signed request of its own for version listings (s3list.py:
+the open path), boto3 only for the rest obstore lacks (Object Lock retention, version deletes).
 
 Location: `s3:http://127.0.0.1:8333/bucket/prefix` (any endpoint, path-style) or `s3:bucket/prefix`
 (AWS; region from AWS_REGION / AWS_DEFAULT_REGION). Credentials: AWS_ACCESS_KEY_ID,
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlparse
 
+from cermin.backend import s3list
 from cermin.backend.base import CONFIG_NAME, OBJECT_STORE_PACK_SIZE, BackendBase, Capabilities, Kind, exists_by_size
 from cermin.errors import (
     AccessDenied,
@@ -40,8 +42,9 @@ from cermin.errors import (
 LOCK_MODES = ("compliance", "governance")
 MIN_MARGIN_DAYS = 7
 MAX_LOCK_DAYS = 36500  # a century: beyond it a date is a typo or an attack on the storage bill
-# This driver does not retry, and neither do obstore (max_retries=0) nor boto3 (max_attempts=1):
-# it raises TransientError and the one retrying layer (backend/retry.py) owns the budget.
+# This driver does not retry, and neither do obstore (max_retries=0), boto3 (max_attempts=1) nor the
+# version listing (urllib3 retries=False): it raises TransientError and the one retrying layer
+# (backend/retry.py) owns the budget.
 
 
 @dataclass
@@ -245,7 +248,8 @@ class S3Backend(BackendBase):
         self._blocks: OrderedDict[tuple, bytes] = OrderedDict()  # (key, version, block number) -> bytes
         self._blocks_lock = threading.Lock()
         self._boto_client = None
-        self._boto_probe = None
+        self._lister = None  # s3list.VersionLister, made on the first listing
+        self.list_page_size = s3list.PAGE_SIZE  # versions per listing request (tests make it small)
         self._mutex = threading.Lock()
         self.planted_config = 0  # newer versions of `config` seen (written by someone else)
 
@@ -294,11 +298,21 @@ class S3Backend(BackendBase):
             self._stores[retain_until] = st
             return st
 
-    def _boto(self, probe: bool = False):
-        """boto3 client for what obstore lacks. The `probe` client, used for the first request of a
-        command, gives up within seconds: an unreachable endpoint is a configuration error."""
+    def _listing(self):
+        """The signed version listing (no boto3 client: creating one costs ~0.4 s and ~35 MiB, and
+        every command lists the versions of `config` and its key slot when it opens)."""
         with self._mutex:
-            client = self._boto_probe if probe else self._boto_client
+            if self._lister is None:
+                self._lister = s3list.VersionLister(
+                    self.endpoint, self.bucket, self.region, _credentials(self._creds), CONNECT_TIMEOUT
+                )
+            return self._lister
+
+    def _boto(self):
+        """boto3 client for what obstore and the listing lack (retention, deleting versions); none of
+        it is on the path of backup, restore or snapshots."""
+        with self._mutex:
+            client = self._boto_client
             if client is None:
                 import boto3
                 from botocore.config import Config
@@ -318,14 +332,11 @@ class S3Backend(BackendBase):
                         response_checksum_validation="when_required",
                         s3={"addressing_style": "path"},
                         connect_timeout=CONNECT_TIMEOUT,
-                        read_timeout=10 if probe else 60,
+                        read_timeout=60,
                         retries={"max_attempts": 1, "mode": "standard"},  # backend/retry.py retries
                     ),
                 )
-                if probe:
-                    self._boto_probe = client
-                else:
-                    self._boto_client = client
+                self._boto_client = client
             return client
 
     def _key(self, kind: Kind, name: str) -> str:
@@ -345,7 +356,8 @@ class S3Backend(BackendBase):
         return f" of access key {key}" if key else ""
 
     def _wrap(self, e: Exception, what: str) -> CerminError:
-        """The one place that sorts what obstore and boto3 raise into transient and permanent errors."""
+        """The one place that sorts what obstore, boto3 and the listing raise into transient and
+        permanent errors (the listing's error answers have boto3's shape and are sorted as its are)."""
         if isinstance(e, CerminError):
             return e
         first = f"{e}".splitlines()[0] if str(e) else type(e).__name__
@@ -373,9 +385,9 @@ class S3Backend(BackendBase):
             if code in _THROTTLED or (_retryable(status) and code != "NotImplemented"):
                 return TransientError(f"S3 error on {what}: {first}")
             return CerminError(f"S3 error on {what}: {first}")
-        if name in _BOTO_UNREACHABLE:
+        if name in _BOTO_UNREACHABLE or isinstance(e, s3list.Unreachable):
             return TransientError(f"cannot reach the S3 endpoint {self.endpoint or 'of AWS'}: {first}")
-        if name in _BOTO_TRANSIENT:
+        if name in _BOTO_TRANSIENT or isinstance(e, s3list.Broken):
             return TransientError(f"S3 error on {what}: {first}")
         status = _status(e)
         if status:  # obstore: the server answered with an error status
@@ -591,30 +603,32 @@ class S3Backend(BackendBase):
         return exists_by_size(self, kind, name)
 
     def close(self) -> None:
-        pass
+        if self._lister is not None:
+            self._lister.close()  # its idle connections; a later listing opens new ones
 
-    # ---- versions and retention (boto3) --------------------------------------------------------
+    # ---- versions (s3list) and retention (boto3) --------------------------------------------------
     def _versions(self, key: str, probe: bool = False) -> list[dict]:
         """Real versions of one key newest first, then its delete markers. The order is the one S3
         lists them in (newest first per key), never LastModified: times tie within a second, and a
         store may re-stamp an old version when a new one pushes it aside — sorting by time once
         made a planted version look like the first one."""
         full = self._full_key(key)
-        out = []
+        real, markers = [], []  # each page lists its versions, then its markers: gather both across pages
         for page in self._pages(full, probe=probe):
             for v in page.get("Versions", []):
                 if v["Key"] == full:
-                    out.append({"id": v["VersionId"], "marker": False, "size": v["Size"], "time": v["LastModified"]})
+                    real.append({"id": v["VersionId"], "marker": False, "size": v["Size"], "time": v["LastModified"]})
             for m in page.get("DeleteMarkers", []):
                 if m["Key"] == full:
-                    out.append({"id": m["VersionId"], "marker": True, "size": 0, "time": m["LastModified"]})
-        return out
+                    markers.append({"id": m["VersionId"], "marker": True, "size": 0, "time": m["LastModified"]})
+        return real + markers
 
     def _pages(self, prefix: str | None, probe: bool = False) -> list[dict]:
-        """Every page of list_object_versions under a prefix (the whole bucket for None)."""
-        kw = {"Prefix": prefix} if prefix else {}
+        """Every page of the version listing under a prefix (the whole bucket for None), as boto3's
+        paginator gives them. The `probe` (the first request of a command) waits 10 s for an answer,
+        not 60: an endpoint that does not answer is a configuration error."""
         try:
-            return list(self._boto(probe).get_paginator("list_object_versions").paginate(Bucket=self.bucket, **kw))
+            return list(self._listing().pages(prefix, 10 if probe else 60, self.list_page_size))
         except Exception as e:
             raise self._wrap(e, f"the versions under {prefix or self.bucket}") from None
 
