@@ -337,3 +337,26 @@ def test_opening_backing_up_and_restoring_creates_no_boto3_client(seaweed, tmp_p
         r = subprocess.run([sys.executable, "-c", probe, "-q", "-r", location, *args], env=env, capture_output=True)
         assert r.returncode == 0, r.stderr
         assert r.stdout.decode().splitlines()[-1] == "no boto3", (args, r.stdout, r.stderr)
+
+
+def test_ambient_credentials_sign_the_listing_too(seaweed, tmp_path, monkeypatch):
+    """CERMIN_S3_AMBIENT_CREDENTIALS=1: the listing takes botocore's chain (here a credentials file;
+    the instance metadata address is switched off, so nothing leaves loopback)."""
+    from seaweed import ACCESS_KEY, SECRET_KEY
+
+    from cermin.errors import UsageError
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CERMIN_S3_AMBIENT_CREDENTIALS", "1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    location = s3_location(seaweed, "plain", "ambient")
+    with pytest.raises(UsageError, match="no S3 credentials found"):
+        S3Backend(location)._pages("x")
+    (tmp_path / "credentials").write_text(
+        f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+    )
+    b = S3Backend(location)
+    assert b._versions("config") == [] and b._boto_client is None
