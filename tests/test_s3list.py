@@ -360,3 +360,16 @@ def test_ambient_credentials_sign_the_listing_too(seaweed, tmp_path, monkeypatch
     )
     b = S3Backend(location)
     assert b._versions("config") == [] and b._boto_client is None
+
+
+def test_concurrent_listings_share_one_pool(seaweed, caplog):
+    """Threads listing at once (a locked repository's uploaders ask sizes that way) get the same answer,
+    over reused connections, with no pool warning on the console."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    b = _s3_backend(seaweed, "plain")
+    b.save(Kind.SNAPSHOT, "aa", b"x")
+    with ThreadPoolExecutor(16) as ex:
+        got = list(ex.map(lambda _: b._versions("snapshots/aa"), range(64)))
+    assert len(got[0]) == 1 and all(g == got[0] for g in got)
+    assert "pool is full" not in caplog.text

@@ -220,7 +220,9 @@ class VersionLister:
             # Frozen per request: one consistent key, secret and token while they renew on another thread.
             self._key = ambient.get_frozen_credentials
         self._connect_timeout = connect_timeout
-        kw: dict = {"maxsize": 8, "retries": False}
+        # Connections kept for reuse: as many as threads may list at once (a fuller pool closes the extra
+        # connection and logs a warning).
+        kw: dict = {"maxsize": 32, "retries": False}
         if self.url.startswith("https://"):
             kw["ca_certs"] = os.environ.get("AWS_CA_BUNDLE") or _ca_bundle()
         proxy = _proxy(self.url)
