@@ -148,8 +148,8 @@ def test_a_backup_spools_packs_and_a_full_disk_leaves_no_temporary_file(tmp_path
     src = tmp_path / "src"
     make_source(src, files=40)
     written = []
-    real = local_mod._write_all
-    monkeypatch.setattr(local_mod, "_write_all", lambda fd, parts: written.append(len(parts)) or real(fd, parts))
+    real = local_mod.write_all
+    monkeypatch.setattr(local_mod, "write_all", lambda fd, parts: written.append(len(parts)) or real(fd, parts))
     snap = backup(repo, src)
     assert written and _temp_files(b.root) == []
     for name, _ in b.list(local_mod.Kind.DATA):  # every pack is named by the hash of its bytes
@@ -166,12 +166,12 @@ def test_a_backup_spools_packs_and_a_full_disk_leaves_no_temporary_file(tmp_path
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, parts)
 
-    monkeypatch.setattr(local_mod, "_write_all", full)
+    monkeypatch.setattr(local_mod, "write_all", full)
     make_source(src / "more", files=40, seed=9)
     with pytest.raises(CerminError, match=r"no space left on device while writing data/"):
         backup(repo, src)
     assert _temp_files(b.root) == []
-    monkeypatch.setattr(local_mod, "_write_all", real)
+    monkeypatch.setattr(local_mod, "write_all", real)
     repo = reopen(b)
     assert clean(repo)
     backup(repo, src)
@@ -193,7 +193,7 @@ def test_a_failed_spool_write_never_becomes_a_pack(tmp_path, monkeypatch):
     from cermin.repo.repository import Repository
     from cermin.repo.saver import BlobSaver
 
-    real = local_mod._write_all
+    real = local_mod.write_all
     for how in ("enospc", "interrupt"):
         root = tmp_path / how
         repo = Repository.init(LocalBackend(str(root)), PASSWORD.encode(), kdf=FAST_KDF, pack_size=3 << 20)
@@ -209,7 +209,7 @@ def test_a_failed_spool_write_never_becomes_a_pack(tmp_path, monkeypatch):
                 raise KeyboardInterrupt
             real(fd, parts)
 
-        monkeypatch.setattr(local_mod, "_write_all", flaky)
+        monkeypatch.setattr(local_mod, "write_all", flaky)
         with pytest.raises((KeyboardInterrupt, Exception)):
             for _ in range(40):
                 data = os.urandom(350_000)

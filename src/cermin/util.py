@@ -60,3 +60,17 @@ def main_thread_signals() -> None:
     import signal
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def write_all(fd: int, parts: list) -> None:
+    """Write every buffer of `parts` in order (writev, continuing after short writes)."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views[:1024])  # IOV_MAX
+        while n:
+            if n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0

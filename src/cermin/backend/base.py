@@ -77,6 +77,9 @@ class Spool(Protocol):
     ObjectExists); `discard` drops it. Either ends it; an interrupted process leaves a leftover."""
 
     size: int  # bytes written so far
+    # True: a file the caller reads back whole to `save` it (repo/packspool.py, for stores that take
+    # whole objects); False: the store's own, made the object by `commit`
+    whole: bool
 
     def write(self, parts: list) -> None: ...
 

@@ -20,6 +20,7 @@ from cermin.errors import (
     RepositoryExists,
     RepositoryNotFound,
 )
+from cermin.util import write_all
 
 _DIRS = [k for k in Kind if k is not Kind.CONFIG]
 
@@ -38,20 +39,6 @@ def _io_error(e: OSError, what: str) -> CerminError:
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # a read-only mount, or a directory not ours
         return ReadOnlyRepository(f"permission denied writing {what}: {e.strerror}")
     return CerminError(f"cannot write {what}: {e.strerror or e}")
-
-
-def _write_all(fd: int, parts: list) -> None:
-    """Write every buffer of `parts` in order (writev, continuing after short writes)."""
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    while views:
-        n = os.writev(fd, views[:1024])  # IOV_MAX
-        while n:
-            if n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][n:]
-                n = 0
 
 
 def _unlink_quietly(path: str) -> None:
@@ -82,6 +69,8 @@ def _publish(fd: int, tmp: str, final: str, what: str, root: str) -> None:
 class _FileSpool:
     """A new object written straight to a temporary file (`LocalBackend.spool`)."""
 
+    whole = False  # committed in place, never read back
+
     def __init__(self, backend: LocalBackend, kind: Kind, fd: int, tmp: str) -> None:
         self.backend = backend
         self.kind = kind
@@ -91,7 +80,7 @@ class _FileSpool:
 
     def write(self, parts: list) -> None:
         try:
-            _write_all(self.fd, parts)
+            write_all(self.fd, parts)
         except OSError as e:
             raise _io_error(e, f"{self.kind.value}/ (a new object) in {self.backend.root}") from None
         self.size += sum(len(p) for p in parts)
@@ -170,7 +159,7 @@ class LocalBackend(BackendBase):
         fd = self._create(tmp, what)
         try:
             try:
-                _write_all(fd, [data])
+                write_all(fd, [data])
             except BaseException as e:
                 os.close(fd)
                 if isinstance(e, OSError):

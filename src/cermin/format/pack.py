@@ -113,9 +113,10 @@ class PackBuilder:
     """Accumulates encrypted blobs; not thread-safe (the caller owns one at a time).
 
     In memory, `finish` returns the pack's bytes. With `spool` (a callable returning a
-    `Backend.spool` or None) a pack past SPOOL_WRITE goes to storage as it grows, in writes of about
-    that much, hashed once written: `seal` writes the rest and the header and returns the pack's name,
-    and the caller commits or discards `self.spool`. Memory stays at one write, not one pack; a pack
+    `Backend.spool`, a temporary file that is read back `whole`, or None) a pack past SPOOL_WRITE goes
+    to that file as it grows, in writes of about that much. A store's own spool is hashed once written:
+    `seal` writes the rest and the header and returns the pack's name, and the caller commits or
+    discards `self.spool`; a `whole` one is read back by `finish`. Memory stays at one write, not one pack; a pack
     that never reached SPOOL_WRITE stays in memory (`spool` None). A write that fails breaks the
     builder: what the file holds is unknown, so it is only ever discarded."""
 
@@ -149,7 +150,7 @@ class PackBuilder:
         """Open the spool at the first write (a file exists only while it is being written)."""
         if self._open_spool is not None:
             self.spool, self._open_spool = self._open_spool(), None
-            if self.spool is not None:
+            if self.spool is not None and not self.spool.whole:  # a spool read back is hashed then
                 self._hash = crypto.file_hasher()
         return self.spool is not None
 
@@ -159,8 +160,9 @@ class PackBuilder:
         except BaseException:
             self.broken = True  # part of it may be in the file: never sealed, only discarded
             raise
-        for p in self._parts:  # hashed only once written: the name is that of the file's bytes
-            self._hash.update(p)
+        if self._hash is not None:
+            for p in self._parts:  # hashed only once written: the name is that of the file's bytes
+                self._hash.update(p)
         self._parts, self._buffered = [], 0
 
     def _header(self) -> None:
@@ -171,10 +173,17 @@ class PackBuilder:
         self.size += len(hct) + 4
 
     def finish(self) -> bytes:
-        """The whole pack (in memory)."""
+        """The whole pack, in memory: from the parts, or read back from a spool that is `whole`."""
         self._header()
-        data = b"".join(self._parts)
-        self._parts = []
+        if self.spool is None:
+            data = b"".join(self._parts)
+            self._parts = []
+            return data
+        if self.broken or not self.spool.whole:
+            raise CorruptObject("internal error: a pack spooled to its store was finished in memory")
+        self._write()
+        data = self.spool.read()
+        self.discard()
         return data
 
     def seal(self) -> str:

@@ -17,6 +17,7 @@ from cermin.errors import StoredDamaged
 from cermin.format import crypto, pack
 from cermin.format import index as fmt_index
 from cermin.format.records import IndexPack
+from cermin.repo import packspool
 from cermin.repo.repository import SAVE_ATTEMPTS, Repository
 from cermin.util import main_thread_signals
 
@@ -126,12 +127,13 @@ class BlobSaver:
         return SaveResult(True, raw_len, len(payload))
 
     def _builder(self) -> pack.PackBuilder:
-        """A pack builder; on a store that takes objects in pieces (a local directory), its blobs go
-        to a temporary file as they come instead of staying in memory until the pack is full."""
+        """A pack builder whose blobs go to a temporary file as they come instead of staying in memory
+        until the pack is full: the store's own on a store that takes objects in pieces (a local
+        directory), else an unnamed local file read back at upload (repo/packspool.py)."""
         if self.dry_run:
             return pack.PackBuilder(self.repo.keys)
         backend = self.repo.backend
-        return pack.PackBuilder(self.repo.keys, spool=lambda: backend.spool(Kind.DATA))
+        return pack.PackBuilder(self.repo.keys, spool=lambda: backend.spool(Kind.DATA) or packspool.open_temp())
 
     def _submit(self, builder: pack.PackBuilder) -> None:
         try:
@@ -151,7 +153,7 @@ class BlobSaver:
     def _upload(self, builder: pack.PackBuilder) -> None:
         try:
             entries = builder.entries
-            if builder.spool is not None:
+            if builder.spool is not None and not builder.spool.whole:
                 name = builder.seal()
                 builder.spool.commit(name)
                 size = builder.size
