@@ -34,24 +34,3 @@ def test_argon2id_is_deterministic_and_salted():
     assert a == crypto.argon2id(b"pw", b"s" * 32, p)
     assert a != crypto.argon2id(b"pw", b"t" * 32, p)
     assert len(a) == 32
-
-
-def test_argon2id_beside_other_work():
-    """`meanwhile` runs on the calling thread while a helper thread derives: same key, its errors
-    are the caller's, and no helper thread outlives the call."""
-    import threading
-
-    p = crypto.KdfParams(8 * 1024, 1, 1)
-    ran: list[str] = []
-    key = crypto.argon2id(b"pw", b"s" * 32, p, meanwhile=lambda: ran.append(threading.current_thread().name))
-    assert key == crypto.argon2id(b"pw", b"s" * 32, p)
-    assert ran == [threading.current_thread().name]
-
-    def fail():
-        raise RuntimeError("import failed")
-
-    with pytest.raises(RuntimeError, match="import failed"):
-        crypto.argon2id(b"pw", b"s" * 32, p, meanwhile=fail)
-    assert not [t for t in threading.enumerate() if t.name == "argon2id"]
-    with pytest.raises(CorruptObject):  # out of bounds: refused before any thread or work
-        crypto.argon2id(b"pw", b"s" * 32, crypto.KdfParams(1024, 1000, 1), meanwhile=fail)

@@ -76,7 +76,7 @@ def test_last_used_slot_is_tried_first(mem_repo, monkeypatch):
     assert Repository.open(mem_repo.backend, b"other password").key_name == second
     calls = []
     real = keyslots.unwrap
-    monkeypatch.setattr(keyslots, "unwrap", lambda kf, pw, *rest: calls.append(kf) or real(kf, pw, *rest))
+    monkeypatch.setattr(keyslots, "unwrap", lambda kf, pw: calls.append(kf) or real(kf, pw))
     assert Repository.open(mem_repo.backend, b"other password").key_name == second
     assert len(calls) == 1, "the remembered slot opens with one derivation"
     cached = os.listdir(keyslots.cache_dir())
@@ -89,20 +89,3 @@ def test_make_keyfile_refuses_out_of_bounds_parameters():
     with pytest.raises(UsageError):
         keyslots.make_keyfile(os.urandom(32), PW, crypto.KdfParams(1024, 65, 1))
     assert crypto.KdfParams(1024, 1, 1).problem() is None  # the tests' FAST_KDF stays valid
-
-
-def test_open_runs_the_start_up_work_once_beside_the_derivation(tmp_path):
-    from conftest import FAST_KDF, PASSWORD
-
-    from cermin.backend.local import LocalBackend
-    from cermin.errors import WrongPassword
-    from cermin.repo.repository import Repository
-
-    backend = LocalBackend(str(tmp_path / "repo"))
-    Repository.init(backend, PASSWORD.encode(), kdf=FAST_KDF)
-    ran: list[int] = []
-    repo = Repository.open(backend, PASSWORD.encode(), meanwhile=lambda: ran.append(1))
-    assert ran == [1] and repo.config.id
-    with pytest.raises(WrongPassword):
-        Repository.open(backend, b"wrong", meanwhile=lambda: ran.append(2))
-    assert ran == [1, 2]

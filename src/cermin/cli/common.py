@@ -69,31 +69,12 @@ def backend_of(g):
     return open_backend(g.repo)
 
 
-# What commands import after the key: numpy for the index, the guard for a backup's verdict and a
-# restore's last clean point. Imported while Argon2id runs (it releases the GIL): ~0.15 s of start-up.
-_AFTER_KEY = (
-    "numpy",
-    "cermin.repo.indexfiles",
-    "cermin.repo.lock",
-    "cermin.guard.verdict",
-    "cermin.guard.observer",
-    "cermin.guard.lastclean",
-)
-
-
-def _import_after_key() -> None:
-    import importlib
-
-    for name in _AFTER_KEY:
-        importlib.import_module(name)
-
-
 def open_repo(g, load_index: bool = True):
     from cermin.repo.repository import Repository
 
     backend = backend_of(g)
     config = Repository.read_config(backend)  # missing / unknown version: an error before the password
-    repo = Repository.open(backend, read_password(g), config, meanwhile=_import_after_key)
+    repo = Repository.open(backend, read_password(g), config)
     out = Output(g)
     for w in repo.warnings:  # skipped key slots; later ones (skipped index files) as they happen
         out.warn(w)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -64,9 +63,7 @@ class KdfParams:
         return self.memory_kib * self.iterations
 
 
-def argon2id(password: bytes, salt: bytes, params: KdfParams, meanwhile: Callable[[], object] | None = None) -> bytes:
-    """The key for `password`. `meanwhile` runs on this thread while a helper thread derives (the
-    derivation releases the GIL): a command's start-up imports cost nothing beside it."""
+def argon2id(password: bytes, salt: bytes, params: KdfParams) -> bytes:
     problem = params.problem()
     if problem is not None:  # never run an unbounded derivation, whoever asks
         raise CorruptObject(problem)
@@ -77,27 +74,8 @@ def argon2id(password: bytes, salt: bytes, params: KdfParams, meanwhile: Callabl
         lanes=params.lanes,
         memory_cost=params.memory_kib,
     )
-    if meanwhile is None:
-        with _argon2_lock:
-            return kdf.derive(password)
-    out: list = []
-
-    def derive() -> None:
-        try:
-            with _argon2_lock:
-                out.append(kdf.derive(password))
-        except BaseException as e:  # handed to the caller below
-            out.append(e)
-
-    t = threading.Thread(target=derive, name="argon2id", daemon=True)
-    t.start()
-    try:
-        meanwhile()
-    finally:
-        t.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
+    with _argon2_lock:
+        return kdf.derive(password)
 
 
 def hkdf(key: bytes, info: bytes, salt: bytes | None = None) -> bytes:

@@ -83,10 +83,9 @@ def params_of(kf: KeyFile) -> crypto.KdfParams:
     return crypto.KdfParams(kf.memory_kib, kf.iterations, kf.lanes)
 
 
-def unwrap(kf: KeyFile, password: bytes, meanwhile: Callable[[], object] | None = None) -> bytes | None:
-    """The master key, or None when the password does not open this slot (`meanwhile`: see
-    crypto.argon2id)."""
-    kek = crypto.argon2id(password, kf.salt, params_of(kf), meanwhile)
+def unwrap(kf: KeyFile, password: bytes) -> bytes | None:
+    """The master key, or None when the password does not open this slot."""
+    kek = crypto.argon2id(password, kf.salt, params_of(kf))
     nonce, ct = kf.wrapped[: crypto.NONCE_LEN], kf.wrapped[crypto.NONCE_LEN :]
     try:
         return AESGCM(kek).decrypt(nonce, ct, KEY_AAD)
@@ -134,12 +133,7 @@ def _load_slot(backend, name: str) -> bytes:
 
 
 def open_master(
-    backend,
-    password: bytes,
-    repo_id: str,
-    warn: Callable[[str], None],
-    accept: Callable[[bytes], T],
-    meanwhile: Callable[[], object] | None = None,
+    backend, password: bytes, repo_id: str, warn: Callable[[str], None], accept: Callable[[bytes], T]
 ) -> tuple[bytes, str, T]:
     """(master key, slot name, accept(master)) for `password`.
 
@@ -147,8 +141,7 @@ def open_master(
     warning. The slot remembered for this repository is tried first, then the others cheapest first,
     so a planted expensive slot costs nothing once a password has worked here. `accept` checks the
     master key against the repository (the config's MAC) and raises CorruptObject when it does not
-    fit: a slot someone with the password planted around another key is skipped, not fatal.
-    `meanwhile` runs beside the first derivation (crypto.argon2id); a failed open may skip it."""
+    fit: a slot someone with the password planted around another key is skipped, not fatal."""
     names = sorted(n for n, _ in backend.list(Kind.KEY))
     if not names:
         raise CorruptObject(f"repository at {backend.location} has no key files")
@@ -161,9 +154,8 @@ def open_master(
     misfit: CorruptObject | None = None
 
     def attempt(name: str, kf: KeyFile):
-        nonlocal misfit, meanwhile
-        work, meanwhile = meanwhile, None
-        master = unwrap(kf, password, work)
+        nonlocal misfit
+        master = unwrap(kf, password)
         if master is None:
             return None
         try:

@@ -156,15 +156,8 @@ class Repository:
         return config
 
     @classmethod
-    def open(
-        cls,
-        backend: Backend,
-        password: bytes,
-        config: Config | None = None,
-        meanwhile: Callable[[], object] | None = None,
-    ) -> Repository:
-        """Open with a password; `config` may be one already read (saves a round trip on S3/HTTP);
-        `meanwhile` is work for this thread while the key is derived (keyslots.open_master)."""
+    def open(cls, backend: Backend, password: bytes, config: Config | None = None) -> Repository:
+        """Open with a password; `config` may be one already read (saves a round trip on S3/HTTP)."""
         config = config or cls.read_config(backend)
         warnings: list[str] = []
 
@@ -183,7 +176,7 @@ class Repository:
             return keys, secrets
 
         master, key_name, (keys, secrets) = keyslots.open_master(
-            backend, password, config.id, warnings.append, secrets_of, meanwhile
+            backend, password, config.id, warnings.append, secrets_of
         )
         repo = cls(backend, keys, config, secrets, key_name)
         for w in warnings:
