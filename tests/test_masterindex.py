@@ -66,3 +66,36 @@ def test_contains_all_agrees_with_one_lookup_per_id():
         assert all(i in idx for i in ids) and missing not in idx
     assert MasterIndex().contains_all(b"") and not MasterIndex().contains_all(os.urandom(32))
     assert not idx.contains_all(ids[0] + ids[1][:31])  # a ragged list (a damaged node) is never "all stored"
+
+
+def test_lookup_many_agrees_with_one_lookup_per_id():
+    """The vectorised lookup of a restore worker's window and a directory's files: the same
+    locations as one lookup each, for frozen ids, ids added since, ids sharing their first 8 bytes,
+    misses, repeats and ids of the wrong length."""
+    es = entries(3000, 9)
+    shared_a = b"\x06" * 8 + b"\x01" * 8 + os.urandom(16)
+    shared_b = b"\x06" * 8 + b"\x02" * 8 + os.urandom(16)
+    es += [(0, 40, 10, shared_a, 10), (1, 60, 12, shared_b, 11)]
+    idx = MasterIndex.from_packs(
+        {b"P" * 32: fmt_index.pack_entries(es[:1500]), b"R" * 32: fmt_index.pack_entries(es[1500:])}
+    )
+    later = entries(5, 10)
+    idx.add_pack(b"Q" * 32, fmt_index.pack_entries(later))
+    missing = b"\x06" * 8 + b"\x03" * 8 + os.urandom(16)
+    ids = [e[3] for e in es[::5]] + [shared_b, missing, shared_a, es[7][3]] + [e[3] for e in later]
+    ids += [os.urandom(32), ids[0], b"short"]
+
+    def same(a, b) -> bool:
+        return (a is None and b is None) or (
+            a is not None
+            and b is not None
+            and (a.pack_id, a.type, a.offset, a.length, a.raw_length)
+            == (b.pack_id, b.type, b.offset, b.length, b.raw_length)
+        )
+
+    got = idx.lookup_many(ids)
+    assert len(got) == len(ids)
+    assert all(same(g, idx.lookup(i)) for g, i in zip(got, ids, strict=True))
+    assert got[ids.index(missing)] is None and got[ids.index(shared_a)].offset == 40
+    assert {g.pack_id for g in got if g is not None} == {b"P" * 32, b"R" * 32, b"Q" * 32}
+    assert MasterIndex().lookup_many(ids[:10]) == [None] * 10

@@ -341,10 +341,11 @@ class Restorer:
                 if n.links > 1 and n.type == FILE:
                     self._queue_linked(d, out, snap_path, fresh, n)
             nodes = [n for n in nodes if not (n.links > 1 and n.type == FILE)]
-        lookup = self.repo.index.lookup
+        firsts = [n.content[:ID_LEN] for n in nodes if n.content and n.type == FILE]
+        locs = iter(self.repo.index.lookup_many(firsts))
         keys = []
         for n in nodes:
-            loc = lookup(n.content[:ID_LEN]) if n.content and n.type == FILE else None
+            loc = next(locs) if n.content and n.type == FILE else None
             keys.append(loc.pack_id if loc is not None else None)
         i, total = 0, len(nodes)
         while i < total:

@@ -147,17 +147,15 @@ class Writer:
         """Ask for the blobs `ids`: per pack, one read per run of blobs that lie close together
         (restore order is backup order, so a window's blobs are mostly neighbours). Returns the
         blobs that cannot be read (id -> error) and the reads asked for; `_collect` takes them."""
-        lookup = self.repo.index.lookup
         by_pack: dict[bytes, list] = {}
         seen: dict[bytes, Exception | None] = {}
         zero = self.zero_ids
         size = 0
-        for bid in ids:
+        for bid, loc in zip(ids, self.repo.index.lookup_many(ids), strict=True):
             if bid in seen or bid in zero:
                 continue
             if size >= WINDOW:  # sizes in a tree are hostile input: the rest is read when written
                 break
-            loc = lookup(bid)
             if loc is None:
                 seen[bid] = CorruptObject(f"blob {bid.hex()[:16]} is not in the index (missing data)")
             elif loc.type != pack.DATA:
