@@ -74,3 +74,29 @@ def test_a_local_store_is_read_when_taken():
     ticket = reader.ask(Kind.DATA, NAMES[0], 1, 1)
     store.objects[(Kind.DATA, NAMES[0])] = b"xyz"  # nothing was read ahead
     assert reader.take(ticket) == b"y"
+
+
+def test_many_reads_asked_ahead_never_deadlock():
+    """The parent answers in order and blocks on a full socket while the child is not reading: a
+    child asking for more than the sockets hold reads answers before it asks more."""
+    import threading
+
+    store = MemoryBackend()
+    name = NAMES[0]
+    store.save(Kind.DATA, name, os.urandom(1 << 20))
+    parent, child = forked.pair()
+    server = forked.serve(store, parent)
+    backend = forked.ChildBackend(child, store)
+    got: list[bytes] = []
+
+    def ask_all() -> None:
+        tickets = [backend.ask(Kind.DATA, name, (i * 4096) % (1 << 20), 64 * 1024) for i in range(2000)]
+        got.extend(backend.take(t) for t in tickets)
+
+    t = threading.Thread(target=ask_all, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "asking 2,000 reads ahead hung"
+    assert len(got) == 2000 and got[5] == store.load(Kind.DATA, name, 5 * 4096, 64 * 1024)
+    child.close()
+    server.join(timeout=10)

@@ -430,3 +430,37 @@ def test_tombstones_cannot_hide_the_real_newest_behind_a_fake_newer_snapshot(red
     for sid in (first, second):
         repo.save_object(Kind.AUX, records.encode(AuxRecord(type="forgotten", time=now_rfc3339(), target=sid)))
     assert second in retained_snapshot_names(repo), "the newest real snapshot is no longer kept locked"
+
+
+def test_packs_planted_over_empty_or_with_garbage_restore_from_their_first_version(seaweed, tmp_path, monkeypatch):
+    """An empty newer version over a pack (a ranged read of it is refused with 416) and a garbage
+    one: the restore reads what cermin wrote, and lists each pack's versions once, not per blob."""
+    from cermin.backend import open_backend
+    from cermin.engine.restore import RestoreOptions, run_restore
+
+    cli = s3cli(seaweed, tmp_path)
+    cli("init", "--object-lock", "30", "--maintenance-interval", "7")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(120):  # many small files: many blobs per pack
+        (src / f"f{i}").write_bytes(os.urandom(3000 + i))
+    cli("backup", str(src))
+    s3 = seaweed.boto()
+    packs = [
+        k["Key"] for k in s3.list_objects_v2(Bucket="locked", Prefix=cli.repo.split("/", 4)[4] + "/data/")["Contents"]
+    ]
+    for i, key in enumerate(packs):
+        s3.put_object(Bucket="locked", Key=key, Body=b"" if i % 2 == 0 else b"ransomware was here" * 100)
+    repo = Repository.open(open_backend(cli.repo), PASSWORD.encode())
+    repo.load_index()
+    listings: list[str] = []
+    real = S3Backend._versions
+    monkeypatch.setattr(
+        S3Backend, "_versions", lambda self, key, *a, **kw: listings.append(key) or real(self, key, *a, **kw)
+    )
+    out = tmp_path / "out"
+    snap = repo.load_snapshot(next(iter(repo.backend.list(Kind.SNAPSHOT)))[0])
+    r = run_restore(repo, snap, RestoreOptions(target=str(out), verify=True, workers=2))
+    assert not r.errors, r.errors[:3]
+    assert_same_tree(src, out / str(src).lstrip("/"))
+    assert len([k for k in listings if "/data/" in k]) <= len(packs), "each pack's versions listed once"

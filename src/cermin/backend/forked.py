@@ -26,6 +26,7 @@ _REQUEST = struct.Struct("<I")
 _REPLY = struct.Struct("<BI")
 _MAX_REQUEST = 4096  # an op, a kind, a 64-character name and two integers
 _OPS = ("load", "load_original")
+MAX_ASKED = 32  # reads a child has asked for and not yet read the answer of
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -56,11 +57,12 @@ class _AtOnce:
     def __init__(self, backend) -> None:
         self._backend = backend
 
-    def ask(self, kind: Kind, name: str, offset: int, length: int | None) -> tuple:
-        return kind, name, offset, length
+    def ask(self, kind: Kind, name: str, offset: int, length: int | None, original: bool = False) -> tuple:
+        return original, kind, name, offset, length
 
     def take(self, ticket: tuple) -> bytes:
-        return self._backend.load(*ticket)
+        original, *args = ticket
+        return (self._backend.load_original if original else self._backend.load)(*args)
 
 
 class ChildBackend:
@@ -70,6 +72,9 @@ class ChildBackend:
 
     def __init__(self, sock: socket.socket, real) -> None:
         self._sock = sock
+        # Held, never dropped in the child: freeing an object-store client there runs its runtime's
+        # teardown against locks other threads of the parent held at the fork (a hang seen in the agent).
+        self._parents = real
         self.location = real.location
         self.caps = real.caps
         self.lock = None  # the Object Lock policy governs writes, which a child never makes
@@ -84,12 +89,15 @@ class ChildBackend:
     def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self.take(self._request("load_original", kind, name, offset, length))
 
-    def ask(self, kind: Kind, name: str, offset: int, length: int | None) -> int:
-        return self._request("load", kind, name, offset, length)
+    def ask(self, kind: Kind, name: str, offset: int, length: int | None, original: bool = False) -> int:
+        """`original`: read the object's first version (a versioned store; see Backend.load_original)."""
+        return self._request("load_original" if original else "load", kind, name, offset, length)
 
     def _request(self, op: str, kind: Kind, name: str, offset: int, length: int | None) -> int:
         req = msgspec.msgpack.encode([op, kind.value, name, offset, length])
         what = f"{kind.value}/{name[:12]}"
+        while self._asked - self._answered >= MAX_ASKED:  # the parent answers in order and blocks on a
+            self._read_next()  # full socket: read answers before asking more, or both would wait forever
         try:
             self._sock.sendall(_REQUEST.pack(len(req)) + req)
         except OSError as e:
@@ -101,13 +109,16 @@ class ChildBackend:
 
     def take(self, ticket: int) -> bytes:
         while ticket not in self._kept:
-            self._kept[self._answered] = self._answer(self._what[self._answered])
-            self._answered += 1
+            self._read_next()
         self._what.pop(ticket)
         got = self._kept.pop(ticket)
         if isinstance(got, CerminError):
             raise got
         return got
+
+    def _read_next(self) -> None:
+        self._kept[self._answered] = self._answer(self._what[self._answered])
+        self._answered += 1
 
     def _answer(self, what: str) -> bytes | CerminError:
         try:

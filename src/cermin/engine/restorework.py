@@ -27,6 +27,7 @@ import signal
 import socket
 import stat
 import struct
+import time
 from collections import OrderedDict, deque
 
 import msgspec
@@ -80,6 +81,7 @@ class Writer:
         # a versioned store may hold a newer version planted over a pack: a blob that fails
         # authentication in what `load` returns is read again from the version cermin wrote
         self.versions = repo.backend.caps.versions
+        self.planted: set[bytes] = set()  # packs read from their first version (versions only)
         self.reader = forked.reader(repo.backend)  # reads asked for ahead, taken when needed
         self.tfd = tfd
         self.meta = meta
@@ -180,7 +182,8 @@ class Writer:
         end = max(off + loc.length for off, _bid, loc in blobs)
         if pack_id not in self.ciphers and first <= READ_GAP:
             first = 0  # the pack's prefix comes with the run: no read of its own (a request on S3)
-        return pack_id, name, first, blobs, self.reader.ask(Kind.DATA, name, first, end - first)
+        original = pack_id in self.planted
+        return pack_id, name, first, blobs, self.reader.ask(Kind.DATA, name, first, end - first, original)
 
     def _collect(self, planned: tuple[dict, list]) -> None:
         errors, reads = planned
@@ -202,7 +205,8 @@ class Writer:
             if len(self.ciphers) > 4096:
                 self.ciphers.clear()
             if prefix is None:
-                prefix = self.repo.backend.load(Kind.DATA, name, 0, pack.PREFIX_LEN)
+                load = self.repo.backend.load_original if pack_id in self.planted else self.repo.backend.load
+                prefix = load(Kind.DATA, name, 0, pack.PREFIX_LEN)
             c = self.ciphers[pack_id] = pack.pack_cipher(self.repo.keys, prefix, f"pack {name[:12]}")
         return c
 
@@ -213,7 +217,11 @@ class Writer:
         except CorruptObject:
             if not self.versions:
                 raise
-            return self.repo.original_blob(bid, pack.DATA)  # what cermin wrote, under a planted version
+            loc = self.repo.index.lookup(bid)
+            if loc is not None and loc.pack_id not in self.planted:  # a newer version planted over it:
+                self.planted.add(loc.pack_id)  # the next windows read the version cermin wrote
+                self.ciphers.pop(loc.pack_id, None)
+            return self.repo.original_blob(bid, pack.DATA)
 
     def _window_blob(self, bid: bytes) -> bytes:
         hit = self.window.get(bid)
@@ -610,8 +618,9 @@ class ProcessPool:
                 r.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        for t in self.servers:
-            t.join(timeout=READ_SERVER_WAIT)
+        deadline = time.monotonic() + (0 if kill else READ_SERVER_WAIT)  # one wait for all, none when killing
+        for t in self.servers:  # daemons, each closing its own socket when its read ends
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         self.reads, self.servers = [], []
 
 
