@@ -313,3 +313,39 @@ def test_a_restore_leaves_a_freeze_in_place(local_repo, tmp_path):
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_directory_s_entries_without_data_stay_with_one_worker(local_repo, tmp_path, monkeypatch):
+    """Empty files and symlinks cost a create each: two workers creating in one directory contend for
+    its lock, so a directory's such entries go to one worker (but the end of one that shares a batch
+    with the next directory's first ones)."""
+    src = tmp_path / "src"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(700):
+            (src / f"d{d}" / f"e{i}").write_bytes(b"")
+        for i in range(100):
+            os.symlink(f"e{i}", src / f"d{d}" / f"l{i}")
+    sid = do_backup(local_repo, src).snapshot_id
+    sent: list[tuple[int, list]] = []
+    orig = restorework.ProcessPool.send
+    monkeypatch.setattr(
+        restorework.ProcessPool,
+        "send",
+        lambda self, w, no, groups, fds: (
+            sent.append((w, [(g[2], len(g[4])) for g in groups])),
+            orig(self, w, no, groups, fds),
+        )[1],
+    )
+    s = do_restore(reopen(local_repo.backend), sid, tmp_path / "out", workers=2)
+    assert not s.errors
+    per: dict[bytes, dict[int, int]] = {}
+    for w, groups in sent:
+        for d, n in groups:
+            per.setdefault(d, {}).setdefault(w, 0)
+            per[d][w] += n
+    big = {d: ws for d, ws in per.items() if sum(ws.values()) == 800}
+    assert len(big) == 4, per
+    assert all(max(ws.values()) >= 800 - 256 for ws in big.values()), big  # at most one batch elsewhere
+    assert len({w for w, _ in sent}) == 2  # both workers worked, on different directories
+    assert_same_tree(src, tmp_path / "out" / str(src).lstrip("/"))

@@ -150,12 +150,13 @@ class _Dir:
     """A directory this walk opened: its metadata is set when its walk is done (`walked`) and no batch
     with entries in it is out (`pending`)."""
 
-    __slots__ = ("fd", "path", "node", "owned", "pending", "walked")
+    __slots__ = ("fd", "path", "node", "owned", "pending", "walked", "worker")
 
     def __init__(self, fd: int, path: bytes, node: Node | None, owned: bool) -> None:
         self.fd, self.path, self.node, self.owned = fd, path, node, owned
         self.pending = 0
         self.walked = False
+        self.worker: int | None = None  # the worker that last had a batch of its entries without data
 
 
 class _Batch:
@@ -412,8 +413,20 @@ class Restorer:
                 k = w
                 if load[k] < IN_FLIGHT:
                     break
+            elif key is None:
+                # Entries without data (empty files, symlinks, devices) cost a create each: two workers
+                # creating in one directory contend for its lock (on ext4 after mass deletions, seconds
+                # of spinning per thousand files), so a directory's such entries stay with one worker,
+                # the one its last directory went to (a batch's first ones end where earlier batches were).
+                home = b.dirs[-1].worker
+                k = home if home is not None else min(range(self.workers), key=load.__getitem__)
+                if load[k] < IN_FLIGHT:
+                    for d in b.dirs:
+                        if d.worker is None or d is b.dirs[-1]:
+                            d.worker = k
+                    break
             else:
-                home = self._home.get(key) if key is not None else None
+                home = self._home.get(key)
                 if home is not None and load[home] < IN_FLIGHT:
                     k = home
                     break
