@@ -100,3 +100,38 @@ def test_many_reads_asked_ahead_never_deadlock():
     assert len(got) == 2000 and got[5] == store.load(Kind.DATA, name, 5 * 4096, 64 * 1024)
     child.close()
     server.join(timeout=10)
+
+
+class _Slow(MemoryBackend):
+    """Fault injection: a store that takes 20 s to answer (an object store that stopped answering)."""
+
+    def load(self, kind, name, offset=0, length=None):
+        import time
+
+        time.sleep(20)
+        return b""
+
+
+class _Asks:
+    def __init__(self, repo) -> None:
+        self.repo = repo
+
+    def run(self, groups, fds):
+        return self.repo.backend.load(Kind.DATA, NAMES[0], 0, 1)  # through the parent
+
+
+def test_killing_a_pool_does_not_wait_for_reads_in_progress():
+    """Ctrl-C or an error while the store hangs: the pool is gone at once, not after each read."""
+    import time
+    from types import SimpleNamespace
+
+    from cermin.engine import restorework
+
+    repo = SimpleNamespace(backend=_Slow())
+    pool = restorework.ProcessPool(2, lambda i, counters: _Asks(repo), repo)
+    pool.send(0, 0, [], [])
+    pool.send(1, 1, [], [])
+    time.sleep(1)  # both workers are waiting on the parent's 20 s reads
+    t = time.monotonic()
+    pool.close(kill=True)
+    assert time.monotonic() - t < 5
