@@ -333,3 +333,21 @@ def test_documentation_named_like_notes_is_clean(repo, tree):
     (src / "doc/vim/HOW_TO_DECRYPT.txt").write_text("pay")
     _, g = guard_backup(repo, src)
     assert g["verdict"] != "clean" and g["signals"]["ransom_note"] >= 1, g
+
+
+def test_a_new_empty_file_is_assessed_as_the_general_case_would():
+    """The shortcut for new empty files (the walker assesses them itself, one per file) gives what the
+    general assessment gives, for every kind of name."""
+    from cermin.guard import observer as gobs
+    from cermin.guard import signals as gsig
+
+    rnd = random.Random(5)
+    names = [b"a", b"", b".hidden", b"noext.", b"README_DECRYPT.txt", b"HOW_TO_RECOVER_FILES.html", b"_readme.txt"]
+    names += [b"x." + ext for ext in sorted(gsig.RANSOM_EXTENSIONS)[:40]]
+    names += [b"photo.jpg", b"!!!READ_ME!!!.png", b"\xff\xfe.txt", b"a" * 90 + b".txt", b"data.tar.gz.locked"]
+    names += [bytes(rnd.choices(b"abcXYZ._-!0123456789\xe9", k=rnd.randint(1, 30))) for _ in range(300)]
+    for name in names:
+        ev = FileRead(b"/some/dir/" + name, 0, 123, (), b"", -1.0)
+        assert gobs.assess(ev) == gobs._assess(ev, name), name
+    changed = FileRead(b"/d/a.txt", 0, 1, (), b"", -1.0, 10, 1, 8, False, (("r", 0.5),))
+    assert gobs.assess(changed) == gobs._assess(changed, b"a.txt")  # not new: the general case
