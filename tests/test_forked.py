@@ -135,3 +135,75 @@ def test_killing_a_pool_does_not_wait_for_reads_in_progress():
     t = time.monotonic()
     pool.close(kill=True)
     assert time.monotonic() - t < 5
+
+
+class _Counting(MemoryBackend):
+    """Counts the reads that reach the store (each one a request to an object store)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.reads: list[tuple[str, int, int | None]] = []
+        self.delay = delay
+        self.fail = 0
+
+    def load(self, kind, name, offset=0, length=None):
+        import time
+
+        self.reads.append((name, offset, length))
+        time.sleep(self.delay)
+        if self.fail:
+            self.fail -= 1
+            raise CerminError("the store failed")
+        return super().load(kind, name, offset, length)
+
+
+def test_a_pack_read_again_is_read_in_shared_blocks():
+    """A pack's first read is made as asked; later reads of it come from aligned blocks: the reads
+    of a restore's windows (small, neighbouring, of two workers) cost a few requests, not one each,
+    and every answer is the same bytes as the store's, short at the object's end."""
+    store = _Counting()
+    data = os.urandom(3 * forked.BLOCK + 12345)
+    store.save(Kind.DATA, NAMES[0], data)
+    shared = forked.SharedReads(store)
+    assert bytes(shared.load(Kind.DATA, NAMES[0], 100, 50)) == data[100:150]
+    assert store.reads == [(NAMES[0], 100, 50)]  # the first read: as asked
+    step = 100_000
+    for off in range(0, len(data), step):  # a whole pack in window-sized reads
+        assert bytes(shared.load(Kind.DATA, NAMES[0], off, step)) == data[off : off + step]
+    assert len(store.reads) == 1 + 4, store.reads  # one per block
+    span = forked.BLOCK - 10
+    assert bytes(shared.load(Kind.DATA, NAMES[0], span, 20)) == data[span : span + 20]  # across blocks
+    assert bytes(shared.load(Kind.DATA, NAMES[0], len(data) - 5, 50)) == data[-5:]  # short at the end
+    assert bytes(shared.load(Kind.DATA, NAMES[0], len(data) + 10, 50)) == b""
+    whole = shared.load(Kind.DATA, NAMES[0], 0, None)  # not a range: passed through
+    assert whole == data
+    store.save(Kind.DATA, NAMES[1], data)
+    assert bytes(shared.load(Kind.DATA, NAMES[1], 7, 3)) == data[7:10]
+    assert store.reads[-1] == (NAMES[1], 7, 3)  # each pack's first read is its own
+
+
+def test_a_block_two_workers_want_is_read_once_and_a_failed_one_again():
+    store = _Counting(delay=0.3)
+    data = os.urandom(forked.BLOCK)
+    store.save(Kind.DATA, NAMES[0], data)
+    shared = forked.SharedReads(store)
+    shared.load(Kind.DATA, NAMES[0], 0, 1)
+    got: list[bytes] = []
+    import threading
+
+    ts = [
+        threading.Thread(target=lambda o=o: got.append(bytes(shared.load(Kind.DATA, NAMES[0], o, 10))))
+        for o in (1000, 2000)
+    ]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=10)
+    assert sorted(got) == sorted([data[1000:1010], data[2000:2010]])
+    assert len(store.reads) == 2, store.reads  # the first read, then the block once for both
+    store.save(Kind.DATA, NAMES[1], data)
+    shared.load(Kind.DATA, NAMES[1], 0, 1)
+    store.fail = 1
+    with pytest.raises(CerminError, match="the store failed"):
+        shared.load(Kind.DATA, NAMES[1], 5, 5)
+    assert bytes(shared.load(Kind.DATA, NAMES[1], 5, 5)) == data[5:10]  # not kept: read again

@@ -8,6 +8,11 @@ Nothing crosses but object names, ranges and bytes the child authenticates itsel
 
 Frames: a request is u32 length + msgpack [op, kind, name, offset, length]; a reply is u8 status +
 u32 length + the bytes (status 0) or "ErrorClass\\0message" (status 1).
+
+A child's reads of one pack mostly follow each other (restore order is backup order), in pieces of
+a window, and two children read neighbouring parts: the parent reads packs in aligned blocks
+shared by the children (`SharedReads`), because an object store charges per request
+(SeaweedFS spent ~4.6 ms of CPU on each range GET, whether of 512 KiB or 4 MiB).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from collections import OrderedDict
+from concurrent.futures import Future
 
 import msgspec
 
@@ -27,6 +34,9 @@ _REPLY = struct.Struct("<BI")
 _MAX_REQUEST = 4096  # an op, a kind, a 64-character name and two integers
 _OPS = ("load", "load_original")
 MAX_ASKED = 32  # reads a child has asked for and not yet read the answer of
+BLOCK = 4 * 1024 * 1024  # a pack read a second time is read in aligned blocks of this size
+BLOCKS = 6  # blocks kept for all children of a pool
+SEEN_PACKS = 4096
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -143,6 +153,67 @@ def serve(backend, sock: socket.socket) -> threading.Thread:
     t = threading.Thread(target=_serve, args=(backend, sock), name="cermin-child-reads", daemon=True)
     t.start()
     return t
+
+
+class SharedReads:
+    """The reads of all children of one pool. The first read of a pack is made as asked (a restore
+    of a few files reads no more than it needs); later reads of it are served from aligned BLOCK-sized
+    reads kept here, at most BLOCKS of them, shared by the children (they restore neighbouring
+    directories, whose blobs share packs). A block two children want at once is read once."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._blocks: OrderedDict[tuple[str, int], Future] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()  # packs read before
+
+    def load(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes | memoryview:
+        if kind is not Kind.DATA or not length:
+            return self.backend.load(kind, name, offset, length)
+        with self._lock:
+            again = name in self._seen
+            self._seen[name] = None
+            self._seen.move_to_end(name)
+            if len(self._seen) > SEEN_PACKS:
+                self._seen.popitem(last=False)
+        if not again:
+            return self.backend.load(kind, name, offset, length)
+        end = offset + length
+        parts = []
+        for n in range(offset // BLOCK, (end - 1) // BLOCK + 1):
+            block = self._block(kind, name, n)
+            parts.append(block)
+            if len(block) < BLOCK:
+                break  # the object ends in this block
+        skip = offset - (offset // BLOCK) * BLOCK
+        if len(parts) == 1:
+            return memoryview(parts[0])[skip : skip + length]  # sent from the block, not copied
+        return b"".join(parts)[skip : skip + length]
+
+    def _block(self, kind: Kind, name: str, n: int) -> bytes:
+        key = (name, n)
+        with self._lock:
+            f = self._blocks.get(key)
+            mine = f is None
+            if mine:
+                f = self._blocks[key] = Future()
+                while len(self._blocks) > BLOCKS:
+                    self._blocks.popitem(last=False)
+            else:
+                self._blocks.move_to_end(key)
+        if mine:
+            try:
+                f.set_result(self.backend.load(kind, name, n * BLOCK, BLOCK))  # short at the object's end
+            except BaseException as e:
+                with self._lock:
+                    if self._blocks.get(key) is f:
+                        del self._blocks[key]  # not kept: the next read tries again
+                f.set_exception(e)
+                raise
+        return f.result()
+
+    def load_original(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.backend.load_original(kind, name, offset, length)
 
 
 def _serve(backend, sock: socket.socket) -> None:

@@ -521,7 +521,9 @@ class ProcessPool:
                 self.poll.register(parent.fileno(), select.POLLIN)
                 self.by_fd[parent.fileno()] = i
             # Only now, with every worker forked: no child inherits a thread of this pool.
-            self.servers = [forked.serve(serve_reads.backend, r) for r in self.reads]
+            if self.reads:
+                shared = forked.SharedReads(serve_reads.backend)
+                self.servers = [forked.serve(shared, r) for r in self.reads]
         except BaseException:
             self.close(kill=True)
             raise
