@@ -442,3 +442,37 @@ def test_absurd_ranges_are_answered_not_crashed(served):
     assert r.status == 206 and r.data == body[5:10]
     r = http.request("GET", url, headers={**auth, "Range": "bytes=" + "1" * 100_000 + "-"})
     assert r.status in (400, 416, 431)
+
+
+def test_a_server_ignoring_range_gets_the_range_cut_from_its_answer():
+    """A proxy in front of the repository server may answer a ranged GET with 200 and the whole
+    object: the client cuts the range itself instead of returning the whole object as the range."""
+    import http.server
+    import threading
+
+    from cermin.backend.base import Kind
+    from cermin.backend.http import HttpBackend
+
+    body = bytes(range(256)) * 40
+
+    class _Whole(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Whole)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        b = HttpBackend(f"http://127.0.0.1:{srv.server_address[1]}/t", token="x")
+        assert b.load(Kind.DATA, "ab" * 32, 300, 20) == body[300:320]
+        assert b.load(Kind.DATA, "ab" * 32, 10_000) == body[10_000:]
+        assert b.load(Kind.DATA, "ab" * 32) == body
+    finally:
+        srv.shutdown()
+        srv.server_close()
