@@ -35,7 +35,7 @@ _MAX_REQUEST = 4096  # an op, a kind, a 64-character name and two integers
 _OPS = ("load", "load_original")
 MAX_ASKED = 32  # reads a child has asked for and not yet read the answer of
 BLOCK = 4 * 1024 * 1024  # a pack read a second time is read in aligned blocks of this size
-BLOCKS = 4  # blocks kept for all children of a pool
+BLOCKS = 6  # blocks kept for all children of a pool
 SEEN_PACKS = 4096
 
 
