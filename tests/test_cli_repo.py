@@ -116,3 +116,39 @@ def test_full_disk_errors_name_what_and_where(cli, tmp_path):
     assert r.returncode == 1 and len(err.splitlines()) == 1, err
     assert "no space left on device while writing data/" in err and f"in {small}/repo" in err
     assert "None" not in err
+
+
+def test_init_compression_level_is_the_repositorys_for_good(cli, tmp_path):
+    """`init --compression` sets the zstd level every later backup of the repository uses (a level
+    19 repository stores compressible data smaller than a level 1 one); a level out of range is
+    refused before anything is created, and a config naming one is refused as corrupt."""
+    import json
+
+    import msgspec
+    import pytest
+
+    from cermin.format import records
+
+    src = tmp_path / "src"
+    src.mkdir()
+    words = [b"%06d backup mirror drill %d\n" % (i, i * i % 977) for i in range(60_000)]
+    (src / "log").write_bytes(b"".join(words))
+
+    def stored(level: int) -> int:
+        cli.repo = str(tmp_path / f"repo{level}")
+        cli("init", "--compression", str(level))
+        assert json.loads(cli("--json", "cat", "config").stdout)["compression_level"] == level
+        cli("backup", str(src))
+        data = tmp_path / f"repo{level}" / "data"
+        return sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
+
+    assert stored(19) < stored(1) * 0.9
+    cli.repo = str(tmp_path / "bad")
+    for level in ("0", "20"):
+        r = cli("init", "--compression", level, ok=False, password=None)
+        assert r.returncode == 2 and b"--compression" in r.stderr
+    assert not (tmp_path / "bad").exists()
+    good = records.RepoSecrets(b"k" * 32, 1, 1, 2, 3, 4, compression_level=19)
+    raw = msgspec.msgpack.encode(good).replace(b"\x13", b"\x63")  # level 19 -> 99
+    with pytest.raises(msgspec.ValidationError, match="compression_level"):
+        msgspec.msgpack.decode(raw, type=records.RepoSecrets)

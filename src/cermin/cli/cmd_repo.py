@@ -33,10 +33,27 @@ from cermin.cli.common import FromRepo, Output, backend_of, from_options, open_r
     help="Take the chunker parameters and blob-id key of REPO (its password via --from-password-*): "
     "a mirror of REPO then copies blobs and trees as they are (see docs/mirror.md).",
 )
+@click.option(
+    "--compression",
+    "level",
+    type=click.IntRange(1, 19),
+    default=None,
+    metavar="LEVEL",
+    help="zstd level for this repository, for good: 1 spends ~25% less CPU compressing than the "
+    "default 3 and stores a few % more; higher levels store less for much more CPU.",
+)
 @from_options
 @click.pass_obj
 def init(
-    g, lock_days, lock_mode, maintenance_days, copy_from, from_password_file, from_password_command, from_token_file
+    g,
+    lock_days,
+    lock_mode,
+    maintenance_days,
+    copy_from,
+    level,
+    from_password_file,
+    from_password_command,
+    from_token_file,
 ):
     """Create a new repository at -r/--repo."""
     from cermin.backend.local import LocalBackend
@@ -50,7 +67,9 @@ def init(
         source = FromRepo(copy_from, from_password_file, from_password_command, from_token_file).open(Output(g))
     password = lambda: read_password(g, "new repository password: ", confirm=True)  # noqa: E731
     return Output(g).render(
-        commands.init(backend, password, lock_days, lock_mode, maintenance_days, secrets_from=source)
+        commands.init(
+            backend, password, lock_days, lock_mode, maintenance_days, secrets_from=source, compression_level=level
+        )
     )
 
 

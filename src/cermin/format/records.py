@@ -6,7 +6,7 @@ and decoders ignore fields they do not know (mirror, guard and drills rely on th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -109,6 +109,9 @@ class AuxRecord(msgspec.Struct, omit_defaults=True):
     data: dict[str, Any] = {}
 
 
+MAX_COMPRESSION_LEVEL = 19  # zstd levels 1..19 (20+ need window sizes a reader would have to allow)
+
+
 class RepoSecrets(msgspec.Struct, omit_defaults=True):
     """Encrypted part of the config: per-repository secrets shared by every key slot."""
 
@@ -118,7 +121,7 @@ class RepoSecrets(msgspec.Struct, omit_defaults=True):
     chunker_avg: int
     chunker_max: int
     pack_size: int  # target pack size in bytes
-    compression_level: int = 3
+    compression_level: Annotated[int, msgspec.Meta(ge=1, le=MAX_COMPRESSION_LEVEL)] = 3
 
 
 class Config(msgspec.Struct, omit_defaults=True):

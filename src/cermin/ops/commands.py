@@ -555,17 +555,19 @@ def init(
     lock_mode: str = "compliance",
     maintenance_days=7,
     secrets_from: Repository | None = None,
+    compression_level: int | None = None,
 ):
     """A new repository on `backend` (with an Object Lock policy when lock_days is given). `password`:
     bytes, or a function asked only once the policy is known to be possible. `secrets_from`: an open
-    repository whose chunker parameters and blob-id key the new one shares (a mirror of it)."""
+    repository whose chunker parameters and blob-id key the new one shares (a mirror of it).
+    `compression_level`: zstd level for good (default 3, or `secrets_from`'s)."""
     from cermin.engine.objectlock import new_lock_policy
 
     extra = {}
     if lock_days is not None:
         extra["object_lock"] = new_lock_policy(backend, lock_days, lock_mode, maintenance_days)
     pw = password() if callable(password) else password
-    repo = Repository.init(backend, pw, extra=extra, secrets_from=secrets_from)
+    repo = Repository.init(backend, pw, extra=extra, secrets_from=secrets_from, compression_level=compression_level)
     return Initialized(repo.config.id, backend.location, lock_days is not None, secrets_from is not None)
 
 

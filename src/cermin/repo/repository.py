@@ -91,6 +91,7 @@ class Repository:
         chunker_seed: int | None = None,
         extra: dict | None = None,
         secrets_from: Repository | None = None,
+        compression_level: int | None = None,
     ) -> Repository:
         """A new repository with its own master key and key slot. `secrets_from`: another (open)
         repository whose blob-id key and chunker parameters the new one takes (FORMAT.md §2,
@@ -98,6 +99,8 @@ class Repository:
         copies trees unchanged and deduplicates against what it already holds."""
         if (extra or {}).get("object_lock") is not None and not backend.caps.retention:
             raise UsageError("an Object Lock policy needs an S3 repository (s3:...)")
+        if compression_level is not None and not 1 <= compression_level <= records.MAX_COMPRESSION_LEVEL:
+            raise UsageError(f"the compression level must be 1..{records.MAX_COMPRESSION_LEVEL}")
         _configure(backend, extra or {})
         backend.create()
         master = MasterKeys.generate()
@@ -115,6 +118,8 @@ class Repository:
             secrets.id_key, secrets.chunker_seed = f.id_key, f.chunker_seed
             secrets.chunker_min, secrets.chunker_avg, secrets.chunker_max = f.chunker_min, f.chunker_avg, f.chunker_max
             secrets.compression_level = f.compression_level
+        if compression_level is not None:
+            secrets.compression_level = compression_level
         # Round-trip `extra` through JSON so the AAD is computed over exactly what readers will see.
         config = Config(
             version=FORMAT_VERSION,
