@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recover a snapshot from a cermin repository (format version 2) without cermin itself.
+"""Recover a snapshot from a cermin repository (format versions 2 and 3) without cermin itself.
 
 Needs only the Python standard library plus `cryptography`, `blake3` and `zstandard`, and follows
 FORMAT.md step by step, so the data stays recoverable even if cermin's code is lost. It restores
@@ -205,8 +205,8 @@ class Repo:
     def __init__(self, root: str, password: bytes) -> None:
         self.root = root
         config = json.load(open(os.path.join(root, "config")))
-        if config["version"] != 2:
-            sys.exit(f"recover: format version {config['version']} is not 2")
+        if config["version"] not in (2, 3):
+            sys.exit(f"recover: format version {config['version']} is not 2 or 3")
         fields = {k: config.get(k, {} if k == "extra" else None) for k in ("version", "id", "created", "extra")}
         aad = b"cermin/config/" + json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
         sealed = base64.b64decode(config["secrets"])
@@ -217,6 +217,9 @@ class Repo:
 
         _, (self.enc, secrets) = open_master_key(root, password, fits)
         self.id_key = secrets["id_key"]
+        # version 3: tree ids are keyed with a key derived from id_key (FORMAT.md §2)
+        derived = blake3.blake3(self.id_key, derive_key_context="cermin 2026-12-02 tree ids").digest()
+        self.tree_key = derived if config["version"] >= 3 else self.id_key
         self.index = {}  # blob id -> (pack name, type, offset, length, raw length)
         for name in sorted(os.listdir(os.path.join(root, "index"))):
             try:
@@ -250,7 +253,7 @@ class Repo:
         plain = payload(
             object_cipher(self.enc, prefix[8:40]).decrypt(off.to_bytes(12, "big"), ct, bytes([t]) + bid), raw
         )
-        if blake3.blake3(plain, key=self.id_key).digest() != bid:
+        if blake3.blake3(plain, key=self.tree_key if t == 1 else self.id_key).digest() != bid:
             raise ValueError(f"blob {bid.hex()} does not match its id")
         return plain
 

@@ -360,7 +360,7 @@ class Hostile:
 
     def tree(self, nodes: list[Node]) -> bytes:
         data = records.encode(Tree(nodes=nodes))
-        tid = self.repo.blob_id(data)
+        tid = self.repo.tree_id(data)
         self.saver.save(pack.TREE, tid, data)
         return tid
 

@@ -260,7 +260,7 @@ def test_planted_present_dated_snapshot_does_not_pass_its_contents_to_the_next_b
                 n = Node(**fields | {"content": bid})
             nodes.append(n)
         data = records.encode(Tree(nodes=nodes))
-        tid = repo.blob_id(data)
+        tid = repo.tree_id(data)
         saver.save(pack.TREE, tid, data)
         return tid
 

@@ -71,7 +71,7 @@ def test_full_cycle(initialized_cli, tmp_path):
     assert "caf\\xe9-not-utf8" in cli("ls", "-R", "latest").stdout.decode()
     found = jlines(cli("--json", "find", "file7.txt"))
     assert {f["snapshot"] for f in found} == {s["id"] for s in snaps}
-    assert json.loads(cli("cat", "config").stdout)["version"] == 2
+    assert json.loads(cli("cat", "config").stdout)["version"] == 3
     snap = json.loads(cli("cat", "snapshot", "latest").stdout)
     tree = json.loads(cli("cat", "tree", snap["tree"]).stdout)
     assert tree["nodes"][0]["type"] == "dir"

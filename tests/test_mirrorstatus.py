@@ -68,7 +68,7 @@ class Builder:
     def tree(self, spec) -> bytes:
         nodes = spec if isinstance(spec, list) else [self.node(n, s) for n, s in sorted(spec.items())]
         data = records.encode(Tree(nodes=nodes))
-        tid = self.repo.blob_id(data)
+        tid = self.repo.tree_id(data)
         self.saver.save(pack.TREE, tid, data)
         return tid
 

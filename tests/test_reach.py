@@ -66,7 +66,7 @@ def _store_trees(repo, trees: list[Tree]) -> list[bytes]:
     try:
         for t in trees:
             data = records.encode(t)
-            tid = repo.blob_id(data)
+            tid = repo.tree_id(data)
             saver.save(pack.TREE, tid, data)
             ids.append(tid)
         saver.flush()
@@ -111,7 +111,7 @@ def test_deep_trees_need_no_recursion():
     try:
         for _ in range(3000):  # deeper than Python's recursion limit
             data = records.encode(Tree(nodes=[_dir(b"d", chain[-1])]))
-            chain.append(repo.blob_id(data))
+            chain.append(repo.tree_id(data))
             saver.save(pack.TREE, chain[-1], data)
         saver.flush()
     finally:

@@ -110,7 +110,7 @@ def test_tree_cache_is_bounded_by_size(local_repo):
     for t in range(12):
         nodes = [Node(name=b"file-%d-%05d" % (t, i), type=FILE, size=i, mode=0o644) for i in range(20_000)]
         data = records.encode(Tree(nodes=nodes))
-        ids.append(local_repo.blob_id(data))
+        ids.append(local_repo.tree_id(data))
         saver.save(pack.TREE, ids[-1], data)
     saver.flush()
     for tid in ids:

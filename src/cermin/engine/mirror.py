@@ -352,7 +352,7 @@ class Mirror:
         self.dst = dst
         self.opts = opts
         self.phase = Phases(progress, "mirror")
-        self.same_ids = src.secrets.id_key == dst.secrets.id_key
+        self.same_ids = src.secrets.id_key == dst.secrets.id_key and src.tree_id(b"") == dst.tree_id(b"")
         self.res = MirrorResult(
             source=strip_credentials(src.backend.location),
             source_id=src.config.id,
@@ -710,7 +710,7 @@ class Mirror:
 
     # ---- other blob ids: re-chunk files, rewrite trees bottom-up -----------------------------
     def _save(self, blob_type: int, data: bytes) -> bytes:
-        bid = self.dst.blob_id(data)
+        bid = self.dst.id_of(blob_type, data)
         r = self.saver.save(blob_type, bid, data)
         if r.new:
             self.res.blobs_copied += 1

@@ -262,7 +262,7 @@ class _TreeFixer:
 
     def _store(self, nodes: list[Node]) -> bytes:
         data = records.encode(Tree(nodes=nodes))
-        tid = self.repo.blob_id(data)
+        tid = self.repo.tree_id(data)
         self.saver.save(pack.TREE, tid, data)
         return tid
 

@@ -140,6 +140,13 @@ def keyed_hasher(id_key: bytes):
     return blob_id
 
 
+def tree_id_key(id_key: bytes) -> bytes:
+    """The key tree ids are made with (format version 3): derived from the blob-id key, so a file
+    whose bytes equal a tree's encoding (an empty directory's is one byte, 0x80) gets another id
+    than that tree, and neither dedupes into the other."""
+    return blake3.blake3(id_key, derive_key_context="cermin 2026-12-02 tree ids").digest()
+
+
 def file_id(data: bytes | memoryview) -> str:
     """Storage name of a whole file: unkeyed BLAKE3 of its bytes, so integrity is checkable without keys."""
     return blake3.blake3(data, max_threads=blake3.blake3.AUTO if len(data) > (8 << 20) else 1).hexdigest()

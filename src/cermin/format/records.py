@@ -10,7 +10,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-FORMAT_VERSION = 2  # 2: every plaintext config field is bound into the sealed secrets
+FORMAT_VERSION = 3  # 2: every plaintext config field is bound into the sealed secrets; 3: tree ids keyed apart
+READ_VERSIONS = (2, 3)
+TREE_KEY_VERSION = 3  # from this version on, tree ids are keyed BLAKE3 under a key derived for trees
 
 # Node types
 FILE = "file"

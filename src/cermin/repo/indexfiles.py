@@ -267,7 +267,7 @@ def verify_blobs(
         for entry in entries:
             yield entry, None, str(e)
         return
-    blob_id = repo.blob_id
+    id_of = repo.id_of
     for entry in entries:
         bid, t, off, ln, raw = entry
         ct = data[off : off + ln]
@@ -281,7 +281,7 @@ def verify_blobs(
         except CorruptObject as e:
             yield entry, None, str(e)
             continue
-        if blob_id(plain) != bid:
+        if id_of(t, plain) != bid:
             yield entry, None, f"{bwhat}: content does not match its id"
             continue
         yield entry, payload, plain

@@ -72,6 +72,9 @@ class Repository:
         self.warnings: list[str] = []
         self.on_warning: Callable[[str], None] | None = None
         self._blob_id = crypto.keyed_hasher(secrets.id_key)
+        # Version 2 named trees like data (a file holding a tree's bytes deduplicated into it).
+        separate = config.version >= records.TREE_KEY_VERSION
+        self._tree_id = crypto.keyed_hasher(crypto.tree_id_key(secrets.id_key)) if separate else self._blob_id
         # Decoded trees, bounded by their encoded size: a node decodes to ~5x its bytes, and 256 trees
         # of 1,000 files each held ~180 MiB (a re-backup of 200,000 files peaked at 274 MiB).
         self._tree_cache: OrderedDict[bytes, tuple[Tree, int]] = OrderedDict()
@@ -122,7 +125,8 @@ class Repository:
             secrets.compression_level = compression_level
         # Round-trip `extra` through JSON so the AAD is computed over exactly what readers will see.
         config = Config(
-            version=FORMAT_VERSION,
+            # a copy of another repository's ids names its trees as that one does
+            version=secrets_from.config.version if secrets_from is not None else FORMAT_VERSION,
             id=os.urandom(32).hex(),
             created=now_rfc3339(),
             secrets=b"",
@@ -148,10 +152,10 @@ class Repository:
         except msgspec.DecodeError:
             raise CorruptObject(f"repository config at {backend.location} is corrupted (not valid JSON)") from None
         version = probe.get("version") if isinstance(probe, dict) else None
-        if isinstance(version, int) and version != FORMAT_VERSION:
+        if isinstance(version, int) and version not in records.READ_VERSIONS:
             raise UnsupportedVersion(
                 f"repository format version {version} is not supported by this cermin "
-                f"(supports version {FORMAT_VERSION}); use a matching cermin release"
+                f"(supports versions {', '.join(map(str, records.READ_VERSIONS))}); use a matching cermin release"
             )
         try:
             config = msgspec.json.decode(data, type=Config)
@@ -200,7 +204,15 @@ class Repository:
 
     # ---- ids and chunking ------------------------------------------------------------------
     def blob_id(self, data) -> bytes:
+        """The id of a data blob."""
         return self._blob_id(data)
+
+    def tree_id(self, data) -> bytes:
+        """The id of an encoded tree."""
+        return self._tree_id(data)
+
+    def id_of(self, blob_type: int, data) -> bytes:
+        return self._tree_id(data) if blob_type == pack.TREE else self._blob_id(data)
 
     def make_chunker(self):
         s = self.secrets
@@ -371,7 +383,7 @@ class Repository:
         against its id."""
         what = f"blob {blob_id.hex()[:16]}"
         data = pack.decompress(pack.open_blob(cipher, offset, blob_type, blob_id, ct, what), what, raw_len)
-        if self._blob_id(data) != blob_id:
+        if self.id_of(blob_type, data) != blob_id:
             raise CorruptObject(f"{what}: content does not match its id")
         return data
 

@@ -67,7 +67,7 @@ class Trees:
 
     def store(self, nodes: list[Node]) -> bytes:
         data = records.encode(Tree(nodes=nodes))
-        tid = self.st.repo.blob_id(data)
+        tid = self.st.repo.tree_id(data)
         self.st.saver.save(pack.TREE, tid, data)
         return tid
 
