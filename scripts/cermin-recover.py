@@ -217,7 +217,7 @@ class Repo:
 
         _, (self.enc, secrets) = open_master_key(root, password, fits)
         self.id_key = secrets["id_key"]
-        # version 3: tree ids are keyed with a key derived from id_key (FORMAT.md §2)
+        # version 3: tree ids are keyed with a key derived from id_key (FORMAT.md §5)
         derived = blake3.blake3(self.id_key, derive_key_context="cermin 2026-12-02 tree ids").digest()
         self.tree_key = derived if config["version"] >= 3 else self.id_key
         self.index = {}  # blob id -> (pack name, type, offset, length, raw length)

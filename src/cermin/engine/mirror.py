@@ -352,7 +352,7 @@ class Mirror:
         self.dst = dst
         self.opts = opts
         self.phase = Phases(progress, "mirror")
-        self.same_ids = src.secrets.id_key == dst.secrets.id_key and src.tree_id(b"") == dst.tree_id(b"")
+        self.same_ids = src.shares_ids_with(dst)
         self.res = MirrorResult(
             source=strip_credentials(src.backend.location),
             source_id=src.config.id,

@@ -347,7 +347,7 @@ def mirror_status(
     if src is not None:
         for ref in list_snapshots(src, now=now):
             groups.setdefault((sid, *group_of(ref.snapshot)), {"a": [], "b": []})["a"].append(ref)
-        st.shared_ids = src.secrets.id_key == dst.secrets.id_key
+        st.shared_ids = src.shares_ids_with(dst)
         st.bytes_estimated = not st.shared_ids
 
     all_missing: list[SnapshotRef] = []
@@ -560,7 +560,7 @@ class _Verifier:
 
     def __init__(self, src: Repository, dst: Repository, read_data: bool) -> None:
         self.src, self.dst, self.read_data = src, dst, read_data
-        self.shared = src.secrets.id_key == dst.secrets.id_key
+        self.shared = src.shares_ids_with(dst)
         self.blob_ok: dict[bytes, bool] = {}  # read_data: B's blob id -> authenticated
 
     # -- snapshot level

@@ -105,7 +105,7 @@ class Repacker:
     time (each pack is held in memory whole while its blobs are copied)."""
 
     def __init__(self, src: Repository, saver: BlobSaver) -> None:
-        if saver.repo is not src and saver.repo.secrets.id_key != src.secrets.id_key:
+        if saver.repo is not src and not saver.repo.shares_ids_with(src):
             raise UsageError(
                 "the destination repository names blobs with another id key: blobs cannot be copied as they are"
             )

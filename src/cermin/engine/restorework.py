@@ -160,7 +160,7 @@ class Writer:
                 break
             if loc is None:
                 seen[bid] = CorruptObject(f"blob {bid.hex()[:16]} is not in the index (missing data)")
-            elif loc.type != pack.DATA:
+            elif not self.repo.type_fits(loc.type, pack.DATA):
                 seen[bid] = CorruptObject(f"blob {bid.hex()[:16]} has type {loc.type}, expected {pack.DATA}")
             else:
                 seen[bid] = None  # listed once

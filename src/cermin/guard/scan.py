@@ -182,7 +182,7 @@ def read_heads(repo: Repository, ids, workers: int = 4, on_bytes=None) -> tuple[
         loc = repo.index.lookup(bid)
         if loc is None:
             bad[bid] = f"blob {bid.hex()[:16]} is not in the index (missing data)"
-        elif loc.type != pack.DATA:
+        elif not repo.type_fits(loc.type, pack.DATA):
             bad[bid] = f"blob {bid.hex()[:16]} is not a data blob"
         else:
             by_pack[loc.pack_id].append((bid, loc))

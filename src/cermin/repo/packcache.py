@@ -62,7 +62,7 @@ def blob_from_packs(repo: Repository, get_pack, blob_id: bytes, want_type: int |
     loc = repo.index.lookup(blob_id)
     if loc is None:
         raise CorruptObject(f"blob {blob_id.hex()[:16]} is not in the index (missing data)")
-    if want_type is not None and loc.type != want_type:
+    if not repo.type_fits(loc.type, want_type):
         raise CorruptObject(f"blob {blob_id.hex()[:16]} has type {loc.type}, expected {want_type}")
     data, cipher = get_pack(loc.pack_id)
     ct = data[loc.offset : loc.offset + loc.length]

@@ -214,6 +214,19 @@ class Repository:
     def id_of(self, blob_type: int, data) -> bytes:
         return self._tree_id(data) if blob_type == pack.TREE else self._blob_id(data)
 
+    def type_fits(self, stored: int, wanted: int | None) -> bool:
+        """Whether a blob stored with type `stored` may be read as `wanted`. In version 2 a file and a
+        tree with the same bytes share one id (one key names both) and whichever came second was
+        deduplicated into the other: equal ids there mean equal bytes, so either type serves both."""
+        if wanted is None or stored == wanted:
+            return True
+        return self._tree_id is self._blob_id and {stored, wanted} <= {pack.DATA, pack.TREE}
+
+    def shares_ids_with(self, other: Repository) -> bool:
+        """Whether `other` names every blob as this repository does (`init --copy-chunker-params-from`):
+        blobs and trees then copy between them as they are."""
+        return self.secrets.id_key == other.secrets.id_key and self.tree_id(b"") == other.tree_id(b"")
+
     def make_chunker(self):
         s = self.secrets
         return chunker.make_chunker(s.chunker_seed, s.chunker_min, s.chunker_avg, s.chunker_max)
@@ -348,7 +361,7 @@ class Repository:
         loc = self.index.lookup(blob_id)
         if loc is None:
             raise CorruptObject(f"blob {blob_id.hex()[:16]} is not in the index (missing data)")
-        if want_type is not None and loc.type != want_type:
+        if not self.type_fits(loc.type, want_type):
             raise CorruptObject(f"blob {blob_id.hex()[:16]} has type {loc.type}, expected {want_type}")
         pack_name = loc.pack_id.hex()
         return loc, pack_name, f"blob {blob_id.hex()[:16]} in pack {pack_name[:12]}"
