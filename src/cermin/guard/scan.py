@@ -26,14 +26,11 @@ then `incomplete`: its alarms count, a clean result does not (guard/verdict.py).
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from cermin import __version__
 from cermin.engine.observer import ENTROPY_BYTES, DirectoryDone, FileRead, FileRemoved, FileUnchanged, head_facts
@@ -41,10 +38,11 @@ from cermin.engine.progress import Progress, Reporter, Ticker
 from cermin.engine.results import Line, answer, error, error_json, note, warning
 from cermin.engine.treewalk import bad_entry_message, tree_nodes
 from cermin.errors import EXIT_INCOMPLETE, CerminError, CorruptObject, ObjectNotFound, UsageError
-from cermin.format import crypto, pack
+from cermin.format import crypto
 from cermin.format.records import DIR, FILE, ID_LEN, AuxRecord, Node, SnapshotSummary
 from cermin.guard import policy
 from cermin.guard.observer import KEY, GuardObserver
+from cermin.guard.scanread import BlobSet, YaraRules, blob_ids, load_one, load_yara, read_heads
 from cermin.guard.verdict import (
     AUX_GUARD_SCAN,
     INFECTED,
@@ -61,167 +59,10 @@ from cermin.util import display_path, fmt_bytes, now_rfc3339, plural
 
 SCAN_VERSION = 1
 YARA_MAX_BYTES = 256 * 1024 * 1024  # larger files are not matched (YARA needs the whole file in memory)
-YARA_TIMEOUT = 60  # seconds for one file
 MAX_YARA_MATCHES = 1000  # (rule, path) pairs kept in the record
 MAX_ERRORS = 1000  # error messages kept per snapshot
 READ_BATCH = 2048  # files whose heads are fetched (grouped by pack) and judged together
 FP_CACHE_MAX = 500_000  # fingerprints kept for the next snapshot's comparison, across one run
-PACK_WHOLE_BLOBS = 8  # a pack holding this many wanted blobs (or a quarter of its bytes) is read whole
-INSTALL_HINT = "pip install 'cermin[yara]'"
-
-
-# ---- YARA ------------------------------------------------------------------------------------
-class YaraRules:
-    """Compiled YARA rules (yara-x), with one scanner per thread (a scanner is not thread-safe)."""
-
-    def __init__(self, rules, digest: str, files: list[str]) -> None:
-        self.rules = rules
-        self.digest = digest  # sha256 over the rule files' names and contents
-        self.files = files
-        self._tls = threading.local()
-
-    def match(self, data: bytes) -> list[str]:
-        import yara_x
-
-        sc = getattr(self._tls, "scanner", None)
-        if sc is None:
-            sc = self._tls.scanner = yara_x.Scanner(self.rules)
-            sc.set_timeout(YARA_TIMEOUT)
-        return sorted({r.identifier for r in sc.scan(data).matching_rules})
-
-
-def load_yara(path: str) -> YaraRules:
-    """Compile the rules in `path` (a file, or a directory of *.yar / *.yara files). Raises CerminError
-    with one line when yara-x is missing or a rule does not compile."""
-    try:
-        import yara_x
-    except ImportError:
-        raise CerminError(f"--yara needs the yara-x package, an optional extra: {INSTALL_HINT}") from None
-    if os.path.isdir(path):
-        files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith((".yar", ".yara")))
-        if not files:
-            raise UsageError(f"no *.yar or *.yara files in {path}")
-    else:
-        files = [path]
-    compiler = yara_x.Compiler()
-    digest = hashlib.sha256()
-    for f in files:
-        try:
-            with open(f, "rb") as fh:
-                src = fh.read()
-        except OSError as e:
-            raise CerminError(f"cannot read YARA rules {f}: {e.strerror}") from None
-        digest.update(os.path.basename(f).encode() + b"\0" + src + b"\0")
-        compiler.add_include_dir(os.path.dirname(os.path.abspath(f)))
-        try:
-            compiler.add_source(src.decode("utf-8", "replace"), origin=f)
-        except yara_x.CompileError as e:
-            first = " ".join(str(e).split("\n")[:2])
-            raise CerminError(f"YARA rules {f} do not compile: {first}") from None
-    return YaraRules(compiler.build(), digest.hexdigest(), [os.path.basename(f) for f in files])
-
-
-# ---- reading blobs ---------------------------------------------------------------------------
-class _BlobSet:
-    """Blob ids in bounded memory: their first 8 bytes, sorted (a collision only makes one chunk count
-    as deduplicated)."""
-
-    FLUSH = 32 << 20
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._parts: list[np.ndarray] = []
-        self._arr: np.ndarray | None = None
-
-    def add(self, content: bytes) -> None:
-        """A node's content (concatenated 32-byte ids)."""
-        self._buf += content[: len(content) // ID_LEN * ID_LEN]
-        if len(self._buf) >= self.FLUSH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._buf:
-            self._parts.append(np.unique(_prefixes(bytes(self._buf))))
-            self._buf = bytearray()
-
-    def freeze(self) -> None:
-        self._flush()
-        self._arr = np.unique(np.concatenate(self._parts)) if self._parts else np.empty(0, ">u8")
-        self._parts = []
-
-    def mask(self, content: bytes) -> np.ndarray:
-        """For each blob of a content: is it in the set."""
-        return np.isin(_prefixes(content[: len(content) // ID_LEN * ID_LEN]), self._arr)
-
-
-def _prefixes(content: bytes) -> np.ndarray:
-    return np.frombuffer(content, np.uint8).reshape(-1, ID_LEN)[:, :8].copy().view(">u8").ravel()
-
-
-def _blob_ids(node: Node) -> list[bytes]:
-    c = node.content
-    return [c[i : i + ID_LEN] for i in range(0, len(c) // ID_LEN * ID_LEN, ID_LEN)]
-
-
-def _load_one(repo: Repository, bid: bytes, cache: PackCache | None = None) -> bytes:
-    if cache is not None:
-        try:
-            return cache.load_blob(bid, pack.DATA)
-        except CorruptObject:
-            pass  # a versioned store may still hold cermin's own version: repo.load_blob tries it
-    return repo.load_blob(bid, pack.DATA)
-
-
-def read_heads(repo: Repository, ids, workers: int = 4, on_bytes=None) -> tuple[dict[bytes, bytes], dict[bytes, str]]:
-    """The first ENTROPY_BYTES bytes of each data blob in `ids`, grouped by pack: a pack holding many
-    of them (PACK_WHOLE_BLOBS, or a quarter of its size) is read once whole, others blob by blob.
-    Returns (blob id -> head, blob id -> why it could not be read)."""
-    by_pack: dict[bytes, list] = defaultdict(list)
-    bad: dict[bytes, str] = {}
-    for bid in set(ids):
-        loc = repo.index.lookup(bid)
-        if loc is None:
-            bad[bid] = f"blob {bid.hex()[:16]} is not in the index (missing data)"
-        elif not repo.type_fits(loc.type, pack.DATA):
-            bad[bid] = f"blob {bid.hex()[:16]} is not a data blob"
-        else:
-            by_pack[loc.pack_id].append((bid, loc))
-
-    def one(item) -> tuple[dict[bytes, bytes], dict[bytes, str]]:
-        pack_id, blobs = item
-        out: dict[bytes, bytes] = {}
-        errs: dict[bytes, str] = {}
-        cipher = data = None
-        if len(blobs) >= PACK_WHOLE_BLOBS or 4 * sum(loc.length for _, loc in blobs) >= repo.secrets.pack_size:
-            name = pack_id.hex()
-            try:
-                data = repo.load_pack(name)
-                cipher = pack.pack_cipher(repo.keys, data, f"pack {name[:12]}")
-            except (CorruptObject, ObjectNotFound):
-                data = None  # blob by blob below: each gets its own error
-        for bid, loc in blobs:
-            try:
-                if data is not None:
-                    try:
-                        ct = data[loc.offset : loc.offset + loc.length]
-                        blob = repo.open_blob(cipher, loc.offset, loc.type, bid, ct, loc.raw_length)
-                    except CorruptObject:
-                        blob = repo.load_blob(bid, pack.DATA)
-                else:
-                    blob = repo.load_blob(bid, pack.DATA)
-                out[bid] = blob[:ENTROPY_BYTES]
-                if on_bytes is not None:
-                    on_bytes(len(blob))
-            except (CorruptObject, ObjectNotFound) as e:
-                errs[bid] = str(e)
-        return out, errs
-
-    heads: dict[bytes, bytes] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cermin-scan") as ex:
-        for out, errs in ex.map(one, by_pack.items()):
-            heads.update(out)
-            bad.update(errs)
-    return heads, bad
 
 
 # ---- progress --------------------------------------------------------------------------------
@@ -276,7 +117,7 @@ class _Replay:
         self.c = counters
         self.obs = GuardObserver()
         self._fp_obs = GuardObserver()  # computes fingerprints of previous versions; its verdict is unused
-        self.known = _BlobSet()  # blobs the parent snapshot holds: deduplicated when read again
+        self.known = BlobSet()  # blobs the parent snapshot holds: deduplicated when read again
         self.reads: list[tuple[bytes, Node, Node | None]] = []  # (path, node, previous node) in tree order
         self.unchanged: list[tuple[bytes, Node]] = []  # kept only for YARA with all_files
         self.removed_trees: list[bytes] = []
@@ -402,7 +243,7 @@ class _Replay:
         """The first blobs of a file, up to ENTROPY_BYTES of its content; None when one is not indexed."""
         out: list[bytes] = []
         total = 0
-        for bid in _blob_ids(node):
+        for bid in blob_ids(node):
             loc = self.repo.index.lookup(bid)
             if loc is None:
                 return None
@@ -434,8 +275,8 @@ class _Replay:
                         self.yara_skipped += 1
                     return
                 buf = bytearray()
-                for bid in _blob_ids(n):
-                    blob = _load_one(self.repo, bid, cache)
+                for bid in blob_ids(n):
+                    blob = load_one(self.repo, bid, cache)
                     buf += blob
                     self._bytes(len(blob))
                 data = bytes(buf)
@@ -514,7 +355,7 @@ class _Replay:
         seen = self._seen  # blobs of files already read in this snapshot: deduplicated
         lookup = self.repo.index.lookup
         chunks = []
-        for bid, k in zip(_blob_ids(n), self.known.mask(n.content), strict=True):
+        for bid, k in zip(blob_ids(n), self.known.mask(n.content), strict=True):
             loc = lookup(bid)
             if loc is None:
                 self._error(p, "a data blob is not in the index (missing data; `cermin check` names it): not scanned")
@@ -560,7 +401,7 @@ class _Replay:
         if o.type != FILE:
             return -1
         total = 0
-        for bid in _blob_ids(o):
+        for bid in blob_ids(o):
             loc = self.repo.index.lookup(bid)
             if loc is None:
                 return -1
@@ -578,7 +419,7 @@ class _Replay:
             return cached
         # the parent was made without the guard: the fingerprint its backup would have stored
         chunks = []
-        for bid in _blob_ids(o):
+        for bid in blob_ids(o):
             loc = self.repo.index.lookup(bid)
             if loc is None:
                 return ()
