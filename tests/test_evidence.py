@@ -17,8 +17,10 @@ import sqlalchemy as sa
 from web_helpers import SNAP, T0, Clock, fleet_toml, populate, store_url  # noqa: F401
 
 from cermin.ops import evidence as evmod
+from cermin.ops import evidencedoc
 from cermin.ops.config import parse_config
-from cermin.ops.evidence import PeriodError, build_evidence, parse_period
+from cermin.ops.evidence import build_evidence
+from cermin.ops.evidencedoc import PeriodError, parse_period
 from cermin.ops.state import SeenSnapshot, StateStore
 from cermin.web import exportdoc
 
@@ -48,8 +50,8 @@ def test_the_period_defaults_to_the_last_30_days_and_reads_dates_as_whole_days()
     )
     since, until = parse_period("2026-01-01T06:00:00+07:00", "2026-01-02T00:00Z", now)
     assert since == datetime(2025, 12, 31, 23, tzinfo=UTC) and until == datetime(2026, 1, 2, tzinfo=UTC)
-    assert evmod.period_label(*parse_period("2026-01-01", "2026-01-31", now)) == "2026-01-01 – 2026-01-31"
-    assert evmod.period_slug(*parse_period("2026-01-01", "2026-01-31", now)) == "20260101-20260131"
+    assert evidencedoc.period_label(*parse_period("2026-01-01", "2026-01-31", now)) == "2026-01-01 – 2026-01-31"
+    assert evidencedoc.period_slug(*parse_period("2026-01-01", "2026-01-31", now)) == "20260101-20260131"
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,8 @@ def export_evidence(g, config_path, tenant, since, until, fmt, table, output):
     from datetime import UTC, datetime
 
     from cermin.ops.config import load_config
-    from cermin.ops.evidence import evidence_of_config, parse_period
+    from cermin.ops.evidence import evidence_of_config
+    from cermin.ops.evidencedoc import parse_period
     from cermin.util import username
     from cermin.web import exportdoc
 

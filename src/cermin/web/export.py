@@ -18,7 +18,8 @@ from datetime import UTC, timedelta
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 
-from cermin.ops.evidence import DEFAULT_DAYS, EvidenceError, PeriodError, build_evidence, parse_period
+from cermin.ops.evidence import build_evidence
+from cermin.ops.evidencedoc import DEFAULT_DAYS, EvidenceError, PeriodError, parse_period
 from cermin.web import exportdoc
 from cermin.web.auth import Principal, audit, principal
 from cermin.web.render import render

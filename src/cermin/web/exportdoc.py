@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from cermin.ops.config import fmt_duration
-from cermin.ops.evidence import REASONS, Evidence
+from cermin.ops.evidencedoc import REASONS, Evidence
 
 TABLES = ("systems", "copies", "runs", "drills", "alarms", "flagged", "notifications")
 FORMATS = ("csv", "zip", "json", "html", "pdf")
