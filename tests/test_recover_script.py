@@ -241,3 +241,26 @@ def test_recovery_script_latest_is_not_a_future_dated_snapshot(repo_dir, tmp_pat
     r = recover(path, tmp_path / "out")
     assert r.returncode == 0, r.stderr.decode()[-300:]
     assert b"dated in the future" in r.stderr and real.time.encode() in r.stdout
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_recovery_script_reads_both_tree_namings(tmp_path, monkeypatch, version):
+    """Format 2 named trees with the data key, format 3 with a key derived for trees (FORMAT.md §5):
+    the script restores either, including the file and the empty directory whose bytes collide."""
+    from cermin.repo import repository
+
+    monkeypatch.setenv("CERMIN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(repository, "FORMAT_VERSION", version)
+    repo = small_repo(LocalBackend(str(tmp_path / "repo")))
+    monkeypatch.undo()
+    src = tmp_path / "src"
+    make_source(src, files=3)
+    (src / "x80").write_bytes(b"\x80")  # an empty tree's encoding
+    (src / "empty").mkdir()
+    backup(repo, src)
+    assert repo.config.version == version
+    out = tmp_path / "out"
+    r = recover(str(tmp_path / "repo"), out)
+    assert r.returncode == 0, r.stderr.decode()
+    restored = out / str(src).lstrip("/")
+    assert (restored / "x80").read_bytes() == b"\x80" and os.listdir(restored / "empty") == []
