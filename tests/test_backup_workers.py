@@ -417,3 +417,91 @@ def test_a_file_renamed_over_after_the_stat_is_reported_changed(local_repo, tmp_
     assert any("victim: changed while it was read" in w for w in s.warnings)
     again = do_backup(reopen(local_repo), src, workers=2)
     assert again.snapshot.summary.files_changed == 1 and again.snapshot.summary.files_unmodified == 0
+
+
+@pytest.fixture
+def tmpfs_dir():
+    """A directory on tmpfs (/dev/shm), where device numbers are anonymous (major 0)."""
+    import shutil
+    import tempfile
+
+    from cermin.engine.fstype import fs_magic
+
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    fd = os.open("/dev/shm", os.O_PATH)
+    try:
+        if fs_magic(fd) != 0x01021994:
+            pytest.skip("/dev/shm is not tmpfs")
+    finally:
+        os.close(fd)
+    d = tempfile.mkdtemp(prefix="cermin-test-", dir="/dev/shm")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _submitted(monkeypatch) -> list[bytes]:
+    from cermin.engine.backup import filesaver as filesaver_mod
+
+    names: list[bytes] = []
+    real = filesaver_mod.FileSaver.submit
+
+    def submit(self, dfd, name, *a, **kw):
+        names.append(name)
+        return real(self, dfd, name, *a, **kw)
+
+    monkeypatch.setattr(filesaver_mod.FileSaver, "submit", submit)
+    return names
+
+
+def test_empty_files_on_tmpfs_are_finished_without_a_worker(local_repo, tmpfs_dir, tmp_path, monkeypatch):
+    """tmpfs (like btrfs and ZFS) has anonymous device numbers but exact sizes: its empty files are
+    not opened by a worker (200,000 of them cost a worker round trip each), and restore as they were."""
+    os.makedirs(os.path.join(tmpfs_dir, "d"))
+    for i in range(40):
+        open(os.path.join(tmpfs_dir, "d", f"empty{i}"), "wb").close()
+    with open(os.path.join(tmpfs_dir, "d", "full"), "wb") as f:
+        f.write(b"content")
+    names = _submitted(monkeypatch)
+    s = do_backup(local_repo, tmpfs_dir, workers=1)
+    assert not s.errors and s.snapshot.summary.files_new == 41
+    assert names == [b"full"]
+    r = do_restore(local_repo, s.snapshot_id, tmp_path / "out", verify=True)
+    assert not r.errors
+    out = tmp_path / "out" / tmpfs_dir.lstrip("/") / "d"
+    assert sorted(os.listdir(out)) == sorted([f"empty{i}" for i in range(40)] + ["full"])
+    assert (out / "full").read_bytes() == b"content" and (out / "empty7").stat().st_size == 0
+
+
+def test_size_zero_files_of_an_unlisted_file_system_are_read(local_repo, tmpfs_dir, monkeypatch):
+    """A file system whose type is not known to report sizes truthfully (procfs, FUSE, NFS; here
+    tmpfs taken for one through fstatfs) has its size-0 files read by a worker."""
+    from cermin.engine import fstype
+
+    monkeypatch.setattr(fstype, "fs_magic", lambda fd: 0x9FA0)  # PROC_SUPER_MAGIC
+    for i in range(5):
+        open(os.path.join(tmpfs_dir, f"empty{i}"), "wb").close()
+    names = _submitted(monkeypatch)
+    s = do_backup(local_repo, tmpfs_dir, workers=1)
+    assert not s.errors and sorted(names) == [b"empty%d" % i for i in range(5)]
+
+
+def test_a_device_is_judged_by_the_file_itself(tmpfs_dir):
+    """The device a size-0 file was stat'ed on is looked up through the file; when the file now found
+    there is on another device (replaced since), nothing is decided or remembered for either."""
+    from cermin.engine.fstype import EmptyFiles
+
+    open(os.path.join(tmpfs_dir, "e"), "wb").close()
+    st = os.stat(os.path.join(tmpfs_dir, "e"))
+    dfd = os.open(tmpfs_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        empty = EmptyFiles()
+        other = os.stat_result((*st[:2], os.makedev(0, 4095), *st[3:]))  # stat'ed on another device
+        assert not empty.known(other, dfd, b"e")
+        assert empty._devices == {}
+        assert empty.known(st, dfd, b"e") and empty._devices == {st.st_dev: True}
+        assert empty.known(st, dfd, b"missing")  # settled for the device: no lookup
+        grown = os.stat_result((st[0], st[1], st[2], st[3], st[4], st[5], 1, *st[7:]))
+        assert not empty.known(grown, dfd, b"e")
+    finally:
+        os.close(dfd)

@@ -2,10 +2,10 @@
 chunks become blobs in packs, their results nodes, counters and observer events.
 
 The walker calls `submit` for a changed file; files travel in batches, with their directories' fds,
-so one message serves many, and a worker opens each file relative to its directory. A file of size 0 on
-a block device's file system is finished on the spot (`known_empty`). A stream from stdin is cut here
-(`chunks.Cutter`). Everything here runs on the walker's thread: the only other threads of the
-parent upload packs.
+so one message serves many, and a worker opens each file relative to its directory. A file of size 0
+on a file system that reports sizes truthfully is finished on the spot (`fstype.EmptyFiles`). A
+stream from stdin is cut here (`chunks.Cutter`). Everything here runs on the walker's thread: the
+only other threads of the parent upload packs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from cermin.engine.backup.state import BackupState
 from cermin.engine.backup.trees import DirJob, Trees, node_fingerprint
 from cermin.engine.backup.workers import MAX_FDS, Batch, Done, FileResult, Part, Workers
 from cermin.engine.fsread import WalkPath
+from cermin.engine.fstype import EmptyFiles
 from cermin.engine.observer import FileRead, StdinRead
 from cermin.errors import CerminError
 from cermin.format import crypto, pack
@@ -46,13 +47,6 @@ def fds_in_flight_limit() -> int:
         except (ValueError, OSError):
             pass
     return max(BATCH_FILES, soft // 2)
-
-
-def known_empty(st: os.stat_result) -> bool:
-    """Size 0 means empty on a file system backed by a block device (ext4, xfs). procfs, sysfs, FUSE
-    (direct_io), NFS and other anonymous-device file systems (major 0) may hold content they do not
-    announce: those files are read like any other."""
-    return st.st_size == 0 and os.major(st.st_dev) != 0
 
 
 class _Pending:
@@ -89,6 +83,7 @@ class FileSaver:
         self._next = 0
         self._out = 0  # files handed to workers and not done yet
         self._max_out = fds_in_flight_limit()
+        self.empty = EmptyFiles()  # which size-0 files need no reading
 
     def start(self) -> None:
         """Fork the workers: before the walk, so they inherit as few of this process's threads' locks
@@ -129,8 +124,8 @@ class FileSaver:
             self.submit_batch()
 
     def save_empty(self, dfd: int, name: bytes, st: os.stat_result, path: WalkPath, prev, node: Node) -> Node:
-        """An empty file on a block device's file system (see `known_empty`): nothing to read, only its
-        extended attributes (through /proc, not followed)."""
+        """A file `self.empty` knows is empty: nothing to read, only its extended attributes (through
+        /proc, not followed)."""
         try:
             node.xattrs = fsmeta.read_xattrs(fsmeta.proc_path(dfd, name))
         except OSError:
