@@ -168,3 +168,33 @@ def test_check_of_tree_dag_with_one_bad_name_finishes(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("check still running after 20 s (41 trees)")
     assert r.returncode == 1
+
+
+def test_check_reports_file_content_stored_as_a_tree(local_repo, hostile):
+    """Format version 3 names trees and data with different keys: a file whose content id is a
+    stored tree's was written by a hostile key holder (or damaged); check says so and which paths
+    lose their data, where before it only asked whether the id was indexed."""
+    sub_tree = hostile.tree([hostile.file(b"ok")])
+    evil = Node(name=b"evil", type=FILE, size=1, content=sub_tree, mode=0o644, mtime_ns=MTIME)
+    sid = hostile.snapshot([Node(name=b"sub", type=DIR, subtree=sub_tree), evil])
+    local_repo.load_index()
+    report = run_check(local_repo)
+    assert [p.kind for p in report.errors] == ["blobs_wrong_type"], [p.message for p in report.errors]
+    assert report.affected[sid] == ["/evil"]
+
+
+def test_check_of_a_version_2_repository_takes_either_type(tmp_path, monkeypatch):
+    """In version 2 one key named both, so equal ids mean equal bytes: not an error there."""
+    from helpers import Hostile
+
+    from cermin.repo import repository
+
+    monkeypatch.setattr(repository, "FORMAT_VERSION", 2)
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode(), kdf=FAST_KDF)
+    monkeypatch.undo()
+    hostile = Hostile(repo)
+    sub_tree = hostile.tree([hostile.file(b"ok")])
+    evil = Node(name=b"evil", type=FILE, size=1, content=sub_tree, mode=0o644, mtime_ns=MTIME)
+    hostile.snapshot([Node(name=b"sub", type=DIR, subtree=sub_tree), evil])
+    repo.load_index()
+    assert run_check(repo).ok

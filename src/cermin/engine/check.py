@@ -22,7 +22,7 @@ from cermin.engine.reach import walk_trees
 from cermin.engine.results import Line, answer, fail
 from cermin.errors import EXIT_FATAL, CorruptObject, ForeignObject, ObjectNotFound, UsageError
 from cermin.format import index as fmt_index
-from cermin.format import records
+from cermin.format import pack, records
 from cermin.format.names import escape_name, tree_problems, valid_nodes
 from cermin.format.records import DIR, FILE, ID_LEN, AuxRecord
 from cermin.repo.indexfiles import IndexView, expected_pack_size, pack_blobs, read_index_view, read_pack_header
@@ -350,6 +350,7 @@ class Checker:
         index = self.repo.index
         seen: set[bytes] = set()
         missing: set[bytes] = set()
+        wrong: set[bytes] = set()
 
         def load(tid: bytes):
             if tid not in index:
@@ -363,19 +364,24 @@ class Checker:
             if not isinstance(e, _Unusable):
                 self.bad_blobs[tid] = str(e)
 
+        # In format version 3 trees and data are named with different keys: a file's content id
+        # found stored as a tree is damage (a v2 reader takes either, see Repository.type_fits).
+        strict = not self.repo.type_fits(pack.TREE, pack.DATA)
         for tid, nodes, _ in walk_trees(
             self.repo, [r.snapshot.tree for r in snaps], on_unreadable=unreadable, seen=seen, load=load
         ):
             bad_names = tree_problems(nodes)
             if bad_names:
                 self.bad_names[tid] = bad_names
-            for n in nodes:
-                if n.type == FILE:
-                    c = n.content
-                    for i in range(0, len(c), ID_LEN):
-                        b = c[i : i + ID_LEN]
-                        if b not in index:
-                            missing.add(b)
+            ids = [n.content[i : i + ID_LEN] for n in nodes if n.type == FILE for i in range(0, len(n.content), ID_LEN)]
+            if not strict:
+                missing.update(b for b in ids if b not in index)
+                continue
+            for b, loc in zip(ids, index.lookup_many(ids), strict=True):
+                if loc is None:
+                    missing.add(b)
+                elif loc.type != pack.DATA:
+                    wrong.add(b)
         self.report.trees = len(seen)
         for b in missing:
             self.bad_blobs.setdefault(b, "data blob is not in the index")
@@ -384,6 +390,14 @@ class Checker:
                 "blobs_missing",
                 f"{len(missing)} data blobs referenced by snapshots are in no index",
                 blobs=sorted(b.hex() for b in missing),
+            )
+        for b in wrong:
+            self.bad_blobs.setdefault(b, "file content is stored as a tree")
+        if wrong:
+            self._error(
+                "blobs_wrong_type",
+                f"{len(wrong)} blobs named as file content are stored as trees",
+                blobs=sorted(b.hex() for b in wrong),
             )
         for tid, why in sorted(self.bad_trees.items()):
             self._error("tree_damaged", f"tree {tid.hex()[:16]}: {why}", object=tid.hex())
