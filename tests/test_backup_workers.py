@@ -486,22 +486,76 @@ def test_size_zero_files_of_an_unlisted_file_system_are_read(local_repo, tmpfs_d
     assert not s.errors and sorted(names) == [b"empty%d" % i for i in range(5)]
 
 
-def test_a_device_is_judged_by_the_file_itself(tmpfs_dir):
-    """The device a size-0 file was stat'ed on is looked up through the file; when the file now found
-    there is on another device (replaced since), nothing is decided or remembered for either."""
+def test_a_size_zero_file_is_judged_by_its_directory_or_itself(tmpfs_dir):
+    """The directory being walked (its fd pins the file system) says whether sizes are exact; a file
+    on another device than its directory is looked up through the file, and one no longer on the
+    device the walker saw (replaced since) is read."""
     from cermin.engine.fstype import EmptyFiles
 
     open(os.path.join(tmpfs_dir, "e"), "wb").close()
     st = os.stat(os.path.join(tmpfs_dir, "e"))
     dfd = os.open(tmpfs_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        empty = EmptyFiles()
-        other = os.stat_result((*st[:2], os.makedev(0, 4095), *st[3:]))  # stat'ed on another device
-        assert not empty.known(other, dfd, b"e")
-        assert empty._devices == {}
-        assert empty.known(st, dfd, b"e") and empty._devices == {st.st_dev: True}
-        assert empty.known(st, dfd, b"missing")  # settled for the device: no lookup
-        grown = os.stat_result((st[0], st[1], st[2], st[3], st[4], st[5], 1, *st[7:]))
-        assert not empty.known(grown, dfd, b"e")
+        empty, job = EmptyFiles(), object()
+        assert empty.known(st, dfd, b"e", job)
+        grown = os.stat_result((*st[:6], 1, *st[7:]))
+        assert not empty.known(grown, dfd, b"e", job)
+        elsewhere = os.stat_result((*st[:2], os.makedev(0, 4095), *st[3:]))  # not what is there now
+        assert not empty.known(elsewhere, dfd, b"e", job)
+        assert not empty.known(elsewhere, dfd, b"missing", job)
     finally:
         os.close(dfd)
+
+
+_MOUNTS = """
+import os, subprocess, sys
+from cermin.engine.fstype import EmptyFiles
+
+def known(d, name, job):
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return empty.known(os.stat(name, dir_fd=fd, follow_symlinks=False), fd, name.encode(), job)
+    finally:
+        os.close(fd)
+
+a, b = sys.argv[1], sys.argv[2]
+empty = EmptyFiles()
+subprocess.run(["mount", "-t", "tmpfs", "none", a], check=True)
+open(os.path.join(a, "e"), "wb").close()
+tmpfs_dev = os.stat(a).st_dev
+print("tmpfs", known(a, "e", object()))
+subprocess.run(["umount", a], check=True)
+subprocess.run(["mount", "-t", "proc", "proc", a], check=True)  # usually gets the freed number
+print("reused", os.stat(a).st_dev == tmpfs_dev)
+print("proc", known(a, "version", object()))
+subprocess.run(["mount", "-t", "tmpfs", "none", b], check=True)
+open(os.path.join(b, "f"), "wb").close()
+subprocess.run(["mount", "--bind", os.path.join(a, "version"), os.path.join(b, "f")], check=True)
+print("bound", known(b, "f", object()))
+"""
+
+
+def test_size_zero_files_of_procfs_are_read_however_mounted(tmp_path):
+    """Run in a mount namespace of its own (needs root): a procfs mounted where a tmpfs was, with the
+    tmpfs's freed device number, and a procfs file bind-mounted into a tmpfs directory; neither is
+    taken for empty."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1)")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _MOUNTS, str(a), str(b)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode and "unshare" in r.stderr:
+        pytest.skip(f"no mount namespace here: {r.stderr.strip()[:200]}")
+    assert r.returncode == 0, r.stderr
+    out = dict(line.split() for line in r.stdout.splitlines())
+    assert out["tmpfs"] == "True"
+    assert out["proc"] == "False" and out["bound"] == "False", out

@@ -5,14 +5,12 @@ A file system on a block device (ext4, xfs, ... : a device number with a major o
 does. Among the rest (anonymous device numbers), tmpfs, btrfs, ZFS and bcachefs do too, but procfs,
 sysfs, debugfs, FUSE with direct_io and NFS (cached attributes) may report 0 for a file that holds
 data: those are read like any other file. The type comes from fstatfs(2), which Python's `os` does
-not expose (`os.statvfs` has no f_type), through ctypes.
+not expose (`os.statvfs` has no f_type), through ctypes; without it every such file is read.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 
 # statfs(2) f_type of the anonymous-device file systems whose sizes are exact (linux/magic.h).
 EXACT_SIZE_MAGIC = frozenset(
@@ -27,7 +25,6 @@ EXACT_SIZE_MAGIC = frozenset(
 
 # struct statfs starts with f_type: a long everywhere but s390x, where it is an unsigned int. The
 # buffer is larger than the struct on every architecture (120 bytes on 64-bit ones).
-_F_TYPE = ctypes.c_uint if platform.machine() == "s390x" else ctypes.c_ulong
 _STATFS_BYTES = 256
 _fstatfs = None
 
@@ -37,59 +34,75 @@ def fs_magic(fd: int) -> int | None:
     global _fstatfs
     if _fstatfs is None:
         try:
+            import ctypes
+            import platform
+
             libc = ctypes.CDLL(None, use_errno=True)
-            _fstatfs = libc.fstatfs
-            _fstatfs.argtypes = (ctypes.c_int, ctypes.c_void_p)
-            _fstatfs.restype = ctypes.c_int
-        except (OSError, AttributeError):
+            f = libc.fstatfs
+            f.argtypes = (ctypes.c_int, ctypes.c_void_p)
+            f.restype = ctypes.c_int
+            kind = ctypes.c_uint if platform.machine() == "s390x" else ctypes.c_ulong
+            _fstatfs = (f, kind, ctypes.create_string_buffer)
+        except (ImportError, OSError, AttributeError):
             _fstatfs = False
     if _fstatfs is False:
         return None
-    buf = ctypes.create_string_buffer(_STATFS_BYTES)
-    if _fstatfs(fd, buf) != 0:
+    f, kind, make = _fstatfs
+    buf = make(_STATFS_BYTES)
+    if f(fd, buf) != 0:
         return None
-    return _F_TYPE.from_buffer(buf).value & 0xFFFFFFFF
+    return kind.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def exact_sizes(fd: int) -> bool:
+    magic = fs_magic(fd)
+    return magic is not None and magic in EXACT_SIZE_MAGIC
 
 
 class EmptyFiles:
-    """Per backup: whether a size-0 file is known empty, decided once per device number.
+    """Per backup: whether a size-0 file is known empty.
 
-    An unknown device is looked up through the file itself (opened O_PATH, never followed, and only
-    believed when the opened file is still on that device): a file bind-mounted from procfs into a
-    tmpfs directory has procfs's device number, not the directory's."""
+    Decided through the directory being walked, whose open fd pins its file system: a device number
+    is never trusted beyond that, since an unmounted tmpfs's number is handed to the next mount
+    (procfs, a FUSE or NFS automount) as soon as it is free. The last directory's answer is kept, so
+    it costs an fstat and an fstatfs per directory that holds size-0 files. A file on another device
+    than its directory (bind-mounted from elsewhere) is looked up through the file itself (opened
+    O_PATH, never followed, believed only when still on that device), each time."""
 
-    __slots__ = ("_devices",)
+    __slots__ = ("_dir", "_dir_dev", "_dir_exact")
 
     def __init__(self) -> None:
-        self._devices: dict[int, bool] = {}
+        self._dir: object = None  # the directory (its walk job: fd numbers are reused) last asked about
+        self._dir_dev = -1
+        self._dir_exact = False
 
-    def known(self, st: os.stat_result, dir_fd: int, name: bytes) -> bool:
+    def known(self, st: os.stat_result, dir_fd: int, name: bytes, directory: object) -> bool:
+        """`directory`: an object that stands for the directory open as `dir_fd` while it is walked."""
         if st.st_size != 0:
             return False
         dev = st.st_dev
-        exact = self._devices.get(dev)
-        if exact is None:
-            if os.major(dev) != 0:
-                exact = True
-            else:
-                exact = self._look_up(dev, dir_fd, name)
-                if exact is None:
-                    return False  # not settled for the device: read this file, ask again next time
-            self._devices[dev] = exact
-        return exact
+        if os.major(dev) != 0:
+            return True
+        if self._dir is not directory:
+            try:
+                self._dir_dev = os.fstat(dir_fd).st_dev
+                self._dir_exact = exact_sizes(dir_fd)
+            except OSError:
+                self._dir_dev, self._dir_exact = -1, False
+            self._dir = directory
+        if dev == self._dir_dev:
+            return self._dir_exact
+        return _through_the_file(dev, dir_fd, name)
 
-    @staticmethod
-    def _look_up(dev: int, dir_fd: int, name: bytes) -> bool | None:
-        try:
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        except OSError:
-            return None
-        try:
-            if os.fstat(fd).st_dev != dev:  # replaced since the walker's stat
-                return None
-            magic = fs_magic(fd)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        return magic is not None and magic in EXACT_SIZE_MAGIC
+
+def _through_the_file(dev: int, dir_fd: int, name: bytes) -> bool:
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        return os.fstat(fd).st_dev == dev and exact_sizes(fd)  # replaced since the walker's stat: read it
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -178,7 +178,7 @@ class Walker:
                     st.obs.file_unchanged(FileUnchanged(path.join(p.name), p.size, p.mtime_ns))
                 continue
             node = nodes[i] = fsmeta.node_from_stat(p.name, stat, FILE)
-            if self.files.empty.known(stat, dfd, p.name):
+            if self.files.empty.known(stat, dfd, p.name, job):
                 self.files.save_empty(dfd, p.name, stat, path, p, node)
             else:
                 self.files.submit(dfd, p.name, stat, path, p, node, job, slot=i)
@@ -209,7 +209,7 @@ class Walker:
                 if self.st.obs is not None:
                     self.st.obs.file_unchanged(FileUnchanged(path.join(name), node.size, node.mtime_ns))
                 return
-            if self.files.empty.known(st, dfd, name):
+            if self.files.empty.known(st, dfd, name, job):
                 job.nodes.append(self.files.save_empty(dfd, name, st, path, prev, node))
                 return
             self.files.submit(dfd, name, st, path, prev, node, job)
