@@ -144,6 +144,7 @@ class _Unusable(CorruptObject):
 
 # Paths named per damaged tree (or tree with bad names) per snapshot root. Trees may repeat: a DAG
 # of n trees each naming the next twice has 2^n paths, so past this many only the number is given.
+LOOKUP_BATCH = 4096  # file content ids resolved at once (format version 3: their types too)
 EXAMPLE_PATHS = 10
 
 
@@ -367,6 +368,15 @@ class Checker:
         # In format version 3 trees and data are named with different keys: a file's content id
         # found stored as a tree is damage (a v2 reader takes either, see Repository.type_fits).
         strict = not self.repo.type_fits(pack.TREE, pack.DATA)
+        batch: list[bytes] = []
+
+        def sort_types(ids: list[bytes]) -> None:
+            for b, loc in zip(ids, index.lookup_many(ids), strict=True):
+                if loc is None:
+                    missing.add(b)
+                elif loc.type != pack.DATA:
+                    wrong.add(b)
+
         for tid, nodes, _ in walk_trees(
             self.repo, [r.snapshot.tree for r in snaps], on_unreadable=unreadable, seen=seen, load=load
         ):
@@ -377,11 +387,11 @@ class Checker:
             if not strict:
                 missing.update(b for b in ids if b not in index)
                 continue
-            for b, loc in zip(ids, index.lookup_many(ids), strict=True):
-                if loc is None:
-                    missing.add(b)
-                elif loc.type != pack.DATA:
-                    wrong.add(b)
+            batch += ids  # looked up many trees at a time: one vectorised search, not one per id
+            if len(batch) >= LOOKUP_BATCH:
+                sort_types(batch)
+                batch = []
+        sort_types(batch)
         self.report.trees = len(seen)
         for b in missing:
             self.bad_blobs.setdefault(b, "data blob is not in the index")
@@ -392,11 +402,11 @@ class Checker:
                 blobs=sorted(b.hex() for b in missing),
             )
         for b in wrong:
-            self.bad_blobs.setdefault(b, "file content is stored as a tree")
+            self.bad_blobs.setdefault(b, "file content is not stored as data (a tree)")
         if wrong:
             self._error(
                 "blobs_wrong_type",
-                f"{len(wrong)} blobs named as file content are stored as trees",
+                f"{len(wrong)} blobs named as file content are not stored as data (trees)",
                 blobs=sorted(b.hex() for b in wrong),
             )
         for tid, why in sorted(self.bad_trees.items()):

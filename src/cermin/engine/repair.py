@@ -266,6 +266,15 @@ class _TreeFixer:
         self.saver.save(pack.TREE, tid, data)
         return tid
 
+    def _lost(self, content: bytes) -> bool:
+        """Whether a file's data is gone: an id in no index or, in format version 3 (trees and data
+        named with different keys), one indexed as a tree, which restore refuses as `check` does."""
+        ids = [content[i : i + ID_LEN] for i in range(0, len(content), ID_LEN)]
+        index = self.repo.index
+        if self.repo.type_fits(pack.TREE, pack.DATA):
+            return any(b not in index for b in ids)
+        return any(loc is None or loc.type != pack.DATA for loc in index.lookup_many(ids))
+
     def fix(self, tid: bytes) -> tuple[bytes | None, list[bytes]]:
         """(new tree id or None when unreadable, relative paths removed). Iterative post-order."""
         stack = [(tid, False)]
@@ -285,11 +294,8 @@ class _TreeFixer:
                 stack.extend((n.subtree, False) for n in nodes if n.type == DIR and n.subtree not in self.memo)
                 continue
             out, removed, changed = [], [], False
-            index = self.repo.index
             for n in nodes:
-                if n.type == FILE and any(
-                    n.content[i : i + ID_LEN] not in index for i in range(0, len(n.content), ID_LEN)
-                ):
+                if n.type == FILE and self._lost(n.content):
                     removed.append(n.name)
                     changed = True
                     continue
