@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from cermin.ops import state as st
-from cermin.ops import stateschema
+from cermin.ops import stateschema, statevalues
 from cermin.ops.config import parse_config
 from cermin.ops.state import HEAD, SeenSnapshot, StateError, StateStore
 
@@ -283,7 +283,7 @@ def test_finish_run_records_the_outcome(store):
     )
     assert (run.status, run.duration_s, run.bytes, run.files, run.attempts) == ("warning", 180.0, 123, 4, 2)
     assert run.snapshot_id == SNAP and run.data_time == T0 + timedelta(seconds=5) and run.copy == "primary"
-    assert len(run.error) == st.MAX_TEXT and run.details == {"attempt": 1} and run.slot == T0
+    assert len(run.error) == statevalues.MAX_TEXT and run.details == {"attempt": 1} and run.slot == T0
     assert store.runs("t0/s0") == [run]
     assert store.runs(tenant="t0", kind="backup", since=T0, until=T0 + H) == [run]
     assert store.runs(tenant="t1") == [] and store.runs(since=T0 + H) == []

@@ -20,24 +20,21 @@ fake clock in tests. Everything handed in is validated: a bad value is a `StateE
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import sqlite3
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
 import sqlalchemy as sa
-from sqlalchemy import event, exc
+from sqlalchemy import exc
 
-from cermin.errors import CerminError
 from cermin.ops import stateschema as t
-from cermin.ops.config import COPY_KINDS, Config, ResolvedSystem
-from cermin.ops.fleetstatus import CopyStatus, SystemStatus, build_status, evaluate
+from cermin.ops.config import Config, ResolvedSystem
+from cermin.ops.fleetstatus import CopyStatus, SystemStatus, evaluate
+from cermin.ops.statealerts import Alerts
+from cermin.ops.statedb import _sqlite_setup, state_url
+from cermin.ops.statefleet import Fleet
 from cermin.ops.staterows import (
     AgentRow,
     Alarm,
@@ -49,6 +46,28 @@ from cermin.ops.staterows import (
     SnapshotRecord,
     SyncResult,
     SystemRow,
+)
+from cermin.ops.statevalues import (
+    DRILL_VERDICTS,
+    FINISHED,
+    GOOD,
+    GUARD_VERDICTS,
+    RUN_KINDS,
+    StateError,
+    _aware,
+    _copy,
+    _count,
+    _details,
+    _first_line,
+    _name,
+    _number,
+    _one_of,
+    _opt_time,
+    _safe_url,
+    _snap,
+    _system_id,
+    _text,
+    system_digest,
 )
 
 __all__ = [
@@ -74,139 +93,10 @@ MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 _MIGRATE_LOCK = 0x6365726D696E01  # pg_advisory_xact_lock keys: "cermin" + 1 (migrate), + 2 (sync)
 _SYNC_LOCK = 0x6365726D696E02
 
-RUN_KINDS = ("backup", "forget", "prune", "lock_extend", "mirror", "verify", "drill", "hook")
-RUN_STATUSES = ("running", "ok", "warning", "failed", "skipped")
-FINISHED = ("ok", "warning", "failed", "skipped")
-GOOD = ("ok", "warning")  # a run that did its job (warnings: e.g. a file vanished while read)
-GUARD_VERDICTS = ("clean", "suspicious", "infected", "unknown")  # cermin.guard.verdict
-DRILL_VERDICTS = ("pass", "fail")
 
-_SYSTEM_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}/[a-z0-9][a-z0-9_-]{0,62}$")
-_SNAP_ID = re.compile(r"^[0-9a-f]{1,128}$")
-_EVENT = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_URL_NAME = re.compile(r"^[a-z][a-z0-9+.-]*://[a-z0-9.:\[\]-]*$", re.I)  # notify.url_name: no user, path or query
-MAX_TEXT = 8000  # characters kept of an error text
-MAX_DETAILS = 64 * 1024  # bytes of a details document
-
-
-class StateError(CerminError):
-    """The state store cannot be reached, is at an unknown schema, or was handed a bad value."""
-
-
-# ---- validation --------------------------------------------------------------------------------------------
-def _aware(value: Any, what: str) -> datetime:
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise StateError(f"{what} must be an aware datetime, not {value!r}")
-    return value.astimezone(UTC)
-
-
-def _opt_time(value: Any, what: str) -> datetime | None:
-    return None if value is None else _aware(value, what)
-
-
-def _system_id(value: Any) -> str:
-    if not isinstance(value, str) or not _SYSTEM_ID.match(value):
-        raise StateError(f"bad system id {value!r}: expected 'tenant/system'")
-    return value
-
-
-def _one_of(value: Any, allowed: tuple, what: str) -> Any:
-    if value not in allowed:
-        raise StateError(f"bad {what} {value!r} (expected one of {', '.join(allowed)})")
-    return value
-
-
-def _copy(value: Any, optional: bool = True) -> str:
-    """'' stands for 'not about one copy' in the tables (so the unique slot key holds)."""
-    if value is None and optional:
-        return ""
-    return _one_of(value, COPY_KINDS, "copy")
-
-
-def _name(value: Any, what: str, limit: int = 200) -> str:
-    if not isinstance(value, str) or not value or len(value) > limit or not value.isprintable():
-        raise StateError(f"bad {what} {value!r}: a printable name of 1..{limit} characters")
-    return value
-
-
-def _snap(value: Any) -> str:
-    if not isinstance(value, str) or not _SNAP_ID.match(value):
-        raise StateError(f"bad snapshot id {value!r}: expected lower-case hex")
-    return value
-
-
-def _count(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**63:
-        raise StateError(f"bad {what} {value!r}: a count of 0 or more")
-    return value
-
-
-def _number(value: Any, what: str, optional: bool = True) -> float | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e18:
-        raise StateError(f"bad {what} {value!r}: a number of 0 or more")
-    return float(value)
-
-
-def _text(value: Any, limit: int = MAX_TEXT) -> str | None:
-    if value is None:
-        return None
-    s = str(value)
-    return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
-def _details(value: Any) -> dict | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise StateError("details must be a JSON object")
-    try:
-        raw = msgspec.json.encode(value)
-    except (TypeError, msgspec.EncodeError) as e:
-        raise StateError(f"details are not JSON: {e}") from None
-    if len(raw) > MAX_DETAILS:
-        raise StateError(f"details are {len(raw)} bytes (at most {MAX_DETAILS})")
-    return msgspec.json.decode(raw)  # plain JSON types only
-
-
-def _safe_url(url: str) -> str:
-    """A repository URL without credentials, query or fragment (what the dashboard may show)."""
-    url = re.sub(r"(://)[^/@]*@", r"\1", url)
-    return re.split(r"[?#]", url, maxsplit=1)[0][:1000]
-
-
-def system_digest(s: ResolvedSystem) -> str:
-    """sha256 of a system's resolved configuration: sources, checks, hooks, class terms, copies, schedule."""
-    return hashlib.sha256(msgspec.json.encode(s, order="sorted")).hexdigest()
-
-
-def _first_line(e: BaseException) -> str:
-    orig = getattr(e, "orig", None) or e
-    text = str(orig).strip().splitlines()
-    return text[0] if text else type(orig).__name__
-
-
-# ---- the store ---------------------------------------------------------------------------------------------
-def state_url(url: str) -> sa.URL:
-    """Parse and check a state store URL: sqlite:///path, or postgresql[+psycopg]://... (psycopg 3)."""
-    try:
-        u = sa.make_url(url)
-    except (exc.ArgumentError, ValueError, TypeError):
-        raise StateError(f"bad state store URL {url!r}: use sqlite:///PATH or postgresql+psycopg://...") from None
-    backend, _, driver = u.drivername.partition("+")
-    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
-        return u.set(drivername="postgresql+psycopg")
-    if backend == "sqlite" and driver in ("", "pysqlite"):
-        return u.set(drivername="sqlite")
-    shown = u.render_as_string(hide_password=True)
-    raise StateError(f"unsupported state store URL {shown!r}: use sqlite:///PATH or postgresql+psycopg://...")
-
-
-class StateStore:
-    """The agent's record of every run. Thread-safe (a pool of connections); one per process."""
+class StateStore(Alerts, Fleet):
+    """The agent's record of every run. Thread-safe (a pool of connections); one per process. Alarms and
+    notifications (`statealerts`) and the fleet queries (`statefleet`) are its own methods, kept apart."""
 
     def __init__(
         self,
@@ -827,254 +717,3 @@ class StateStore:
         q = q.order_by(d.finished_at.desc(), d.id.desc()).limit(max(1, min(int(limit), 100_000)))
         with self._tx() as c:
             return [Drill.of(x) for x in c.execute(q)]
-
-    # ---- alarms --------------------------------------------------------------------------------------------
-    def open_alarm(
-        self,
-        system_id: str,
-        copy: str,
-        snapshot_id: str,
-        verdict: str,
-        reasons: Iterable[str],
-        *,
-        score: float | None = None,
-        now: datetime | None = None,
-    ) -> int:
-        """Open a guard alarm on a snapshot; returns its id. Seeing the same snapshot again returns the same
-        alarm (an acknowledged one stays acknowledged)."""
-        now = self._now(now)
-        values = {
-            "system_id": _system_id(system_id),
-            "copy": _copy(copy, optional=False),
-            "snapshot_id": _snap(snapshot_id),
-            "verdict": _one_of(verdict, GUARD_VERDICTS, "guard verdict"),
-            "score": None if score is None else float(score),
-            "reasons": [_text(r, 500) for r in list(reasons)[:50]],
-            "opened_at": now,
-        }
-        a = t.alarms.c
-        keys = ["system_id", "copy", "snapshot_id"]
-        with self._tx(write=True, unknown=f"unknown system {system_id!r} (sync the configuration first)") as c:
-            c.execute(self._upsert(t.alarms, values, keys, []))
-            q = sa.select(a.id).where(a.system_id == system_id, a.copy == copy, a.snapshot_id == snapshot_id)
-            return c.execute(q).scalar_one()
-
-    def ack_alarm(self, alarm_id: int, by: str, *, note: str | None = None, now: datetime | None = None) -> bool:
-        """Acknowledge an open alarm (who, when, why); False if there is none open with that id."""
-        now, by = self._now(now), _name(by, "acknowledging user")
-        with self._tx(write=True) as c:
-            q = sa.update(t.alarms).where(t.alarms.c.id == alarm_id, t.alarms.c.acknowledged_at.is_(None))
-            return c.execute(q.values(acknowledged_by=by, acknowledged_at=now, note=_text(note))).rowcount == 1
-
-    def alarms(
-        self,
-        *,
-        open_only: bool = True,
-        system_id: str | None = None,
-        tenant: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 1000,
-    ) -> list[Alarm]:
-        """Alarms, newest first: the open ones (default) or all, of a system, a tenant or the fleet, opened in
-        a time window."""
-        a = t.alarms.c
-        q = sa.select(t.alarms)
-        if open_only:
-            q = q.where(a.acknowledged_at.is_(None))
-        if system_id is not None:
-            q = q.where(a.system_id == system_id)
-        if tenant is not None:
-            q = q.where(a.system_id.in_(sa.select(t.systems.c.id).where(t.systems.c.tenant == tenant)))
-        if since is not None:
-            q = q.where(a.opened_at >= _aware(since, "since"))
-        if until is not None:
-            q = q.where(a.opened_at < _aware(until, "until"))
-        q = q.order_by(a.opened_at.desc(), a.id.desc()).limit(max(1, min(int(limit), 100_000)))
-        with self._tx() as c:
-            return [Alarm.of(x) for x in c.execute(q)]
-
-    # ---- notifications -------------------------------------------------------------------------------------
-    def record_notification(
-        self,
-        event: str,
-        target: str,
-        title: str,
-        *,
-        system_id: str | None = None,
-        ok: bool = True,
-        error: str | None = None,
-        now: datetime | None = None,
-    ) -> int:
-        """A notification sent (or that failed): the event (failure, rpo_breach, guard_alarm, drill_failure,
-        mirror_lag, ...), the *name* of the target — never its URL, which may hold a token."""
-        now = self._now(now)
-        if not isinstance(event, str) or not _EVENT.match(event):
-            raise StateError(f"bad notification event {event!r}")
-        if "://" in _name(target, "notification target") and not _URL_NAME.match(target):
-            raise StateError("a notification target is recorded by name (scheme://host at most), never by its URL")
-        values = {
-            "sent_at": now,
-            "system_id": None if system_id is None else _system_id(system_id),
-            "event": event,
-            "target": target,
-            "title": _text(title, 1000) or "",
-            "ok": bool(ok),
-            "error": _text(error),
-        }
-        with self._tx(write=True) as c:
-            return c.execute(sa.insert(t.notifications).values(values).returning(t.notifications.c.id)).scalar_one()
-
-    def last_notified(self, system_id: str | None, event: str, *, ok_only: bool = True) -> datetime | None:
-        """When this event was last notified for this system (None: the fleet), to avoid repeating it."""
-        n = t.notifications.c
-        who = n.system_id.is_(None) if system_id is None else n.system_id == system_id
-        q = sa.select(sa.func.max(n.sent_at)).where(who, n.event == event)
-        if ok_only:
-            q = q.where(n.ok.is_(True))
-        with self._tx() as c:
-            return c.execute(q).scalar()
-
-    def last_sent(self) -> dict[tuple[str | None, str], datetime]:
-        """(system id, event) -> when it was last delivered: which conditions the fleet was told about,
-        shared by every agent (one grouped statement)."""
-        n = t.notifications.c
-        q = sa.select(n.system_id, n.event, sa.func.max(n.sent_at)).where(n.ok.is_(True))
-        with self._tx() as c:
-            return {(sid, ev): at for sid, ev, at in c.execute(q.group_by(n.system_id, n.event)) if at is not None}
-
-    def notifications(
-        self, *, system_id: str | None = None, since: datetime | None = None, limit: int = 100
-    ) -> list[Notification]:
-        n = t.notifications.c
-        q = sa.select(t.notifications)
-        if system_id is not None:
-            q = q.where(n.system_id == system_id)
-        if since is not None:
-            q = q.where(n.sent_at >= _aware(since, "since"))
-        q = q.order_by(n.sent_at.desc(), n.id.desc()).limit(max(1, min(int(limit), 100_000)))
-        with self._tx() as c:
-            return [Notification.of(x) for x in c.execute(q)]
-
-    # ---- the fleet -----------------------------------------------------------------------------------------
-    def _live(self, tenant: str | None = None, include_retired: bool = False):
-        q = sa.select(t.systems.c.id)
-        if not include_retired:
-            q = q.where(t.systems.c.retired_at.is_(None))
-        if tenant is not None:
-            q = q.where(t.systems.c.tenant == tenant)
-        return q
-
-    def systems(self, *, tenant: str | None = None, include_retired: bool = False) -> list[SystemRow]:
-        s = t.systems.c
-        q = sa.select(t.systems).where(s.id.in_(self._live(tenant, include_retired))).order_by(s.tenant, s.name)
-        with self._tx() as c:
-            return [SystemRow.of(r) for r in c.execute(q)]
-
-    def tenants(self, include_retired: bool = False) -> dict[str, str]:
-        """tenant id -> display name."""
-        q = sa.select(t.tenants.c.id, t.tenants.c.name).order_by(t.tenants.c.id)
-        if not include_retired:
-            q = q.where(t.tenants.c.retired_at.is_(None))
-        with self._tx() as c:
-            return {r.id: r.name for r in c.execute(q)}
-
-    def status(self, now: datetime | None = None, *, tenant: str | None = None) -> list[SystemStatus]:
-        """Every live system (or one tenant's) with its copies, last runs, last drill, open alarms, and whether
-        it meets its class now and why not. Seven statements in one consistent read, whatever the fleet size."""
-        now = self._now(now)
-        live = self._live(tenant)
-        s, lr, d, sn, a, cl = (x.c for x in (t.systems, t.latest_runs, t.drills, t.snapshots, t.alarms, t.claims))
-        with self._tx(consistent=True) as c:
-            system_rows = [
-                SystemRow.of(r)
-                for r in c.execute(sa.select(t.systems).where(s.id.in_(live)).order_by(s.tenant, s.name))
-            ]
-            latest = c.execute(sa.select(t.latest_runs).where(lr.system_id.in_(live))).all()
-            ids = sa.union(
-                sa.select(lr.last_id).where(lr.system_id.in_(live)), sa.select(lr.ok_id).where(lr.system_id.in_(live))
-            )
-            runs = {r.id: Run.of(r) for r in c.execute(sa.select(t.runs).where(t.runs.c.id.in_(ids)))}
-            rank = sa.func.row_number().over(partition_by=d.system_id, order_by=(d.finished_at.desc(), d.id.desc()))
-            sub = sa.select(t.drills, rank.label("rank")).where(d.system_id.in_(live)).subquery()
-            drills = {r.system_id: Drill.of(r) for r in c.execute(sa.select(sub).where(sub.c.rank == 1))}
-            snaps = {(r.system_id, r.copy): SnapshotRecord.of(r) for r in c.execute(self._newest_snapshots(tenant))}
-            alarms: dict[str, list[Alarm]] = {}
-            q = sa.select(t.alarms).where(a.acknowledged_at.is_(None), a.system_id.in_(live)).order_by(a.opened_at)
-            for r in c.execute(q):
-                alarms.setdefault(r.system_id, []).append(Alarm.of(r))
-            q = sa.select(t.claims).where(cl.expires_at > now, cl.system_id.in_(live))
-            claims = {r.system_id: Claim.of(r) for r in c.execute(q)}
-        last: dict[str, dict[tuple[str, str], Run]] = {}
-        ok: dict[str, dict[tuple[str, str], tuple[Run, datetime]]] = {}
-        for r in latest:
-            if r.last_id in runs:
-                last.setdefault(r.system_id, {})[(r.kind, r.copy)] = runs[r.last_id]
-            if r.ok_id in runs and r.ok_at is not None:
-                ok.setdefault(r.system_id, {})[(r.kind, r.copy)] = (runs[r.ok_id], r.ok_at)
-        return [
-            build_status(
-                row,
-                last.get(row.id, {}),
-                ok.get(row.id, {}),
-                drills.get(row.id),
-                snaps,
-                alarms.get(row.id, []),
-                claims.get(row.id),
-                now,
-            )
-            for row in system_rows
-        ]
-
-    def _newest_snapshots(self, tenant: str | None):
-        """The newest snapshot still in each copy of each live system: one statement, one index seek per
-        (system, copy) on (system_id, copy, time) — not a pass over every snapshot ever seen, which made
-        status() grow with the history (bench/dashboard: 1 s for 500 systems and 540,000 snapshots)."""
-        live = self._live(tenant).subquery("live")
-        kinds = sa.union_all(*(sa.select(sa.literal(k).label("copy")) for k in COPY_KINDS)).subquery("kinds")
-        n = t.snapshots.alias("newest")
-        newest = (
-            sa.select(n.c.id)
-            .where(n.c.system_id == live.c.id, n.c.copy == kinds.c.copy, n.c.gone_at.is_(None))
-            .order_by(n.c.time.desc(), n.c.id.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        ids = sa.select(newest).select_from(live.join(kinds, sa.true()))
-        return sa.select(t.snapshots).where(t.snapshots.c.id.in_(ids))
-
-    def system_status(self, system_id: str, now: datetime | None = None) -> SystemStatus | None:
-        tenant = _system_id(system_id).split("/", 1)[0]
-        return next((x for x in self.status(now, tenant=tenant) if x.id == system_id), None)
-
-
-# ---- SQLite connection setup -------------------------------------------------------------------------------
-def _sqlite_setup(engine: sa.Engine, busy_ms: int, wal: bool) -> None:
-    """WAL (readers never block the writer), a busy timeout (writers queue instead of failing), foreign
-    keys on, and BEGIN emitted by us: the sqlite3 module's own transaction handling does not BEGIN before
-    SELECT or DDL, which breaks both consistent reads and transactional migrations."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record) -> None:
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-        cur.execute("PRAGMA foreign_keys = ON")
-        if wal:
-            # Switching a new file to WAL needs it to itself, and SQLite answers "locked" at once, without
-            # the busy handler, while another process does the same: wait for it like the busy timeout would.
-            deadline = time.monotonic() + busy_ms / 1000
-            while True:
-                try:
-                    cur.execute("PRAGMA journal_mode = WAL")
-                    break
-                except sqlite3.OperationalError as e:
-                    if "locked" not in str(e) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-            cur.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; the store is a record, not data
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("cermin_write") else "BEGIN")

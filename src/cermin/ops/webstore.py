@@ -20,8 +20,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from cermin.ops import stateschema as t
-from cermin.ops.state import StateError, StateStore, _aware, _details, _one_of, _system_id, _text
+from cermin.ops.state import StateStore
 from cermin.ops.staterows import _Row
+from cermin.ops.statevalues import StateError, _aware, _details, _one_of, _system_id, _text
 
 ROLES = ("operator", "viewer", "auditor")
 ACTION_KINDS = ("backup", "drill")
