@@ -40,7 +40,6 @@ import json
 import os
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from cermin.backend.base import CONFIG_NAME, Kind
 from cermin.backend.local import LocalBackend, _fsync_dir
 from cermin.errors import CerminError, ObjectNotFound
 from cermin.server.approvals import HIDDEN_KINDS, ApprovalStore, StaleRequest
+from cermin.server.audit import AuditLog, clip
 from cermin.server.auth import TENANT_RE, TokenEntry, TokenStore
 from cermin.server.shared import TenantFiles
 from cermin.util import plural
@@ -72,10 +72,6 @@ MAX_LOCK_SIZE = 64 << 10  # a sealed Lock record is a few hundred bytes
 MAX_RANGE_DIGITS = 18  # a Range number longer than this is beyond any object (and int() would refuse it)
 LOCK_FRESH = 1800.0  # seconds: a lock written more recently may belong to a running client
 CHANGE_KINDS = (Kind.INDEX, Kind.SNAPSHOT, Kind.AUX)  # what may reference objects a request deletes
-AUDIT_FIELD = 256  # characters kept of client-supplied fields in the audit log
-AUDIT_ANON_PER_MIN = 20  # unauthenticated refusals logged per client address and minute
-AUDIT_ANON_TOTAL_PER_MIN = 200
-AUDIT_TOKEN_PER_MIN = 30  # refusals (and routine own-lock removals) logged per token and minute
 WRITE_BUF = 1 << 20
 SMALL_BODY = 1 << 20  # a body up to this size (with a Content-Length) is stored in one worker-thread call
 
@@ -111,11 +107,9 @@ class Server:
         self.tokens = TokenStore(state)
         self.approvals = ApprovalStore(state, window) if window is not None else ApprovalStore(state)
         self.owners_dir = os.path.join(state, "lockowners")
-        self.audit_path = os.path.join(state, "audit.log")
+        self.audit_log = AuditLog(os.path.join(state, "audit.log"), os.path.join(state, "audit-rate.sqlite"))
         self.max_object_size = max_object_size
         self.quota_bytes, self.quota_objects, self.max_locks = quota_bytes, quota_objects, max_locks
-        self._rate_path = os.path.join(state, "audit-rate.sqlite")  # shared by every worker
-        self._rate_db = threading.local()
         self._tenants: dict[str, TenantState] = {}
         self._tenants_lock = threading.Lock()
 
@@ -134,103 +128,7 @@ class Server:
 
     # ---- audit ----------------------------------------------------------------------------------
     def audit(self, request: Request, status: int, reason: str, token_id: str = "", throttle: bool = False) -> None:
-        """Append one line. Refusals (and `throttle`d routine lines) are rate-limited: per client
-        address without a token, per token with one; what is dropped is counted in a later line."""
-        remote = (request.client.host if request.client else "")[:64]
-        if status >= 400 or throttle:
-            key = ("token", token_id[:32]) if token_id else ("addr", remote)
-            if not self._allowed(key):
-                return
-        rec = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "remote": remote,
-            "method": request.method[:10],
-            "path": _clip(request.url.path),
-            "token": token_id[:32],
-            "status": status,
-            "reason": _clip(reason),
-            "worker": os.getpid(),
-        }
-        self._append(rec)
-
-    def _append(self, rec: dict) -> None:
-        """One write(2) with O_APPEND: lines of several threads and worker processes never mix."""
-        line = json.dumps(rec, ensure_ascii=True) + "\n"  # one line whatever the client sent
-        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-
-    def _rate(self) -> sqlite3.Connection:
-        """This thread's connection to the audit rate table (shared by every worker process)."""
-        db = getattr(self._rate_db, "conn", None)
-        if db is None:
-            db = sqlite3.connect(self._rate_path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=OFF")  # counters for one minute: losing them in a crash is harmless
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS rate (key TEXT PRIMARY KEY, start REAL, lines INTEGER, suppressed INTEGER)"
-            )
-            self._rate_db.conn = db
-        return db
-
-    def _allowed(self, key: tuple[str, str]) -> bool:
-        """At most AUDIT_ANON_PER_MIN lines per address and minute without a token (200 in all), and
-        AUDIT_TOKEN_PER_MIN per token; what is suppressed is summed up in one line when the address
-        or token is next logged."""
-        now = time.time()
-        anon = key[0] == "addr"
-        limit = AUDIT_ANON_PER_MIN if anon else AUDIT_TOKEN_PER_MIN
-        k = f"{key[0]}:{key[1]}"
-        db = self._rate()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-
-            def slot(k: str) -> list:
-                row = db.execute("SELECT start, lines, suppressed FROM rate WHERE key = ?", (k,)).fetchone()
-                return list(row) if row else [now, 0, 0]
-
-            def put(k: str, v: list) -> None:
-                db.execute("INSERT OR REPLACE INTO rate VALUES (?, ?, ?, ?)", (k, *v))
-
-            total = slot("*anon*")
-            if now - total[0] > 60:
-                total = [now, 0, 0]
-            mine = slot(k)
-            if mine[1] == 0 and mine[2] == 0:  # a new key: keep the table small
-                if db.execute("SELECT COUNT(*) FROM rate").fetchone()[0] > 10_000:
-                    db.execute("DELETE FROM rate WHERE start < ?", (now - 60,))
-                    if db.execute("SELECT COUNT(*) FROM rate").fetchone()[0] > 10_000:
-                        db.execute("DELETE FROM rate")
-            suppressed = 0
-            if now - mine[0] > 60:
-                suppressed, mine = mine[2], [now, 0, 0]
-            if mine[1] >= limit or (anon and total[1] >= AUDIT_ANON_TOTAL_PER_MIN):
-                mine[2] += 1
-                put(k, mine)
-                db.execute("COMMIT")
-                return False
-            mine[1] += 1
-            put(k, mine)
-            if anon:
-                total[1] += 1
-                put("*anon*", total)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        if suppressed:
-            who = "unauthenticated requests" if anon else "refusals or own-lock removals of this token"
-            self._append(
-                {
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "remote" if anon else "token": key[1],
-                    "status": 401 if anon else 0,
-                    "reason": f"{suppressed} more {who} not logged (rate limit)",
-                }
-            )
-        return True
+        self.audit_log.write(request, status, reason, token_id, throttle)
 
     # ---- request plumbing ----------------------------------------------------------------------
     def authorize(self, request: Request, tenant: str, need: str) -> TokenEntry:
@@ -662,7 +560,7 @@ class Server:
                 raise _refused(400, "each object is [kind, name]", entry)
             kind = KINDS.get(it[0])
             if kind in (None, Kind.LOCK, Kind.CONFIG) or self.bad_name(kind, it[1]):
-                raise _refused(400, f"cannot request deletion of {_clip(it[0], 20)}/{_clip(it[1], 70)}", entry)
+                raise _refused(400, f"cannot request deletion of {clip(it[0], 20)}/{clip(it[1], 70)}", entry)
             if not backend.exists(kind, it[1]) or it[1] in hidden.get(kind.value, ()):
                 missing += 1
                 continue
@@ -832,10 +730,6 @@ def _range_number(digits: str) -> int:
     """A Range bound; one too long to be an offset in any object counts as 'beyond the end'."""
     digits = digits.lstrip("0") or "0"
     return int(digits) if len(digits) <= MAX_RANGE_DIGITS else 1 << 62
-
-
-def _clip(s: str, n: int = AUDIT_FIELD) -> str:
-    return s if len(s) <= n else s[:n] + f"...({len(s)} chars)"
 
 
 def _write_all(fd: int, data: bytes) -> None:
