@@ -426,8 +426,8 @@ class Checker:
             data = self.repo.load_pack(name)  # read once: header and blobs
             try:
                 header = read_pack_header(self.repo, name, data=data)
-                in_header = {e[:4] for e in header}  # (id, type, offset, length)
-                in_index = {e[:4] for e in indexed}
+                in_header = set(header)  # (id, type, offset, length, raw length)
+                in_index = set(indexed)
                 if in_header != in_index:
                     problems.append(f"pack {name[:12]}: header and index disagree")
             except CorruptObject as e:

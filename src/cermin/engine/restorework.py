@@ -162,18 +162,24 @@ class Writer:
                 seen[bid] = CorruptObject(f"blob {bid.hex()[:16]} is not in the index (missing data)")
             elif not self.repo.type_fits(loc.type, pack.DATA):
                 seen[bid] = CorruptObject(f"blob {bid.hex()[:16]} has type {loc.type}, expected {pack.DATA}")
+            elif problem := self.repo.entry_problem(pack.DATA, loc.length, loc.raw_length):
+                seen[bid] = CorruptObject(f"blob {bid.hex()[:16]}: {problem}")  # never sizes a read
             else:
                 seen[bid] = None  # listed once
                 size += loc.length
                 by_pack.setdefault(loc.pack_id, []).append((loc.offset, bid, loc))
         reads = []
+        gaps = WINDOW  # bytes between blobs read along with them: hostile offsets could space every blob out
         for pack_id, blobs in by_pack.items():
             blobs.sort(key=lambda b: b[0])
             start = 0
             for k in range(1, len(blobs) + 1):
-                if k == len(blobs) or blobs[k][0] - (blobs[k - 1][0] + blobs[k - 1][2].length) > READ_GAP:
+                gap = blobs[k][0] - (blobs[k - 1][0] + blobs[k - 1][2].length) if k < len(blobs) else -1
+                if gap < 0 or gap > min(READ_GAP, gaps):
                     reads.append(self._ask(pack_id, blobs[start:k]))
                     start = k
+                else:
+                    gaps -= gap
         return {b: e for b, e in seen.items() if e is not None}, reads
 
     def _ask(self, pack_id: bytes, blobs: list) -> tuple:
@@ -297,14 +303,14 @@ class Writer:
             return
         self.files += 1
         try:
-            if node.links > 1 and first is None:
-                st = os.fstat(fd)
-                self.links[key] = (out + b"/" + name, st.st_dev, st.st_ino)
             size = self._write(fd, node) if node.content else 0
             if size != node.size:
                 raise CerminError(f"content is {size} bytes, expected {node.size}")
             if self.verify:
                 self._verify(fd, node)
+            if node.links > 1 and first is None:  # only a copy written whole is linked to
+                st = os.fstat(fd)
+                self.links[key] = (out + b"/" + name, st.st_dev, st.st_ino)
             if final:
                 os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
             else:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 ENTRY = struct.Struct("<32sBIII")  # blob id, type, offset, ciphertext length, raw length
+assert ENTRY.size == 45  # records.INDEX_ENTRY_SIZE
 
 
 class IndexEntry(NamedTuple):

@@ -25,6 +25,7 @@ SOCKET = "socket"
 NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET)
 
 ID_LEN = 32
+INDEX_ENTRY_SIZE = 45  # format.index.ENTRY: id, type, offset, length, raw length
 
 
 class Node(msgspec.Struct, omit_defaults=True, gc=False):
@@ -163,6 +164,14 @@ class Lock(msgspec.Struct, omit_defaults=True):
 class IndexPack(msgspec.Struct, array_like=True, gc=False):
     id: bytes  # 32-byte pack id (BLAKE3 of the pack file)
     blobs: bytes  # concatenated 45-byte entries, see format.index
+
+    def __post_init__(self) -> None:
+        # Checked when decoded (msgspec turns this into a ValidationError: the index file is skipped
+        # with a warning), not left to whoever slices the entries later.
+        if len(self.id) != ID_LEN:
+            raise ValueError(f"a pack id of {len(self.id)} bytes")
+        if len(self.blobs) % INDEX_ENTRY_SIZE:
+            raise ValueError(f"pack entries of {len(self.blobs)} bytes, not whole {INDEX_ENTRY_SIZE}-byte records")
 
 
 class IndexFile(msgspec.Struct, array_like=True, gc=False):

@@ -258,7 +258,7 @@ def verify_blobs(
     repo: Repository, pack_name: str, data: bytes, entries
 ) -> Iterator[tuple[IndexEntry, bytes | None, bytes | str]]:
     """The one check of a pack's blobs in memory (check, repair, repack): for each entry,
-    (entry, stored payload, plaintext) when it authenticates, decompresses within its declared length
+    (entry, stored payload, plaintext) when it authenticates, decompresses to its declared length
     and matches its id, else (entry, None, why)."""
     what = f"pack {pack_name[:12]}"
     try:
@@ -283,5 +283,8 @@ def verify_blobs(
             continue
         if id_of(t, plain) != bid:
             yield entry, None, f"{bwhat}: content does not match its id"
+            continue
+        if len(plain) != raw:  # a reader sizes files by the index's raw lengths
+            yield entry, None, f"{bwhat}: {len(plain)} bytes, its index says {raw}"
             continue
         yield entry, payload, plain

@@ -395,10 +395,26 @@ class Repository:
         """Decrypt, decompress (at most `raw_len` bytes, its declared length) and verify one blob
         against its id."""
         what = f"blob {blob_id.hex()[:16]}"
+        problem = self.entry_problem(blob_type, len(ct), raw_len)
+        if problem:
+            raise CorruptObject(f"{what}: {problem}")
         data = pack.decompress(pack.open_blob(cipher, offset, blob_type, blob_id, ct, what), what, raw_len)
         if self.id_of(blob_type, data) != blob_id:
             raise CorruptObject(f"{what}: content does not match its id")
+        if raw_len != pack.MAX_BLOB_SIZE and len(data) != raw_len:  # every length after it would be off
+            raise CorruptObject(f"{what}: {len(data)} bytes, its index says {raw_len}")
         return data
+
+    def entry_problem(self, blob_type: int, length: int, raw_len: int) -> str | None:
+        """Why an index entry's lengths cannot be those of a blob this repository wrote, or None; asked
+        before a read is sized by them. A data blob is at most one chunk (`chunker_max`); its ciphertext
+        at most the plaintext, a codec byte and the tag (a payload is stored raw unless zstd shrinks it),
+        with room left for zstd's worst case."""
+        if blob_type == pack.DATA and raw_len != pack.MAX_BLOB_SIZE and raw_len > self.secrets.chunker_max:
+            return f"its index declares {raw_len} bytes, more than a chunk of this repository"
+        if length > raw_len + (raw_len >> 7) + 128:
+            return f"its index declares {length} stored bytes for {raw_len}"
+        return None
 
     def load_tree(self, tree_id: bytes, cache: bool = True) -> Tree:
         """A tree blob, decoded; `cache=False` for a caller that reads each tree once (backup's walk)."""
