@@ -145,13 +145,18 @@ class MasterIndex:
         hi = int.from_bytes(blob_id[:8], "big")
         lo = int.from_bytes(blob_id[8:16], "big")
         keys_hi, keys_lo = f[0], f[1]
-        i = int(keys_hi.searchsorted(self._u64(hi)))  # a plain int above 2**63 would make numpy cast the array
+        h = self._u64(hi)  # a plain int above 2**63 would make numpy cast the array
+        i = int(keys_hi.searchsorted(h))
         n = len(keys_hi)
-        while i < n and int(keys_hi[i]) == hi:
-            if int(keys_lo[i]) == lo:
-                return i
-            i += 1
-        return -1
+        if i == n or int(keys_hi[i]) != hi:
+            return -1
+        if i + 1 < n and int(keys_hi[i + 1]) == hi:
+            # Equal first 8 bytes: 1 in 2^64 by chance, or an index written to slow every lookup
+            # down. The arrays are sorted by (hi, lo): search the run too, never walk it.
+            j = int(keys_hi.searchsorted(h, "right"))
+            i += int(keys_lo[i:j].searchsorted(self._u64(lo)))
+            return i if i < j and int(keys_lo[i]) == lo else -1
+        return i if int(keys_lo[i]) == lo else -1
 
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self._blobs or (self._frozen is not None and self._frozen_find(blob_id) >= 0)
