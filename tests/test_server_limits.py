@@ -476,3 +476,44 @@ def test_a_server_ignoring_range_gets_the_range_cut_from_its_answer():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_server_answering_more_than_asked_is_refused_without_reading_it_all():
+    """A hostile server answers a ranged GET with 206 and an endless body (or an error with one):
+    the client reads at most what it asked for (plus one byte, to know), not until the server stops."""
+    import http.server
+    import threading
+
+    from cermin.backend.base import Kind
+    from cermin.backend.http import HttpBackend
+    from cermin.errors import CerminError
+
+    sent = {"bytes": 0}
+
+    class _Endless(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(206 if "Range" in self.headers else 500)
+            self.end_headers()  # no Content-Length: the body runs until the connection closes
+            try:
+                for _ in range(4096):  # 256 MiB at most, if nobody stops reading
+                    self.wfile.write(b"x" * 65536)
+                    sent["bytes"] += 65536
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        b = HttpBackend(f"http://127.0.0.1:{srv.server_address[1]}/t", token="x")
+        with pytest.raises(CerminError, match="more than the 100 bytes asked"):
+            b.load(Kind.DATA, "ab" * 32, 0, 100)
+        with pytest.raises(CerminError, match="500"):
+            b.load(Kind.DATA, "ab" * 32)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert sent["bytes"] < 64 << 20, sent  # both answers were dropped early

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any, NamedTuple
 
 from cermin.backend.base import CONFIG_NAME, OBJECT_STORE_PACK_SIZE, BackendBase, Capabilities, Kind, exists_by_size
 from cermin.errors import (
@@ -23,6 +24,7 @@ from cermin.errors import (
 )
 
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+MAX_ANSWER = 512 << 20  # bytes of a whole object read: above any pack (128 MiB) or sealed object (256 MiB)
 
 
 def plain_http_warning(location: str) -> str | None:
@@ -68,18 +70,25 @@ class HttpBackend(BackendBase):
     def _url(self, kind: Kind, name: str = "") -> str:
         return f"{self.location}/{kind.value}/{name}"
 
-    def _request(self, method: str, url: str, body: bytes | None = None, headers: dict | None = None):
+    def _request(
+        self, method: str, url: str, body: bytes | None = None, headers: dict | None = None, stream: bool = False
+    ):
+        """The answer, read whole; with `stream` its body is left for `_body` (a GET that bounds it)."""
         import urllib3
 
         h = {"Authorization": f"Bearer {self.token}", **(headers or {})}
         try:
-            r = self.http.request(method, url, body=body, headers=h, preload_content=True)
+            r = self.http.request(method, url, body=body, headers=h, preload_content=not stream)
         except urllib3.exceptions.HTTPError as e:
             if isinstance(e, urllib3.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
                 raise CerminError(
                     f"TLS with {self.location} failed (set CERMIN_CACERT for a private CA): {e}".splitlines()[0]
                 ) from None
             raise TransientError(f"cannot reach the repository server at {self.location}: {e}") from None
+        if stream and r.status not in (200, 206):  # an error's text, at most 4 KiB; the connection goes
+            text = r.read(4096)
+            r.close()
+            r = _Answer(r.status, r.headers, text)
         if r.status == 507:
             raise StorageFull(f"the repository server refused {method} {_path(url)}: {_msg(r)}")
         if r.status >= 500 or r.status in (408, 429):
@@ -111,16 +120,19 @@ class HttpBackend(BackendBase):
             if length == 0:
                 return b""
             headers["Range"] = f"bytes={offset}-{end}"
-        r = self._request("GET", self._url(kind, name), headers=headers)
+        r = self._request("GET", self._url(kind, name), headers=headers, stream=True)
+        if r.status in (200, 206):
+            # A hostile or broken server could answer with any length: read at most what was asked
+            # (206) or the largest object there is (200), never until it stops.
+            data = _body(r, length if r.status == 206 and length is not None else MAX_ANSWER, f"{kind.value}/{name}")
+            if r.status == 200 and "Range" in headers:  # the range was ignored: this is the whole object
+                return data[offset : None if length is None else offset + length]
+            return data
         if r.status == 416:
             return b""  # nothing at or after that offset (short read, as local files give)
         if r.status == 404:
             raise ObjectNotFound(f"{kind.value}/{name} does not exist")
-        if r.status not in (200, 206):
-            raise CerminError(f"reading {kind.value}/{name} failed: {r.status} {_msg(r)}")
-        if r.status == 200 and "Range" in headers:  # the range was ignored: this is the whole object
-            return r.data[offset : None if length is None else offset + length]
-        return r.data
+        raise CerminError(f"reading {kind.value}/{name} failed: {r.status} {_msg(r)}")
 
     def size(self, kind: Kind, name: str) -> int:
         r = self._request("HEAD", self._url(kind, name))
@@ -192,6 +204,14 @@ def _msg(r) -> str:
         return r.data[:200].decode("utf-8", "replace")
 
 
+class _Answer(NamedTuple):
+    """An error answer to a streamed request, its text read (bounded) and its connection dropped."""
+
+    status: int
+    headers: Any
+    data: bytes
+
+
 def _token_from_env() -> str:
     path = os.environ.get("CERMIN_TOKEN_FILE")
     if path:
@@ -204,3 +224,19 @@ def _token_from_env() -> str:
     if not token:
         raise UsageError("an http repository needs a token: set CERMIN_TOKEN or CERMIN_TOKEN_FILE")
     return token
+
+
+def _body(r, limit: int, what: str) -> bytes:
+    """The body of a streamed answer, refused when it runs past `limit` bytes."""
+    import urllib3
+
+    try:
+        data = r.read(limit + 1, decode_content=True)
+    except urllib3.exceptions.HTTPError as e:
+        r.close()
+        raise TransientError(f"reading {what} from the repository server failed: {e}") from None
+    if len(data) > limit:
+        r.close()  # the rest is never read: the connection is dropped, not pooled
+        raise TransientError(f"the repository server answered more than the {limit} bytes asked for {what}")
+    r.release_conn()
+    return data
