@@ -136,3 +136,32 @@ def test_a_hard_link_to_a_copy_that_failed_is_an_error_too(local_repo, tmp_path)
     r = do_restore(reopen(local_repo.backend), sid, tmp_path / "out", workers=2)
     named = sorted(e.split(":")[0].rsplit("/", 2)[-2] for e in r.errors)
     assert named == ["a", "b"], r.errors
+
+
+def test_index_files_planted_to_shadow_the_real_entries_do_not_stop_a_restore(local_repo, tmp_path):
+    """A key holder (the threat model's attacker holds the password for days) writes index files that
+    name every real blob at a wrong offset. Whichever file is loaded first used to win, and every
+    restore failed ("failed authentication") until `repair index`; a blob whose first location fails
+    is now read from the others the index knows."""
+    from cermin.format.records import IndexFile, IndexPack, encode
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(5):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(5000 + i))
+    sid = do_backup(local_repo, src).snapshot_id
+    view = read_index_view(local_repo)
+    real = {e.blob_id: e for b in view.packs.values() for e in fmt_index.iter_entries(b)}
+    wrong = [
+        IndexPack(p, fmt_index.encode_entries(e._replace(offset=e.offset + 1) for e in fmt_index.iter_entries(b)))
+        for p, b in view.packs.items()
+    ]
+    for _ in range(6):  # some of them are listed before the real one
+        local_repo.save_object(Kind.INDEX, encode(IndexFile(packs=wrong)))
+    repo = reopen(local_repo.backend)
+    assert any(repo.index.lookup(b).offset != e.offset for b, e in real.items())  # shadowed
+    r = do_restore(repo, sid, tmp_path / "out", verify=True)
+    assert not r.errors, r.errors
+    out = tmp_path / "out" / str(src).lstrip("/") / "d"
+    assert all((out / f"f{i}").read_bytes() == (src / "d" / f"f{i}").read_bytes() for i in range(5))
+    assert not run_check(reopen(local_repo.backend)).ok  # the planted entries do not go unnoticed

@@ -217,17 +217,21 @@ class Writer:
         return c
 
     def _blob(self, bid: bytes) -> bytes:
-        """A data blob: from the window (read on demand when it is not there)."""
+        """A data blob: from the window (read on demand when it is not there); when that fails, from
+        the version cermin wrote (a versioned store) or another location the index knows."""
         try:
             return self._window_blob(bid)
-        except CorruptObject:
-            if not self.versions:
-                raise
-            loc = self.repo.index.lookup(bid)
-            if loc is not None and loc.pack_id not in self.planted:  # a newer version planted over it:
-                self.planted.add(loc.pack_id)  # the next windows read the version cermin wrote
-                self.ciphers.pop(loc.pack_id, None)
-            return self.repo.original_blob(bid, pack.DATA)
+        except CorruptObject as e:
+            if self.versions:
+                loc = self.repo.index.lookup(bid)
+                if loc is not None and loc.pack_id not in self.planted:  # a newer version planted over it:
+                    self.planted.add(loc.pack_id)  # the next windows read the version cermin wrote
+                    self.ciphers.pop(loc.pack_id, None)
+                try:
+                    return self.repo.original_blob(bid, pack.DATA)
+                except CorruptObject:
+                    pass
+            return self.repo.alternate_blob(bid, pack.DATA, e)
 
     def _window_blob(self, bid: bytes) -> bytes:
         hit = self.window.get(bid)

@@ -39,6 +39,10 @@ class MasterIndex:
         self._bulk: list[tuple[int, bytes]] = []  # (pack_no, entries) waiting for build()
         self._frozen = None  # numpy arrays: hi, lo, pack, off, len, raw, type
         self._frozen_n = 0
+        # Later locations of a blob already indexed (concurrent backups, or index files a key holder
+        # planted to shadow the real entries), by 16-byte id prefix: a reader whose first location
+        # fails tries these (`alternates`) instead of losing the blob.
+        self._alt: dict[bytes, list[int]] = {}
         self._u64 = int
         self._lock = threading.Lock()
 
@@ -67,8 +71,9 @@ class MasterIndex:
             base = self._pack_number(pack_id) << 97
             setdefault = self._blobs.setdefault
             for bid, t, off, ln, raw in fmt_index.ENTRY.iter_unpack(blobs):  # raw records: no object per blob
-                if self._frozen is None or self._frozen_find(bid) < 0:
-                    setdefault(bid, base | off << 65 | ln << 33 | raw << 1 | t)
+                v = base | off << 65 | ln << 33 | raw << 1 | t
+                if (self._frozen is not None and self._frozen_find(bid) >= 0) or setdefault(bid, v) != v:
+                    self._alt.setdefault(bid[:16], []).append(v)
             # The dict costs ~140 B per blob, the frozen arrays 33 B: fold it in now and then
             # (amortised: only when it has grown to a quarter of the frozen part).
             fold = len(self._blobs) > max(FOLD_AT, self._frozen_n // 4)
@@ -126,9 +131,13 @@ class MasterIndex:
                 cols = [np.concatenate([a, b]) for a, b in zip(self._frozen, cols, strict=True)]
             order = np.lexsort((cols[1], cols[0]))  # stable: first location of a duplicate first
             cols = [c[order] for c in cols]
-            if len(order) > 1:  # drop later duplicates
+            if len(order) > 1:  # later duplicates: kept aside as alternates
                 keep = np.ones(len(order), bool)
                 keep[1:] = (cols[0][1:] != cols[0][:-1]) | (cols[1][1:] != cols[1][:-1])
+                for i in np.flatnonzero(~keep).tolist():
+                    hi, lo, no, off, ln, rl, ty = (int(c[i]) for c in cols)
+                    key = hi.to_bytes(8, "big") + lo.to_bytes(8, "big")
+                    self._alt.setdefault(key, []).append(no << 97 | off << 65 | ln << 33 | rl << 1 | (ty & 1))
                 cols = [c[keep] for c in cols]
             self._u64 = np.uint64
             self._frozen = cols  # one assignment: a lookup in another thread sees old or new, whole
@@ -190,6 +199,13 @@ class MasterIndex:
         if i < 0:
             return None
         return BlobLocation(self.packs[int(f[2][i])], int(f[6][i]), int(f[3][i]), int(f[4][i]), int(f[5][i]))
+
+    def alternates(self, blob_id: bytes) -> list[BlobLocation]:
+        """Locations of the blob besides the one `lookup` gives, first indexed first."""
+        out = []
+        for v in self._alt.get(blob_id[:16], ()):
+            out.append(BlobLocation(self.packs[v >> 97], v & 1, (v >> 65) & _M32, (v >> 33) & _M32, (v >> 1) & _M32))
+        return out
 
     def lookup_many(self, ids: list[bytes]) -> list[BlobLocation | None]:
         """`lookup` of each of `ids` (32-byte ids), the frozen part searched for all at once (a restore

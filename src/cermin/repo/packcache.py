@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from cermin.errors import CorruptObject
+from cermin.errors import CorruptObject, ObjectNotFound
 from cermin.format import pack
 from cermin.repo.repository import Repository
 
@@ -58,10 +58,23 @@ class PackCache:
 
 
 def blob_from_packs(repo: Repository, get_pack, blob_id: bytes, want_type: int | None = None) -> bytes:
-    """A blob through `get_pack(pack_id) -> (pack bytes, cipher)`, every bound and type checked."""
+    """A blob through `get_pack(pack_id) -> (pack bytes, cipher)`, every bound and type checked; when
+    its first location fails, from another the index knows (see `Repository.alternate_blob`)."""
     loc = repo.index.lookup(blob_id)
     if loc is None:
         raise CorruptObject(f"blob {blob_id.hex()[:16]} is not in the index (missing data)")
+    try:
+        return _from_pack(repo, get_pack, blob_id, want_type, loc)
+    except CorruptObject as first:
+        for alt in repo.index.alternates(blob_id):
+            try:
+                return _from_pack(repo, get_pack, blob_id, want_type, alt)
+            except (CorruptObject, ObjectNotFound):
+                pass
+        raise first from None
+
+
+def _from_pack(repo: Repository, get_pack, blob_id: bytes, want_type: int | None, loc) -> bytes:
     if not repo.type_fits(loc.type, want_type):
         raise CorruptObject(f"blob {blob_id.hex()[:16]} has type {loc.type}, expected {want_type}")
     data, cipher = get_pack(loc.pack_id)

@@ -346,10 +346,31 @@ class Repository:
         loc, pack_name, what = self._locate(blob_id, want_type)
         try:
             return self._read_blob(self.backend.load, pack_name, loc, blob_id, what, cached=True)
-        except CorruptObject:
-            if not self.backend.caps.versions:
-                raise
-            return self._read_blob(self.backend.load_original, pack_name, loc, blob_id, what)  # cermin's version
+        except CorruptObject as e:
+            if self.backend.caps.versions:
+                try:  # a newer version planted over the pack: cermin's version
+                    return self._read_blob(self.backend.load_original, pack_name, loc, blob_id, what)
+                except CorruptObject:
+                    pass
+            return self.alternate_blob(blob_id, want_type, e)
+
+    def alternate_blob(self, blob_id: bytes, want_type: int | None, first: CorruptObject) -> bytes:
+        """The blob from another location the index knows for it, when the first failed: an index
+        file planted (by a key holder) to point at the wrong place must not make a blob stored
+        elsewhere unreadable. `first` is raised when none of them holds it."""
+        for loc in self.index.alternates(blob_id):
+            if not self.type_fits(loc.type, want_type):
+                continue
+            name = loc.pack_id.hex()
+            what = f"blob {blob_id.hex()[:16]} in pack {name[:12]}"
+            for load in (
+                (self.backend.load, self.backend.load_original) if self.backend.caps.versions else (self.backend.load,)
+            ):
+                try:
+                    return self._read_blob(load, name, loc, blob_id, what)
+                except (CorruptObject, ObjectNotFound):
+                    pass
+        raise first
 
     def original_blob(self, blob_id: bytes, want_type: int | None = None) -> bytes:
         """A blob read from the first version of its pack: on a versioned store, what cermin wrote
