@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import msgspec
+import pytest
 from helpers import damage, do_backup, do_restore, good_entries, object_path, pack_entries, reopen
 
 from cermin.backend.base import Kind
@@ -138,7 +139,8 @@ def test_a_hard_link_to_a_copy_that_failed_is_an_error_too(local_repo, tmp_path)
     assert named == ["a", "b"], r.errors
 
 
-def test_index_files_planted_to_shadow_the_real_entries_do_not_stop_a_restore(local_repo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("order", ["sorts first", "sorts last"])
+def test_index_files_planted_to_shadow_the_real_entries_do_not_stop_a_restore(local_repo, tmp_path, monkeypatch, order):
     """A key holder (the threat model's attacker holds the password for days) writes index files that
     name every real blob at a wrong offset. Whichever file is loaded first used to win, and every
     restore failed ("failed authentication") until `repair index`; a blob whose first location fails
@@ -156,7 +158,12 @@ def test_index_files_planted_to_shadow_the_real_entries_do_not_stop_a_restore(lo
         IndexPack(p, fmt_index.encode_entries(e._replace(offset=e.offset + 1) for e in fmt_index.iter_entries(b)))
         for p, b in view.packs.items()
     ]
-    planted = local_repo.save_object(Kind.INDEX, encode(IndexFile(packs=wrong)))
+    real_names = [n for n, _ in local_repo.backend.list(Kind.INDEX)]
+    for _ in range(64):  # a new salt is a new name: until it sorts where this case wants it
+        planted = local_repo.save_object(Kind.INDEX, encode(IndexFile(packs=wrong)))
+        if (planted < min(real_names)) == (order == "sorts first"):
+            break
+        local_repo.backend.remove(Kind.INDEX, planted)
     # Listed first (an attacker retries names until one sorts or hashes first): whichever file a
     # directory listing or an object store gives first is loaded first.
     real_list = type(local_repo.backend).list
@@ -171,3 +178,7 @@ def test_index_files_planted_to_shadow_the_real_entries_do_not_stop_a_restore(lo
     assert not r.errors, r.errors
     out = tmp_path / "out" / str(src).lstrip("/") / "d"
     assert all((out / f"f{i}").read_bytes() == (src / "d" / f"f{i}").read_bytes() for i in range(5))
+    # check names the planted file, whichever name sorts first, and blames no pack or tree for it
+    monkeypatch.undo()
+    report = run_check(reopen(local_repo.backend), read_data=True)
+    assert [(p.kind, p.object) for p in report.errors] == [("index_disagrees", planted)], report.errors

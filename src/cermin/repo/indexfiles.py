@@ -37,6 +37,9 @@ class IndexView:
     # wrote, so nothing waits on them: check names them, prune and repair leave them alone.
     foreign: dict[str, str] = field(default_factory=dict)
     pack_files: dict[bytes, list[str]] = field(default_factory=dict)  # pack id -> index files naming it
+    # pack id -> (index file, entries) of every file in force naming it, for the packs two files name
+    # with different entries (one of them planted or damaged; `packs` holds the first by name)
+    variants: dict[bytes, list[tuple[str, bytes]]] = field(default_factory=dict)
 
     def entries(self, pack_id: bytes) -> Iterator[IndexEntry]:
         """The IndexEntry records of one pack (none for a pack in no index)."""
@@ -62,7 +65,11 @@ def read_index_view(repo: Repository) -> IndexView:
             continue
         view.files.append(name)
         for p in idx.packs:
-            view.packs.setdefault(p.id, p.blobs)
+            first = view.packs.setdefault(p.id, p.blobs)
+            if first != p.blobs or p.id in view.variants:
+                if p.id not in view.variants:
+                    view.variants[p.id] = [(view.pack_files[p.id][0], first)]
+                view.variants[p.id].append((name, p.blobs))
             view.pack_files.setdefault(p.id, []).append(name)
     return view
 
