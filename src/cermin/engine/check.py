@@ -420,22 +420,24 @@ class Checker:
                 batch = []
         sort_types(batch)
         self.report.trees = len(seen)
-        for b in missing:
-            self.bad_blobs.setdefault(b, "data blob is not in the index")
-        if missing:
-            self._error(
+        for found, kind, why, what in (
+            (
+                missing,
                 "blobs_missing",
-                f"{len(missing)} data blobs referenced by snapshots are in no index",
-                blobs=sorted(b.hex() for b in missing),
-            )
-        for b in wrong:
-            self.bad_blobs.setdefault(b, "file content is not stored as data (a tree)")
-        if wrong:
-            self._error(
+                "data blob is not in the index",
+                "data blobs referenced by snapshots are in no index",
+            ),
+            (
+                wrong,
                 "blobs_wrong_type",
-                f"{len(wrong)} blobs named as file content are not stored as data (trees)",
-                blobs=sorted(b.hex() for b in wrong),
-            )
+                "file content is not stored as data (a tree)",
+                "blobs named as file content are not stored as data (trees)",
+            ),
+        ):
+            for b in found:
+                self.bad_blobs.setdefault(b, why)
+            if found:
+                self._error(kind, f"{len(found)} {what}", blobs=sorted(b.hex() for b in found))
         for tid, why in sorted(self.bad_trees.items()):
             self._error("tree_damaged", f"tree {tid.hex()[:16]}: {why}", object=tid.hex())
 
