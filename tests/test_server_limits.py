@@ -4,6 +4,7 @@ modes and the token store. Every test talks to a real server process on 127.0.0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -444,76 +445,71 @@ def test_absurd_ranges_are_answered_not_crashed(served):
     assert r.status in (400, 416, 431)
 
 
-def test_a_server_ignoring_range_gets_the_range_cut_from_its_answer():
-    """A proxy in front of the repository server may answer a ranged GET with 200 and the whole
-    object: the client cuts the range itself instead of returning the whole object as the range."""
+@contextlib.contextmanager
+def _http_backend(do_get):
+    """An HttpBackend against a plain loopback HTTP server whose GET handler is `do_get(handler)`:
+    a server that misbehaves as a proxy or an attacker might."""
     import http.server
     import threading
 
-    from cermin.backend.base import Kind
     from cermin.backend.http import HttpBackend
 
-    body = bytes(range(256)) * 40
-
-    class _Whole(http.server.BaseHTTPRequestHandler):
+    class _Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the stdlib's name
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            do_get(self)
 
         def log_message(self, *args):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Whole)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        b = HttpBackend(f"http://127.0.0.1:{srv.server_address[1]}/t", token="x")
-        assert b.load(Kind.DATA, "ab" * 32, 300, 20) == body[300:320]
-        assert b.load(Kind.DATA, "ab" * 32, 10_000) == body[10_000:]
-        assert b.load(Kind.DATA, "ab" * 32) == body
+        yield HttpBackend(f"http://127.0.0.1:{srv.server_address[1]}/t", token="x")
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_server_ignoring_range_gets_the_range_cut_from_its_answer():
+    """A proxy in front of the repository server may answer a ranged GET with 200 and the whole
+    object: the client cuts the range itself instead of returning the whole object as the range."""
+    from cermin.backend.base import Kind
+
+    body = bytes(range(256)) * 40
+
+    def whole(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    with _http_backend(whole) as b:
+        assert b.load(Kind.DATA, "ab" * 32, 300, 20) == body[300:320]
+        assert b.load(Kind.DATA, "ab" * 32, 10_000) == body[10_000:]
+        assert b.load(Kind.DATA, "ab" * 32) == body
 
 
 def test_a_server_answering_more_than_asked_is_refused_without_reading_it_all():
     """A hostile server answers a ranged GET with 206 and an endless body (or an error with one):
     the client reads at most what it asked for (plus one byte, to know), not until the server stops."""
-    import http.server
-    import threading
-
     from cermin.backend.base import Kind
-    from cermin.backend.http import HttpBackend
     from cermin.errors import CerminError
 
     sent = {"bytes": 0}
 
-    class _Endless(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
-            self.send_response(206 if "Range" in self.headers else 500)
-            self.end_headers()  # no Content-Length: the body runs until the connection closes
-            try:
-                for _ in range(4096):  # 256 MiB at most, if nobody stops reading
-                    self.wfile.write(b"x" * 65536)
-                    sent["bytes"] += 65536
-            except OSError:
-                pass
-
-        def log_message(self, *args):
+    def endless(h):
+        h.send_response(206 if "Range" in h.headers else 500)
+        h.end_headers()  # no Content-Length: the body runs until the connection closes
+        try:
+            for _ in range(4096):  # 256 MiB at most, if nobody stops reading
+                h.wfile.write(b"x" * 65536)
+                sent["bytes"] += 65536
+        except OSError:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        b = HttpBackend(f"http://127.0.0.1:{srv.server_address[1]}/t", token="x")
+    with _http_backend(endless) as b:
         with pytest.raises(CerminError, match="more than the 100 bytes asked"):
             b.load(Kind.DATA, "ab" * 32, 0, 100)
         with pytest.raises(CerminError, match="500"):
             b.load(Kind.DATA, "ab" * 32)
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert sent["bytes"] < 64 << 20, sent  # both answers were dropped early
