@@ -193,7 +193,7 @@ class MasterIndex:
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         v = self._blobs.get(blob_id)
         if v is not None:
-            return BlobLocation(self.packs[v >> 97], v & 1, (v >> 65) & _M32, (v >> 33) & _M32, (v >> 1) & _M32)
+            return self._location(v)
         f = self._frozen  # one snapshot of the arrays for both the search and the read
         i = self._frozen_find(blob_id, f)
         if i < 0:
@@ -202,10 +202,11 @@ class MasterIndex:
 
     def alternates(self, blob_id: bytes) -> list[BlobLocation]:
         """Locations of the blob besides the one `lookup` gives, first indexed first."""
-        out = []
-        for v in self._alt.get(blob_id[:16], ()):
-            out.append(BlobLocation(self.packs[v >> 97], v & 1, (v >> 65) & _M32, (v >> 33) & _M32, (v >> 1) & _M32))
-        return out
+        return [self._location(v) for v in self._alt.get(blob_id[:16], ())]
+
+    def _location(self, v: int) -> BlobLocation:
+        """A location packed as one int (see `_blobs`)."""
+        return BlobLocation(self.packs[v >> 97], v & 1, (v >> 65) & _M32, (v >> 33) & _M32, (v >> 1) & _M32)
 
     def lookup_many(self, ids: list[bytes]) -> list[BlobLocation | None]:
         """`lookup` of each of `ids` (32-byte ids), the frozen part searched for all at once (a restore
