@@ -34,6 +34,21 @@ class SaveResult:
         self.stored_len = stored_len
 
 
+def write_pack(builder: pack.PackBuilder, store) -> tuple[list, str, int]:
+    """Write out a full pack: sealed and committed in place when spooled to its store, else finished
+    whole and handed to `store(entries, data, name)` (None: nothing is written), which returns what it
+    stored. Returns the pack's entries, name and size."""
+    if builder.spool is not None and not builder.spool.whole:
+        name = builder.seal()
+        builder.spool.commit(name)
+        return builder.entries, name, builder.size
+    entries, data = builder.entries, builder.finish()
+    name = crypto.file_id(data)
+    if store is not None:
+        entries, data, name = store(entries, data, name)
+    return entries, name, len(data)
+
+
 class BlobSaver:
     def __init__(
         self,
@@ -90,6 +105,22 @@ class BlobSaver:
         if not self._claim(blob_id):
             return SaveResult(False, raw_len, 0)
         return self._add(blob_type, blob_id, raw_len, payload)
+
+    def grant(self, blob_id: bytes, raw_len: int, stored_len: int) -> bool:
+        """A backup worker that packs its own blobs (engine/backup/ownpacks.py) asks to store one:
+        True when it is to (counted as added now; indexed by `adopt` once its pack is written)."""
+        if not self._claim(blob_id):
+            return False
+        with self._lock:
+            self.added[pack.DATA] += 1
+            self.raw_added += raw_len
+            self.stored_added += stored_len
+        return True
+
+    def adopt(self, pack_id: bytes, blobs: bytes, size: int) -> None:
+        """A pack written by another process, holding blobs granted by `grant`: indexed as this
+        saver's own packs are."""
+        self._indexed(pack_id, blobs, [bid for bid, *_ in fmt_index.ENTRY.iter_unpack(blobs)], size)
 
     def _claim(self, blob_id: bytes) -> bool:
         """True when this caller is to store the blob: neither stored nor being stored by another."""
@@ -152,37 +183,8 @@ class BlobSaver:
 
     def _upload(self, builder: pack.PackBuilder) -> None:
         try:
-            entries = builder.entries
-            if builder.spool is not None and not builder.spool.whole:
-                name = builder.seal()
-                builder.spool.commit(name)
-                size = builder.size
-            else:
-                data = builder.finish()
-                name = crypto.file_id(data)
-                if not self.dry_run:
-                    entries, data, name = self._store(entries, data, name)
-                size = len(data)
-            pack_id = bytes.fromhex(name)
-            blobs = fmt_index.encode_entries(entries)
-            if not self.ignore_index:
-                self.repo.index.add_pack(pack_id, blobs)
-            with self._lock:
-                if not self.write_index:  # only prune/repair need them, to write their own index
-                    self.new_packs[pack_id] = blobs
-                self.packs_written += 1
-                self.bytes_uploaded += size
-                if not self.ignore_index:  # otherwise pending is this saver's whole dedup set
-                    for e in entries:
-                        self._pending.discard(e.blob_id)
-                self._index_packs.append(IndexPack(pack_id, blobs))
-                self._index_blobs += len(entries)
-                ready = None
-                if len(self._index_packs) >= INDEX_EVERY_PACKS or self._index_blobs >= INDEX_EVERY_BLOBS:
-                    self._index_blobs = 0
-                    ready, self._index_packs = self._index_packs, []
-            if ready and self.write_index and not self.dry_run:
-                self.index_files.append(self.repo.save_index(ready))
+            entries, name, size = write_pack(builder, None if self.dry_run else self._store)
+            self._indexed(bytes.fromhex(name), fmt_index.encode_entries(entries), [e.blob_id for e in entries], size)
         except BaseException as e:
             builder.discard()
             if self._error is None:
@@ -190,6 +192,27 @@ class BlobSaver:
             raise
         finally:
             self._inflight.release()
+
+    def _indexed(self, pack_id: bytes, blobs: bytes, ids: list[bytes], size: int) -> None:
+        """A pack is written: index it, and write an index file when enough are waiting."""
+        if not self.ignore_index:
+            self.repo.index.add_pack(pack_id, blobs)
+        with self._lock:
+            if not self.write_index:  # only prune/repair need them, to write their own index
+                self.new_packs[pack_id] = blobs
+            self.packs_written += 1
+            self.bytes_uploaded += size
+            if not self.ignore_index:  # otherwise pending is this saver's whole dedup set
+                for bid in ids:
+                    self._pending.discard(bid)
+            self._index_packs.append(IndexPack(pack_id, blobs))
+            self._index_blobs += len(ids)
+            ready = None
+            if len(self._index_packs) >= INDEX_EVERY_PACKS or self._index_blobs >= INDEX_EVERY_BLOBS:
+                self._index_blobs = 0
+                ready, self._index_packs = self._index_packs, []
+        if ready and self.write_index and not self.dry_run:
+            self.index_files.append(self.repo.save_index(ready))
 
     def _store(self, entries, data: bytes, name: str):
         """Upload a pack. When a verifying backend finds it stored damaged (backend/verifying.py),

@@ -236,6 +236,7 @@ class Backup:
                 paths = self._targets()
                 self.files.start()
                 tree_id = self.walker.walk_targets(paths, parent.snapshot.tree if parent else b"")
+                self.files.flush_packs()
             self.saver.flush()
         except BaseException:
             self.files.close(abort=True)

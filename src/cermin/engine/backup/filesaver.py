@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import time
 
+from cermin.backend.base import Kind
 from cermin.engine import fsmeta
-from cermin.engine.backup.chunks import Chunk, Cutter
+from cermin.engine.backup.chunks import Cutter
+from cermin.engine.backup.ownpacks import Flush, Flushed, Grant, Sealed, grant_bits
 from cermin.engine.backup.state import BackupState
 from cermin.engine.backup.trees import DirJob, Trees, node_fingerprint
 from cermin.engine.backup.workers import MAX_FDS, Batch, Done, FileResult, Part, Workers
@@ -84,13 +86,30 @@ class FileSaver:
         self._out = 0  # files handed to workers and not done yet
         self._max_out = fds_in_flight_limit()
         self.empty = EmptyFiles()  # which size-0 files need no reading
+        self.own_packs = False  # the workers write the new chunks they are granted (ownpacks.py)
+        self._flushing = 0  # workers asked to write out their packs and not done yet
 
     def start(self) -> None:
         """Fork the workers: before the walk, so they inherit as few of this process's threads' locks
         in use as possible (they use none of them) and the index as loaded."""
         if self._pool is None:
             obs = self.st.obs
-            self._pool = Workers(self.st.repo, self.workers, self.st.fingerprint, obs.assess if obs else None)
+            self.own_packs = self._store_takes_packs_in_place()
+            self._pool = Workers(
+                self.st.repo, self.workers, self.st.fingerprint, obs.assess if obs else None, self.own_packs
+            )
+
+    def _store_takes_packs_in_place(self) -> bool:
+        """Workers pack their own chunks only into a store that spools in place (a local directory; never
+        through a wrapper, whose `save` must see every write) and when something is to be written."""
+        saver = self.st.saver
+        if saver.dry_run or saver.ignore_index or not saver.write_index:
+            return False
+        probe = self.st.repo.backend.spool(Kind.DATA)
+        if probe is None:
+            return False
+        probe.discard()
+        return not probe.whole
 
     def close(self, abort: bool = False) -> None:
         """Stop the workers; `abort` (the backup failed or was interrupted) kills them at once."""
@@ -165,38 +184,67 @@ class FileSaver:
         while self._inflight:
             self._pump(block=True)
 
+    def flush_packs(self) -> None:
+        """Every file is done (`drain`): the workers write out the packs they are filling, which are
+        indexed as they report them."""
+        if self.own_packs and self._pool is not None:
+            for w in range(len(self._pool)):
+                self._pool.send(w, Flush())
+                self._flushing += 1
+            while self._flushing:
+                self._pump(block=True)
+
     def _pump(self, block: bool) -> None:
-        for msg in self._pool.replies(block):
+        for w, msg in self._pool.replies(block):
             if isinstance(msg, Part):
-                self._store(self._inflight[msg.batch][1][msg.index], msg.chunks)
+                granted: list[bool] = []
+                self._store(self._inflight[msg.batch][1][msg.index], msg.chunks, granted)
+                self._answer(w, granted)
             elif isinstance(msg, Done):
-                w, batch = self._inflight.pop(msg.batch)
+                _, batch = self._inflight.pop(msg.batch)
                 self._load[w] -= 1
                 self._out -= len(batch)
+                granted = []
                 for p, r in zip(batch, msg.files, strict=True):
-                    self._file_done(p, r)
+                    self._file_done(p, r, granted)
+                self._answer(w, granted)
+            elif isinstance(msg, Sealed):
+                self.st.saver.adopt(msg.pack_id, msg.blobs, msg.size)
+            elif isinstance(msg, Flushed):
+                self._flushing -= 1
+
+    def _answer(self, w: int, granted: list[bool]) -> None:
+        """Which of a message's claims worker `w` is to store (the others are stored or being stored)."""
+        if granted:
+            self._pool.send(w, Grant(grant_bits(granted)))
 
     # ---- results -----------------------------------------------------------------------------
-    def _store(self, p: _Pending, chunks: list[Chunk]) -> None:
+    def _store(self, p: _Pending, chunks: list, granted: list[bool] | None = None) -> None:
+        """A file's next chunks; a claim (a payload's length: the worker holds it) is decided here."""
         saver, prog = self.st.saver, self.st.progress
         for bid, raw, payload in chunks:
-            if payload is not None:
+            if payload is None:
+                if bid not in saver:  # a snapshot must never name a blob nothing stored
+                    raise CerminError(f"backup worker sent no data for blob {bid.hex()[:16]}, which is not stored")
+                stored = 0  # the worker found it in the index, or sent it for an earlier file
+            elif payload.__class__ is int:
+                ok = saver.grant(bid, raw, payload)
+                granted.append(ok)
+                stored = payload if ok else 0
+            else:
                 stored = saver.save_payload(pack.DATA, bid, raw, payload).stored_len
-            elif bid in saver:  # the worker found it in the index, or sent it for an earlier file
-                stored = 0
-            else:  # a snapshot must never name a blob nothing stored
-                raise CerminError(f"backup worker sent no data for blob {bid.hex()[:16]}, which is not stored")
             p.ids.append(bid)
             p.sizes.append((raw, stored))
             prog.bytes += raw
 
-    def _file_done(self, p: _Pending, r: FileResult) -> None:
+    def _file_done(self, p: _Pending, r: FileResult, granted: list[bool]) -> None:
         node, st = p.node, p.stat
         if r.error:
             self.st.error(p.path.join(node.name), r.error)
             p.job.nodes[p.slot] = None
+            granted.extend(False for *_, c in r.chunks if c.__class__ is int)  # none: nothing is stored
         else:
-            self._store(p, r.chunks)
+            self._store(p, r.chunks, granted)
             node.xattrs = r.xattrs
             node.content = b"".join(p.ids)
             # Grown, shrunk or touched while read, or another file renamed over the name since the

@@ -4,18 +4,20 @@ Why processes: with worker threads every syscall of the walker handed the GIL ov
 a file), and small-file backups were bounded by that, not by the disk or the CPU.
 
 A worker is a forked process with two Unix socket pairs made before the fork:
-- parent -> worker, SOCK_SEQPACKET: one message per batch, msgpack `Batch`, with the fds of the batch's
-  directories attached (SCM_RIGHTS). A worker opens each file relative to its directory's fd without
-  following a symlink (as the walker would), so it never resolves a path. EOF: the worker exits.
+- parent -> worker, SOCK_SEQPACKET: one msgpack message each: a `Batch` of files, with the fds of the
+  batch's directories attached (SCM_RIGHTS) (a worker opens each file relative to its directory's fd
+  without following a symlink, as the walker would, so it never resolves a path); with own packs, a
+  `Grant` or `Flush` (ownpacks.py). EOF: the worker exits.
 - worker -> parent, SOCK_STREAM: frames (u32 length + msgpack `Reply`): `Part` carries a large file's
   chunks as they are made (memory stays bounded), `Done` a batch's results, `Fatal` a failure that is
-  not one file's (the worker exits after sending it).
+  not one file's (the worker exits after sending it); with own packs, `Sealed` and `Flushed`.
 A worker inherits the repository (keys, chunker parameters, the index as of the fork) through the fork:
 no secret crosses a pipe or a command line. Everything it sends is plain data.
 """
 
 from __future__ import annotations
 
+import array
 import gc
 import os
 import selectors
@@ -24,13 +26,16 @@ import socket
 import stat
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 
+from cermin import errors
 from cermin.engine import fsmeta
-from cermin.engine.backup.chunks import Chunk, Cutter
+from cermin.engine.backup.chunks import Cutter
+from cermin.engine.backup.ownpacks import HOLD_BYTES, Flush, Flushed, Grant, OwnPacks, Sealed
 from cermin.engine.fsread import open_for_read
 from cermin.engine.observer import FileRead
 from cermin.errors import CerminError
@@ -44,7 +49,11 @@ SEND_KEEP = 2 << 20  # a worker's frame buffer is dropped after a frame larger t
 RELEASE_BYTES = 1 << 20
 
 
-class Batch(msgspec.Struct, array_like=True):
+# (blob id, raw length, compressed payload, or with own packs its length (a claim); None: stored already)
+WireChunk = tuple[bytes, int, bytes | int | None]
+
+
+class Batch(msgspec.Struct, tag="b", array_like=True):
     id: int
     # (index of its directory's fd, name, size and blocks from the walker's stat, and for the keyed
     # observer's `assess` its previous version: (size, mtime, stored size, fingerprint pairs) or None)
@@ -57,7 +66,7 @@ class FileResult(msgspec.Struct, array_like=True):
     after_size: int = 0  # fstat after reading: a file that changed while read is reported
     after_mtime_ns: int = 0
     xattrs: list[tuple[bytes, bytes]] = []
-    chunks: list[Chunk] = []  # after any `Part` of this file
+    chunks: list[WireChunk] = []  # after any `Part` of this file
     head: bytes = b""
     entropy: float = -1.0
     facts: bool = False  # head/entropy were computed (an observer wants the fingerprint)
@@ -68,7 +77,7 @@ class FileResult(msgspec.Struct, array_like=True):
 class Part(msgspec.Struct, tag="p", array_like=True):
     batch: int
     index: int
-    chunks: list[Chunk]
+    chunks: list[WireChunk]
 
 
 class Done(msgspec.Struct, tag="d", array_like=True):
@@ -78,9 +87,11 @@ class Done(msgspec.Struct, tag="d", array_like=True):
 
 class Fatal(msgspec.Struct, tag="x", array_like=True):
     message: str
+    kind: str = ""  # a CerminError's class name: raised as such in the parent (its exit code)
 
 
-Reply = Part | Done | Fatal
+Reply = Part | Done | Fatal | Sealed | Flushed
+ToWorker = Batch | Grant | Flush
 
 
 # ---- the worker's side -----------------------------------------------------------------------
@@ -139,10 +150,13 @@ def assessed(assess: Callable[[FileRead], Any], r: FileResult, name: bytes, prev
         return None
 
 
-def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, assess) -> None:
+def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, assess, own_packs: bool) -> None:
     enc = msgspec.msgpack.Encoder()
-    dec = msgspec.msgpack.Decoder(Batch)
+    dec = msgspec.msgpack.Decoder(ToWorker)
     frame = bytearray(FRAME.size)
+    own = OwnPacks(repo) if own_packs else None
+    queued: deque[tuple[Batch, list[int]]] = deque()  # batches received while a file was being read
+    closed = False
 
     def send(msg) -> None:
         """One frame, encoded behind its length prefix in one buffer and sent with one call."""
@@ -153,23 +167,67 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
         if len(frame) > SEND_KEEP:  # one large file's Done: not kept for the small frames that follow
             frame = bytearray(FRAME.size)
 
+    def send_chunks(msg, holders: list) -> None:
+        """A `Part` or `Done` (`holders`: it, or its results). With own packs each payload stays here,
+        a claim, until the parent answers; past HOLD_BYTES held, wait for that answer."""
+        sent = [h.chunks for h in holders]
+        claims: list = []
+        if own is not None:
+            for h in holders:
+                h.chunks = own.claims(h.chunks, claims)
+        send(msg)
+        for chunks in sent:  # the parent has them: later duplicates are not compressed or sent again
+            cutter.sent(chunks)
+        if own is not None:
+            own.hold(claims)
+            while receive(block=own.held_bytes > HOLD_BYTES):
+                pass
+
+    def receive(block: bool) -> bool:
+        """Take one control message (a batch is queued); False when none is waiting, or at EOF."""
+        nonlocal closed
+        if closed:
+            return False
+        try:
+            msg, fds, flags = _recv_fds(ctrl, 0 if block else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        if not msg:
+            closed = True
+            return False
+        m = dec.decode(msg)
+        if isinstance(m, Batch):
+            queued.append((m, fds))
+            if flags & socket.MSG_CTRUNC or len(fds) != 1 + max((f[0] for f in m.files), default=-1):
+                raise CerminError(f"received {len(fds)} directories for a batch (descriptor limit?)")
+        elif fds or own is None:
+            raise CerminError("internal error: an unexpected message to a backup worker")
+        elif isinstance(m, Grant):
+            for sealed in own.grant(m.bits):
+                send(sealed)
+        else:
+            for sealed in own.flush():
+                send(sealed)
+            send(Flushed())
+        return True
+
     cutter = Cutter(repo, want_facts, repo.index.__contains__)
     try:
         while True:
-            msg, fds, flags, _ = socket.recv_fds(ctrl, 1 << 16, MAX_FDS)
-            if not msg:
-                return
-            batch = dec.decode(msg)
-            if flags & socket.MSG_CTRUNC or len(fds) != 1 + max((f[0] for f in batch.files), default=-1):
-                raise CerminError(f"received {len(fds)} directories for a batch (descriptor limit?)")
+            if not queued:
+                if closed:
+                    return
+                receive(block=True)
+                continue
+            batch, fds = queued.popleft()
             results = []
             for i, (d, name, size, blocks, prev) in enumerate(batch.files):
                 sizes: list[tuple[int, int]] = []
 
                 def emit(chunks, b=batch.id, i=i, sizes=sizes) -> None:
                     sizes.extend((raw, len(p) if p is not None else 0) for _, raw, p in chunks)
-                    send(Part(b, i, chunks))
-                    cutter.sent(chunks)
+                    part = Part(b, i, chunks)
+                    send_chunks(part, [part])
 
                 r = read_one(cutter, fds[d], name, size, blocks, emit)
                 if assess is not None and not r.error:
@@ -178,19 +236,38 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
                 results.append(r)
             for fd in fds:
                 os.close(fd)
-            send(Done(batch.id, results))
-            for r in results:
-                cutter.sent(r.chunks)
-    except BrokenPipeError:
+            send_chunks(Done(batch.id, results), results)
+    except (BrokenPipeError, _Stopped):
         return  # the parent is gone or stopping
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the backup
         try:
-            send(Fatal(f"{type(e).__name__}: {e}"))
+            if isinstance(e, CerminError):
+                send(Fatal(str(e), type(e).__name__))
+            else:
+                send(Fatal(f"{type(e).__name__}: {e}"))
         except OSError:
             pass
         raise
     finally:
         cutter.close()
+        if own is not None:
+            own.discard()
+        for _, fds in queued:
+            for fd in fds:
+                os.close(fd)
+
+
+_FDS_SPACE = socket.CMSG_LEN(MAX_FDS * 4)
+
+
+def _recv_fds(sock: socket.socket, flags: int) -> tuple[bytes, list[int], int]:
+    """One message and its descriptors. Not `socket.recv_fds`: CPython 3.11's drops `flags`."""
+    msg, ancdata, mflags, _ = sock.recvmsg(1 << 16, _FDS_SPACE, flags)
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return msg, list(fds), mflags
 
 
 class _Reader:
@@ -248,12 +325,21 @@ class _Reader:
         return out
 
 
+class _Stopped(BaseException):
+    """SIGTERM: the backup failed or was interrupted; this worker's work is not wanted."""
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped
+
+
 def _child_setup(*keep: int) -> None:
-    """A fresh worker: ignores Ctrl-C and dies with its parent (the parent decides when to stop), and
-    holds no descriptor but stdio and `keep`: none of another backup's sockets (an agent runs several
-    at once), which would keep that backup's workers from ever seeing EOF."""
+    """A fresh worker: ignores Ctrl-C, stops on SIGTERM (removing the pack it was writing) and dies with
+    its parent (the parent decides when to stop), and holds no descriptor but stdio and `keep`: none of
+    another backup's sockets (an agent runs several at once), which would keep that backup's workers
+    from ever seeing EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _stop)
     _die_with_parent()
     _release_big_buffers()
     gc.disable()
@@ -296,7 +382,7 @@ def _die_with_parent() -> None:
 class Workers:
     """The forked workers of one backup, their sockets, and the replies as they come."""
 
-    def __init__(self, repo, n: int, want_facts: bool, assess=None) -> None:
+    def __init__(self, repo, n: int, want_facts: bool, assess=None, own_packs: bool = False) -> None:
         self.pids: list[int] = []
         self.ctrl: list[socket.socket] = []
         self.readers: list[_Reader] = []
@@ -316,7 +402,7 @@ class Workers:
                     code = 1
                     try:
                         _child_setup(c_child.fileno(), d_child.fileno())
-                        _serve(c_child, d_child, repo, want_facts, assess)
+                        _serve(c_child, d_child, repo, want_facts, assess, own_packs)
                         code = 0
                     finally:
                         os._exit(code)
@@ -340,23 +426,23 @@ class Workers:
     def __len__(self) -> int:
         return len(self.pids)
 
-    def send(self, worker: int, batch: Batch, fds: list[int]) -> None:
+    def send(self, worker: int, msg: Batch | Grant | Flush, fds: list[int] = ()) -> None:
         try:
-            socket.send_fds(self.ctrl[worker], [msgspec.msgpack.encode(batch)], fds)
+            socket.send_fds(self.ctrl[worker], [msgspec.msgpack.encode(msg)], fds)
         except OSError as e:
             status = self._status(worker) if isinstance(e, (BrokenPipeError, ConnectionError)) else f" ({e})"
             raise CerminError(f"backup worker {self.pids[worker]} exited unexpectedly{status}") from None
 
-    def replies(self, block: bool) -> Iterator[Reply]:
-        """Replies ready now (or, with `block`, after waiting for at least one)."""
+    def replies(self, block: bool) -> Iterator[tuple[int, Reply]]:
+        """(worker, reply) ready now (or, with `block`, after waiting for at least one)."""
         for key, _ in self.sel.select(None if block else 0):
             r = self.readers[key.data]
             if not r.fill():
                 raise CerminError(f"backup worker {self.pids[key.data]} exited unexpectedly{self._status(key.data)}")
             for msg in r.frames():
                 if isinstance(msg, Fatal):
-                    raise CerminError(f"backup worker failed: {msg.message}")
-                yield msg
+                    raise _failure(msg)
+                yield key.data, msg
 
     def _status(self, i: int) -> str:
         """How worker `i`, whose socket reached EOF, ended (it may take a moment to become reapable)."""
@@ -377,12 +463,13 @@ class Workers:
         return f" (exit status {os.WEXITSTATUS(status)})"
 
     def close(self, abort: bool = False) -> None:
-        """Stop every worker: EOF on its control socket, then reap it (killed when it does not go, or at
-        once with `abort`: the backup failed or was interrupted, what they are reading is not wanted)."""
+        """Stop every worker: EOF on its control socket, then reap it (killed when it does not go, or told
+        to stop at once with `abort`: the backup failed or was interrupted, what they are reading is not
+        wanted; each removes the pack it was writing)."""
         if abort:
             for pid in self.pids:
                 if pid > 0:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGTERM)
         for s in self.ctrl:
             s.close()
         for r in self.readers:
@@ -393,6 +480,18 @@ class Workers:
             if pid > 0:
                 _reap(pid)
         self.pids = []
+
+
+def _failure(msg: Fatal) -> CerminError:
+    """A worker's failure as the parent raises it: a CerminError as itself (its exit code: a full disk
+    is one), anything else as the worker's failure."""
+    kind = getattr(errors, msg.kind, None) if msg.kind else None
+    if isinstance(kind, type) and issubclass(kind, CerminError):
+        try:
+            return kind(msg.message)
+        except TypeError:
+            pass
+    return CerminError(f"backup worker failed: {msg.message}")
 
 
 def _reap(pid: int) -> None:
