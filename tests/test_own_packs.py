@@ -141,6 +141,29 @@ def test_a_worker_s_cermin_error_reaches_the_caller_as_itself(local_repo, tmp_pa
     assert msg.startswith("no space left on device while writing data/") and "\n" not in msg, msg
     assert type(e.value) is CerminError
     monkeypatch.undo()
-    leftovers = [n for _, _, files in os.walk(local_repo.backend.root) for n in files if n.startswith(".tmp-")]
-    assert leftovers == []
+    assert _leftovers(local_repo) == []
+    assert run_check(reopen(local_repo), read_data=True).ok
+
+
+def _leftovers(repo) -> list[str]:
+    return [n for _, _, files in os.walk(repo.backend.root) for n in files if n.startswith(".tmp-")]
+
+
+def test_a_worker_killed_with_a_pack_half_written_leaves_no_spool_file(local_repo, tmp_path, monkeypatch):
+    """A worker can be stopped anywhere, also between creating its spool file and recording it (or
+    killed outright, as here): the parent removes that worker's spool files once it is reaped."""
+    real = ownpacks.OwnPacks._spool
+
+    def spool_then_die(self):
+        s = real(self)
+        s.write([b"x" * 1000])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    src = tmp_path / "src"
+    _shared_blocks(src, files=6)
+    monkeypatch.setattr(ownpacks.OwnPacks, "_spool", spool_then_die)
+    with pytest.raises(CerminError, match="exited unexpectedly"):
+        do_backup(local_repo, src, workers=2)
+    monkeypatch.undo()
+    assert _leftovers(local_repo) == []
     assert run_check(reopen(local_repo), read_data=True).ok

@@ -161,6 +161,10 @@ class Backend(Protocol):
         (`save`), and callers build them in memory. Wrappers return None: every write goes through
         their own `save`."""
 
+    def drop_spools(self, pid: int) -> None:
+        """Remove the spools process `pid` was handed and did not commit or discard: it was stopped
+        (a backup worker)."""
+
 
 class BackendBase:
     """Defaults of the capability methods for a store without the capability. Drivers subclass it
@@ -222,6 +226,9 @@ class BackendBase:
     def spool(self, kind: Kind) -> Spool | None:
         return None
 
+    def drop_spools(self, pid: int) -> None:
+        """Remove what `spool` handed to process `pid`, now stopped: nothing, without spools."""
+
 
 def exists_by_size(backend: Backend, kind: Kind, name: str) -> bool:
     """`exists` for backends whose cheapest probe is a size lookup."""
@@ -248,6 +255,9 @@ class BackendWrapper:
 
     def spool(self, kind: Kind) -> Spool | None:
         return None  # never the inner store's: that would bypass this wrapper's `save`
+
+    def drop_spools(self, pid: int) -> None:
+        pass  # it handed out none
 
     @property
     def lock(self):

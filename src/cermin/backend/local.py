@@ -171,8 +171,20 @@ class LocalBackend(BackendBase):
 
     def spool(self, kind: Kind) -> _FileSpool:
         """A temporary file in the kind's directory, linked to its final name by `commit`."""
-        tmp = os.path.join(self.root, kind.value, f".tmp-spool-{secrets.token_hex(8)}")
+        tmp = os.path.join(self.root, kind.value, f".tmp-spool-{os.getpid()}-{secrets.token_hex(8)}")
         return _FileSpool(self, kind, self._create(tmp, f"{kind.value}/ (a new object)"), tmp)
+
+    def drop_spools(self, pid: int) -> None:
+        """Remove the spool files of process `pid`, which was stopped: a backup worker told to stop
+        may be stopped anywhere, between creating a spool file and recording it too."""
+        d = os.path.join(self.root, Kind.DATA.value)
+        prefix = f".tmp-spool-{pid}-"
+        try:
+            names = [e.name for e in os.scandir(d) if e.name.startswith(prefix)]
+        except OSError:
+            return
+        for name in names:
+            _unlink_quietly(os.path.join(d, name))
 
     def _create(self, tmp: str, what: str) -> int:
         """A new temporary file (never an existing one), open for writing."""

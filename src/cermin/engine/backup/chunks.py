@@ -1,8 +1,9 @@
 """Cutting one file or stream into chunks: read, cut (FastCDC), hash (keyed BLAKE3) and compress.
 
 Used inside the worker processes (`workers`) for files and in the calling process for a stream from
-stdin. The output is plain data (`Chunk` tuples) that crosses a process boundary as it is; packing and
-encryption happen in the parent, where a blob's nonce is its offset in the pack.
+stdin. The output is plain data (`Chunk` tuples) that crosses a process boundary as it is; encryption
+happens where the blob is packed (a blob's nonce is its offset in its pack): in the worker that was
+granted it on a local repository (ownpacks.py), else in the parent.
 
 Files are read into buffers, never through mmap: a file truncated while it is read must not kill the
 process (SIGBUS).
@@ -66,8 +67,9 @@ class Cutter:
         return bid, len(data), pack.compress(data, self.level)
 
     def sent(self, chunks: list[Chunk]) -> None:
-        """These chunks reached the parent, which stores every payload it gets: later duplicates need
-        not be compressed or sent again. Only now: a file that fails midway drops what it had cut."""
+        """These chunks reached the parent, which stores every payload it gets (or every claim it
+        grants, someone's): later duplicates need not be compressed or sent again. Only now: a file
+        that fails midway drops what it had cut."""
         memo = self._sent
         for bid, _, payload in chunks:
             if payload is not None:

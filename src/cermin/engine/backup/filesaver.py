@@ -91,7 +91,8 @@ class FileSaver:
 
     def start(self) -> None:
         """Fork the workers: before the walk, so they inherit as few of this process's threads' locks
-        in use as possible (they use none of them) and the index as loaded."""
+        in use as possible (a worker uses only OpenSSL's, to encrypt its packs, as restore workers
+        do) and the index as loaded."""
         if self._pool is None:
             obs = self.st.obs
             self.own_packs = self._store_takes_packs_in_place()
@@ -112,12 +113,17 @@ class FileSaver:
         return not probe.whole
 
     def close(self, abort: bool = False) -> None:
-        """Stop the workers; `abort` (the backup failed or was interrupted) kills them at once."""
+        """Stop the workers; `abort` (the backup failed or was interrupted) stops them at once (SIGTERM),
+        and removes the spool files of any pack they were writing."""
         for fd in self._fds:
             os.close(fd)
         self._fds, self._batch, self._dirs = [], [], {}
         if self._pool is not None:
-            self._pool.close(abort=abort or bool(self._inflight))
+            abort = abort or bool(self._inflight) or bool(self._flushing)
+            self._pool.close(abort=abort)
+            if abort and self.own_packs:  # a worker stopped anywhere may have left its spool file
+                for pid in self._pool.started:
+                    self.st.repo.backend.drop_spools(pid)
             self._pool = None
 
     # ---- walker side -------------------------------------------------------------------------

@@ -199,9 +199,9 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
         if isinstance(m, Batch):
             queued.append((m, fds))
             if flags & socket.MSG_CTRUNC or len(fds) != 1 + max((f[0] for f in m.files), default=-1):
-                raise CerminError(f"received {len(fds)} directories for a batch (descriptor limit?)")
+                raise CerminError(f"backup worker received {len(fds)} directories for a batch (descriptor limit?)")
         elif fds or own is None:
-            raise CerminError("internal error: an unexpected message to a backup worker")
+            raise CerminError("backup worker failed: internal error: an unexpected message")
         elif isinstance(m, Grant):
             for sealed in own.grant(m.bits):
                 send(sealed)
@@ -237,8 +237,10 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
             for fd in fds:
                 os.close(fd)
             send_chunks(Done(batch.id, results), results)
-    except (BrokenPipeError, _Stopped):
+    except BrokenPipeError:
         return  # the parent is gone or stopping
+    except _Stopped:
+        raise
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the backup
         try:
             if isinstance(e, CerminError):
@@ -249,9 +251,9 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
             pass
         raise
     finally:
-        cutter.close()
         if own is not None:
             own.discard()
+        cutter.close()
         for _, fds in queued:
             for fd in fds:
                 os.close(fd)
@@ -404,9 +406,13 @@ class Workers:
                         _child_setup(c_child.fileno(), d_child.fileno())
                         _serve(c_child, d_child, repo, want_facts, assess, own_packs)
                         code = 0
+                    except _Stopped:  # its own pack removed: now ended by the signal, as reported
+                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                        os.kill(os.getpid(), signal.SIGTERM)
                     finally:
                         os._exit(code)
                 self.pids.append(pid)
+            self.started = list(self.pids)  # `pids` loses those found dead
         except BaseException:
             for pid in self.pids:
                 os.kill(pid, signal.SIGKILL)
@@ -465,7 +471,7 @@ class Workers:
     def close(self, abort: bool = False) -> None:
         """Stop every worker: EOF on its control socket, then reap it (killed when it does not go, or told
         to stop at once with `abort`: the backup failed or was interrupted, what they are reading is not
-        wanted; each removes the pack it was writing)."""
+        wanted; each removes the pack it was writing, unless the signal came as it made one)."""
         if abort:
             for pid in self.pids:
                 if pid > 0:
