@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections import Counter
 
 import pytest
@@ -117,9 +118,11 @@ def test_a_worker_killed_after_writing_a_pack_leaves_a_pack_the_next_backup_adop
     assert not r.errors
 
 
-def test_a_worker_s_cermin_error_reaches_the_caller_as_itself(local_repo, tmp_path, monkeypatch):
-    """A repository error in a worker (here: the repository's disk is full) is raised in the parent as
-    the same error, with its own message and exit code, and no temporary file is left behind."""
+@pytest.mark.parametrize("where", ["filling", "sealing"])
+def test_a_worker_s_cermin_error_reaches_the_caller_as_itself(local_repo, tmp_path, monkeypatch, where):
+    """A repository error in a worker (here: the repository's disk is full, while a pack fills or
+    while the worker's writer thread writes a full one out) is raised in the parent as the same
+    error, with its own message and exit code, and no temporary file is left behind."""
     import errno
 
     from cermin.backend import local as local_mod
@@ -128,13 +131,15 @@ def test_a_worker_s_cermin_error_reaches_the_caller_as_itself(local_repo, tmp_pa
     real = local_mod.write_all
 
     def full(fd, parts):
-        if os.getpid() != parent:
+        writer = threading.current_thread().name.startswith("cermin-pack")
+        if os.getpid() != parent and (where == "filling" or writer):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, parts)
 
     src = tmp_path / "src"
     _shared_blocks(src, files=6)
     monkeypatch.setattr(local_mod, "write_all", full)
+    monkeypatch.setattr(local_repo.secrets, "pack_size", 3 << 20)  # packs fill up and are written out
     with pytest.raises(CerminError) as e:
         do_backup(local_repo, src, workers=2)
     msg = str(e.value)

@@ -17,6 +17,7 @@ the parent packs as before (a forked process must not share an object store clie
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import msgspec
 
@@ -24,8 +25,10 @@ from cermin.backend.base import Kind
 from cermin.format import index as fmt_index
 from cermin.format import pack
 from cermin.repo.saver import write_pack
+from cermin.util import main_thread_signals
 
 HOLD_BYTES = 16 << 20  # a worker waits for grants rather than hold more compressed bytes than this
+SEALING = 2  # full packs a worker's writer thread may have queued (their last piece each in memory)
 
 
 class Grant(msgspec.Struct, tag="g", array_like=True):
@@ -63,6 +66,10 @@ class OwnPacks:
         self.held: deque[list[tuple[bytes, int, bytes]]] = deque()
         self.held_bytes = 0
         self.builder: pack.PackBuilder | None = None
+        # Full packs are written out (the rest, the header, fsync, link) on a thread of their own, so
+        # that a disk's fsync does not stop this worker's reading.
+        self._writer: ThreadPoolExecutor | None = None
+        self._sealing: deque[Future] = deque()
 
     def claims(self, chunks: list, out: list) -> list:
         """`chunks` as sent: a payload becomes its length and its chunk a claim, appended to `out`."""
@@ -83,11 +90,10 @@ class OwnPacks:
             self.held.append(claims)
 
     def grant(self, bits: bytes) -> list[Sealed]:
-        """Store what the parent granted of the oldest claims; the packs this filled."""
+        """Store what the parent granted of the oldest claims; the packs written out since last asked."""
         claims = self.held.popleft()
         if len(bits) != (len(claims) + 7) // 8:
             raise RuntimeError(f"a grant of {len(bits)} bytes for {len(claims)} claims")
-        out = []
         for i, (bid, raw, payload) in enumerate(claims):
             self.held_bytes -= len(payload)
             if bits[i >> 3] >> (i & 7) & 1:
@@ -96,8 +102,8 @@ class OwnPacks:
                     b = self.builder = pack.PackBuilder(self.repo.keys, spool=self._spool)
                 b.add(pack.DATA, bid, payload, raw)
                 if b.size >= self.target:
-                    out.append(self._seal())
-        return out
+                    self._seal()
+        return self._written()
 
     def _spool(self):
         return self.repo.backend.spool(Kind.DATA)
@@ -105,10 +111,25 @@ class OwnPacks:
     def flush(self) -> list[Sealed]:
         if self.held:
             raise RuntimeError(f"asked to flush with {len(self.held)} claims not answered")
-        return [self._seal()] if self.builder is not None else []
+        if self.builder is not None:
+            self._seal()
+        return self._written(everything=True)
 
-    def _seal(self) -> Sealed:
+    def _written(self, everything: bool = False) -> list[Sealed]:
+        """Packs written out (all of them with `everything`; the oldest, past SEALING queued); the
+        writer's error is raised here."""
+        out = []
+        while self._sealing and (everything or self._sealing[0].done() or len(self._sealing) > SEALING):
+            out.append(self._sealing.popleft().result())
+        return out
+
+    def _seal(self) -> None:
         b, self.builder = self.builder, None
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, "cermin-pack", initializer=main_thread_signals)
+        self._sealing.append(self._writer.submit(self._write_out, b))
+
+    def _write_out(self, b: pack.PackBuilder) -> Sealed:
         try:
             entries, name, size = write_pack(b, self._save)
         except BaseException:
@@ -121,7 +142,10 @@ class OwnPacks:
         return entries, data, name
 
     def discard(self) -> None:
-        """The backup ends without a flush: the pack being filled is not wanted."""
+        """The backup ends without a flush: the pack being filled is not wanted (one being written
+        out may still be linked: the next backup adopts it; its spool file, the parent removes)."""
         if self.builder is not None:
             self.builder.discard()
             self.builder = None
+        if self._writer is not None:
+            self._writer.shutdown(wait=False, cancel_futures=True)
