@@ -46,7 +46,7 @@ READ_BUFFER = 1 << 20  # the parent's buffer per worker; a larger frame is recei
 SEND_KEEP = 2 << 20  # a worker's frame buffer is dropped after a frame larger than this
 # glibc frees an allocation of at least this much to the kernel at once, and trims its heaps above it
 # (a worker: see `_release_big_buffers`)
-RELEASE_BYTES = 4 << 20
+RELEASE_BYTES = 1 << 20
 
 
 # (blob id, raw length, compressed payload, or with own packs its length (a claim); None: stored already)
@@ -357,9 +357,7 @@ def _release_big_buffers() -> None:
     largest block it freed (up to 32 MiB): a worker's chunk copies, payloads and frames (up to 4 MiB
     each) then stayed resident as free heap. Fixed thresholds give a block of RELEASE_BYTES or more back
     to the kernel when it is freed. /usr/share: the two workers' PSS at the peak 89-97 -> 60-71 MiB, for
-    ~170,000 more page faults (~0.35 s of system time) with 1 MiB; 4 MiB, since workers write their own
-    packs (the parent's memory went down): each worker's peak RSS 68 -> 74 MiB, system time 0.8 ->
-    0.62 s, first backup 3.11-3.16 -> 2.90-2.98 s (tmpfs)."""
+    ~170,000 more page faults (~0.35 s of system time)."""
     try:
         import ctypes
 
