@@ -172,3 +172,42 @@ def test_a_worker_killed_with_a_pack_half_written_leaves_no_spool_file(local_rep
     monkeypatch.undo()
     assert _leftovers(local_repo) == []
     assert run_check(reopen(local_repo), read_data=True).ok
+
+
+def test_a_worker_stopped_while_its_writer_saves_a_pack_leaves_no_temporary_file(local_repo, tmp_path, monkeypatch):
+    """When one worker fails, the others are told to stop; one whose writer thread is saving a pack
+    (a small one goes through `save`, whose temporary file has no pid in its name) lets it finish
+    before it exits."""
+    import time
+
+    from cermin.backend import local as local_mod
+
+    parent = os.getpid()
+    real = local_mod.write_all
+
+    def slow(fd, parts):
+        if os.getpid() != parent and threading.current_thread().name.startswith("cermin-pack"):
+            time.sleep(0.3)
+        real(fd, parts)
+
+    real_read = workers_mod.read_one
+
+    def read_one(cutter, dfd, name, size, blocks, emit):
+        if name == b"zz-boom":
+            time.sleep(0.15)  # a pack of this worker's and of the other's is being saved
+            raise MemoryError("out of memory")
+        return real_read(cutter, dfd, name, size, blocks, emit)
+
+    src = tmp_path / "src"
+    os.makedirs(src)
+    for i in range(40):  # batches of 4 MiB: both workers get some, "zz-boom" comes in the last
+        (src / f"f{i:02}").write_bytes(os.urandom(300_000))
+    (src / "zz-boom").write_bytes(b"x")
+    monkeypatch.setattr(local_mod, "write_all", slow)
+    monkeypatch.setattr(workers_mod, "read_one", read_one)
+    monkeypatch.setattr(local_repo.secrets, "pack_size", 500_000)  # packs under 1 MiB go through `save`
+    with pytest.raises(CerminError, match="MemoryError"):
+        do_backup(local_repo, src, workers=2)
+    monkeypatch.undo()
+    assert _leftovers(local_repo) == []
+    assert run_check(reopen(local_repo), read_data=True).ok

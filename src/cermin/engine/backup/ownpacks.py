@@ -142,10 +142,11 @@ class OwnPacks:
         return entries, data, name
 
     def discard(self) -> None:
-        """The backup ends without a flush: the pack being filled is not wanted (one being written
-        out may still be linked: the next backup adopts it; its spool file, the parent removes)."""
+        """The backup ends without a flush: the pack being filled is not wanted. One being written out
+        is finished first (linked, and adopted by the next backup; or failed, its temporary file
+        removed): a process that exits mid-write leaves its temporary file."""
         if self.builder is not None:
             self.builder.discard()
             self.builder = None
         if self._writer is not None:
-            self._writer.shutdown(wait=False, cancel_futures=True)
+            self._writer.shutdown(wait=True, cancel_futures=True)

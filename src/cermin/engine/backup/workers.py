@@ -242,6 +242,7 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
     except _Stopped:
         raise
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the backup
+        _hold_stop()  # the parent answers with SIGTERM: it must not cut the cleanup below short
         try:
             if isinstance(e, CerminError):
                 send(Fatal(str(e), type(e).__name__))
@@ -251,8 +252,9 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
             pass
         raise
     finally:
+        _hold_stop()
         if own is not None:
-            own.discard()
+            own.discard()  # waits for a pack being written out: no temporary file is left
         cutter.close()
         for _, fds in queued:
             for fd in fds:
@@ -335,6 +337,11 @@ def _stop(signum, frame) -> None:
     raise _Stopped
 
 
+def _hold_stop() -> None:
+    """From here on a SIGTERM waits (the worker is ending: its cleanup runs whole)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
 def _child_setup(*keep: int) -> None:
     """A fresh worker: ignores Ctrl-C, stops on SIGTERM (removing the pack it was writing) and dies with
     its parent (the parent decides when to stop), and holds no descriptor but stdio and `keep`: none of
@@ -408,6 +415,7 @@ class Workers:
                         code = 0
                     except _Stopped:  # its own pack removed: now ended by the signal, as reported
                         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
                         os.kill(os.getpid(), signal.SIGTERM)
                     finally:
                         os._exit(code)
