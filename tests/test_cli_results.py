@@ -66,7 +66,10 @@ def test_backup_text_counts_tree_blobs_and_uses_plurals(initialized_cli, tmp_pat
     assert int(m.group(2)) == summary["tree_blobs_added"] >= 1, "the tree blobs the JSON counts are in the text too"
     assert int(m.group(1)) == summary["data_blobs_added"] == 1 and "1 data blob," in added
     assert "processed 1 file," in text
-    assert s["tree_blobs"] == 0  # nothing new in a re-run
+    # Nothing new in a re-run but the trees of ancestors (/tmp...) that other processes changed
+    # meanwhile: the virtual directories above a backup path are taken as they are now.
+    assert s["data_blobs"] == 0 and s["files_unmodified"] == 1 and s["bytes_read"] == 0
+    assert s["tree_blobs"] < len(src.parts)
     assert not re.search(r"\b1 (files|packs|blobs|snapshots)\b|\(s\)", text)
     assert lines(cli("snapshots"))[-1] == "1 snapshot"
     assert lines(cli("unlock"))[-1] == "removed 0 locks"
