@@ -211,3 +211,23 @@ def test_a_worker_stopped_while_its_writer_saves_a_pack_leaves_no_temporary_file
     monkeypatch.undo()
     assert _leftovers(local_repo) == []
     assert run_check(reopen(local_repo), read_data=True).ok
+
+
+def test_a_stopped_backup_removes_only_its_own_workers_spool_files(local_repo):
+    """Spool files are named by their owner, random per backup: a stopped backup's cleanup never
+    touches another backup's pack in progress (pids repeat across hosts and pid namespaces)."""
+    b = local_repo.backend
+    mine, other, parents = (
+        b.spool(Kind.DATA, "3fa9c2d1e4b0-1"),
+        b.spool(Kind.DATA, "77aa00bb11cc-1"),
+        b.spool(Kind.DATA),
+    )
+    for s in (mine, other, parents):
+        s.write([b"x" * 100])
+    b.drop_spools("3fa9c2d1e4b0-1")
+    assert not os.path.exists(mine.tmp) and os.path.exists(other.tmp) and os.path.exists(parents.tmp)
+    b.drop_spools("")  # no owner: nothing
+    assert os.path.exists(parents.tmp)
+    other.commit("ab" * 32)
+    parents.discard()
+    assert _leftovers(local_repo) == []

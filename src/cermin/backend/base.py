@@ -155,14 +155,14 @@ class Backend(Protocol):
     def remove_leftover(self, path: str) -> None:
         """Remove one temporary file `leftovers` listed; gone already is fine. Never an object."""
 
-    def spool(self, kind: Kind) -> Spool | None:
+    def spool(self, kind: Kind, owner: str = "") -> Spool | None:
         """A new object written piece by piece before its name is known (a pack, named by the hash
         of its bytes), so it is never held whole in memory; None: this store takes whole objects
         (`save`), and callers build them in memory. Wrappers return None: every write goes through
-        their own `save`."""
+        their own `save`. `owner` (letters, digits, '-') names who may `drop_spools` it."""
 
-    def drop_spools(self, pid: int) -> None:
-        """Remove the spools process `pid` was handed and did not commit or discard: it was stopped
+    def drop_spools(self, owner: str) -> None:
+        """Remove the spools handed out for `owner` and not committed or discarded: it was stopped
         (a backup worker)."""
 
 
@@ -223,11 +223,11 @@ class BackendBase:
     def remove_leftover(self, path: str) -> None:
         pass
 
-    def spool(self, kind: Kind) -> Spool | None:
+    def spool(self, kind: Kind, owner: str = "") -> Spool | None:
         return None
 
-    def drop_spools(self, pid: int) -> None:
-        """Remove what `spool` handed to process `pid`, now stopped: nothing, without spools."""
+    def drop_spools(self, owner: str) -> None:
+        """Nothing to remove: this store hands out no spools."""
 
 
 def exists_by_size(backend: Backend, kind: Kind, name: str) -> bool:
@@ -253,10 +253,10 @@ class BackendWrapper:
     def caps(self) -> Capabilities:
         return self.inner.caps
 
-    def spool(self, kind: Kind) -> Spool | None:
+    def spool(self, kind: Kind, owner: str = "") -> Spool | None:
         return None  # never the inner store's: that would bypass this wrapper's `save`
 
-    def drop_spools(self, pid: int) -> None:
+    def drop_spools(self, owner: str) -> None:
         pass  # it handed out none
 
     @property

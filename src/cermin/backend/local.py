@@ -169,16 +169,19 @@ class LocalBackend(BackendBase):
         finally:
             _unlink_quietly(tmp)
 
-    def spool(self, kind: Kind) -> _FileSpool:
+    def spool(self, kind: Kind, owner: str = "") -> _FileSpool:
         """A temporary file in the kind's directory, linked to its final name by `commit`."""
-        tmp = os.path.join(self.root, kind.value, f".tmp-spool-{os.getpid()}-{secrets.token_hex(8)}")
+        tmp = os.path.join(self.root, kind.value, f".tmp-spool-{owner or 'p'}-{secrets.token_hex(8)}")
         return _FileSpool(self, kind, self._create(tmp, f"{kind.value}/ (a new object)"), tmp)
 
-    def drop_spools(self, pid: int) -> None:
-        """Remove the spool files of process `pid`, which was stopped: a backup worker told to stop
-        may be stopped anywhere, between creating a spool file and recording it too."""
+    def drop_spools(self, owner: str) -> None:
+        """Remove the spool files of `owner` (a backup worker, stopped: it may be stopped anywhere,
+        between creating a spool file and recording it too). An owner is random per backup: never
+        another process's, whichever host or pid namespace shares the directory."""
+        if not owner:
+            return
         d = os.path.join(self.root, Kind.DATA.value)
-        prefix = f".tmp-spool-{pid}-"
+        prefix = f".tmp-spool-{owner}-"
         try:
             names = [e.name for e in os.scandir(d) if e.name.startswith(prefix)]
         except OSError:

@@ -122,8 +122,8 @@ class FileSaver:
             abort = abort or bool(self._inflight) or bool(self._flushing)
             self._pool.close(abort=abort)
             if abort and self.own_packs:  # a worker stopped anywhere may have left its spool file
-                for pid in self._pool.started:
-                    self.st.repo.backend.drop_spools(pid)
+                for owner in self._pool.owners:
+                    self.st.repo.backend.drop_spools(owner)
             self._pool = None
 
     # ---- walker side -------------------------------------------------------------------------

@@ -60,8 +60,9 @@ def grant_bits(granted: list[bool]) -> bytes:
 class OwnPacks:
     """One worker's claims waiting for their grant, and the pack it is filling."""
 
-    def __init__(self, repo) -> None:
+    def __init__(self, repo, owner: str) -> None:
         self.repo = repo
+        self.owner = owner  # names its spool files: the parent removes them if this worker is stopped
         self.target = repo.secrets.pack_size
         self.held: deque[list[tuple[bytes, int, bytes]]] = deque()
         self.held_bytes = 0
@@ -106,7 +107,7 @@ class OwnPacks:
         return self._written()
 
     def _spool(self):
-        return self.repo.backend.spool(Kind.DATA)
+        return self.repo.backend.spool(Kind.DATA, self.owner)
 
     def flush(self) -> list[Sealed]:
         if self.held:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import array
 import gc
 import os
+import secrets
 import selectors
 import signal
 import socket
@@ -150,11 +151,11 @@ def assessed(assess: Callable[[FileRead], Any], r: FileResult, name: bytes, prev
         return None
 
 
-def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, assess, own_packs: bool) -> None:
+def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, assess, owner: str) -> None:
     enc = msgspec.msgpack.Encoder()
     dec = msgspec.msgpack.Decoder(ToWorker)
     frame = bytearray(FRAME.size)
-    own = OwnPacks(repo) if own_packs else None
+    own = OwnPacks(repo, owner) if owner else None
     queued: deque[tuple[Batch, list[int]]] = deque()  # batches received while a file was being read
     closed = False
 
@@ -333,12 +334,18 @@ class _Stopped(BaseException):
     """SIGTERM: the backup failed or was interrupted; this worker's work is not wanted."""
 
 
+_cleaning = False  # a worker's: it is ending, and its cleanup must run whole
+
+
 def _stop(signum, frame) -> None:
-    raise _Stopped
+    if not _cleaning:  # one that came just before the mask below is set: nothing to stop any more
+        raise _Stopped
 
 
 def _hold_stop() -> None:
     """From here on a SIGTERM waits (the worker is ending: its cleanup runs whole)."""
+    global _cleaning
+    _cleaning = True
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
 
@@ -396,6 +403,10 @@ class Workers:
         self.ctrl: list[socket.socket] = []
         self.readers: list[_Reader] = []
         self.sel = selectors.DefaultSelector()
+        # With own packs, worker i's spool files are named by owners[i], random per backup: the parent
+        # removes those of workers it stopped (pids repeat across hosts and pid namespaces).
+        run = secrets.token_hex(6)
+        self.owners = [f"{run}-{i}" for i in range(n)]
         pairs = [
             (socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET), socket.socketpair(socket.AF_UNIX))
             for _ in range(n)
@@ -405,13 +416,13 @@ class Workers:
         outer = gc.get_freeze_count()
         gc.freeze()
         try:
-            for (_, c_child), (_, d_child) in pairs:
+            for i, ((_, c_child), (_, d_child)) in enumerate(pairs):
                 pid = os.fork()
                 if pid == 0:  # the child: only its own two ends stay open
                     code = 1
                     try:
                         _child_setup(c_child.fileno(), d_child.fileno())
-                        _serve(c_child, d_child, repo, want_facts, assess, own_packs)
+                        _serve(c_child, d_child, repo, want_facts, assess, self.owners[i] if own_packs else "")
                         code = 0
                     except _Stopped:  # its own pack removed: now ended by the signal, as reported
                         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -420,7 +431,6 @@ class Workers:
                     finally:
                         os._exit(code)
                 self.pids.append(pid)
-            self.started = list(self.pids)  # `pids` loses those found dead
         except BaseException:
             for pid in self.pids:
                 os.kill(pid, signal.SIGKILL)
