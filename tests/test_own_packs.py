@@ -231,3 +231,25 @@ def test_a_stopped_backup_removes_only_its_own_workers_spool_files(local_repo):
     other.commit("ab" * 32)
     parents.discard()
     assert _leftovers(local_repo) == []
+
+
+def test_a_small_backup_leaves_one_partial_pack_not_one_per_worker(local_repo, tmp_path, monkeypatch):
+    """A worker's last pack that never reached its first write (under 1 MiB) goes back to the parent
+    at the end, into the parent's one data pack: hourly backups of a few changed files do not add a
+    small pack per worker."""
+    log = tmp_path / "pids"
+    _packing_pids(monkeypatch, log)
+    src = tmp_path / "src"
+    os.makedirs(src)
+    for i in range(400):  # several batches of 64 files: both workers get some
+        (src / f"f{i:03}").write_bytes(os.urandom(1500))
+    s = do_backup(local_repo, src, workers=2)
+    assert not s.errors and s.snapshot.summary.files_new == 400
+    assert len(set(log.read_text().split())) == 2, "both workers were granted chunks"
+    repo = reopen(local_repo)
+    packs = pack_entries(repo)
+    assert len(packs) == 2 == s.packs_written, "one data pack and one tree pack"
+    assert max(_data_ids(repo).values()) == 1 and sum(_data_ids(repo).values()) == 400
+    assert run_check(repo, read_data=True).ok
+    r = do_restore(repo, s.snapshot_id, tmp_path / "out", verify=True)
+    assert not r.errors

@@ -13,7 +13,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cermin.backend.base import Kind
-from cermin.errors import StoredDamaged
+from cermin.errors import CorruptObject, StoredDamaged
 from cermin.format import crypto, pack
 from cermin.format import index as fmt_index
 from cermin.format.records import IndexPack
@@ -122,6 +122,14 @@ class BlobSaver:
         saver's own packs are."""
         self._indexed(pack_id, blobs, [bid for bid, *_ in fmt_index.ENTRY.iter_unpack(blobs)], size)
 
+    def take_back(self, chunks: list[tuple[bytes, int, bytes]]) -> None:
+        """Blobs `grant` gave to another process, which hands them back unstored: into this saver's
+        own packs (counted already)."""
+        for blob_id, raw_len, payload in chunks:
+            if blob_id not in self._pending:
+                raise CorruptObject(f"internal error: blob {blob_id.hex()[:16]} handed back was never granted")
+            self._pack(pack.DATA, blob_id, raw_len, payload)
+
     def _claim(self, blob_id: bytes) -> bool:
         """True when this caller is to store the blob: neither stored nor being stored by another."""
         if self._error is not None:
@@ -138,6 +146,10 @@ class BlobSaver:
             if blob_type == pack.DATA:
                 self.raw_added += raw_len
                 self.stored_added += len(payload)
+        self._pack(blob_type, blob_id, raw_len, payload)
+        return SaveResult(True, raw_len, len(payload))
+
+    def _pack(self, blob_type: int, blob_id: bytes, raw_len: int, payload: bytes) -> None:
         pool = self._pools[blob_type]
         b = pool.get()
         try:
@@ -155,7 +167,6 @@ class BlobSaver:
             self._submit(b)
         else:
             pool.put(b)
-        return SaveResult(True, raw_len, len(payload))
 
     def _builder(self) -> pack.PackBuilder:
         """A pack builder whose blobs go to a temporary file as they come instead of staying in memory

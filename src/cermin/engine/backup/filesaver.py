@@ -217,6 +217,7 @@ class FileSaver:
             elif isinstance(msg, Sealed):
                 self.st.saver.adopt(msg.pack_id, msg.blobs, msg.size)
             elif isinstance(msg, Flushed):
+                self.st.saver.take_back(msg.chunks)
                 self._flushing -= 1
 
     def _answer(self, w: int, granted: list[bool]) -> None:

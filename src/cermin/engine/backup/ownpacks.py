@@ -46,7 +46,9 @@ class Sealed(msgspec.Struct, tag="s", array_like=True):
 
 
 class Flushed(msgspec.Struct, tag="w", array_like=True):
-    pass
+    # The granted chunks of a last pack that never reached its first write (under 1 MiB), handed back
+    # for the parent's own pack: a small backup leaves one partial pack, not one per worker.
+    chunks: list[tuple[bytes, int, bytes]] = []
 
 
 def grant_bits(granted: list[bool]) -> bytes:
@@ -67,6 +69,7 @@ class OwnPacks:
         self.held: deque[list[tuple[bytes, int, bytes]]] = deque()
         self.held_bytes = 0
         self.builder: pack.PackBuilder | None = None
+        self._small: list[tuple[bytes, int, bytes]] = []  # the builder's blobs while it is all in memory
         # Full packs are written out (the rest, the header, fsync, link) on a thread of their own, so
         # that a disk's fsync does not stop this worker's reading.
         self._writer: ThreadPoolExecutor | None = None
@@ -102,6 +105,10 @@ class OwnPacks:
                 if b is None:
                     b = self.builder = pack.PackBuilder(self.repo.keys, spool=self._spool)
                 b.add(pack.DATA, bid, payload, raw)
+                if b.spool is None:
+                    self._small.append((bid, raw, payload))
+                elif self._small:
+                    self._small = []
                 if b.size >= self.target:
                     self._seal()
         return self._written()
@@ -109,12 +116,17 @@ class OwnPacks:
     def _spool(self):
         return self.repo.backend.spool(Kind.DATA, self.owner)
 
-    def flush(self) -> list[Sealed]:
+    def flush(self) -> tuple[list[Sealed], Flushed]:
+        """Every pack written out, but one still all in memory: its chunks go back to the parent."""
         if self.held:
             raise RuntimeError(f"asked to flush with {len(self.held)} claims not answered")
-        if self.builder is not None:
+        done = Flushed()
+        b = self.builder
+        if b is not None and b.spool is None:
+            done.chunks, self._small, self.builder = self._small, [], None
+        elif b is not None:
             self._seal()
-        return self._written(everything=True)
+        return self._written(everything=True), done
 
     def _written(self, everything: bool = False) -> list[Sealed]:
         """Packs written out (all of them with `everything`; the oldest, past SEALING queued); the
@@ -125,7 +137,7 @@ class OwnPacks:
         return out
 
     def _seal(self) -> None:
-        b, self.builder = self.builder, None
+        b, self.builder, self._small = self.builder, None, []
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, "cermin-pack", initializer=main_thread_signals)
         self._sealing.append(self._writer.submit(self._write_out, b))

@@ -207,9 +207,10 @@ def _serve(ctrl: socket.socket, out: socket.socket, repo, want_facts: bool, asse
             for sealed in own.grant(m.bits):
                 send(sealed)
         else:
-            for sealed in own.flush():
+            written, done = own.flush()
+            for sealed in written:
                 send(sealed)
-            send(Flushed())
+            send(done)
         return True
 
     cutter = Cutter(repo, want_facts, repo.index.__contains__)
