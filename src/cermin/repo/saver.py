@@ -111,10 +111,7 @@ class BlobSaver:
         True when it is to (counted as added now; indexed by `adopt` once its pack is written)."""
         if not self._claim(blob_id):
             return False
-        with self._lock:
-            self.added[pack.DATA] += 1
-            self.raw_added += raw_len
-            self.stored_added += stored_len
+        self._count(pack.DATA, raw_len, stored_len)
         return True
 
     def adopt(self, pack_id: bytes, blobs: bytes, size: int) -> None:
@@ -141,13 +138,16 @@ class BlobSaver:
         return True
 
     def _add(self, blob_type: int, blob_id: bytes, raw_len: int, payload: bytes) -> SaveResult:
+        self._count(blob_type, raw_len, len(payload))
+        self._pack(blob_type, blob_id, raw_len, payload)
+        return SaveResult(True, raw_len, len(payload))
+
+    def _count(self, blob_type: int, raw_len: int, stored_len: int) -> None:
         with self._lock:
             self.added[blob_type] += 1
             if blob_type == pack.DATA:
                 self.raw_added += raw_len
-                self.stored_added += len(payload)
-        self._pack(blob_type, blob_id, raw_len, payload)
-        return SaveResult(True, raw_len, len(payload))
+                self.stored_added += stored_len
 
     def _pack(self, blob_type: int, blob_id: bytes, raw_len: int, payload: bytes) -> None:
         pool = self._pools[blob_type]
