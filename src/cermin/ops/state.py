@@ -60,6 +60,7 @@ from cermin.ops.statevalues import (
     _details,
     _first_line,
     _name,
+    _newest_first,
     _number,
     _one_of,
     _opt_time,
@@ -533,11 +534,7 @@ class StateStore(Alerts, Fleet):
             q = q.where(r.kind == kind)
         if status is not None:
             q = q.where(r.status == status)
-        if since is not None:
-            q = q.where(r.started_at >= _aware(since, "since"))
-        if until is not None:
-            q = q.where(r.started_at < _aware(until, "until"))
-        q = q.order_by(r.started_at.desc(), r.id.desc()).limit(max(1, min(int(limit), 100_000)))
+        q = _newest_first(q, r.started_at, r.id, limit, since, until)
         with self._tx() as c:
             return [Run.of(x) for x in c.execute(q)]
 
@@ -710,10 +707,6 @@ class StateStore(Alerts, Fleet):
             q = q.where(d.system_id == system_id)
         if tenant is not None:
             q = q.where(d.system_id.in_(sa.select(t.systems.c.id).where(t.systems.c.tenant == tenant)))
-        if since is not None:
-            q = q.where(d.finished_at >= _aware(since, "since"))
-        if until is not None:
-            q = q.where(d.finished_at < _aware(until, "until"))
-        q = q.order_by(d.finished_at.desc(), d.id.desc()).limit(max(1, min(int(limit), 100_000)))
+        q = _newest_first(q, d.finished_at, d.id, limit, since, until)
         with self._tx() as c:
             return [Drill.of(x) for x in c.execute(q)]

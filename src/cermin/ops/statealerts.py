@@ -15,9 +15,9 @@ from cermin.ops.statevalues import (
     _URL_NAME,
     GUARD_VERDICTS,
     StateError,
-    _aware,
     _copy,
     _name,
+    _newest_first,
     _one_of,
     _snap,
     _system_id,
@@ -84,11 +84,7 @@ class Alerts:
             q = q.where(a.system_id == system_id)
         if tenant is not None:
             q = q.where(a.system_id.in_(sa.select(t.systems.c.id).where(t.systems.c.tenant == tenant)))
-        if since is not None:
-            q = q.where(a.opened_at >= _aware(since, "since"))
-        if until is not None:
-            q = q.where(a.opened_at < _aware(until, "until"))
-        q = q.order_by(a.opened_at.desc(), a.id.desc()).limit(max(1, min(int(limit), 100_000)))
+        q = _newest_first(q, a.opened_at, a.id, limit, since, until)
         with self._tx() as c:
             return [Alarm.of(x) for x in c.execute(q)]
 
@@ -148,8 +144,6 @@ class Alerts:
         q = sa.select(t.notifications)
         if system_id is not None:
             q = q.where(n.system_id == system_id)
-        if since is not None:
-            q = q.where(n.sent_at >= _aware(since, "since"))
-        q = q.order_by(n.sent_at.desc(), n.id.desc()).limit(max(1, min(int(limit), 100_000)))
+        q = _newest_first(q, n.sent_at, n.id, limit, since)
         with self._tx() as c:
             return [Notification.of(x) for x in c.execute(q)]

@@ -39,6 +39,20 @@ def _aware(value: Any, what: str) -> datetime:
     return value.astimezone(UTC)
 
 
+def _limit(limit: int) -> int:
+    """A caller's row limit, within 1..100,000."""
+    return max(1, min(int(limit), 100_000))
+
+
+def _newest_first(q, when, ident, limit: int, since: datetime | None = None, until: datetime | None = None):
+    """`q`'s rows with `when` in [since, until), newest first (ties by `ident`), at most `limit`."""
+    if since is not None:
+        q = q.where(when >= _aware(since, "since"))
+    if until is not None:
+        q = q.where(when < _aware(until, "until"))
+    return q.order_by(when.desc(), ident.desc()).limit(_limit(limit))
+
+
 def _opt_time(value: Any, what: str) -> datetime | None:
     return None if value is None else _aware(value, what)
 

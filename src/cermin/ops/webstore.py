@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from cermin.ops import stateschema as t
 from cermin.ops.state import StateStore
 from cermin.ops.staterows import _Row
-from cermin.ops.statevalues import StateError, _aware, _details, _one_of, _system_id, _text
+from cermin.ops.statevalues import StateError, _aware, _details, _limit, _one_of, _system_id, _text
 
 ROLES = ("operator", "viewer", "auditor")
 ACTION_KINDS = ("backup", "drill")
@@ -191,10 +191,6 @@ def _utc(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return t.UTCDateTime().process_result_value(value, None) if value is not None else None
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
-
-
-def _limit(limit: int) -> int:
-    return max(1, min(int(limit), 100_000))
 
 
 # ---- the store ---------------------------------------------------------------------------------------------
